@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// Builds everything a fresh clone needs to run `agent`: the TypeScript of the core and of every
+// bundled plugin, the native TUN addon, the plugin tarballs `plugins:install <name>` installs
+// offline, and the JSON Schema of the config files.
+import {execFileSync} from 'node:child_process'
+import {existsSync, mkdirSync, readdirSync, renameSync, rmSync} from 'node:fs'
+import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const run = (cmd, args, opts = {}) => execFileSync(cmd, args, {cwd: root, stdio: 'inherit', ...opts})
+
+if (!existsSync(join(root, 'build/Release/agent_tun.node'))) run('npx', ['node-gyp', 'rebuild'])
+
+const plugins = readdirSync(join(root, 'plugins'), {withFileTypes: true})
+  .filter((d) => d.isDirectory() && existsSync(join(root, 'plugins', d.name, 'package.json')))
+  .map((d) => d.name)
+
+run('npx', ['tsc', '-b', '.', ...plugins.map((p) => `plugins/${p}`)])
+
+// One tarball per plugin, under a name that does not change with the version, so the init hook
+// can map `plugins:install tls` to dist/plugins/tls.tgz without a registry.
+const out = join(root, 'dist/plugins')
+rmSync(out, {recursive: true, force: true})
+mkdirSync(out, {recursive: true})
+for (const p of plugins) {
+  const name = execFileSync('npm', ['pack', '--silent', '--pack-destination', out], {cwd: join(root, 'plugins', p)})
+    .toString()
+    .trim()
+    .split('\n')
+    .pop()
+  renameSync(join(out, name), join(out, `${p}.tgz`))
+}
+
+if (existsSync(join(root, 'scripts/gen-schema.mjs'))) run('node', ['scripts/gen-schema.mjs'])

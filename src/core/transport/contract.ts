@@ -1,0 +1,134 @@
+/**
+ * The transport contract: the one interface every transport plugin implements.
+ *
+ * Division of labour (see docs/architecture.md):
+ * - The core owns the TUN device, routes, firewall rules, the peer table, the control channel,
+ *   the sockets (the "carrier"), keepalive timers and endpoint learning.
+ * - A transport owns only the bytes: how an inner IP packet becomes a carrier payload for one
+ *   peer session and back, what that costs in overhead, which session a datagram claims, and
+ *   the parameters a session needs (a GRE key, SPIs...), which the node hands to the client over
+ *   the authenticated control channel.
+ *
+ * Plugins import only types from here: at run time the core passes what a plugin needs as
+ * arguments, so a plugin tarball has no dependency to fetch.
+ */
+
+/** How the core carries a transport's payloads between client and node. */
+export type CarrierKind =
+  /** In DATA frames of the control channel's TLS connection (TCP). */
+  | 'stream'
+  /** As the payload of UDP datagrams on a socket the core owns (crosses NAT). */
+  | 'udp'
+  /** As the payload of raw IP packets with `ipProtocol` (no NAT in between). */
+  | 'ip'
+
+export interface CarrierSpec {
+  kind: CarrierKind
+  /** udp: the node's listening port. */
+  port?: number
+  /** ip: the IP protocol number (47 for GRE, 4 for IPIP). */
+  ipProtocol?: number
+}
+
+/** Plugin-specific options from the config file (`transports.<name>`), already validated. */
+export type TransportOptions = Readonly<Record<string, unknown>>
+
+/** Serialisable session parameters the node sends to the client in its welcome message. */
+export type SessionParams = Readonly<Record<string, string | number | boolean>>
+
+/** A span inside a buffer, filled in by encap/decap so the hot path allocates nothing. */
+export interface Span {
+  offset: number
+  length: number
+}
+
+/**
+ * Why a payload was not turned into an inner packet; the core counts each reason per peer.
+ * String literals, not an enum, so plugins need no runtime import from the core.
+ */
+export type Drop = 'truncated' | 'malformed' | 'unknown-session' | 'authentication' | 'replay' | 'unsupported'
+export const DROP_REASONS: readonly Drop[] = ['truncated', 'malformed', 'unknown-session', 'authentication', 'replay', 'unsupported']
+
+/** What the core tells a transport about the session it is opening. */
+export interface SessionContext {
+  readonly role: 'node' | 'client'
+  /** The client's name (its certificate's common name). */
+  readonly peerName: string
+  /** The client's tunnel address, as assigned by the node. */
+  readonly tunnelAddress: string
+  /** The transport's options from the config. */
+  readonly options: TransportOptions
+  /**
+   * Keying material bound to this control-channel connection (TLS 1.3 exporter, RFC 8446 7.5):
+   * both ends derive the same bytes for the same label, and nobody else can.
+   */
+  exportKey(label: string, length: number): Buffer
+  /** A random 32-bit session id unique among this node's live sessions (for GRE keys, SPIs). */
+  allocateId(): number
+}
+
+/** One peer's session: stateful encap/decap in place, no allocation per packet. */
+export interface Session {
+  /** Identifier a datagram carries so the node can find this session (GRE key, SPI), if any. */
+  readonly id?: number
+  /** Bytes the transport writes before the inner packet; the core leaves this much room. */
+  readonly headroom: number
+  /** Bytes the transport may append after the inner packet (ESP trailer and ICV). */
+  readonly tailroom: number
+  /**
+   * Encapsulate buf[offset, offset+length) in place: write the header into the headroom before
+   * it and any trailer after it, then set `out` to the carrier payload. False drops the packet.
+   */
+  encap(buf: Buffer, offset: number, length: number, out: Span): boolean
+  /** Decapsulate a carrier payload (possibly in place); on success (null) `out` is the inner packet. */
+  decap(buf: Buffer, offset: number, length: number, out: Span): Drop | null
+  /** Forget keys and state. */
+  close(): void
+}
+
+/** A node-side session also carries what the client must be told to open its end. */
+export interface NodeSession extends Session {
+  readonly params: SessionParams
+}
+
+/** How the transport behaves across NATs; the core's keepalive and endpoint logic reads this. */
+export interface NatTraversal {
+  /** Seconds of idleness after which the client sends a keepalive over the carrier. */
+  keepaliveSeconds: number
+}
+
+export interface Transport {
+  readonly name: string
+  readonly description: string
+  /** Which carrier this transport uses with these options. */
+  carrier(options: TransportOptions): CarrierSpec
+  /** Bytes added to every inner packet by the transport itself (excluding the carrier's headers). */
+  overhead(options: TransportOptions): number
+  readonly nat: NatTraversal
+  /** Node side: a client has authenticated; create its session. */
+  openNodeSession(ctx: SessionContext): NodeSession
+  /** Client side: the node welcomed us with `params`; create our end. */
+  openClientSession(ctx: SessionContext, params: SessionParams): Session
+  /**
+   * Node side, datagram carriers: the session id a payload claims (GRE key, SPI) without
+   * decapsulating it, or undefined when the transport has no id on the wire.
+   */
+  sessionIdOf?(buf: Buffer, offset: number, length: number): number | undefined
+}
+
+/** What the core passes to a plugin's factory. Grows only by adding optional members. */
+export interface CoreApi {
+  readonly contractVersion: 1
+}
+
+/**
+ * The oclif hook a transport plugin declares in its package.json:
+ *   "oclif": { "hooks": { "agent:transport": "./dist/index.js" } }
+ * Its default export receives the core API and returns the transport.
+ */
+export interface TransportHookOptions {
+  core: CoreApi
+}
+export type TransportFactory = (core: CoreApi) => Transport
+
+export const CONTRACT_VERSION = 1
