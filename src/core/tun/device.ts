@@ -6,9 +6,14 @@
  * a few array reads, not a JS callback or an allocation.
  */
 export interface PacketRing {
-  /** One buffer holding `slots` packets of at most `slotSize` bytes each; packet i starts at i * slotSize. */
+  /**
+   * One buffer of `slots` slots of `slotSize` bytes; packet i starts at i * slotSize + headroom,
+   * so a transport can write its header into the headroom in front of it without copying.
+   */
   readonly buf: Buffer
   readonly slotSize: number
+  /** Free bytes reserved in each slot before its packet. */
+  readonly headroom: number
   /** Length of packet i for i < count of the current batch. */
   readonly lengths: Uint32Array
 }

@@ -1,0 +1,22 @@
+{
+  # agent_tun: the Linux TUN backend (src/core/tun/native/tun.c), plain C against node_api.h.
+  # Loaded by src/core/tun/linux.ts from build/Release/agent_tun.node.
+  "targets": [
+    {
+      "target_name": "agent_tun",
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_c": ["-std=c11"],
+      "configurations": {
+        "Release": {
+          # Node's common.gypi asks for -O3; -O2 is plenty for a syscall loop.
+          "cflags!": ["-O3"],
+          "cflags": ["-O2"]
+        }
+      },
+      "conditions": [
+        # Only Linux has /dev/net/tun; elsewhere the target builds nothing worth loading.
+        ["OS=='linux'", {"sources": ["src/core/tun/native/tun.c"]}]
+      ]
+    }
+  ]
+}

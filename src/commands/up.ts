@@ -1,0 +1,48 @@
+import {Command, Flags} from '@oclif/core'
+import {loadConfig} from '../core/config/index.js'
+import {createLogger, type LogLevel} from '../core/log.js'
+import {preflight} from '../core/preflight.js'
+import {discoverTransports, requireTransport} from '../core/transport/registry.js'
+import {runDir} from '../core/state/state-file.js'
+import {NodeAgent} from '../core/node/node-agent.js'
+import {ClientAgent} from '../core/client/client-agent.js'
+import {runInForeground} from '../core/lifecycle.js'
+
+export default class Up extends Command {
+  static override summary = 'Bring up a proxy node or a client from its config file, in the foreground.'
+  static override description =
+    'The role (node or client) comes from the config file. SIGTERM or SIGINT stops it and removes every TUN device, route and firewall rule it set.'
+  static override examples = ['<%= config.bin %> up --config node1.yaml', '<%= config.bin %> up --config alice.yaml --transport tls']
+  static override flags = {
+    config: Flags.string({char: 'c', summary: 'The node or client config file (YAML).', required: true}),
+    transport: Flags.string({char: 't', summary: "Transport to use, overriding the config's `transport`."}),
+    'run-dir': Flags.string({summary: 'Where state and the status socket live.', env: 'AGENT_RUN_DIR', default: '/run/agent'}),
+    'log-level': Flags.option({options: ['trace', 'debug', 'info', 'warn', 'error'] as const, summary: "Override the config's log.level."})(),
+  }
+
+  async run(): Promise<void> {
+    const {flags} = await this.parse(Up)
+    const config = await loadConfig(flags.config).catch((e: Error) => this.error(e.message, {exit: 2}))
+    const transportName = flags.transport ?? config.transport
+    const registry = await discoverTransports(this.config)
+    let transport
+    try {
+      transport = requireTransport(registry, transportName, this.config)
+      preflight()
+    } catch (e) {
+      this.error((e as Error).message, {exit: 2})
+    }
+    const log = createLogger((flags['log-level'] ?? config.log.level) as LogLevel, config.name)
+    const agent =
+      config.role === 'node'
+        ? new NodeAgent(config, transport, runDir(flags['run-dir']), log)
+        : new ClientAgent(config, transport, runDir(flags['run-dir']), log)
+    let code: number
+    try {
+      code = await runInForeground(agent, log)
+    } catch (e) {
+      this.error((e as Error).message, {exit: 1})
+    }
+    this.exit(code)
+  }
+}

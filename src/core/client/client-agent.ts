@@ -1,0 +1,278 @@
+/**
+ * The client: connects to the node over the control channel, gets its tunnel address and
+ * session parameters, creates the TUN device, routes only the configured destinations into it,
+ * and keeps the session alive, reconnecting with backoff whenever the node goes away.
+ */
+import {lookup} from 'node:dns/promises'
+import {isIP} from 'node:net'
+import {connect as tlsConnect, type TLSSocket} from 'node:tls'
+import type {Server} from 'node:net'
+import type {ResolvedClientConfig} from '../config/index.js'
+import type {Session, SessionContext, Transport} from '../transport/contract.js'
+import type {Logger} from '../log.js'
+import type {TunDevice} from '../tun/device.js'
+import {openTun} from '../tun/index.js'
+import {type Credentials, loadCredentials, tlsClientOptions} from '../pki/index.js'
+import {ControlConnection} from '../control/connection.js'
+import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
+import {DataPath} from '../device/datapath.js'
+import {Peer} from '../device/peer.js'
+import {peerReport} from '../device/report.js'
+import {StreamLink} from '../carrier/stream-link.js'
+import {ipv4ToNumber} from '../net/packet.js'
+import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
+import {readdressInterface} from '../routes/link.js'
+import {type AgentState, StateFile} from '../state/state-file.js'
+import {reclaimStale, teardown} from '../state/teardown.js'
+import {startStatusServer} from '../status/server.js'
+import type {StatusReport} from '../status/report.js'
+import {tunnelMtu} from '../transport/mtu.js'
+import {backoffDelay} from './backoff.js'
+import {isFatalTlsError} from './tls-errors.js'
+
+const CONNECT_TIMEOUT_MS = 10_000
+const WELCOME_TIMEOUT_MS = 10_000
+const FRAME_SLACK = 256
+const STREAM_BATCH_BYTES = 64 * 1024
+
+export class ClientAgent {
+  private readonly stateFile: StateFile
+  private readonly state: AgentState
+  private tun: TunDevice | null = null
+  private datapath: DataPath | null = null
+  private conn: ControlConnection | null = null
+  private peer: Peer | null = null
+  private address: string | null = null
+  private mtu: number | null = null
+  private statusServer: Server | null = null
+  private nodeIp = ''
+  private attempts = 0
+  private retryTimer: NodeJS.Timeout | null = null
+  private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
+  private stopping: Promise<void> | null = null
+  private firstWelcome: {resolve: () => void; reject: (e: Error) => void} | null = null
+  /** Resolves when the client ends by itself (a fatal refusal), with the reason. */
+  readonly ended: Promise<Error>
+  private endWith!: (e: Error) => void
+
+  constructor(
+    private readonly config: ResolvedClientConfig,
+    private readonly transport: Transport,
+    runDir: string,
+    private readonly log: Logger,
+  ) {
+    this.stateFile = new StateFile(runDir, config.name)
+    this.state = {
+      pid: process.pid,
+      role: 'client',
+      name: config.name,
+      transport: transport.name,
+      startedAt: new Date().toISOString(),
+      interface: config.tunnel.interface,
+      routes: [],
+    }
+    this.ended = new Promise((resolve) => (this.endWith = resolve))
+  }
+
+  private transportOptions(): Record<string, unknown> {
+    return ((this.config.transports as Record<string, unknown>)[this.transport.name] ?? {}) as Record<string, unknown>
+  }
+
+  private nodeText(): string {
+    return `${this.config.node.host}:${this.config.node.port}`
+  }
+
+  /**
+   * Resolves once the node has welcomed us and the tunnel is up; rejects, with everything
+   * undone, when the node refuses us or the setup fails. Keeps reconnecting afterwards.
+   */
+  async start(): Promise<void> {
+    const carrier = this.transport.carrier(this.transportOptions())
+    if (carrier.kind !== 'stream') {
+      throw new Error(`transport "${this.transport.name}" needs the ${carrier.kind} carrier, which this core does not provide yet`)
+    }
+    const credentials = await loadCredentials(this.config.pki)
+    this.nodeIp = await this.resolveNode()
+    await reclaimStale(this.stateFile, this.log)
+    this.stateFile.write(this.state)
+    try {
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
+      await new Promise<void>((resolve, reject) => {
+        this.firstWelcome = {resolve, reject}
+        this.connect(credentials)
+      })
+    } catch (e) {
+      await this.stop()
+      throw e
+    }
+  }
+
+  private async resolveNode(): Promise<string> {
+    const host = this.config.node.host
+    if (isIP(host) === 4) return host
+    try {
+      return (await lookup(host, {family: 4})).address
+    } catch (e) {
+      throw new Error(`cannot resolve node.host "${host}": ${(e as Error).message}`)
+    }
+  }
+
+  private connect(credentials: Credentials): void {
+    if (this.phase === 'stopped') return
+    this.phase = 'connecting'
+    const socket: TLSSocket = tlsConnect({
+      ...tlsClientOptions(credentials, this.config.node.name),
+      host: this.nodeIp,
+      port: this.config.node.port,
+      timeout: CONNECT_TIMEOUT_MS,
+    })
+    socket.once('timeout', () => socket.destroy(new Error(`no answer from ${this.nodeText()} within ${CONNECT_TIMEOUT_MS / 1000} s`)))
+    let welcomed = false
+    let refusal: string | null = null
+    const welcomeTimer = setTimeout(() => conn.close(`no welcome within ${WELCOME_TIMEOUT_MS / 1000} s`), WELCOME_TIMEOUT_MS)
+    welcomeTimer.unref()
+    const conn = new ControlConnection(socket, 0xffff, {
+      onMessage: (m) => {
+        if (m.type === 'welcome' && !welcomed) {
+          welcomed = true
+          clearTimeout(welcomeTimer)
+          this.onWelcome(conn, m).catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
+        } else if (m.type === 'refused') {
+          refusal = m.reason
+        } else {
+          conn.close(`unexpected ${m.type} message`)
+        }
+      },
+      onData: (buf, offset, length) => {
+        if (this.peer !== null) this.datapath?.receive(this.peer, buf, offset, length)
+      },
+      onClose: (reason, cause) => {
+        clearTimeout(welcomeTimer)
+        if (this.conn === conn) this.conn = null
+        this.dropPeer()
+        if (this.phase === 'stopped') return
+        if (refusal !== null) return this.fatal(new Error(`node ${this.nodeText()} refused us: ${refusal}`))
+        if (!welcomed && cause !== undefined && isFatalTlsError(cause)) {
+          return this.fatal(new Error(`TLS with node ${this.nodeText()} failed: ${cause.message}`))
+        }
+        this.scheduleReconnect(credentials, reason)
+      },
+    })
+    socket.once('secureConnect', () => {
+      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name})
+    })
+    this.conn = conn
+  }
+
+  private scheduleReconnect(credentials: Credentials, reason: string): void {
+    const delay = backoffDelay(this.attempts++, this.config.reconnect.minSeconds, this.config.reconnect.maxSeconds)
+    this.log.warn(`connection to node ${this.nodeText()} lost (${reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`)
+    this.retryTimer = setTimeout(() => this.connect(credentials), delay)
+  }
+
+  private async onWelcome(conn: ControlConnection, w: Welcome): Promise<void> {
+    if (w.transport !== this.transport.name) throw new Error(`node answered for transport "${w.transport}"`)
+    if (this.tun === null) await this.bringUpTunnel(w)
+    else if (w.address !== this.address) await this.readdress(w)
+    const ctx: SessionContext = {
+      role: 'client',
+      peerName: this.config.name,
+      tunnelAddress: w.address,
+      options: this.transportOptions(),
+      exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
+      allocateId: () => {
+        throw new Error('session ids are allocated by the node')
+      },
+    }
+    const session: Session = this.transport.openClientSession(ctx, w.params)
+    const link = new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES)
+    // The client has one peer, the node; it is keyed by the gateway address only for show.
+    const peer = new Peer(this.config.node.name, ipv4ToNumber(w.gateway), w.gateway, session, link)
+    link.stats = peer.stats
+    this.dropPeer()
+    this.peer = peer
+    this.datapath!.addPeer(peer)
+    conn.keepalive(w.keepalive, true)
+    this.attempts = 0
+    this.phase = 'connected'
+    this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}, mtu ${this.mtu}`)
+    this.firstWelcome?.resolve()
+    this.firstWelcome = null
+  }
+
+  private async bringUpTunnel(w: Welcome): Promise<void> {
+    const ifname = this.config.tunnel.interface
+    const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
+    if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
+    this.mtu = Math.min(wanted, w.mtu)
+    this.tun = openTun({name: ifname, mtu: this.mtu})
+    await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
+    this.address = w.address
+    // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.
+    const outside = await keepEndpointOutside(this.nodeIp, this.config.routes, {tunInterface: ifname})
+    if (outside !== null) this.recordRoute(outside)
+    for (const r of await addRoutes(ifname, this.config.routes)) this.recordRoute(r)
+    this.datapath = new DataPath(this.tun, 'client')
+    this.datapath.start()
+    this.log.info(`${ifname} ${w.address}/${w.prefix} up; routes into the tunnel: ${this.config.routes.join(', ')}`)
+  }
+
+  private recordRoute(r: AddedRoute): void {
+    this.state.routes.push(r)
+    this.stateFile.write(this.state)
+  }
+
+  private async readdress(w: Welcome): Promise<void> {
+    this.log.warn(`node moved us from ${this.address} to ${w.address}`)
+    await readdressInterface(this.config.tunnel.interface, {address: w.address, prefix: w.prefix, mtu: this.mtu!})
+    this.address = w.address
+  }
+
+  private dropPeer(): void {
+    if (this.peer === null) return
+    this.datapath?.removePeer(this.peer)
+    this.peer.session.close()
+    this.peer = null
+  }
+
+  private fatal(e: Error): void {
+    this.log.error(e.message)
+    if (this.firstWelcome !== null) {
+      this.firstWelcome.reject(e)
+      this.firstWelcome = null
+      return
+    }
+    this.endWith(e)
+  }
+
+  report(): StatusReport {
+    return {
+      name: this.config.name,
+      role: 'client',
+      pid: process.pid,
+      transport: this.transport.name,
+      interface: this.config.tunnel.interface,
+      address: this.address,
+      mtu: this.mtu,
+      startedAt: this.state.startedAt,
+      endpoint: this.nodeText(),
+      state: this.phase,
+      peers: this.peer === null ? [] : [peerReport(this.peer)],
+      counters: {...(this.datapath?.counters ?? {})},
+    }
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.phase = 'stopped'
+      if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+      this.conn?.close('client stopping')
+      this.dropPeer()
+      this.statusServer?.close()
+      this.tun?.close()
+      await teardown(this.state, this.log)
+      this.stateFile.remove()
+    })()
+    return this.stopping
+  }
+}

@@ -1,0 +1,349 @@
+/**
+ * The JSON Schema of node and client config files: the single source of the config's shape,
+ * its defaults (read by resolve.ts) and its TypeScript types (types.ts, via FromSchema).
+ * scripts/gen-schema.mjs writes it to schema/agent-config.schema.json for editors.
+ *
+ * This module must stay dependency-free: the generator imports its compiled form directly.
+ *
+ * Conventions:
+ * - Every object has `additionalProperties: false`, so a typo is an error, not a silent default.
+ * - String syntax is checked with `pattern` plus `patternErrorMessage`, a keyword VS Code's
+ *   JSON/YAML language servers show instead of the raw regex; our validator uses it too.
+ * - Relations between fields (address inside subnet, unique names...) are in semantic.ts.
+ */
+
+const OCTET = '(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])'
+const IPV4 = `${OCTET}(?:\\.${OCTET}){3}` as const
+const PREFIX = '(?:3[0-2]|[12]?[0-9])'
+const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+
+const name = {
+  type: 'string',
+  pattern: '^[a-z0-9][a-z0-9-]{0,15}$',
+  patternErrorMessage: 'must be 1 to 16 characters of a-z, 0-9 and "-", not starting with "-"',
+} as const
+
+const ipv4 = {
+  type: 'string',
+  pattern: `^${IPV4}$`,
+  patternErrorMessage: 'must be an IPv4 address such as 10.8.0.1',
+} as const
+
+const cidr = {
+  type: 'string',
+  pattern: `^${IPV4}/${PREFIX}$`,
+  patternErrorMessage: 'must be an IPv4 network in CIDR notation such as 10.8.0.0/24',
+} as const
+
+const ifname = {
+  type: 'string',
+  // Linux IFNAMSIZ is 16 including the NUL; "." and ".." would be paths under /sys/class/net.
+  pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.-]{1,15}$',
+  patternErrorMessage: 'must be a network interface name: 1 to 15 characters of A-Z, a-z, 0-9, "_", "." and "-"',
+} as const
+
+const transportName = {
+  type: 'string',
+  description: 'Name of a transport plugin (tls, gre, ipip, ipsec-over-gre, or any installed plugin).',
+  // Not an enum: transports are plugins discovered at run time.
+  pattern: '^[a-z0-9][a-z0-9-]*$',
+  patternErrorMessage: 'must be a transport name: a-z, 0-9 and "-", such as tls or ipsec-over-gre',
+  default: 'tls',
+} as const
+
+const port = {type: 'integer', minimum: 1, maximum: 65535} as const
+
+const mtu = {
+  type: 'integer',
+  minimum: 576,
+  maximum: 9000,
+  description: 'MTU of the TUN device. Omit to derive it from the transport overhead at run time.',
+} as const
+
+const path = {type: 'string', minLength: 1} as const
+
+const pki = {
+  type: 'object',
+  description:
+    'Credentials: either `bundle` (one PEM file with CA, certificate and key) or all of `ca`, `cert` and `key`. ' +
+    'Relative paths are relative to the config file.',
+  properties: {
+    ca: {...path, description: 'PEM file of the fleet CA certificate.'},
+    cert: {...path, description: 'PEM file of this instance\'s certificate.'},
+    key: {...path, description: 'PEM file of this instance\'s private key.'},
+    bundle: {...path, description: 'One PEM file holding the CA certificate, the certificate and the key.'},
+  },
+  additionalProperties: false,
+} as const
+
+const carrier = {
+  type: 'string',
+  enum: ['udp', 'ip'],
+  default: 'udp',
+  description: '"udp": in UDP datagrams (crosses NAT); "ip": as raw IP packets (no NAT on the path).',
+} as const
+
+const transports = {
+  type: 'object',
+  description: 'Per-transport options. Only the options of the built-in transports can be set.',
+  default: {},
+  properties: {
+    tls: {
+      type: 'object',
+      default: {},
+      properties: {
+        keepalive: {
+          type: 'integer',
+          minimum: 1,
+          maximum: 300,
+          default: 10,
+          description: 'Seconds between keepalive pings on the connection.',
+        },
+      },
+      additionalProperties: false,
+    },
+    gre: {
+      type: 'object',
+      default: {},
+      properties: {
+        carrier,
+        port: {...port, default: 4754, description: 'UDP port of the node (carrier udp).'},
+        checksum: {type: 'boolean', default: false, description: 'Add the GRE checksum field.'},
+        sequence: {type: 'boolean', default: false, description: 'Add the GRE sequence number field.'},
+      },
+      additionalProperties: false,
+    },
+    ipip: {
+      type: 'object',
+      default: {},
+      properties: {
+        carrier,
+        port: {...port, default: 4755, description: 'UDP port of the node (carrier udp).'},
+      },
+      additionalProperties: false,
+    },
+    'ipsec-over-gre': {
+      type: 'object',
+      default: {},
+      properties: {
+        carrier,
+        port: {...port, default: 4754, description: 'UDP port of the node (carrier udp).'},
+        rekeySeconds: {
+          type: 'integer',
+          minimum: 60,
+          maximum: 86400,
+          default: 3600,
+          description: 'Seconds after which a session derives fresh keys.',
+        },
+      },
+      additionalProperties: false,
+    },
+  },
+  additionalProperties: false,
+} as const
+
+const log = {
+  type: 'object',
+  default: {},
+  properties: {
+    level: {type: 'string', enum: ['trace', 'debug', 'info', 'warn', 'error'], default: 'info', description: 'Least severe level logged.'},
+  },
+  additionalProperties: false,
+} as const
+
+/** Lets a YAML file name its schema for editors; ignored by the agent. */
+const schemaKey = {type: 'string', description: 'Path or URL of this JSON Schema, for editors.'} as const
+
+export const nodeConfigSchema = {
+  type: 'object',
+  title: 'Node config',
+  description: 'A proxy node: accepts clients, decapsulates their packets and forwards them with SNAT.',
+  properties: {
+    $schema: schemaKey,
+    role: {type: 'string', const: 'node', description: 'This file configures a proxy node.'},
+    name: {
+      ...name,
+      description: 'Instance name, used in state file and firewall chain names.',
+    },
+    transport: {...transportName, description: 'Transport served by default.'},
+    listen: {
+      type: 'object',
+      description: 'The control channel (TLS 1.3 over TCP); the tls transport carries data on it too.',
+      default: {},
+      properties: {
+        address: {...ipv4, default: '0.0.0.0', description: 'Address to listen on.'},
+        port: {...port, default: 443, description: 'TCP port to listen on.'},
+      },
+      additionalProperties: false,
+    },
+    tunnel: {
+      type: 'object',
+      properties: {
+        interface: {...ifname, default: 'agent0', description: 'Name of the TUN device.'},
+        subnet: {
+          ...cidr,
+          description: 'Tunnel network (prefix /8 to /30), written as its network address.',
+        },
+        address: {...ipv4, description: "The node's tunnel address. Default: the first host of the subnet."},
+        pool: {
+          type: 'object',
+          description:
+            'Addresses handed to clients without a static address. Default: every host of the subnet. ' +
+            "The node's address and static client addresses are always skipped.",
+          properties: {
+            start: {...ipv4, description: 'First address of the pool.'},
+            end: {...ipv4, description: 'Last address of the pool (inclusive).'},
+          },
+          required: ['start', 'end'],
+          additionalProperties: false,
+        },
+        mtu,
+      },
+      required: ['subnet'],
+      additionalProperties: false,
+    },
+    egress: {
+      type: 'object',
+      description: 'Where forwarded traffic leaves the node.',
+      properties: {
+        interface: {...ifname, description: 'Outgoing network interface.'},
+        snat: {
+          type: 'string',
+          pattern: `^(?:masquerade|${IPV4})$`,
+          patternErrorMessage: 'must be "masquerade" or an IPv4 address',
+          default: 'masquerade',
+          description: '"masquerade" (the address of the egress interface), or a fixed IPv4 source address.',
+        },
+      },
+      required: ['interface'],
+      additionalProperties: false,
+    },
+    pki,
+    clients: {
+      type: 'array',
+      description: 'The clients allowed to connect. Empty: nobody is forwarded.',
+      default: [],
+      items: {
+        type: 'object',
+        properties: {
+          name: {...name, description: "The client certificate's common name."},
+          address: {...ipv4, description: 'Static tunnel address. Default: one from the pool.'},
+          fingerprint: {
+            type: 'string',
+            pattern: '^(?:[Ss][Hh][Aa]256:)?(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}|[0-9A-Fa-f]{64})$',
+            patternErrorMessage:
+              'must be a SHA-256 fingerprint: 32 hex pairs separated by ":" or 64 hex digits, optionally after "sha256:"',
+            description: 'If set, the client certificate must also have this SHA-256 fingerprint.',
+          },
+        },
+        required: ['name'],
+        additionalProperties: false,
+      },
+    },
+    session: {
+      type: 'object',
+      default: {},
+      properties: {
+        idleTimeout: {
+          type: 'integer',
+          minimum: 10,
+          maximum: 86400,
+          default: 180,
+          description: "Seconds of silence after which a client's session expires.",
+        },
+      },
+      additionalProperties: false,
+    },
+    transports,
+    log,
+  },
+  required: ['role', 'name', 'tunnel', 'egress', 'pki'],
+  additionalProperties: false,
+} as const
+
+export const clientConfigSchema = {
+  type: 'object',
+  title: 'Client config',
+  description: 'A client: routes chosen destinations through a TUN device to a proxy node.',
+  properties: {
+    $schema: schemaKey,
+    role: {type: 'string', const: 'client', description: 'This file configures a client.'},
+    name: {...name, description: "Instance name; the common name of this client's certificate."},
+    transport: {...transportName, description: 'Transport to use.'},
+    node: {
+      type: 'object',
+      description: 'The proxy node to connect to.',
+      properties: {
+        host: {
+          type: 'string',
+          pattern: `^(?=.{1,253}\\.?$)${LABEL}(?:\\.${LABEL})*\\.?$`,
+          patternErrorMessage: 'must be an IPv4 address or a DNS name',
+          description: "The node's IPv4 address or DNS name.",
+        },
+        port: {...port, default: 443, description: "The node's control channel port."},
+        name: {
+          type: 'string',
+          minLength: 1,
+          maxLength: 253,
+          description: "The name the node's certificate must carry. Default: host.",
+        },
+      },
+      required: ['host'],
+      additionalProperties: false,
+    },
+    routes: {
+      type: 'array',
+      description: 'Destinations sent into the tunnel, as IPv4 networks in CIDR notation.',
+      minItems: 1,
+      items: {...cidr, patternErrorMessage: 'must be an IPv4 network in CIDR notation such as 192.0.2.0/24, or 192.0.2.7/32 for one host'},
+    },
+    tunnel: {
+      type: 'object',
+      default: {},
+      properties: {
+        interface: {...ifname, default: 'agent0', description: 'Name of the TUN device.'},
+        mtu,
+      },
+      additionalProperties: false,
+    },
+    pki,
+    transports,
+    reconnect: {
+      type: 'object',
+      description: 'Backoff between attempts to reach the node.',
+      default: {},
+      properties: {
+        minSeconds: {type: 'number', minimum: 0.1, maximum: 3600, default: 1, description: 'First wait, in seconds.'},
+        maxSeconds: {
+          type: 'number',
+          minimum: 0.1,
+          maximum: 3600,
+          default: 30,
+          description: 'Longest wait, in seconds; not less than minSeconds.',
+        },
+      },
+      additionalProperties: false,
+    },
+    log,
+  },
+  required: ['role', 'name', 'node', 'routes', 'pki'],
+  additionalProperties: false,
+} as const
+
+export const SCHEMA_ID = 'urn:agent:schema:agent-config:1'
+
+export const configSchema = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: SCHEMA_ID,
+  title: 'agent config',
+  description: 'Config file of one agent instance: a proxy node (role: node) or a client (role: client).',
+  type: 'object',
+  // ajv picks the branch from `role`, so errors speak of that branch only; editors use oneOf.
+  discriminator: {propertyName: 'role'},
+  oneOf: [nodeConfigSchema, clientConfigSchema],
+} as const
+
+/** The schema file's exact text (shared by the generator and the test that checks the file). */
+export function renderSchema(): string {
+  return JSON.stringify(configSchema, null, 2) + '\n'
+}

@@ -1,0 +1,64 @@
+/**
+ * Config types, derived from the schema so the two cannot drift apart.
+ *
+ * - NodeConfig / ClientConfig: a file as written and validated (defaulted fields optional).
+ * - Resolved*: after loadConfig: defaults applied, derived values computed, paths absolute.
+ */
+import type {FromSchema} from 'json-schema-to-ts'
+import type {clientConfigSchema, nodeConfigSchema} from './schema.js'
+
+export type NodeConfig = FromSchema<typeof nodeConfigSchema, {keepDefaultedPropertiesOptional: true}>
+export type ClientConfig = FromSchema<typeof clientConfigSchema, {keepDefaultedPropertiesOptional: true}>
+export type AgentConfig = NodeConfig | ClientConfig
+
+/** With schema defaults applied: FromSchema marks every property that has a `default` as present. */
+export type DefaultedNodeConfig = FromSchema<typeof nodeConfigSchema>
+export type DefaultedClientConfig = FromSchema<typeof clientConfigSchema>
+type DefaultedNode = DefaultedNodeConfig
+type DefaultedClient = DefaultedClientConfig
+
+export type TransportsConfig = DefaultedNode['transports']
+export type LogLevel = DefaultedNode['log']['level']
+
+/** Credentials, with absolute paths. */
+export type ResolvedPki =
+  | {kind: 'bundle'; bundle: string}
+  | {kind: 'files'; ca: string; cert: string; key: string}
+
+interface Located {
+  /** Absolute path of the config file. */
+  file: string
+  /** Its directory, against which relative paths were resolved. */
+  dir: string
+}
+
+export interface ResolvedClientEntry {
+  name: string
+  /** Static tunnel address, if any. */
+  address?: string
+  /** Canonical "sha256:AB:12:..." (upper-case hex pairs joined by ":"), when pinned. */
+  fingerprint?: string
+}
+
+export type ResolvedNodeConfig = Located &
+  Omit<DefaultedNode, '$schema' | 'tunnel' | 'pki' | 'clients'> & {
+    tunnel: {
+      interface: string
+      subnet: string
+      address: string
+      /** Inclusive; the allocator skips the node's address and static client addresses. */
+      pool: {start: string; end: string}
+      /** Undefined: derive from the transport's overhead. */
+      mtu?: number
+    }
+    pki: ResolvedPki
+    clients: ResolvedClientEntry[]
+  }
+
+export type ResolvedClientConfig = Located &
+  Omit<DefaultedClient, '$schema' | 'node' | 'pki'> & {
+    node: {host: string; port: number; name: string}
+    pki: ResolvedPki
+  }
+
+export type ResolvedConfig = ResolvedNodeConfig | ResolvedClientConfig

@@ -1,0 +1,79 @@
+/**
+ * The control protocol, in JSON inside Control frames. The connection is mutually
+ * authenticated TLS 1.3 before any of this is said, so these messages are about what the
+ * client gets, not who it is.
+ *
+ *   client -> node   hello    {transport, requestAddress?}
+ *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, params}
+ *                    refused  {reason}               (then the node closes)
+ */
+import type {SessionParams} from '../transport/contract.js'
+
+export const PROTOCOL_VERSION = 1
+
+export interface Hello {
+  type: 'hello'
+  version: number
+  transport: string
+  /** The address the client had before (a reconnect): the node grants it again when it can. */
+  requestAddress?: string
+}
+
+export interface Welcome {
+  type: 'welcome'
+  version: number
+  transport: string
+  /** The client's tunnel address. */
+  address: string
+  prefix: number
+  /** The node's tunnel address. */
+  gateway: string
+  mtu: number
+  /** Seconds between keepalive pings the node expects. */
+  keepalive: number
+  params: SessionParams
+}
+
+export interface Refused {
+  type: 'refused'
+  reason: string
+}
+
+export type ControlMessage = Hello | Welcome | Refused
+
+export function encodeMessage(m: ControlMessage): Buffer {
+  return Buffer.from(JSON.stringify(m), 'utf8')
+}
+
+/** Parse and shape-check a message; throws with what is wrong. */
+export function decodeMessage(buf: Buffer, offset: number, length: number): ControlMessage {
+  let v: unknown
+  try {
+    v = JSON.parse(buf.toString('utf8', offset, offset + length))
+  } catch {
+    throw new Error('control message is not valid JSON')
+  }
+  if (typeof v !== 'object' || v === null) throw new Error('control message is not an object')
+  const m = v as Record<string, unknown>
+  switch (m.type) {
+    case 'hello':
+      need(m, 'version', 'number')
+      need(m, 'transport', 'string')
+      if (m.requestAddress !== undefined) need(m, 'requestAddress', 'string')
+      return m as unknown as Hello
+    case 'welcome':
+      for (const k of ['version', 'prefix', 'mtu', 'keepalive'] as const) need(m, k, 'number')
+      for (const k of ['transport', 'address', 'gateway'] as const) need(m, k, 'string')
+      if (typeof m.params !== 'object' || m.params === null) throw new Error('welcome.params must be an object')
+      return m as unknown as Welcome
+    case 'refused':
+      need(m, 'reason', 'string')
+      return m as unknown as Refused
+    default:
+      throw new Error(`unknown control message type ${JSON.stringify(m.type)}`)
+  }
+}
+
+function need(m: Record<string, unknown>, key: string, type: 'string' | 'number'): void {
+  if (typeof m[key] !== type) throw new Error(`${String(m.type)}.${key} must be a ${type}`)
+}

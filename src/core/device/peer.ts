@@ -1,0 +1,57 @@
+/**
+ * A peer as the data path sees it: its tunnel address, its transport session, the link its
+ * payloads leave by, and counters. One per client on the node; exactly one on a client.
+ */
+import type {Drop, Session} from '../transport/contract.js'
+import {DROP_REASONS} from '../transport/contract.js'
+import type {PacketError} from '../net/packet.js'
+
+/** The carrier side of one peer: where encapsulated payloads go. */
+export interface PeerLink {
+  /** Queue one payload; it may be coalesced with others until flush(). Copies what it keeps. */
+  send(buf: Buffer, offset: number, length: number): void
+  /** Hand everything queued since the last flush to the OS: called once per batch. */
+  flush(): void
+  /** Where the peer is reached from, as the operator sees it ("203.0.113.7:51234"). */
+  readonly endpoint: string
+}
+
+export type DropCounter = Drop | PacketError | 'source' | 'no-peer' | 'queue-full' | 'encap'
+
+export class PeerStats {
+  rxPackets = 0
+  rxBytes = 0
+  txPackets = 0
+  txBytes = 0
+  /** ms since epoch of the last payload received from the peer (data or keepalive). */
+  lastSeen = 0
+  readonly drops: Record<string, number> = Object.create(null)
+
+  drop(reason: DropCounter): void {
+    this.drops[reason] = (this.drops[reason] ?? 0) + 1
+  }
+
+  dropsSnapshot(): Record<string, number> {
+    return {...this.drops}
+  }
+}
+
+export class Peer {
+  readonly stats = new PeerStats()
+  /** Reused by encap/decap so the hot path allocates nothing. */
+  readonly span = {offset: 0, length: 0}
+  /** txPackets at the last flush: a peer whose count moved past it is queued for a flush. */
+  flushMark = 0
+
+  constructor(
+    readonly name: string,
+    /** Tunnel address, as a number for lookups and as text for humans. */
+    readonly address: number,
+    readonly addressText: string,
+    readonly session: Session,
+    public link: PeerLink,
+    readonly connectedAt = Date.now(),
+  ) {}
+}
+
+export {DROP_REASONS}

@@ -1,0 +1,56 @@
+/**
+ * The one place that derives the names of the chains an agent instance owns, and where each is
+ * entered from. Everything else (rendering, parsing, removal) goes through chainsFor().
+ */
+
+/** Instance names as the config accepts them. */
+export const INSTANCE_NAME = /^[a-z0-9][a-z0-9-]{0,15}$/
+
+/** iptables' limit: XT_EXTENSION_MAXNAMELEN (29) including the terminating NUL. */
+export const MAX_CHAIN_NAME = 28
+
+export type Table = 'filter' | 'nat' | 'mangle'
+export type ChainRole = 'fwd' | 'nat' | 'mss'
+
+export interface OwnedChain {
+  role: ChainRole
+  table: Table
+  /** Our chain, e.g. AGENT-node1-FWD. */
+  name: string
+  /** The built-in chain that jumps to it. */
+  hook: 'FORWARD' | 'POSTROUTING'
+}
+
+const PREFIX = 'AGENT-'
+const SUFFIX: Record<ChainRole, string> = {fwd: 'FWD', nat: 'NAT', mss: 'MSS'}
+
+export function assertInstanceName(instance: string): void {
+  if (!INSTANCE_NAME.test(instance)) {
+    throw new Error(`invalid instance name ${JSON.stringify(instance)}: expected ${INSTANCE_NAME.source}`)
+  }
+}
+
+export function chainName(instance: string, role: ChainRole): string {
+  assertInstanceName(instance)
+  const name = `${PREFIX}${instance}-${SUFFIX[role]}`
+  // Cannot trigger with the instance pattern above (6 + 16 + 4 = 26); guards against someone
+  // widening the pattern without looking here.
+  if (name.length > MAX_CHAIN_NAME) throw new Error(`chain name ${name} exceeds ${MAX_CHAIN_NAME} characters`)
+  return name
+}
+
+/** Our three chains, in the order payloads render them. */
+export function chainsFor(instance: string): readonly OwnedChain[] {
+  return [
+    {role: 'fwd', table: 'filter', name: chainName(instance, 'fwd'), hook: 'FORWARD'},
+    {role: 'nat', table: 'nat', name: chainName(instance, 'nat'), hook: 'POSTROUTING'},
+    {role: 'mss', table: 'mangle', name: chainName(instance, 'mss'), hook: 'FORWARD'},
+  ]
+}
+
+const OWNED = /^AGENT-([a-z0-9][a-z0-9-]{0,15})-(FWD|NAT|MSS)$/
+
+/** The instance a chain name belongs to, if it is one of ours. */
+export function instanceOfChain(chain: string): string | undefined {
+  return OWNED.exec(chain)?.[1]
+}

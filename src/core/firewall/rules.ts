@@ -1,0 +1,273 @@
+/**
+ * Pure rule generation for a node instance: what the chains should contain, and the
+ * iptables-restore payloads (for `iptables-restore --noflush -w`) that get there from the state
+ * shown by iptables-save.
+ *
+ * Why payloads and not one iptables call per rule: restore commits each table in one
+ * transaction, so a chain is never seen half-written, and in --noflush mode declaring
+ * ":CHAIN - [0:0]" creates the chain or flushes it, which makes "render everything again" the
+ * simplest idempotent reconcile.
+ *
+ * Filter policy (chain AGENT-<instance>-FWD, entered from FORWARD at position 1):
+ *   -i tun -o tun              DROP   clients cannot reach each other through the node
+ *   -i tun -s <client>/32      ACCEPT an admitted client's own traffic, any destination
+ *   -o tun -d <client>/32 RELATED,ESTABLISHED ACCEPT  replies to it, nothing new
+ *   -i tun                     DROP   anything else from the tunnel (unknown or revoked source)
+ *   -o tun                     DROP   anything else into the tunnel (no inbound connections)
+ * The reply rule is per client on purpose: when a client is removed both of its rules go, so
+ * its established flows are cut too; a shared "-o tun ESTABLISHED" rule would keep feeding a
+ * revoked client its existing connections until they time out.
+ *
+ * The source check trusts the core to decapsulate a peer's packets only when their source is
+ * that peer's tunnel address: the firewall sees one TUN for all clients and cannot tell who sent
+ * a packet, only what it claims.
+ */
+import {formatIpv4, isNetworkAddress, networkAddress, parseCidr, parseIpv4, cidrContains, formatCidr} from '../net/ipv4.js'
+import {assertInterfaceName} from '../sys/ifname.js'
+import {assertInstanceName, chainsFor, instanceOfChain, type ChainRole, type OwnedChain} from './names.js'
+import {parseIptablesSave, rulesJumpingTo, type SavedRuleset} from './save.js'
+
+export interface FirewallSpec {
+  /** Config name of this node instance; names our chains. */
+  instance: string
+  /** The node's TUN device, where every client's decapsulated packets appear. */
+  tunInterface: string
+  /** The tunnel subnet clients get addresses from, e.g. 10.8.0.0/24. */
+  subnet: string
+  /** Where forwarded traffic leaves the node. */
+  egressInterface: string
+  /** MASQUERADE (follows the egress address), or SNAT to a fixed IPv4 address. */
+  snat: 'masquerade' | string
+  /** Tunnel addresses of the clients allowed through. */
+  admitted: readonly string[]
+}
+
+/** A spec checked and put in canonical form (admitted: unique, numerically sorted). */
+export interface NormalizedSpec extends FirewallSpec {
+  admitted: string[]
+}
+
+export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
+  assertInstanceName(spec.instance)
+  assertInterfaceName(spec.tunInterface, 'tun interface')
+  assertInterfaceName(spec.egressInterface, 'egress interface')
+  if (spec.tunInterface === spec.egressInterface) throw new Error(`tun and egress interface are both ${spec.tunInterface}`)
+  const cidr = parseCidr(spec.subnet)
+  if (!cidr) throw new Error(`invalid tunnel subnet ${JSON.stringify(spec.subnet)}: expected a.b.c.d/n`)
+  if (!isNetworkAddress(cidr)) {
+    throw new Error(`tunnel subnet ${spec.subnet} has host bits set; did you mean ${formatCidr({address: networkAddress(cidr), prefix: cidr.prefix})}?`)
+  }
+  if (spec.snat !== 'masquerade' && parseIpv4(spec.snat) === undefined) {
+    throw new Error(`invalid snat ${JSON.stringify(spec.snat)}: expected "masquerade" or an IPv4 address`)
+  }
+  return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet)}
+}
+
+export function normalizeAdmitted(addresses: readonly string[], subnet: string): string[] {
+  const cidr = parseCidr(subnet)
+  if (!cidr) throw new Error(`invalid tunnel subnet ${JSON.stringify(subnet)}`)
+  const seen = new Set<number>()
+  for (const a of addresses) {
+    const n = parseIpv4(a)
+    if (n === undefined) throw new Error(`invalid client address ${JSON.stringify(a)}: expected an IPv4 address`)
+    // Clients get addresses from the subnet; anything else is a caller bug, not a rule to add.
+    if (!cidrContains(cidr, n)) throw new Error(`client address ${a} is outside the tunnel subnet ${subnet}`)
+    seen.add(n)
+  }
+  return [...seen].sort((x, y) => x - y).map(formatIpv4)
+}
+
+/**
+ * The rules of one of our chains, as "-A <chain> ..." lines written exactly the way iptables-save
+ * prints them back (option order, "-m tcp" added by iptables), so desired and actual compare as text.
+ */
+export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
+  const s = normalizeSpec(spec)
+  const chain = chainsFor(s.instance).find((c) => c.role === role)!.name
+  const tun = s.tunInterface
+  const A = `-A ${chain}`
+  switch (role) {
+    case 'fwd':
+      return [
+        `${A} -i ${tun} -o ${tun} -j DROP`,
+        ...s.admitted.flatMap((a) => [
+          `${A} -s ${a}/32 -i ${tun} -j ACCEPT`,
+          `${A} -d ${a}/32 -o ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+        ]),
+        `${A} -i ${tun} -j DROP`,
+        `${A} -o ${tun} -j DROP`,
+      ]
+    case 'nat':
+      return [`${A} -s ${s.subnet} -o ${s.egressInterface} -j ${s.snat === 'masquerade' ? 'MASQUERADE' : `SNAT --to-source ${s.snat}`}`]
+    case 'mss':
+      // Clamp SYNs both ways: the client's SYN to the egress path, the server's SYN-ACK to the
+      // tunnel's MTU, so TCP never depends on PMTU discovery through the tunnel.
+      return [
+        `${A} -i ${tun} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`,
+        `${A} -o ${tun} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`,
+      ]
+  }
+}
+
+/** The jump rule we want, as iptables-save prints it. */
+export function canonicalJump(chain: OwnedChain): string {
+  return `-A ${chain.hook} -j ${chain.name}`
+}
+
+/** A rule that jumps (or goes) to one of our chains, and where it sits. */
+export interface JumpRef {
+  /** The rule as iptables-save printed it. */
+  rule: string
+  /** The chain it is in (FORWARD, POSTROUTING... or anything someone added it to). */
+  chain: string
+  /** 1-based position in that chain. */
+  position: number
+}
+
+export interface OwnedChainState extends OwnedChain {
+  exists: boolean
+  /** Its rules, as iptables-save printed them. */
+  rules: string[]
+  /** Every rule in the table that jumps to it. */
+  jumps: JumpRef[]
+}
+
+export interface OwnedState {
+  instance: string
+  /** Anything of ours exists (a chain; jumps cannot exist without their chain). */
+  found: boolean
+  chains: Record<ChainRole, OwnedChainState>
+}
+
+/** Which of an instance's chains and jumps exist in an iptables-save dump. */
+export function parseOwnedState(iptablesSave: string | SavedRuleset, instance: string): OwnedState {
+  const ruleset = typeof iptablesSave === 'string' ? parseIptablesSave(iptablesSave) : iptablesSave
+  const chains = {} as Record<ChainRole, OwnedChainState>
+  for (const c of chainsFor(instance)) {
+    const saved = ruleset.get(c.table)?.chains.get(c.name)
+    chains[c.role] = {...c, exists: saved !== undefined, rules: saved ? [...saved.rules] : [], jumps: findJumps(ruleset, c)}
+  }
+  return {instance, found: Object.values(chains).some((c) => c.exists), chains}
+}
+
+function findJumps(ruleset: SavedRuleset, c: OwnedChain): JumpRef[] {
+  const table = ruleset.get(c.table)
+  if (!table) return []
+  const jumping = new Set(rulesJumpingTo(ruleset, c.table, c.name))
+  const out: JumpRef[] = []
+  for (const chain of table.chains.values()) {
+    chain.rules.forEach((rule, i) => {
+      if (jumping.has(rule)) out.push({rule, chain: chain.name, position: i + 1})
+    })
+  }
+  return out
+}
+
+/** Every instance with at least one chain in the dump, sorted. */
+export function ownedInstances(iptablesSave: string): string[] {
+  const found = new Set<string>()
+  for (const table of parseIptablesSave(iptablesSave).values()) {
+    for (const chain of table.chains.keys()) {
+      const instance = instanceOfChain(chain)
+      if (instance !== undefined) found.add(instance)
+    }
+  }
+  return [...found].sort()
+}
+
+/** The state "nothing of this instance exists", target of a removal. */
+export function absentState(instance: string): OwnedState {
+  const chains = {} as Record<ChainRole, OwnedChainState>
+  for (const c of chainsFor(instance)) chains[c.role] = {...c, exists: false, rules: [], jumps: []}
+  return {instance, found: false, chains}
+}
+
+const deleteOf = (rule: string) => `-D${rule.slice(2)}`
+
+/**
+ * Full reconcile: every chain declared (created or flushed) and refilled, the jump from the
+ * built-in chain inserted at position 1 if missing; stray or duplicate jumps are deleted and a
+ * single jump inserted in their place. One payload, three tables, one COMMIT each.
+ */
+export function renderApply(spec: FirewallSpec, iptablesSave: string): string {
+  const s = normalizeSpec(spec)
+  const current = parseOwnedState(iptablesSave, s.instance)
+  const out: string[] = []
+  for (const c of Object.values(current.chains)) {
+    out.push(`*${c.table}`, `:${c.name} - [0:0]`)
+    const jumps = c.jumps.map((j) => j.rule)
+    if (!(jumps.length === 1 && jumps[0] === canonicalJump(c))) {
+      out.push(...jumps.map(deleteOf), `-I ${c.hook} 1 -j ${c.name}`)
+    }
+    out.push(...chainRules(s, c.role), 'COMMIT')
+  }
+  return out.join('\n') + '\n'
+}
+
+/**
+ * Only the forward chain, refilled for a new admitted list: one table, no iptables-save needed.
+ * Assumes apply() put the jump in place.
+ */
+export function renderAdmitted(spec: FirewallSpec): string {
+  const s = normalizeSpec(spec)
+  const fwd = chainsFor(s.instance).find((c) => c.role === 'fwd')!
+  return ['*filter', `:${fwd.name} - [0:0]`, ...chainRules(s, 'fwd'), 'COMMIT'].join('\n') + '\n'
+}
+
+/**
+ * The payload that takes an instance's chains and jumps from what `iptablesSave` shows to
+ * `target`, touching nothing else: removal (target = absentState) and rollback after a failed
+ * apply (target = the state before it). Empty string when there is nothing to do.
+ */
+export function renderRestoreOwned(target: OwnedState, iptablesSave: string): string {
+  const ruleset = parseIptablesSave(iptablesSave)
+  const current = parseOwnedState(ruleset, target.instance)
+  const out: string[] = []
+  for (const c of Object.values(current.chains)) {
+    const want = target.chains[c.role]
+    const lines: string[] = []
+    if (!want.exists) {
+      if (c.exists) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), `-F ${c.name}`, `-X ${c.name}`)
+    } else {
+      const sameRules = c.exists && sameList(c.rules, want.rules)
+      const sameJumps = sameList(
+        c.jumps.map((j) => `${j.position} ${j.rule}`),
+        want.jumps.map((j) => `${j.position} ${j.rule}`),
+      )
+      if (!sameRules || !sameJumps) lines.push(`:${c.name} - [0:0]`, ...want.rules)
+      if (!sameJumps) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), ...reinsert(want.jumps, ruleset, c, current))
+    }
+    if (lines.length > 0) out.push(`*${c.table}`, ...lines, 'COMMIT')
+  }
+  return out.length > 0 ? out.join('\n') + '\n' : ''
+}
+
+/** The payload that removes every chain and jump of an instance and nothing else. */
+export function renderRemoval(iptablesSave: string, instance: string): string {
+  return renderRestoreOwned(absentState(instance), iptablesSave)
+}
+
+/** "-I <chain> <pos> ..." lines that put jumps back where they were, given the deletions above. */
+function reinsert(jumps: JumpRef[], ruleset: SavedRuleset, c: OwnedChainState, current: OwnedState): string[] {
+  const length = new Map<string, number>()
+  const lengthOf = (chain: string) => {
+    if (!length.has(chain)) {
+      const rules = ruleset.get(c.table)?.chains.get(chain)?.rules.length ?? 0
+      const deleted = current.chains[c.role].jumps.filter((j) => j.chain === chain).length
+      length.set(chain, rules - deleted)
+    }
+    return length.get(chain)!
+  }
+  return [...jumps]
+    .sort((a, b) => a.position - b.position)
+    .map((j) => {
+      // Clamp: the chain may have changed since the target was read; "too big" would fail the table.
+      const pos = Math.min(j.position, lengthOf(j.chain) + 1)
+      length.set(j.chain, lengthOf(j.chain) + 1)
+      return `-I ${j.chain} ${pos}${j.rule.slice(3 + j.chain.length)}`
+    })
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}

@@ -1,0 +1,333 @@
+/**
+ * The proxy node: one TUN device for every client, the control-channel server that
+ * authenticates clients and hands them addresses and session parameters, the FORWARD and NAT
+ * rules that admit exactly the connected authorized clients, and the data path between them.
+ */
+import {randomInt} from 'node:crypto'
+import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
+import type {Server} from 'node:net'
+import type {ResolvedNodeConfig} from '../config/index.js'
+import type {NodeSession, SessionContext, Transport} from '../transport/contract.js'
+import type {Logger} from '../log.js'
+import type {TunDevice} from '../tun/device.js'
+import {openTun} from '../tun/index.js'
+import {type Credentials, loadCredentials, tlsServerOptions} from '../pki/index.js'
+import {ControlConnection} from '../control/connection.js'
+import type {ControlMessage, Hello} from '../control/messages.js'
+import {PROTOCOL_VERSION} from '../control/messages.js'
+import {DataPath} from '../device/datapath.js'
+import {Peer} from '../device/peer.js'
+import {peerReport} from '../device/report.js'
+import {StreamLink} from '../carrier/stream-link.js'
+import {ipv4ToNumber} from '../net/packet.js'
+import {parseCidr} from '../net/ipv4.js'
+import {NodeFirewall} from '../firewall/index.js'
+import {configureInterface} from '../routes/index.js'
+import {getSysctl, setSysctl} from '../sys/sysctl.js'
+import {type AgentState, StateFile} from '../state/state-file.js'
+import {reclaimStale, teardown} from '../state/teardown.js'
+import {startStatusServer} from '../status/server.js'
+import type {StatusReport} from '../status/report.js'
+import {authorize} from './authorize.js'
+import {planAddresses} from './address-plan.js'
+import {describeTlsFailure} from '../pki/tls-failure.js'
+import {tunnelMtu} from '../transport/mtu.js'
+
+/** A client must say hello this soon after the TLS handshake. */
+const HELLO_TIMEOUT_MS = 10_000
+/** Room a frame's payload may take beyond the MTU (transport headers, trailers). */
+const FRAME_SLACK = 256
+/** Bytes one peer's coalesced writes may gather per TUN batch before a socket write. */
+const STREAM_BATCH_BYTES = 64 * 1024
+
+interface ClientSession {
+  name: string
+  conn: ControlConnection
+  peer: Peer | null
+}
+
+export class NodeAgent {
+  private readonly stateFile: StateFile
+  private readonly state: AgentState
+  private readonly plan: Map<string, string>
+  private readonly mtu: number
+  /** The tunnel subnet's prefix length (the config is validated, so it parses). */
+  private readonly prefix: number
+  private readonly sessions = new Map<string, ClientSession>()
+  private tun: TunDevice | null = null
+  private datapath: DataPath | null = null
+  private firewall: NodeFirewall | null = null
+  private server: TlsServer | null = null
+  private statusServer: Server | null = null
+  private admission: Promise<void> = Promise.resolve()
+  private stopping: Promise<void> | null = null
+  private readonly sessionIds = new Set<number>()
+
+  constructor(
+    private readonly config: ResolvedNodeConfig,
+    private readonly transport: Transport,
+    runDir: string,
+    private readonly log: Logger,
+  ) {
+    this.stateFile = new StateFile(runDir, config.name)
+    this.prefix = parseCidr(config.tunnel.subnet)!.prefix
+    this.plan = planAddresses({
+      nodeAddress: ipv4ToNumber(config.tunnel.address),
+      pool: {start: ipv4ToNumber(config.tunnel.pool.start), end: ipv4ToNumber(config.tunnel.pool.end)},
+      clients: config.clients,
+    })
+    this.mtu = config.tunnel.mtu ?? tunnelMtu(transport, this.transportOptions())
+    this.state = {
+      pid: process.pid,
+      role: 'node',
+      name: config.name,
+      transport: transport.name,
+      startedAt: new Date().toISOString(),
+      interface: config.tunnel.interface,
+      routes: [],
+      firewall: config.name,
+    }
+  }
+
+  private transportOptions(): Record<string, unknown> {
+    return ((this.config.transports as Record<string, unknown>)[this.transport.name] ?? {}) as Record<string, unknown>
+  }
+
+  /** Bring everything up, or, on any failure, undo what was done and throw. */
+  async start(): Promise<void> {
+    const carrier = this.transport.carrier(this.transportOptions())
+    if (carrier.kind !== 'stream') {
+      throw new Error(`transport "${this.transport.name}" needs the ${carrier.kind} carrier, which this core does not provide yet`)
+    }
+    // Everything that can fail on bad input is read before the system is touched.
+    const credentials = await loadCredentials(this.config.pki)
+    await reclaimStale(this.stateFile, this.log)
+    this.stateFile.write(this.state)
+    try {
+      const {interface: ifname, address, subnet} = this.config.tunnel
+      this.tun = openTun({name: ifname, mtu: this.mtu})
+      await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
+
+      this.state.ipForwardBefore = await getSysctl('net.ipv4.ip_forward')
+      this.stateFile.write(this.state)
+      await setSysctl('net.ipv4.ip_forward', '1')
+
+      this.firewall = new NodeFirewall({
+        instance: this.config.name,
+        tunInterface: ifname,
+        subnet,
+        egressInterface: this.config.egress.interface,
+        snat: this.config.egress.snat,
+        admitted: [],
+      })
+      await this.firewall.apply()
+
+      this.datapath = new DataPath(this.tun, 'node')
+      this.datapath.start()
+      await this.listen(credentials)
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
+      this.log.info(
+        `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
+          `transport ${this.transport.name}, listening on ${this.listenText()}, ${this.config.clients.length} authorized client(s)`,
+      )
+    } catch (e) {
+      await this.stop()
+      throw e
+    }
+  }
+
+  private listenText(): string {
+    return `${this.config.listen.address}:${this.config.listen.port}`
+  }
+
+  private async listen(credentials: Credentials): Promise<void> {
+    // Certificates are checked right after the handshake (onConnection), so a refused client
+    // is told why instead of seeing a bare connection reset.
+    const server = createTlsServer(tlsServerOptions(credentials, false))
+    server.on('secureConnection', (socket) => this.onConnection(socket))
+    server.on('tlsClientError', (err, socket) => {
+      this.log.warn(`refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) =>
+        reject(new Error(`cannot listen on ${this.listenText()}: ${e.code === 'EADDRINUSE' ? 'address already in use' : e.message}`)),
+      )
+      server.listen(this.config.listen.port, this.config.listen.address, () => resolve())
+    })
+    server.on('error', (e) => this.log.error(`control server: ${e.message}`))
+    this.server = server
+  }
+
+  private onConnection(socket: TLSSocket): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`
+    const auth = socket.authorized
+      ? authorize(socket.getPeerCertificate(), this.config.clients)
+      : {ok: false as const, reason: `certificate not accepted: ${describeTlsFailure(socket.authorizationError)}`}
+    const conn = new ControlConnection(socket, this.mtu + FRAME_SLACK, {
+      onMessage: () => {},
+      onData: () => {},
+      onClose: () => {},
+    })
+    if (!auth.ok) {
+      this.log.warn(`refused client from ${remote}: ${auth.reason}; no forwarding`)
+      conn.send({type: 'refused', reason: auth.reason})
+      socket.end()
+      setTimeout(() => conn.close('refused'), 1000).unref()
+      return
+    }
+    const client: ClientSession = {name: auth.name, conn, peer: null}
+    const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
+    helloTimer.unref()
+    conn.handlers = {
+      onMessage: (m: ControlMessage) => {
+        if (m.type === 'hello' && client.peer === null) {
+          clearTimeout(helloTimer)
+          this.welcome(client, m, remote)
+        } else {
+          conn.close(`unexpected ${m.type} message`)
+        }
+      },
+      onData: (buf, offset, length) => {
+        if (client.peer !== null) this.datapath?.receive(client.peer, buf, offset, length)
+      },
+      onClose: (reason) => {
+        clearTimeout(helloTimer)
+        this.endSession(client, reason)
+      },
+    }
+  }
+
+  private welcome(client: ClientSession, hello: Hello, remote: string): void {
+    const {conn, name} = client
+    if (hello.version !== PROTOCOL_VERSION) {
+      return this.refuse(client, `protocol version ${hello.version} is not supported (node speaks ${PROTOCOL_VERSION})`)
+    }
+    if (hello.transport !== this.transport.name) {
+      return this.refuse(client, `this node serves transport "${this.transport.name}", not "${hello.transport}"`)
+    }
+    const address = this.plan.get(name)
+    if (address === undefined) return this.refuse(client, `no tunnel address planned for "${name}"`)
+
+    const previous = this.sessions.get(name)
+    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
+
+    const options = this.transportOptions()
+    const ctx: SessionContext = {
+      role: 'node',
+      peerName: name,
+      tunnelAddress: address,
+      options,
+      exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
+      allocateId: () => this.allocateSessionId(),
+    }
+    let session: NodeSession
+    try {
+      session = this.transport.openNodeSession(ctx)
+    } catch (e) {
+      return this.refuse(client, `transport could not open a session: ${(e as Error).message}`)
+    }
+    const link = new StreamLink(conn.socket, remote, STREAM_BATCH_BYTES)
+    const peer = new Peer(name, ipv4ToNumber(address), address, session, link)
+    link.stats = peer.stats
+    client.peer = peer
+    this.sessions.set(name, client)
+    this.datapath?.addPeer(peer)
+    const keepalive = Number(options.keepalive ?? this.transport.nat.keepaliveSeconds)
+    this.updateAdmission()
+      .then(() => {
+        if (conn.isClosed) return
+        conn.send({
+          type: 'welcome',
+          version: PROTOCOL_VERSION,
+          transport: this.transport.name,
+          address,
+          prefix: this.prefix,
+          gateway: this.config.tunnel.address,
+          mtu: this.mtu,
+          keepalive,
+          params: session.params,
+        })
+        conn.keepalive(keepalive, false)
+        this.log.info(`client ${name} connected from ${remote} as ${address}`)
+      })
+      .catch((e: Error) => {
+        this.log.error(`could not admit ${name}: ${e.message}`)
+        conn.close('admission failed')
+      })
+  }
+
+  private refuse(client: ClientSession, reason: string): void {
+    this.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`)
+    client.conn.send({type: 'refused', reason})
+    client.conn.socket.end()
+    setTimeout(() => client.conn.close('refused'), 1000).unref()
+  }
+
+  private endSession(client: ClientSession, reason: string): void {
+    const peer = client.peer
+    if (peer === null) return
+    client.peer = null
+    this.datapath?.removePeer(peer)
+    peer.session.close()
+    if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
+    if (this.sessions.get(client.name) === client) {
+      this.sessions.delete(client.name)
+      if (this.stopping === null) {
+        this.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
+        this.updateAdmission().catch((e: Error) => this.log.error(`could not update FORWARD rules: ${e.message}`))
+      }
+    }
+  }
+
+  /** FORWARD admits exactly the clients with a live session; changes are applied in order. */
+  private updateAdmission(): Promise<void> {
+    const run = async () => {
+      if (this.firewall === null || this.stopping !== null) return
+      const admitted = [...this.sessions.values()].filter((s) => s.peer !== null).map((s) => s.peer!.addressText)
+      await this.firewall.setAdmitted(admitted)
+    }
+    this.admission = this.admission.then(run, run)
+    return this.admission
+  }
+
+  private allocateSessionId(): number {
+    for (;;) {
+      const id = randomInt(1, 0xffffffff)
+      if (!this.sessionIds.has(id)) {
+        this.sessionIds.add(id)
+        return id
+      }
+    }
+  }
+
+  report(): StatusReport {
+    return {
+      name: this.config.name,
+      role: 'node',
+      pid: process.pid,
+      transport: this.transport.name,
+      interface: this.config.tunnel.interface,
+      address: this.config.tunnel.address,
+      mtu: this.mtu,
+      startedAt: this.state.startedAt,
+      endpoint: this.listenText(),
+      state: this.stopping === null ? 'up' : 'stopping',
+      peers: (this.datapath?.peers() ?? []).map(peerReport),
+      counters: {...(this.datapath?.counters ?? {})},
+    }
+  }
+
+  /** Undo everything start() did, in reverse; safe to call more than once. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.server?.close()
+      for (const s of this.sessions.values()) s.conn.close('node stopping')
+      this.statusServer?.close()
+      this.tun?.close()
+      await this.admission.catch(() => {})
+      await teardown(this.state, this.log)
+      this.stateFile.remove()
+    })()
+    return this.stopping
+  }
+}

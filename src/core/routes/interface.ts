@@ -1,0 +1,36 @@
+/**
+ * Gives a freshly created TUN device its address and MTU and brings it up, with iproute2.
+ */
+import {parseIpv4} from '../net/ipv4.js'
+import {assertInterfaceName} from '../sys/ifname.js'
+import {run, type Runner} from '../sys/run.js'
+
+export type InterfaceAddress =
+  /** A subnet on the link: the node's side, 10.8.0.1/24. */
+  | {address: string; prefix: number; peer?: undefined; mtu: number}
+  /** Point-to-point: local address and the other end, e.g. a client's 10.8.0.2 peer 10.8.0.1. */
+  | {address: string; peer: string; prefix?: undefined; mtu: number}
+
+export interface IpOptions {
+  /** How to run `ip`; tests pass netnsRunner(ns). */
+  runner?: Runner
+}
+
+export async function configureInterface(name: string, cfg: InterfaceAddress, opts: IpOptions = {}): Promise<void> {
+  const runner = opts.runner ?? run
+  assertInterfaceName(name)
+  if (parseIpv4(cfg.address) === undefined) throw new Error(`invalid address ${JSON.stringify(cfg.address)} for ${name}`)
+  if (!Number.isInteger(cfg.mtu) || cfg.mtu < 68 || cfg.mtu > 65535) throw new Error(`invalid MTU ${cfg.mtu} for ${name}: expected 68..65535`)
+  let local: string[]
+  if (cfg.peer !== undefined) {
+    if (parseIpv4(cfg.peer) === undefined) throw new Error(`invalid peer address ${JSON.stringify(cfg.peer)} for ${name}`)
+    local = [cfg.address, 'peer', cfg.peer]
+  } else {
+    if (!Number.isInteger(cfg.prefix) || cfg.prefix < 0 || cfg.prefix > 32) throw new Error(`invalid prefix length ${cfg.prefix} for ${name}`)
+    local = [`${cfg.address}/${cfg.prefix}`]
+  }
+  // "replace", not "add": the same address already being there (a restart that reuses a
+  // persistent device) is success, not "Address already assigned".
+  await runner('ip', ['address', 'replace', ...local, 'dev', name])
+  await runner('ip', ['link', 'set', 'dev', name, 'mtu', String(cfg.mtu), 'up'])
+}

@@ -1,0 +1,80 @@
+/** Gathering and printing the status of every instance found in a run directory. */
+import {readdirSync} from 'node:fs'
+import {StateFile, isAgentAlive} from '../state/state-file.js'
+import type {StatusReport} from './report.js'
+import {queryStatus} from './server.js'
+
+export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
+
+export async function collectStatus(dir: string, only?: string): Promise<InstanceStatus[]> {
+  let names: string[]
+  try {
+    names = readdirSync(dir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -'.json'.length))
+  } catch {
+    return []
+  }
+  if (only !== undefined) names = names.filter((n) => n === only)
+  const out: InstanceStatus[] = []
+  for (const name of names.sort()) {
+    const file = new StateFile(dir, name)
+    const state = file.read()
+    if (state === null) continue
+    if (!isAgentAlive(state.pid)) {
+      out.push({name, pid: state.pid, state: 'not running (stale state: run `agent down`)'})
+      continue
+    }
+    try {
+      out.push(await queryStatus(file.socketPath))
+    } catch {
+      out.push({name, pid: state.pid, state: 'not answering'})
+    }
+  }
+  return out
+}
+
+export function formatStatus(all: InstanceStatus[]): string {
+  if (all.length === 0) return 'no agent is running'
+  return all.map(formatOne).join('\n\n')
+}
+
+function formatOne(s: InstanceStatus): string {
+  if (!('role' in s)) return `${s.name} (pid ${s.pid}): ${s.state}`
+  const head = [
+    `${s.role} ${s.name} (pid ${s.pid}) ${s.state}, transport ${s.transport}`,
+    `  interface ${s.interface} ${s.address ?? '-'} mtu ${s.mtu ?? '-'}, ${s.role === 'node' ? 'listening on' : 'node'} ${s.endpoint}`,
+  ]
+  const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
+  if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
+  if (s.peers.length === 0) return [...head, `  no ${s.role === 'node' ? 'client' : 'node'} connected`].join('\n')
+  const rows = s.peers.map((p) => [
+    p.name,
+    p.address,
+    p.endpoint,
+    bytes(p.rxBytes),
+    bytes(p.txBytes),
+    p.lastSeen === null ? 'never' : `${Math.round((Date.now() - Date.parse(p.lastSeen)) / 1000)}s ago`,
+    Object.entries(p.drops)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ') || '-',
+  ])
+  return [...head, table(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'drops'], rows)].join('\n')
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  let v = n
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
+  return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`
+}
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const line = (cells: string[]) => '  ' + cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()
+  return [line(header), ...rows.map(line)].join('\n')
+}

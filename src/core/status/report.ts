@@ -1,0 +1,32 @@
+/** What `agent status` shows: one report per running instance. */
+export interface PeerReport {
+  name: string
+  address: string
+  endpoint: string
+  connectedAt: string
+  /** ISO time of the last payload heard, or null before any. */
+  lastSeen: string | null
+  rxBytes: number
+  txBytes: number
+  rxPackets: number
+  txPackets: number
+  drops: Record<string, number>
+}
+
+export interface StatusReport {
+  name: string
+  role: 'node' | 'client'
+  pid: number
+  transport: string
+  interface: string
+  /** This end's tunnel address (a client's is null until the node welcomed it). */
+  address: string | null
+  mtu: number | null
+  startedAt: string
+  /** Node: where it listens. Client: the node it talks to. */
+  endpoint: string
+  /** Client: connected, connecting, or refused. */
+  state: string
+  peers: PeerReport[]
+  counters: Record<string, number>
+}

@@ -1,0 +1,213 @@
+/**
+ * Linux TUN backend on our own N-API addon (src/core/tun/native/tun.c, built by node-gyp into
+ * build/Release/agent_tun.node). The fd is polled on the main loop, never read on the
+ * threadpool, so a wakeup costs one JS call per batch and process.exit() never waits on a read.
+ *
+ * Ring layout: one Buffer of batchSize slots of slotSize bytes. Packet i starts at
+ * i * slotSize + TUN_HEADROOM and is ring.lengths[i] bytes long; the TUN_HEADROOM bytes in front
+ * of it are free for a transport to write its header in place.
+ */
+import {existsSync, readFileSync} from 'node:fs'
+import {createRequire} from 'node:module'
+import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import type {PacketRing, TunDevice, TunOptions} from './device.js'
+
+/** Bytes reserved in each ring slot before its packet, for an encapsulation header. */
+export const TUN_HEADROOM = 64
+/** Packets per wakeup when TunOptions.batchSize is not given. */
+export const DEFAULT_BATCH_SIZE = 64
+const MAX_BATCH_SIZE = 4096
+/** Slots are sized to a multiple of this, so every packet starts cache-line aligned. */
+const SLOT_ALIGN = 64
+const MIN_MTU = 68
+const MAX_MTU = 65535
+/** IFNAMSIZ - 1: the kernel's limit on interface names, in bytes. */
+const MAX_NAME_BYTES = 15
+
+export interface LinuxTunOptions extends TunOptions {
+  /** IFF_MULTI_QUEUE: several descriptors (one per worker) may open the same name. */
+  multiQueue?: boolean
+  /**
+   * Called when reading fails for good (e.g. the interface was deleted); the device is closed
+   * first. Without it the error is thrown as an uncaught exception, so it cannot go unnoticed.
+   */
+  onError?: (err: Error) => void
+}
+
+export interface LinuxTunDevice extends TunDevice {
+  /** The ring start() delivers into, allocated once at open. */
+  readonly ring: PacketRing
+  /**
+   * Writes packets buf[offsets[i] .. offsets[i] + lengths[i]) for i < count in one native call.
+   * Returns how many the kernel accepted; the rest were dropped (see write).
+   */
+  writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number
+}
+
+/** Opaque handle made by the addon. */
+type NativeHandle = {readonly __brand: 'agent_tun'}
+
+interface NativeTun {
+  open(name: string, multiQueue: boolean): NativeHandle
+  start(
+    handle: NativeHandle,
+    ring: Buffer,
+    lengths: Uint32Array,
+    slotSize: number,
+    headroom: number,
+    slots: number,
+    onBatch: (count: number) => void,
+    onError: (err: Error) => void,
+  ): void
+  write(handle: NativeHandle, buf: Uint8Array, offset: number, length: number): boolean
+  writeBatch(handle: NativeHandle, buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number
+  close(handle: NativeHandle): void
+}
+
+/** Bytes per ring slot for a given MTU: the headroom plus the MTU rounded up to SLOT_ALIGN. */
+export function slotSizeFor(mtu: number): number {
+  return TUN_HEADROOM + Math.ceil(mtu / SLOT_ALIGN) * SLOT_ALIGN
+}
+
+/**
+ * Throws unless the kernel would create an interface with exactly this name. '%' is refused
+ * because the kernel would treat it as a pattern and pick the name itself.
+ */
+export function validateTunName(name: string): void {
+  const bytes = Buffer.byteLength(name)
+  if (bytes === 0 || bytes > MAX_NAME_BYTES) {
+    throw codeError(
+      `invalid TUN device name "${name}": it is ${bytes} bytes, must be 1 to ${MAX_NAME_BYTES}`,
+      'ERR_INVALID_ARG_VALUE',
+    )
+  }
+  if (name === '.' || name === '..' || /[/:%\s\0]/.test(name)) {
+    throw codeError(
+      `invalid TUN device name "${name}": no '/', ':', '%', whitespace, "." or ".." allowed`,
+      'ERR_INVALID_ARG_VALUE',
+    )
+  }
+}
+
+/** Opens (creating it if needed) the TUN interface `opts.name`; the caller configures it with ip. */
+export function openTun(opts: LinuxTunOptions): LinuxTunDevice {
+  validateTunName(opts.name)
+  const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE
+  checkInt('batchSize', batchSize, 1, MAX_BATCH_SIZE)
+  checkInt('mtu', opts.mtu, MIN_MTU, MAX_MTU)
+
+  const native = loadNative()
+  const handle = native.open(opts.name, opts.multiQueue ?? false)
+  const slotSize = slotSizeFor(opts.mtu)
+  const ring: PacketRing = {
+    buf: Buffer.alloc(batchSize * slotSize),
+    slotSize,
+    headroom: TUN_HEADROOM,
+    lengths: new Uint32Array(batchSize),
+  }
+  return new LinuxTun(opts.name, native, handle, ring, opts.onError)
+}
+
+class LinuxTun implements LinuxTunDevice {
+  #handle: NativeHandle | undefined
+  #started = false
+
+  constructor(
+    readonly name: string,
+    private readonly native: NativeTun,
+    handle: NativeHandle,
+    readonly ring: PacketRing,
+    private readonly onError: ((err: Error) => void) | undefined,
+  ) {
+    this.#handle = handle
+  }
+
+  start(onBatch: (count: number, ring: PacketRing) => void): void {
+    const handle = this.#handle
+    if (handle === undefined) throw codeError(`TUN device ${this.name} is closed`, 'ERR_AGENT_TUN_CLOSED')
+    if (this.#started) throw codeError(`TUN device ${this.name} is already started`, 'ERR_AGENT_TUN_STARTED')
+    const ring = this.ring
+    this.native.start(
+      handle,
+      ring.buf,
+      ring.lengths,
+      ring.slotSize,
+      ring.headroom,
+      ring.lengths.length,
+      (count) => onBatch(count, ring),
+      (err) => this.#fail(err),
+    )
+    this.#started = true
+  }
+
+  write(buf: Uint8Array, offset: number, length: number): boolean {
+    const handle = this.#handle
+    return handle === undefined ? false : this.native.write(handle, buf, offset, length)
+  }
+
+  writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
+    const handle = this.#handle
+    return handle === undefined ? 0 : this.native.writeBatch(handle, buf, offsets, lengths, count)
+  }
+
+  close(): void {
+    const handle = this.#handle
+    if (handle === undefined) return
+    this.#handle = undefined
+    this.native.close(handle)
+  }
+
+  #fail(err: Error): void {
+    this.close()
+    if (this.onError === undefined) throw err
+    this.onError(err)
+  }
+}
+
+function checkInt(what: string, value: number, min: number, max: number): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw codeError(`TUN ${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
+  }
+}
+
+function codeError(message: string, code: string): Error {
+  return Object.assign(new Error(message), {code})
+}
+
+let nativeModule: NativeTun | undefined
+
+/** Loaded on first open, so importing this module never fails on a machine without the build. */
+function loadNative(): NativeTun {
+  if (nativeModule !== undefined) return nativeModule
+  const file = join(packageRoot(), 'build', 'Release', 'agent_tun.node')
+  if (!existsSync(file)) {
+    const hint = 'run "npx node-gyp rebuild"'
+    throw codeError(`the TUN addon is not built: ${file} is missing (${hint})`, 'ERR_AGENT_TUN_ADDON')
+  }
+  nativeModule = createRequire(import.meta.url)(file) as NativeTun
+  return nativeModule
+}
+
+/** The directory of the "agent" package.json above this file (dist/ or src/, built or not). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    if (isAgentPackage(join(dir, 'package.json'))) return dir
+    const parent = dirname(dir)
+    if (parent === dir) {
+      throw codeError(`no "agent" package.json above ${fileURLToPath(import.meta.url)}`, 'ERR_AGENT_TUN_ADDON')
+    }
+    dir = parent
+  }
+}
+
+function isAgentPackage(file: string): boolean {
+  if (!existsSync(file)) return false
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as {name?: unknown}).name === 'agent'
+  } catch {
+    return false // unreadable or not JSON: not ours, keep walking up
+  }
+}

@@ -1,0 +1,11 @@
+/**
+ * Network-namespace testbed for integration tests, the demo and the benchmark: clients behind a
+ * home NAT, a proxy node and a target, all in namespaces of their own (see topology.ts).
+ */
+export {createTestbed, SCRATCH_ROOT} from './topology.js'
+export {cleanupStale, type StaleCleanup} from './stale.js'
+export {startEchoServer, probeEcho, type EchoServer, type ProbeResult} from './echo.js'
+export {waitForOutput, stopProcess} from './process.js'
+export {addressPlan, INTERFACES} from './addresses.js'
+export {CommandError, type ExecOptions, type ExecResult} from './run.js'
+export type {Testbed, TestbedAddresses, TestbedInterfaces, TestbedNames, TestbedOptions} from './types.js'

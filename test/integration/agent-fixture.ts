@@ -1,0 +1,180 @@
+/**
+ * Shared set-up for the end-to-end tests: a namespace testbed, a fleet PKI made with the real
+ * `agent pki` commands, node and client config files, and the real `agent` binary started
+ * inside the namespaces. Requires `npm run build` (npm test does it first).
+ */
+import type {ChildProcess} from 'node:child_process'
+import {execFile} from 'node:child_process'
+import {mkdirSync, writeFileSync} from 'node:fs'
+import {join, resolve} from 'node:path'
+import {promisify} from 'node:util'
+import {inject} from 'vitest'
+import {createTestbed, type Testbed} from '../../src/testbed/index.js'
+
+export const ROOT = resolve(import.meta.dirname, '../..')
+export const BIN = join(ROOT, 'bin/run.js')
+const pexec = promisify(execFile)
+
+/** Environment for every agent this test starts: its own run dir and the prepared plugin dir. */
+export function agentEnv(runDir: string): NodeJS.ProcessEnv {
+  return {...process.env, AGENT_RUN_DIR: runDir, AGENT_DATA_DIR: inject('agentDataDir'), NO_COLOR: '1'}
+}
+
+/** Run the agent CLI to completion outside any namespace (pki, config validate...). */
+export async function agentCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{stdout: string; stderr: string; code: number}> {
+  try {
+    const r = await pexec(process.execPath, [BIN, ...args], {env, timeout: 60_000})
+    return {stdout: r.stdout, stderr: r.stderr, code: 0}
+  } catch (e) {
+    const err = e as {stdout?: string; stderr?: string; code?: number}
+    return {stdout: err.stdout ?? '', stderr: err.stderr ?? '', code: typeof err.code === 'number' ? err.code : 1}
+  }
+}
+
+/** A running `agent up` whose output is kept, so a test can wait for any line, past or future. */
+export class AgentProcess {
+  output = ''
+  readonly exited: Promise<number | null>
+
+  constructor(readonly child: ChildProcess) {
+    child.stdout?.on('data', (b: Buffer) => (this.output += b.toString()))
+    child.stderr?.on('data', (b: Buffer) => (this.output += b.toString()))
+    this.exited = new Promise((r) => child.once('exit', (code) => r(code)))
+  }
+
+  get pid(): number {
+    return this.child.pid!
+  }
+
+  /** Wait until the output (from `from` on) matches; fail with the output when it exits or times out. */
+  async waitFor(pattern: RegExp, timeoutMs = 20_000, from = 0): Promise<string> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const m = pattern.exec(this.output.slice(from))
+      if (m) return m[0]
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        throw new Error(`agent exited (${this.child.exitCode ?? this.child.signalCode}) before ${pattern}; output:\n${this.output}`)
+      }
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}; output:\n${this.output}`)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
+}
+
+export interface Fleet {
+  tb: Testbed
+  pki: string
+  /** A CA that is not the fleet's, with a client "alice" of its own. */
+  foreignPki: string
+  nodeConfig: string
+  clientConfig(name: string, opts?: {transport?: string; index?: number}): string
+  startNode(opts?: {args?: string[]}): Promise<AgentProcess>
+  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null}): Promise<AgentProcess>
+  /** Run the agent CLI inside a namespace with that namespace's run dir. */
+  cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
+  runDir(ns: string): string
+}
+
+export const NODE_PORT = 4443
+
+/**
+ * Build the testbed and everything an operator would prepare: CA, node and client
+ * credentials (alice and bob authorized; mallory has a valid certificate but is not listed),
+ * and config files.
+ */
+export async function createFleet(opts: {clients?: number; prefix: string}): Promise<Fleet> {
+  const tb = await createTestbed({prefix: opts.prefix, clients: opts.clients ?? 2})
+  const pki = join(tb.dir, 'pki')
+  const foreignPki = join(tb.dir, 'foreign-pki')
+  const must = async (args: string[]) => {
+    const r = await agentCli(args)
+    if (r.code !== 0) throw new Error(`agent ${args.join(' ')} failed: ${r.stderr}`)
+  }
+  await must(['pki', 'init', '--dir', pki])
+  await must(['pki', 'issue', 'node1', '--node', '--dir', pki])
+  for (const c of ['alice', 'bob', 'mallory']) await must(['pki', 'issue', c, '--dir', pki])
+  await must(['pki', 'init', '--dir', foreignPki])
+  await must(['pki', 'issue', 'alice', '--dir', foreignPki])
+
+  const configs = join(tb.dir, 'configs')
+  mkdirSync(configs, {recursive: true})
+  const nodeConfig = join(configs, 'node1.yaml')
+  writeFileSync(
+    nodeConfig,
+    `role: node
+name: node1
+transport: tls
+listen: {address: 0.0.0.0, port: ${NODE_PORT}}
+tunnel: {interface: agtun0, subnet: 10.99.0.0/24}
+egress: {interface: ${tb.ifaces.nodeEgress}}
+pki: {bundle: ${pki}/node1.pem}
+clients:
+  - name: alice
+  - name: bob
+    address: 10.99.0.50
+transports:
+  tls: {keepalive: 2}
+`,
+  )
+
+  const runDir = (ns: string) => join(tb.nsDir(ns), 'run')
+  const clientConfig = (name: string, o: {transport?: string; index?: number} = {}) => {
+    const file = join(configs, `${name}-${o.index ?? 0}.yaml`)
+    writeFileSync(
+      file,
+      `role: client
+name: ${name}
+transport: ${o.transport ?? 'tls'}
+node: {host: ${tb.addr.nodeWan}, port: ${NODE_PORT}, name: node1}
+routes: [${tb.addr.target}/32]
+tunnel: {interface: agtun0}
+pki: {bundle: ${pki}/${name}.pem}
+reconnect: {minSeconds: 0.2, maxSeconds: 1}
+transports:
+  tls: {keepalive: 2}
+`,
+    )
+    return file
+  }
+
+  const spawnAgent = (ns: string, args: string[]) =>
+    new AgentProcess(tb.spawn(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns)), stdio: ['ignore', 'pipe', 'pipe']}))
+
+  return {
+    tb,
+    pki,
+    foreignPki,
+    nodeConfig,
+    clientConfig,
+    runDir,
+    async startNode(o = {}) {
+      const p = spawnAgent(tb.names.node, ['up', '--config', nodeConfig, ...(o.args ?? [])])
+      await p.waitFor(/node node1 up/)
+      return p
+    },
+    async startClient(name, index = 0, o = {}) {
+      const p = spawnAgent(tb.names.client[index], ['up', '--config', clientConfig(name, {index}), ...(o.args ?? [])])
+      if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
+      return p
+    },
+    async cli(ns, args) {
+      return tb.exec(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns)), timeoutMs: 60_000}).then((r) => ({
+        stdout: r.stdout,
+        stderr: r.stderr,
+        code: r.code ?? 1,
+      }))
+    },
+  }
+}
+
+/** What of the agent is visible in a namespace: TUN links, routes through them, firewall chains. */
+export async function agentTraces(tb: Testbed, ns: string): Promise<string[]> {
+  const found: string[] = []
+  const links = await tb.exec(ns, 'ip', ['-o', 'link', 'show', 'type', 'tun'])
+  if (links.stdout.trim() !== '') found.push(`tun: ${links.stdout.trim()}`)
+  const routes = await tb.exec(ns, 'ip', ['route', 'show'])
+  for (const line of routes.stdout.split('\n')) if (/agtun/.test(line)) found.push(`route: ${line}`)
+  const rules = await tb.exec(ns, 'iptables-save', [])
+  for (const line of rules.stdout.split('\n')) if (/AGENT/.test(line)) found.push(`iptables: ${line}`)
+  return found
+}

@@ -1,0 +1,380 @@
+/**
+ * The firewall and route code against the real kernel: iptables-nft and iproute2, each test in a
+ * network namespace of its own (fwtest-<pid>-<n>) that is deleted afterwards, pass or fail.
+ * Nothing here runs in the host's namespace except `ip netns add/del`.
+ */
+import {afterAll, describe, expect, it} from 'vitest'
+import {FirewallError, NodeFirewall, findFirewallInstances, iptablesSave, removeFirewall, restore} from '../../src/core/firewall/iptables.js'
+import {chainRules, parseOwnedState, type FirewallSpec} from '../../src/core/firewall/rules.js'
+import {normalizeIptablesSave} from '../../src/core/firewall/save.js'
+import {configureInterface} from '../../src/core/routes/interface.js'
+import {addRoutes, keepEndpointOutside, removeRoutes, ROUTE_PROTO} from '../../src/core/routes/routes.js'
+import {netnsRunner} from '../../src/core/sys/netns.js'
+import {CommandNotFoundError, run, type Runner} from '../../src/core/sys/run.js'
+
+const isRoot = process.getuid?.() === 0
+const hasTools = await Promise.all(['iptables-restore', 'iptables-save', 'ip'].map((t) => run('sh', ['-c', `command -v ${t}`], {allowFail: true})))
+  .then((rs) => rs.every((r) => r.code === 0))
+  .catch(() => false)
+
+const created = new Set<string>()
+let counter = 0
+
+/** Runs `fn` in a fresh namespace that is deleted afterwards, whatever happens. */
+async function inNetns<T>(fn: (ns: string, r: Runner) => Promise<T>): Promise<T> {
+  const ns = `fwtest-${process.pid}-${++counter}`
+  await run('ip', ['netns', 'add', ns])
+  created.add(ns)
+  try {
+    return await fn(ns, netnsRunner(ns))
+  } finally {
+    await run('ip', ['netns', 'del', ns], {allowFail: true})
+    created.delete(ns)
+  }
+}
+
+// Safety net for a test killed by its timeout before its finally ran.
+afterAll(async () => {
+  for (const ns of created) await run('ip', ['netns', 'del', ns], {allowFail: true})
+})
+
+const sh = (r: Runner, cmd: string, ...args: string[]) => r(cmd, args)
+const save = async (r: Runner) => normalizeIptablesSave(await iptablesSave(r))
+
+/**
+ * nft creates a table on first use and nobody deletes it, so "as before" in an empty namespace
+ * means: any table that appeared holds only empty built-in chains with ACCEPT policy.
+ */
+function withoutPristineTables(normalized: string): string {
+  return normalized
+    .split(/(?=^\*)/m)
+    .filter((block) => !block.split('\n').every((l) => l === '' || l.startsWith('*') || l === 'COMMIT' || /^:[A-Z]+ ACCEPT \[0:0\]$/.test(l)))
+    .join('')
+}
+
+// A host that already forwards for Docker, with FORWARD policy DROP and NAT of its own.
+const HOST_RULES = `*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-USER - [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -m comment --comment "ssh -j AGENT-n1-FWD" -j ACCEPT
+-A FORWARD -j DOCKER-USER
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER-USER -j RETURN
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o eth0 -p udp -m udp --dport 53 -j ACCEPT
+COMMIT
+`
+
+async function loadHostRules(r: Runner): Promise<void> {
+  await r('iptables-restore', [], {input: HOST_RULES})
+}
+
+const spec = (over: Partial<FirewallSpec> = {}): FirewallSpec => ({
+  instance: 'n1',
+  tunInterface: 'tun0',
+  subnet: '10.8.0.0/24',
+  egressInterface: 'eth0',
+  snat: 'masquerade',
+  admitted: ['10.8.0.2', '10.8.0.3'],
+  ...over,
+})
+
+/** A runner that edits iptables-restore payloads on their way, to make the kernel refuse one. */
+function tampering(r: Runner, edit: (payload: string) => string): Runner {
+  return (cmd, args, opts) => r(cmd, args, cmd === 'iptables-restore' && opts?.input ? {...opts, input: edit(opts.input)} : opts)
+}
+
+describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
+  it('applies all three chains with their jumps at the top', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      await new NodeFirewall(spec({snat: '192.0.2.10'}), {runner: r}).apply()
+      const text = await iptablesSave(r)
+      const state = parseOwnedState(text, 'n1')
+      for (const role of ['fwd', 'nat', 'mss'] as const) {
+        expect(state.chains[role].rules).toEqual(chainRules(spec({snat: '192.0.2.10'}), role))
+        expect(state.chains[role].jumps.map((j) => [j.chain, j.position, j.rule])).toEqual([
+          [state.chains[role].hook, 1, `-A ${state.chains[role].hook} -j ${state.chains[role].name}`],
+        ])
+      }
+      expect(text).toContain('-A AGENT-n1-NAT -s 10.8.0.0/24 -o eth0 -j SNAT --to-source 192.0.2.10')
+      expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
+    }))
+
+  it('applies in an empty namespace, and applying twice gives the identical ruleset', () =>
+    inNetns(async (_ns, r) => {
+      expect(await save(r)).toBe('')
+      const fw = new NodeFirewall(spec(), {runner: r})
+      await fw.apply()
+      const once = await save(r)
+      expect(once).toContain('-A FORWARD -j AGENT-n1-FWD')
+      await fw.apply()
+      expect(await save(r)).toBe(once)
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      expect(await save(r)).toBe(once)
+    }))
+
+  it('collapses duplicate jumps into one at the top', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      await sh(r, 'iptables', '-A', 'FORWARD', '-j', 'AGENT-n1-FWD')
+      await sh(r, 'iptables', '-t', 'nat', '-I', 'POSTROUTING', '2', '-o', 'eth0', '-j', 'AGENT-n1-NAT')
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      const state = parseOwnedState(await iptablesSave(r), 'n1')
+      expect(state.chains.fwd.jumps).toEqual([{chain: 'FORWARD', position: 1, rule: '-A FORWARD -j AGENT-n1-FWD'}])
+      expect(state.chains.nat.jumps).toEqual([{chain: 'POSTROUTING', position: 1, rule: '-A POSTROUTING -j AGENT-n1-NAT'}])
+    }))
+
+  it('setAdmitted adds and removes client rules and nothing else', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const fw = new NodeFirewall(spec({admitted: []}), {runner: r})
+      await fw.apply()
+      const fwdOf = async () => parseOwnedState(await iptablesSave(r), 'n1').chains.fwd.rules
+      const withoutFwd = async () => (await save(r)).split('\n').filter((l) => !l.startsWith('-A AGENT-n1-FWD')).join('\n')
+      const rest = await withoutFwd()
+      expect((await fwdOf()).filter((l) => l.includes('ACCEPT'))).toEqual([])
+
+      await fw.setAdmitted(['10.8.0.2', '10.8.0.9'])
+      expect(await fwdOf()).toEqual(chainRules(spec({admitted: ['10.8.0.2', '10.8.0.9']}), 'fwd'))
+      await fw.setAdmitted(['10.8.0.9'])
+      const rules = await fwdOf()
+      expect(rules.join('\n')).not.toContain('10.8.0.2')
+      expect(rules).toEqual(chainRules(spec({admitted: ['10.8.0.9']}), 'fwd'))
+      expect(await withoutFwd()).toBe(rest)
+    }))
+
+  it('remove leaves the ruleset exactly as it was', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      const fw = new NodeFirewall(spec(), {runner: r})
+      await fw.apply()
+      expect(await save(r)).not.toBe(before)
+      await fw.remove()
+      expect(await save(r)).toBe(before)
+      await fw.remove() // idempotent
+      expect(await save(r)).toBe(before)
+    }))
+
+  it('remove in an empty namespace leaves nothing but the tables nft created', () =>
+    inNetns(async (_ns, r) => {
+      const fw = new NodeFirewall(spec(), {runner: r})
+      await fw.apply()
+      await fw.remove()
+      expect(withoutPristineTables(await save(r))).toBe('')
+    }))
+
+  it("a second instance's chains survive the first one's removal", () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      const a = new NodeFirewall(spec(), {runner: r})
+      const b = new NodeFirewall(spec({instance: 'n1-b', tunInterface: 'tun1', subnet: '10.9.0.0/24', admitted: ['10.9.0.2']}), {runner: r})
+      await a.apply()
+      await b.apply()
+      const withB = parseOwnedState(await iptablesSave(r), 'n1-b')
+      await a.remove()
+      const after = await iptablesSave(r)
+      expect(parseOwnedState(after, 'n1').found).toBe(false)
+      expect(parseOwnedState(after, 'n1-b')).toEqual(withB)
+      await b.remove()
+      expect(await save(r)).toBe(before)
+    }))
+
+  it('a payload the kernel refuses in its last table leaves nothing applied', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      // TCPMSS without "-p tcp" passes the parser and is refused by the kernel at COMMIT, after
+      // the filter and nat tables of the same payload were committed. The edit keeps line numbers.
+      const mss = '-A AGENT-n1-MSS -o tun0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu'
+      const bad = tampering(r, (p) => p.replace(mss, '-A AGENT-n1-MSS -o tun0 -j TCPMSS --clamp-mss-to-pmtu'))
+      const err = (await new NodeFirewall(spec(), {runner: bad}).apply().catch((e) => e)) as FirewallError
+      expect(err).toBeInstanceOf(FirewallError)
+      expect(err.message).toMatch(/^iptables-restore rejected line \d+ \(-A AGENT-n1-MSS -o tun0 .*\): line \d+: RULE_APPEND failed \(Invalid argument\)/)
+      expect(err.payload.split('\n')[err.line! - 1]).toBe(mss)
+      expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false)
+      expect(await save(r)).toBe(before)
+    }))
+
+  it('a payload rejected by the parser in a middle table leaves nothing applied, in an empty namespace too', () =>
+    inNetns(async (_ns, r) => {
+      const bad = tampering(r, (p) => p.replace('-j MASQUERADE', '-j NO-SUCH-CHAIN'))
+      const err = (await new NodeFirewall(spec(), {runner: bad}).apply().catch((e) => e)) as FirewallError
+      expect(err).toBeInstanceOf(FirewallError)
+      expect(err.message).toContain("Chain 'NO-SUCH-CHAIN' does not exist")
+      expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false)
+      expect(withoutPristineTables(await save(r))).toBe('')
+    }))
+
+  it('names the offending rule, not the COMMIT where nft noticed it', () =>
+    inNetns(async (_ns, r) => {
+      const payload = '*filter\n:AGENT-n1-FWD - [0:0]\n-A AGENT-n1-FWD -i tun0 -j NO-SUCH-CHAIN\n-A AGENT-n1-FWD -o tun0 -j DROP\nCOMMIT\n'
+      const err = (await restore(payload, r).catch((e) => e)) as FirewallError
+      expect(err).toBeInstanceOf(FirewallError)
+      expect(err.stderr).toContain('Error occurred at line: 5')
+      expect(err.line).toBe(3)
+      expect(err.message).toBe("iptables-restore rejected line 3 (-A AGENT-n1-FWD -i tun0 -j NO-SUCH-CHAIN): Chain 'NO-SUCH-CHAIN' does not exist")
+      expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false)
+    }))
+
+  it('a failed re-apply puts the previous rules back', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      const applied = await save(r)
+      const bad = tampering(r, (p) => p.replace(/(\*mangle\n:AGENT-n1-MSS - \[0:0\]\n)/, '$1-A AGENT-n1-MSS -j TCPMSS --clamp-mss-to-pmtu\n'))
+      await expect(new NodeFirewall(spec({admitted: ['10.8.0.7'], snat: '192.0.2.1'}), {runner: bad}).apply()).rejects.toBeInstanceOf(FirewallError)
+      expect(await save(r)).toBe(applied)
+    }))
+
+  it('finds and removes what a killed process left behind', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      await new NodeFirewall(spec(), {runner: r}).apply() // then "kill -9": no remove()
+      expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
+      expect(await removeFirewall('n1', {runner: r})).toBe(true)
+      expect(await save(r)).toBe(before)
+      expect(await removeFirewall('n1', {runner: r})).toBe(false)
+    }))
+
+  it('removes a half-removed leftover (chain without its jump)', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      await sh(r, 'iptables', '-t', 'mangle', '-D', 'FORWARD', '-j', 'AGENT-n1-MSS')
+      expect(await removeFirewall('n1', {runner: r})).toBe(true)
+      expect(await save(r)).toBe(before)
+    }))
+
+  it('reports a binary missing inside the namespace like a missing one outside', () =>
+    inNetns(async (_ns, r) => {
+      await expect(r('no-such-tool-xyz', [])).rejects.toBeInstanceOf(CommandNotFoundError)
+    }))
+})
+
+/** A link to hang routes on: dummy if the kernel has it, else one end of a veth pair. */
+async function addLink(r: Runner, name: string): Promise<void> {
+  const dummy = await r('ip', ['link', 'add', name, 'type', 'dummy'], {allowFail: true})
+  if (dummy.code !== 0) {
+    await sh(r, 'ip', 'link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`)
+    await sh(r, 'ip', 'link', 'set', `${name}p`, 'up')
+  }
+  await sh(r, 'ip', 'link', 'set', name, 'up')
+}
+
+/** An uplink d0 (192.0.2.10/24, default via 192.0.2.1) and a persistent TUN tun0 configured by us. */
+async function uplinkAndTun(r: Runner): Promise<void> {
+  await addLink(r, 'd0')
+  await sh(r, 'ip', 'address', 'add', '192.0.2.10/24', 'dev', 'd0')
+  await sh(r, 'ip', 'route', 'add', 'default', 'via', '192.0.2.1', 'dev', 'd0')
+  await sh(r, 'ip', 'tuntap', 'add', 'dev', 'tun0', 'mode', 'tun')
+  await configureInterface('tun0', {address: '10.8.0.2', prefix: 24, mtu: 1400}, {runner: r})
+}
+
+const routeTable = async (r: Runner) => JSON.parse((await sh(r, 'ip', '-N', '-j', 'route', 'show')).stdout) as Array<Record<string, unknown>>
+const routeVia = async (r: Runner, ip: string) => (JSON.parse((await sh(r, 'ip', '-j', 'route', 'get', ip)).stdout) as Array<{dev: string; gateway?: string}>)[0]
+
+describe.skipIf(!isRoot || !hasTools)('routes in a network namespace', () => {
+  it('configures the interface: address, MTU, up; again without error', () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      await configureInterface('tun0', {address: '10.8.0.2', prefix: 24, mtu: 1400}, {runner: r})
+      const [link] = JSON.parse((await sh(r, 'ip', '-j', 'address', 'show', 'dev', 'tun0')).stdout)
+      expect(link.mtu).toBe(1400)
+      expect(link.flags).toContain('UP')
+      expect(link.addr_info.filter((a: {family: string}) => a.family === 'inet')).toMatchObject([{local: '10.8.0.2', prefixlen: 24}])
+      await configureInterface('d0', {address: '10.9.0.2', peer: '10.9.0.1', mtu: 1500}, {runner: r})
+      expect((await sh(r, 'ip', '-j', 'address', 'show', 'dev', 'd0')).stdout).toContain('"local":"10.9.0.2","address":"10.9.0.1"')
+    }))
+
+  it('adds routes into the device and removes exactly them', () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      const before = await routeTable(r)
+      const added = await addRoutes('tun0', ['121.201.64.81/32', '203.0.113.0/24'], {runner: r})
+      expect(added).toEqual([
+        {dst: '121.201.64.81/32', dev: 'tun0'},
+        {dst: '203.0.113.0/24', dev: 'tun0'},
+      ])
+      const table = await routeTable(r)
+      expect(table).toContainEqual(expect.objectContaining({dst: '121.201.64.81', dev: 'tun0', protocol: String(ROUTE_PROTO)}))
+      expect((await routeVia(r, '203.0.113.9')).dev).toBe('tun0')
+      // Again, as after a crash with the device still there: replace, not "File exists".
+      expect(await addRoutes('tun0', ['121.201.64.81/32'], {runner: r})).toEqual([{dst: '121.201.64.81/32', dev: 'tun0'}])
+      await removeRoutes(added, {runner: r})
+      expect(await routeTable(r)).toEqual(before)
+      await removeRoutes(added, {runner: r}) // already gone
+    }))
+
+  it('refuses to steal a route to the same prefix via another device', () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      await sh(r, 'ip', 'route', 'add', '203.0.113.0/24', 'via', '192.0.2.254', 'dev', 'd0', 'metric', '100')
+      const before = await routeTable(r)
+      await expect(addRoutes('tun0', ['121.201.64.81/32', '203.0.113.0/24'], {runner: r})).rejects.toThrow(
+        /refusing to take over existing routes for tun0: 203\.0\.113\.0\/24 is already routed via 192\.0\.2\.254 dev d0 metric 100;/,
+      )
+      expect(await routeTable(r)).toEqual(before)
+    }))
+
+  it('takes over a route on its own device left from an earlier run', () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      await sh(r, 'ip', 'route', 'add', '203.0.113.0/24', 'dev', 'tun0')
+      const added = await addRoutes('tun0', ['203.0.113.0/24'], {runner: r})
+      expect(await routeTable(r)).toContainEqual(expect.objectContaining({dst: '203.0.113.0/24', dev: 'tun0', protocol: String(ROUTE_PROTO)}))
+      await removeRoutes(added, {runner: r})
+      expect((await routeTable(r)).some((x) => x.dst === '203.0.113.0/24')).toBe(false)
+    }))
+
+  it('keeps the node endpoint outside a tunnel route that covers it', () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      const before = await routeTable(r)
+      const cidrs = ['198.51.100.0/24']
+      expect(await keepEndpointOutside('203.0.113.1', cidrs, {runner: r, tunInterface: 'tun0'})).toBeNull()
+      const pin = await keepEndpointOutside('198.51.100.7', cidrs, {runner: r, tunInterface: 'tun0'})
+      expect(pin).toEqual({dst: '198.51.100.7/32', dev: 'd0', via: '192.0.2.1'})
+      const added = await addRoutes('tun0', cidrs, {runner: r})
+      expect(await routeVia(r, '198.51.100.7')).toMatchObject({dev: 'd0', gateway: '192.0.2.1'})
+      expect((await routeVia(r, '198.51.100.8')).dev).toBe('tun0')
+      // Called again while the tunnel routes exist: the real path can no longer be asked, so it
+      // refuses, and leaves the pin it had in place.
+      const pinned = await routeTable(r)
+      await expect(keepEndpointOutside('198.51.100.7', cidrs, {runner: r, tunInterface: 'tun0'})).rejects.toThrow(/must run before the tunnel routes/)
+      expect(await routeTable(r)).toEqual(pinned)
+      await removeRoutes([pin!, ...added], {runner: r})
+      expect(await routeTable(r)).toEqual(before)
+    }))
+
+  it("tolerates routes that vanished with their device", () =>
+    inNetns(async (_ns, r) => {
+      await uplinkAndTun(r)
+      const added = await addRoutes('tun0', ['203.0.113.0/24'], {runner: r})
+      await sh(r, 'ip', 'tuntap', 'del', 'dev', 'tun0', 'mode', 'tun')
+      await expect(removeRoutes(added, {runner: r})).resolves.toBeUndefined()
+    }))
+})

@@ -1,0 +1,98 @@
+import {describe, expect, it} from 'vitest'
+import {decodeMessage, encodeMessage} from '../../src/core/control/messages.js'
+import {planAddresses} from '../../src/core/node/address-plan.js'
+import {authorize} from '../../src/core/node/authorize.js'
+import {backoffDelay} from '../../src/core/client/backoff.js'
+import {isFatalTlsError} from '../../src/core/client/tls-errors.js'
+import {ipv4ToNumber} from '../../src/core/net/packet.js'
+import type {PeerCertificate} from 'node:tls'
+
+const decode = (v: unknown) => {
+  const b = Buffer.from(JSON.stringify(v))
+  return decodeMessage(b, 0, b.length)
+}
+
+describe('control messages', () => {
+  it('round-trips hello, welcome and refused', () => {
+    const msgs = [
+      {type: 'hello', version: 1, transport: 'tls'},
+      {type: 'welcome', version: 1, transport: 'tls', address: '10.8.0.10', prefix: 24, gateway: '10.8.0.1', mtu: 1500, keepalive: 10, params: {key: 7}},
+      {type: 'refused', reason: 'no'},
+    ] as const
+    for (const m of msgs) {
+      const b = encodeMessage(m)
+      expect(decodeMessage(b, 0, b.length)).toEqual(m)
+    }
+  })
+
+  it('rejects malformed messages with what is wrong', () => {
+    expect(() => decodeMessage(Buffer.from('{'), 0, 1)).toThrow(/not valid JSON/)
+    expect(() => decode([1])).toThrow(/unknown control message type/)
+    expect(() => decode({type: 'hello', version: 1})).toThrow(/hello.transport must be a string/)
+    expect(() => decode({type: 'welcome', version: 1, transport: 'tls', address: 'x', gateway: 'y', prefix: 24, mtu: 1, keepalive: 1})).toThrow(/params/)
+    expect(() => decode({type: 'launch'})).toThrow(/"launch"/)
+  })
+})
+
+describe('address plan', () => {
+  const base = {
+    nodeAddress: ipv4ToNumber('10.8.0.1'),
+    pool: {start: ipv4ToNumber('10.8.0.10'), end: ipv4ToNumber('10.8.0.12')},
+  }
+
+  it('gives static addresses first, then pool addresses in list order, skipping taken ones', () => {
+    const plan = planAddresses({...base, clients: [{name: 'a'}, {name: 'b', address: '10.8.0.10'}, {name: 'c'}]})
+    expect(Object.fromEntries(plan)).toEqual({b: '10.8.0.10', a: '10.8.0.11', c: '10.8.0.12'})
+  })
+
+  it('is the same whatever order clients connect in (it does not depend on connections at all)', () => {
+    const clients = [{name: 'a'}, {name: 'b'}]
+    expect(planAddresses({...base, clients})).toEqual(planAddresses({...base, clients}))
+  })
+
+  it('says so when the pool is too small', () => {
+    expect(() => planAddresses({...base, clients: [{name: 'a'}, {name: 'b'}, {name: 'c'}, {name: 'd'}]})).toThrow(/cannot hold every client/)
+  })
+})
+
+describe('authorization', () => {
+  const cert = (cn: string, fp = 'AA:BB') => ({subject: {CN: cn}, fingerprint256: fp}) as unknown as PeerCertificate
+
+  it('admits a listed name and refuses others by name', () => {
+    expect(authorize(cert('alice'), [{name: 'alice'}])).toEqual({ok: true, name: 'alice'})
+    expect(authorize(cert('mallory'), [{name: 'alice'}])).toEqual({ok: false, reason: 'client "mallory" is not in this node\'s authorized clients'})
+  })
+
+  it('checks a pinned fingerprint', () => {
+    expect(authorize(cert('alice', 'AA:BB'), [{name: 'alice', fingerprint: 'AA:BB'}]).ok).toBe(true)
+    const r = authorize(cert('alice', 'AA:BC'), [{name: 'alice', fingerprint: 'AA:BB'}])
+    expect(r.ok).toBe(false)
+    expect(!r.ok && r.reason).toMatch(/not the pinned sha256:AA:BB/)
+  })
+
+  it('refuses a certificate without a common name', () => {
+    expect(authorize({subject: {}} as unknown as PeerCertificate, [{name: 'alice'}]).ok).toBe(false)
+  })
+})
+
+describe('reconnect backoff', () => {
+  it('grows exponentially within jitter and stops at the cap', () => {
+    const mid = () => 0.5
+    expect(backoffDelay(0, 1, 30, mid)).toBe(1000)
+    expect(backoffDelay(3, 1, 30, mid)).toBe(8000)
+    expect(backoffDelay(10, 1, 30, mid)).toBe(30000)
+    expect(backoffDelay(0, 1, 30, () => 0)).toBe(800)
+    expect(backoffDelay(0, 1, 30, () => 1)).toBe(1200)
+  })
+})
+
+describe('TLS error classes', () => {
+  const err = (code: string) => Object.assign(new Error(code), {code})
+  it('treats certificate problems as fatal and network trouble as retryable', () => {
+    expect(isFatalTlsError(err('ERR_SSL_TLSV1_ALERT_UNKNOWN_CA'))).toBe(true)
+    expect(isFatalTlsError(err('UNABLE_TO_VERIFY_LEAF_SIGNATURE'))).toBe(true)
+    expect(isFatalTlsError(err('ERR_TLS_CERT_ALTNAME_INVALID'))).toBe(true)
+    expect(isFatalTlsError(err('ECONNREFUSED'))).toBe(false)
+    expect(isFatalTlsError(err('ECONNRESET'))).toBe(false)
+  })
+})
