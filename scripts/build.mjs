@@ -33,3 +33,7 @@ for (const p of plugins) {
 }
 
 if (existsSync(join(root, 'scripts/gen-schema.mjs'))) run('node', ['scripts/gen-schema.mjs'])
+
+// The committed command manifest lets oclif list commands without loading them all; CI fails
+// when the committed one differs from this.
+run('npx', ['oclif', 'manifest'], {stdio: 'ignore'})

@@ -228,6 +228,15 @@ describe('YAML details', () => {
     ])
   })
 
+  it('refuses an alias bomb', () => {
+    let text = 'a: &a [x, x, x, x, x, x, x, x, x]\n'
+    for (let i = 0; i < 8; i++) {
+      const [prev, cur] = [String.fromCharCode(97 + i), String.fromCharCode(98 + i)]
+      text += `${cur}: &${cur} [${Array(9).fill(`*${prev}`).join(', ')}]\n`
+    }
+    expect(issuesOf(text)).toEqual([{path: '', line: 1, column: 1, message: expect.stringContaining('resource exhaustion')}])
+  })
+
   it('treats an unknown tag as an error', () => {
     const issues = issuesOf('role: !custom node\n')
     expect(issues[0]).toMatchObject({path: '', line: 1, message: expect.stringContaining('Unresolved tag')})

@@ -4,7 +4,7 @@ import {planAddresses} from '../../src/core/node/address-plan.js'
 import {authorize} from '../../src/core/node/authorize.js'
 import {backoffDelay} from '../../src/core/client/backoff.js'
 import {isFatalTlsError} from '../../src/core/client/tls-errors.js'
-import {ipv4ToNumber} from '../../src/core/net/packet.js'
+import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 import type {PeerCertificate} from 'node:tls'
 
 const decode = (v: unknown) => {
@@ -64,8 +64,8 @@ describe('authorization', () => {
   })
 
   it('checks a pinned fingerprint', () => {
-    expect(authorize(cert('alice', 'AA:BB'), [{name: 'alice', fingerprint: 'AA:BB'}]).ok).toBe(true)
-    const r = authorize(cert('alice', 'AA:BC'), [{name: 'alice', fingerprint: 'AA:BB'}])
+    expect(authorize(cert('alice', 'AA:BB'), [{name: 'alice', fingerprint: 'sha256:AA:BB'}]).ok).toBe(true)
+    const r = authorize(cert('alice', 'AA:BC'), [{name: 'alice', fingerprint: 'sha256:AA:BB'}])
     expect(r.ok).toBe(false)
     expect(!r.ok && r.reason).toMatch(/not the pinned sha256:AA:BB/)
   })

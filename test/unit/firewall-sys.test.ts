@@ -131,6 +131,17 @@ describe('restore errors', () => {
     expect(err.message).toMatch(/^iptables-restore rejected line 3 \(-A AGENT-n1-FWD -j BOGUS\): line 3: RULE_APPEND failed/)
   })
 
+  it('points at the rule naming a missing chain when nft reports the COMMIT line', async () => {
+    const p = '*filter\n:AGENT-n1-FWD - [0:0]\n-A AGENT-n1-FWD -j NOPE\n-A AGENT-n1-FWD -j DROP\nCOMMIT\n'
+    const stderr = "iptables-restore v1.8.9 (nf_tables): Chain 'NOPE' does not exist\nError occurred at line: 5\n"
+    const err = (await restore(p, fail(stderr)).catch((e) => e)) as FirewallError
+    expect(err.line).toBe(3)
+    expect(err.message).toBe("iptables-restore rejected line 3 (-A AGENT-n1-FWD -j NOPE): Chain 'NOPE' does not exist")
+    const other = (await restore(p, fail('iptables-restore v1.8.9 (nf_tables): something odd\nError occurred at line: 5\n')).catch((e) => e)) as FirewallError
+    expect(other.line).toBe(5)
+    expect(other.message).toBe('iptables-restore rejected line 5 (COMMIT): something odd')
+  })
+
   it('understands the legacy backend', async () => {
     const err = (await restore(payload, fail('iptables-restore: line 3 failed\n')).catch((e) => e)) as FirewallError
     expect(err.line).toBe(3)

@@ -1,5 +1,6 @@
 import {describe, expect, it} from 'vitest'
-import {checkIpv4, ipv4Destination, ipv4Source, ipv4ToNumber, numberToIpv4} from '../../src/core/net/packet.js'
+import {checkIpv4, ipv4Destination, ipv4Source} from '../../src/core/net/packet.js'
+import {formatIpv4, ipv4ToNumber} from '../../src/core/net/ipv4.js'
 
 /** An ICMP echo request 10.8.0.2 -> 121.201.64.81, as ping sends it (header checksum not checked here). */
 function icmpEcho(): Buffer {
@@ -18,15 +19,15 @@ describe('IPv4 header checks', () => {
   it('accepts a well-formed packet and reads its addresses', () => {
     const p = icmpEcho()
     expect(checkIpv4(p, 0, p.length)).toBeNull()
-    expect(numberToIpv4(ipv4Source(p, 0))).toBe('10.8.0.2')
-    expect(numberToIpv4(ipv4Destination(p, 0))).toBe('121.201.64.81')
+    expect(formatIpv4(ipv4Source(p, 0))).toBe('10.8.0.2')
+    expect(formatIpv4(ipv4Destination(p, 0))).toBe('121.201.64.81')
   })
 
   it('works at an offset inside a larger buffer', () => {
     const ring = Buffer.alloc(100)
     icmpEcho().copy(ring, 64)
     expect(checkIpv4(ring, 64, 28)).toBeNull()
-    expect(numberToIpv4(ipv4Destination(ring, 64))).toBe('121.201.64.81')
+    expect(formatIpv4(ipv4Destination(ring, 64))).toBe('121.201.64.81')
   })
 
   it('rejects short, wrong-version, bad-IHL and length-mismatched packets', () => {
@@ -48,7 +49,7 @@ describe('IPv4 header checks', () => {
 
   it('converts addresses both ways and rejects malformed text', () => {
     expect(ipv4ToNumber('255.255.255.255')).toBe(0xffffffff)
-    expect(numberToIpv4(ipv4ToNumber('10.8.0.1'))).toBe('10.8.0.1')
+    expect(formatIpv4(ipv4ToNumber('10.8.0.1'))).toBe('10.8.0.1')
     for (const bad of ['10.8.0', '10.8.0.256', '10.8.0.x', '1.2.3.4.5', '']) expect(() => ipv4ToNumber(bad)).toThrow(/not an IPv4/)
   })
 })

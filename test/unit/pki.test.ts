@@ -5,7 +5,7 @@ import {mkdtemp, readFile, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join, relative} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import '../../src/core/pki/reflect-shim.js'
+import 'reflect-metadata'
 import * as x509 from '@peculiar/x509'
 
 import {
@@ -200,7 +200,7 @@ describe('issue', () => {
 
   it('says how to create the CA when there is none', async () => {
     await expect(issue({dir: './pki-missing', name: 'alice', node: false})).rejects.toThrow(
-      'no CA in ./pki-missing: run `agent pki:init --dir ./pki-missing` first',
+      'no CA in ./pki-missing: run `agent pki init --dir ./pki-missing` first',
     )
   })
 

@@ -40,10 +40,14 @@ describe('parseRoutePrefix', () => {
 })
 
 describe('configureInterface', () => {
-  it('sets a subnet address, MTU and up', async () => {
+  it('sets a subnet address, turns IPv6 off on the link, sets MTU and up', async () => {
     const {calls, runner} = ipScript()
     await configureInterface('tun0', {address: '10.8.0.1', prefix: 24, mtu: 1400}, {runner})
-    expect(calls).toEqual(['ip address replace 10.8.0.1/24 dev tun0', 'ip link set dev tun0 mtu 1400 up'])
+    expect(calls).toEqual([
+      'ip address replace 10.8.0.1/24 dev tun0',
+      'sysctl -q -w net.ipv6.conf.tun0.disable_ipv6=1',
+      'ip link set dev tun0 mtu 1400 up',
+    ])
   })
 
   it('sets a point-to-point address', async () => {
@@ -149,6 +153,15 @@ describe('keepEndpointOutside', () => {
     })
     expect(await keepEndpointOutside('198.51.100.7', ['198.51.100.0/24'], {runner})).toEqual({dst: '198.51.100.7/32', dev: 'eth0', via: '192.0.2.1'})
     expect(calls).toContain(`ip route del 198.51.100.7/32 via 10.1.1.1 dev wlan0 proto ${P}`)
+  })
+
+  it('puts its old pin back when the current path cannot be found', async () => {
+    const {calls, runner} = ipScript({
+      'ip -N -j route show exact 198.51.100.7/32': {stdout: `[{"dst":"198.51.100.7","gateway":"192.0.2.1","dev":"eth0","protocol":"${P}","flags":[]}]`},
+      'ip -N -j route get 198.51.100.7': {stdout: '[{"dst":"198.51.100.7","dev":"tun0","flags":[]}]'},
+    })
+    await expect(keepEndpointOutside('198.51.100.7', ['198.51.100.0/24'], {runner, tunInterface: 'tun0'})).rejects.toThrow(/must run before/)
+    expect(calls.slice(-1)).toEqual([`ip route add 198.51.100.7/32 via 192.0.2.1 dev eth0 proto ${P}`])
   })
 
   it('refuses to tunnel the node address itself, or to pin into the tunnel', async () => {

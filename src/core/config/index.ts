@@ -40,7 +40,13 @@ export function parseConfig(text: string, file: string): AgentConfig {
   const {source, issues: yamlIssues} = parseYaml(text)
   if (yamlIssues.length > 0) throw new ConfigError(file, yamlIssues.sort(byPosition))
 
-  const data = source.data()
+  let data: unknown
+  try {
+    data = source.data()
+  } catch (err) {
+    // yaml refuses to expand an "alias bomb" (aliases nested to blow up exponentially).
+    throw new ConfigError(file, [{path: '', line: 1, column: 1, message: `YAML: ${(err as Error).message}`}])
+  }
   const issues = schemaIssues(data, source)
   if (issues.length > 0) throw new ConfigError(file, issues.sort(byPosition))
 

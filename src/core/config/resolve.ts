@@ -2,6 +2,7 @@
  * From a validated config to what the agent runs with: schema defaults filled in, derived
  * values computed (node tunnel address and pool, client node name), paths made absolute.
  */
+import {normalizeFingerprint} from '../pki/pem.js'
 import {dirname, resolve as resolvePath} from 'node:path'
 import {canonicalCidr, firstHost, formatIpv4, lastHost, parseCidr} from '../net/ipv4.js'
 import {clientConfigSchema, nodeConfigSchema} from './schema.js'
@@ -46,14 +47,6 @@ export function applyDefaults(schema: SchemaNode, value: unknown): unknown {
   return v
 }
 
-/**
- * "ab12...", "AB:12:..." or "SHA256:ab:12..." to the fleet's canonical "sha256:AB:12:..." (as
- * pki's normalizeFingerprint and the node's authorizer compare them). The schema checked the syntax.
- */
-export function normaliseFingerprint(text: string): string {
-  const hex = text.replace(/^sha256:/i, '').replace(/:/g, '').toUpperCase()
-  return `sha256:${hex.match(/../g)?.join(':') ?? ''}`
-}
 
 function resolvePki(pki: NodeConfig['pki'], dir: string): ResolvedPki {
   if (pki.bundle !== undefined) return {kind: 'bundle', bundle: resolvePath(dir, pki.bundle)}
@@ -79,7 +72,7 @@ function resolveNode(config: NodeConfig, file: string, dir: string): ResolvedNod
     pki: resolvePki(pki, dir),
     clients: clients.map((c) => ({
       ...c,
-      ...(c.fingerprint === undefined ? {} : {fingerprint: normaliseFingerprint(c.fingerprint)}),
+      ...(c.fingerprint === undefined ? {} : {fingerprint: normalizeFingerprint(c.fingerprint)}),
     })),
   }
 }

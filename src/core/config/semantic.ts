@@ -65,7 +65,8 @@ function pkiIssues(pki: NodeConfig['pki']): SemanticIssue[] {
   if (pki.bundle === undefined && parts.length < 3) {
     if (parts.length === 0) return [{path: ['pki'], atKey: true, message: 'must give either bundle, or ca, cert and key'}]
     const missing = (['ca', 'cert', 'key'] as const).filter((k) => pki[k] === undefined)
-    return [{path: ['pki'], atKey: true, message: `is missing ${missing.join(' and ')}: ca, cert and key go together (or give bundle alone)`}]
+    const message = `is missing ${missing.join(' and ')}: ca, cert and key go together (or give bundle alone)`
+    return [{path: ['pki'], atKey: true, message}]
   }
   return []
 }
@@ -115,7 +116,10 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
     const taken = addresses.get(address)
     if (problem) add(['clients', i, 'address'], problem)
     else if (address === nodeAddress) add(['clients', i, 'address'], `${client.address} is the node's own tunnel address`)
-    else if (taken !== undefined) add(['clients', i, 'address'], `${client.address} is already the address of clients[${taken}] (${config.clients?.[taken]?.name})`)
+    else if (taken !== undefined) {
+      const owner = config.clients?.[taken]?.name
+      add(['clients', i, 'address'], `${client.address} is already the address of clients[${taken}] (${owner})`)
+    }
     if (taken === undefined) addresses.set(address, i)
   }
 

@@ -58,7 +58,7 @@ export class YamlSource {
    * missing children, the key reads better than the first line of the block under it). When
    * the path does not exist, the deepest part of it that does.
    */
-  locate(path: FieldPath, at: 'value' | 'key' = 'value'): Position | undefined {
+  locate(path: FieldPath, at: 'value' | 'key' = 'value'): Position {
     let node: unknown = this.doc.contents
     let key: Node | undefined
     for (const seg of path) {
@@ -146,7 +146,9 @@ export function parseYaml(text: string): {source: YamlSource; issues: ConfigIssu
       }
     }
     // yaml's own wording here is advice to programmers (use parseAllDocuments).
-    if (error.code === 'MULTIPLE_DOCS') return {path: '', ...pos, message: 'YAML: a config file holds one document; remove this "---" and what follows'}
+    if (error.code === 'MULTIPLE_DOCS') {
+      return {path: '', ...pos, message: 'YAML: a config file holds one document; remove this "---" and what follows'}
+    }
     return {path: '', ...pos, message: `YAML: ${shortMessage(error)}`}
   })
   return {source, issues}

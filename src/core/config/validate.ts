@@ -59,7 +59,7 @@ function segments(instancePath: string, data: unknown): PathSegment[] {
 }
 
 /** Edit distance counting a swap of neighbours as one edit ("prot" is one typo from "port"). */
-export function distance(a: string, b: string): number {
+function distance(a: string, b: string): number {
   const d = Array.from({length: a.length + 1}, (_, i) => Array.from({length: b.length + 1}, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
@@ -75,7 +75,7 @@ function unknownKey(name: string, allowed: string[], parent: FieldPath, data: un
   const message = `unknown key (allowed: ${allowed.join(', ')})`
   const role = (data as {role?: unknown}).role
   if (parent.length === 0) {
-    const other = configSchema.oneOf.find((b) => b.properties.role.const !== role && name in b.properties)
+    const other = configSchema.oneOf.find((b) => b.properties.role.const !== role && Object.hasOwn(b.properties, name))
     if (other) return `${message}; ${name} is a ${other.properties.role.const} setting, not a ${String(role)} one`
   }
   const near = allowed
@@ -107,7 +107,8 @@ function describe(error: ErrorObject, path: PathSegment[], data: unknown): Descr
     }
     case 'discriminator': {
       const tag = [...path, String(params.tag)]
-      const message = params.tagValue === undefined ? `is required: must be ${ROLES}` : `must be ${ROLES} (got ${describeValue(params.tagValue)})`
+      const message =
+        params.tagValue === undefined ? `is required: must be ${ROLES}` : `must be ${ROLES} (got ${describeValue(params.tagValue)})`
       return {path: tag, at: tag, atKey: false, message}
     }
     case 'type':

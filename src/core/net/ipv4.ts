@@ -20,6 +20,13 @@ export function parseIpv4(text: string): number | undefined {
   return parts.reduce((acc, p) => acc * 256 + Number(p), 0)
 }
 
+/** parseIpv4 for text already validated (config, protocol messages): throws instead of undefined. */
+export function ipv4ToNumber(text: string): number {
+  const n = parseIpv4(text)
+  if (n === undefined) throw new Error(`"${text}" is not an IPv4 address`)
+  return n
+}
+
 export function isIpv4(text: string): boolean {
   return parseIpv4(text) !== undefined
 }

@@ -37,18 +37,3 @@ export function ipv4Source(buf: Uint8Array, offset: number): number {
 export function ipv4Destination(buf: Uint8Array, offset: number): number {
   return ((buf[offset + 16] << 24) | (buf[offset + 17] << 16) | (buf[offset + 18] << 8) | buf[offset + 19]) >>> 0
 }
-
-export function ipv4ToNumber(address: string): number {
-  const parts = address.split('.')
-  if (parts.length !== 4) throw new Error(`"${address}" is not an IPv4 address`)
-  let n = 0
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new Error(`"${address}" is not an IPv4 address`)
-    n = n * 256 + Number(p)
-  }
-  return n >>> 0
-}
-
-export function numberToIpv4(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`
-}

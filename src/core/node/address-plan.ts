@@ -4,7 +4,7 @@
  * gets the same address across reconnects and node restarts, whoever connects first, and the
  * FORWARD rules can name it before it ever connects.
  */
-import {ipv4ToNumber, numberToIpv4} from '../net/packet.js'
+import {formatIpv4, ipv4ToNumber} from '../net/ipv4.js'
 
 export interface AddressPlanInput {
   nodeAddress: number
@@ -27,12 +27,12 @@ export function planAddresses(input: AddressPlanInput): Map<string, string> {
     if (next > input.pool.end) {
       const size = input.pool.end - input.pool.start + 1
       throw new Error(
-        `tunnel.pool ${numberToIpv4(input.pool.start)}-${numberToIpv4(input.pool.end)} (${size} addresses) ` +
+        `tunnel.pool ${formatIpv4(input.pool.start)}-${formatIpv4(input.pool.end)} (${size} addresses) ` +
           `cannot hold every client in "clients": give some a static address or widen the pool`,
       )
     }
     taken.add(next)
-    plan.set(c.name, numberToIpv4(next))
+    plan.set(c.name, formatIpv4(next))
     next++
   }
   return plan

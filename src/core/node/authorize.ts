@@ -7,7 +7,7 @@ import type {PeerCertificate} from 'node:tls'
 
 export interface AuthorizedClient {
   name: string
-  /** SHA-256 over the DER, "AB:CD:..." as X509Certificate.fingerprint256 writes it, when pinned. */
+  /** "sha256:AB:CD:..." (SHA-256 over the DER), when pinned. */
   fingerprint?: string
 }
 
@@ -19,11 +19,9 @@ export function authorize(cert: PeerCertificate, clients: readonly AuthorizedCli
   const entry = clients.find((c) => c.name === name)
   if (entry === undefined) return {ok: false, reason: `client "${name}" is not in this node's authorized clients`}
   if (entry.fingerprint !== undefined) {
-    if (cert.fingerprint256 !== entry.fingerprint) {
-      return {
-        ok: false,
-        reason: `client "${name}" presented certificate sha256:${cert.fingerprint256}, which is not the pinned sha256:${entry.fingerprint}`,
-      }
+    const seen = `sha256:${cert.fingerprint256}`
+    if (seen !== entry.fingerprint) {
+      return {ok: false, reason: `client "${name}" presented certificate ${seen}, which is not the pinned ${entry.fingerprint}`}
     }
   }
   return {ok: true, name}

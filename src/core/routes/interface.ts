@@ -32,5 +32,9 @@ export async function configureInterface(name: string, cfg: InterfaceAddress, op
   // "replace", not "add": the same address already being there (a restart that reuses a
   // persistent device) is success, not "Address already assigned".
   await runner('ip', ['address', 'replace', ...local, 'dev', name])
+  // The tunnel carries IPv4 only and the FORWARD rules are IPv4 rules: with IPv6 off on the
+  // link nothing can bypass them, and the kernel sends no router solicitations into it.
+  // Best effort: a kernel without IPv6 has no such knob, which is just as good.
+  await runner('sysctl', ['-q', '-w', `net.ipv6.conf.${name.replace(/\./g, '/')}.disable_ipv6=1`], {allowFail: true})
   await runner('ip', ['link', 'set', 'dev', name, 'mtu', String(cfg.mtu), 'up'])
 }

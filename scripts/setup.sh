@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
+# drive (iproute2, iptables, conntrack, ping, iperf3, tshark, openvpn as the benchmark's
+# baseline), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
+# Idempotent: installs only what is missing. Needs root, as the agent itself does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: run as root: the agent creates TUN devices, routes and firewall rules" >&2
+  exit 1
+fi
+node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("setup: Node.js >= 20 is needed, this is " + process.version); process.exit(1) }'
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have iptables-restore || need+=(iptables)
+have nft || need+=(nftables)
+have conntrack || need+=(conntrack)
+have ping || need+=(iputils-ping)
+have sysctl || need+=(procps)
+have iperf3 || need+=(iperf3)
+have tshark || need+=(tshark)
+have openvpn || need+=(openvpn)
+have openssl || need+=(openssl)
+have make || need+=(make)
+have g++ || need+=(g++)
+have python3 || need+=(python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  # tshark and iperf3 ask debconf questions; the defaults are what we want.
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run build
