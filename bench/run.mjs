@@ -18,24 +18,16 @@ import {hostBusyOver, iperf, pingRtt, startIperfServer, txBytes} from './lib/mea
 import {median} from './lib/stats.mjs'
 import direct from './paths/direct.mjs'
 import {openvpnTcp, openvpnUdp} from './paths/openvpn.mjs'
+import {agentTls} from './paths/agent.mjs'
 
 /** @typedef {import('./paths/types.mjs').BenchPath} BenchPath */
 
 /** Reference paths: the ceiling and the OpenVPN baselines agent transports are compared with. */
 const BASELINE_PATHS = [direct, openvpnTcp, openvpnUdp]
 
-// ═══ AGENT PATHS: register them here ═══════════════════════════════════════════════════════════
-// One module per transport under bench/paths/, default-exporting a BenchPath (see
-// bench/paths/types.mjs and docs/benchmarks.md "Adding a path"). None is implemented yet, and no
-// agent figure appears in the report until its path really runs the agent:
-//   agent-tls    carrier 'tcp', baseline 'openvpn-tcp'   node bin/run.js up --config ... (node + client ns)
-//   agent-gre    carrier 'ip',  baseline 'openvpn-udp',  from 'public' (GRE does not cross the NAT)
-//   agent-ipip   carrier 'ip',  baseline 'openvpn-udp',  from 'public'
-//   agent-ipsec  carrier 'ip',  baseline 'openvpn-udp',  from 'public'
+// Agent transports: each compared with the OpenVPN of the same carrier, in the same run.
 /** @type {BenchPath[]} */
-const AGENT_PATHS = [
-  // (await import('./paths/agent-tls.mjs')).default,
-]
+const AGENT_PATHS = [agentTls]
 // ═══════════════════════════════════════════════════════════════════════════════════════════════
 
 const ALL_PATHS = [...BASELINE_PATHS, ...AGENT_PATHS]
@@ -126,9 +118,12 @@ async function measure(path) {
     for (const streams of [1, 4]) {
       const runs = []
       for (let i = 0; i < cfg.repeat; i++) {
+        // A pause lets the previous run's queued data drain out of the tunnel first.
+        await new Promise((res) => setTimeout(res, 1000))
         log(`${path.name}: iperf3 -P ${streams}, ${cfg.seconds}s (${i + 1}/${cfg.repeat})`)
         const r = await iperf(tb, ctx.client, {seconds: cfg.seconds, streams, pids})
-        log(`${path.name}:   ${r.mbps.toFixed(1)} Mbit/s${r.cpuPercent === null ? '' : `, CPU ${r.cpuPercent.toFixed(0)}%`}`)
+        const retried = r.attempts > 1 ? ` (after ${r.attempts - 1} rejected start(s))` : ''
+        log(`${path.name}:   ${r.mbps.toFixed(1)} Mbit/s${r.cpuPercent === null ? '' : `, CPU ${r.cpuPercent.toFixed(0)}%`}${retried}`)
         runs.push(r)
         sent += r.bytes
       }

@@ -49,7 +49,7 @@ export async function startIperfServer(tb) {
 
 /**
  * One iperf3 TCP run from `ns` to the target; CPU of `pids` is sampled around it.
- * @returns {Promise<{mbps: number, retransmits: number, cpuPercent: number | null, hostBusyPercent: number, bytes: number}>}
+ * @returns {Promise<{mbps: number, retransmits: number, attempts: number, cpuPercent: number | null, hostBusyPercent: number, bytes: number}>}
  */
 export async function iperf(tb, ns, {seconds, streams, pids}) {
   const args = ['-c', tb.addr.target, '-p', '5201', '-t', String(seconds), '-J']
@@ -68,9 +68,11 @@ export async function iperf(tb, ns, {seconds, streams, pids}) {
     } catch {
       throw new Error(`iperf3 gave no JSON (exit ${r.code}): ${r.stderr.trim()}`)
     }
-    // The server may still be closing the previous test: try again shortly.
-    if (j.error && /busy/i.test(j.error) && attempt < 5) {
-      await new Promise((res) => setTimeout(res, 1000))
+    // The server may still be finishing the previous test (through a tunnel its last data
+    // arrives late): it then rejects the new one, as "busy" or, when its close races the
+    // client's cookie, as a reset of the control connection. Try again shortly.
+    if (j.error && /busy|reset by peer|control message/i.test(j.error) && attempt < 5) {
+      await new Promise((res) => setTimeout(res, 2000))
       continue
     }
     if (j.error) throw new Error(`iperf3: ${j.error}`)
@@ -79,6 +81,7 @@ export async function iperf(tb, ns, {seconds, streams, pids}) {
       mbps: recv.bits_per_second / 1e6,
       bytes: recv.bytes,
       retransmits: j.end.sum_sent?.retransmits ?? 0,
+      attempts: attempt,
       cpuPercent: pids.length ? ((cpu1 - cpu0) / wall) * 100 : null,
       // Everything the machine did meanwhile (iperf3, kernel forwarding, softirq, and anything else
       // running): the only CPU figure for paths that have no process of their own.

@@ -1,4 +1,5 @@
 import {Command, Flags} from '@oclif/core'
+import {fail} from '../cli/fail.js'
 import {loadConfig} from '../core/config/index.js'
 import {createLogger} from '../core/log.js'
 import {runDir} from '../core/state/state-file.js'
@@ -15,7 +16,7 @@ export default class Down extends Command {
 
   async run(): Promise<{name: string; stoppedPid: number | null; cleanedStale: boolean}> {
     const {flags} = await this.parse(Down)
-    const config = await loadConfig(flags.config).catch((e: Error) => this.error(e.message, {exit: 2}))
+    const config = await loadConfig(flags.config).catch((e: Error) => fail(this, e.message, 2))
     const log = createLogger('warn', `${config.name}/down`)
     try {
       const result = await bringDown(runDir(flags['run-dir']), config.name, log)
@@ -24,7 +25,7 @@ export default class Down extends Command {
       else this.log(`${config.name} is not running; nothing to remove`)
       return {name: config.name, ...result}
     } catch (e) {
-      this.error((e as Error).message, {exit: 1})
+      fail(this, (e as Error).message, 1)
     }
   }
 }

@@ -1,4 +1,5 @@
 import {Command, Flags} from '@oclif/core'
+import {fail} from '../cli/fail.js'
 import {runDir} from '../core/state/state-file.js'
 import {collectStatus, formatStatus, type InstanceStatus} from '../core/status/collect.js'
 
@@ -14,7 +15,7 @@ export default class Status extends Command {
   async run(): Promise<InstanceStatus[]> {
     const {flags} = await this.parse(Status)
     const all = await collectStatus(runDir(flags['run-dir']), flags.name)
-    if (flags.name !== undefined && all.length === 0) this.error(`no agent named "${flags.name}" is running`, {exit: 1})
+    if (flags.name !== undefined && all.length === 0) fail(this, `no agent named "${flags.name}" is running`, 1)
     this.log(formatStatus(all))
     return all
   }

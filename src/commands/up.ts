@@ -1,4 +1,5 @@
 import {Command, Flags} from '@oclif/core'
+import {fail} from '../cli/fail.js'
 import {loadConfig} from '../core/config/index.js'
 import {createLogger, type LogLevel} from '../core/log.js'
 import {preflight} from '../core/preflight.js'
@@ -22,15 +23,16 @@ export default class Up extends Command {
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Up)
-    const config = await loadConfig(flags.config).catch((e: Error) => this.error(e.message, {exit: 2}))
+    const config = await loadConfig(flags.config).catch((e: Error) => fail(this, e.message, 2))
     const transportName = flags.transport ?? config.transport
-    const registry = await discoverTransports(this.config)
     let transport
     try {
-      transport = requireTransport(registry, transportName, this.config)
+      // Privileges first: without root, a missing plugin is a symptom (root's plugin dir is
+      // not this user's), not the cause.
       preflight()
+      transport = requireTransport(await discoverTransports(this.config), transportName, this.config)
     } catch (e) {
-      this.error((e as Error).message, {exit: 2})
+      fail(this, (e as Error).message, 2)
     }
     const log = createLogger((flags['log-level'] ?? config.log.level) as LogLevel, config.name)
     const agent =
@@ -41,7 +43,7 @@ export default class Up extends Command {
     try {
       code = await runInForeground(agent, log)
     } catch (e) {
-      this.error((e as Error).message, {exit: 1})
+      fail(this, (e as Error).message, 1)
     }
     this.exit(code)
   }

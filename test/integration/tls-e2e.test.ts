@@ -2,17 +2,17 @@
  * The whole slice with the real binary: a node and clients behind a home NAT in namespaces,
  * the tls transport, forwarding to a target that sees only the node's address.
  */
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {probeEcho, startEchoServer, type EchoServer} from '../../src/testbed/index.js'
 import {readFileSync, writeFileSync} from 'node:fs'
-import {type AgentProcess, type Fleet, NODE_PORT, agentTraces, createFleet} from './agent-fixture.js'
+import {type AgentProcess, type Fleet, NODE_PORT, agentTraces, createFleet} from '../../src/testbed/index.js'
 
 let fleet: Fleet
 let echo: EchoServer
 const running: AgentProcess[] = []
 
 beforeAll(async () => {
-  fleet = await createFleet({prefix: 'tlse', clients: 2})
+  fleet = await createFleet({prefix: 'tlse', clients: 2, dataDir: inject('agentDataDir')})
   echo = await startEchoServer(fleet.tb, fleet.tb.names.target)
 })
 

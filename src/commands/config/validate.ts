@@ -1,4 +1,5 @@
 import {Args, Command} from '@oclif/core'
+import {fail} from '../../cli/fail.js'
 import {loadConfig} from '../../core/config/index.js'
 
 export default class ConfigValidate extends Command {
@@ -9,7 +10,7 @@ export default class ConfigValidate extends Command {
 
   async run(): Promise<{file: string; valid: true; role: string; name: string}> {
     const {args} = await this.parse(ConfigValidate)
-    const config = await loadConfig(args.file).catch((e: Error) => this.error(e.message, {exit: 1}))
+    const config = await loadConfig(args.file).catch((e: Error) => fail(this, e.message, 1))
     this.log(`${args.file}: valid ${config.role} config "${config.name}"`)
     return {file: args.file, valid: true, role: config.role, name: config.name}
   }

@@ -2,6 +2,11 @@
  * The `stream` carrier: payloads ride as Data frames on the control channel's TLS socket.
  * Frames of one TUN batch are coalesced into one buffer and one socket write, so TLS seals
  * a few large records instead of one per packet.
+ *
+ * Frames gather in a scratch buffer allocated once; the flush hands the socket an exact-size
+ * copy (the socket keeps what it is given until written, so the scratch cannot go itself).
+ * Allocating a fresh batch-sized buffer per flush instead cost 25-55 us per ping-sized batch
+ * here (fresh pages and external-memory accounting); a small exact copy comes from Node's pool.
  */
 import type {Socket} from 'node:net'
 import {FRAME_HEADER, FrameType, writeFrameHeader} from '../control/framing.js'
@@ -14,16 +19,18 @@ import type {PeerLink, PeerStats} from '../device/peer.js'
 export const STREAM_QUEUE_LIMIT = 1024 * 1024
 
 export class StreamLink implements PeerLink {
-  private out: Buffer | null = null
+  private readonly scratch: Buffer
   private used = 0
   stats: PeerStats | null = null
 
   constructor(
     private readonly socket: Socket,
     readonly endpoint: string,
-    /** Capacity of one coalescing buffer: a batch of frames of the tunnel MTU. */
-    private readonly batchBytes: number,
-  ) {}
+    /** Capacity of the coalescing buffer: it must hold at least one frame of the largest payload. */
+    batchBytes: number,
+  ) {
+    this.scratch = Buffer.allocUnsafe(Math.max(batchBytes, FRAME_HEADER + 0xffff))
+  }
 
   send(buf: Buffer, offset: number, length: number): void {
     if (this.socket.writableLength > STREAM_QUEUE_LIMIT) {
@@ -31,21 +38,17 @@ export class StreamLink implements PeerLink {
       return
     }
     const need = FRAME_HEADER + length
-    if (this.out !== null && this.used + need > this.out.length) this.flush()
-    if (this.out === null) {
-      this.out = Buffer.allocUnsafe(Math.max(this.batchBytes, need))
-      this.used = 0
-    }
-    writeFrameHeader(this.out, this.used, FrameType.Data, length)
-    buf.copy(this.out, this.used + FRAME_HEADER, offset, offset + length)
+    if (this.used + need > this.scratch.length) this.flush()
+    writeFrameHeader(this.scratch, this.used, FrameType.Data, length)
+    buf.copy(this.scratch, this.used + FRAME_HEADER, offset, offset + length)
     this.used += need
   }
 
   flush(): void {
-    if (this.out === null || this.used === 0) return
-    // The socket keeps a reference until written, so the buffer is handed over, not reused.
-    this.socket.write(this.out.subarray(0, this.used))
-    this.out = null
+    if (this.used === 0) return
+    const out = Buffer.allocUnsafe(this.used)
+    this.scratch.copy(out, 0, 0, this.used)
     this.used = 0
+    this.socket.write(out)
   }
 }

@@ -4,6 +4,7 @@
  * rules that admit exactly the connected authorized clients, and the data path between them.
  */
 import {randomInt} from 'node:crypto'
+import {existsSync} from 'node:fs'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedNodeConfig} from '../config/index.js'
@@ -120,6 +121,11 @@ export class NodeAgent {
         admitted: [],
       })
       await this.firewall.apply()
+      // Not an error: the interface may come later (a PPP link, a VLAN); but say so, because
+      // until it exists the MASQUERADE rule matches nothing and clients reach nowhere.
+      if (!existsSync(`/sys/class/net/${this.config.egress.interface}`)) {
+        this.log.warn(`egress interface ${this.config.egress.interface} does not exist (yet): forwarded traffic has no way out until it does`)
+      }
 
       this.datapath = new DataPath(this.tun, 'node')
       this.datapath.start()

@@ -1,23 +1,25 @@
 /**
- * Shared set-up for the end-to-end tests: a namespace testbed, a fleet PKI made with the real
- * `agent pki` commands, node and client config files, and the real `agent` binary started
- * inside the namespaces. Requires `npm run build` (npm test does it first).
+ * A fleet on a testbed, for the end-to-end tests and the benchmark: a fleet PKI made with the
+ * real `agent pki` commands, the transport plugin installed with `agent plugins install`, node
+ * and client config files, and the real `agent` binary started inside the namespaces.
+ * Requires the build (dist/ and dist/plugins/*.tgz).
  */
 import type {ChildProcess} from 'node:child_process'
 import {execFile} from 'node:child_process'
-import {mkdirSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
 import {join, resolve} from 'node:path'
 import {promisify} from 'node:util'
-import {inject} from 'vitest'
-import {createTestbed, type Testbed} from '../../src/testbed/index.js'
+import {createTestbed} from './topology.js'
+import type {Testbed} from './types.js'
 
+/** The package root: this file runs from src/testbed (tests) or dist/testbed (bench). */
 export const ROOT = resolve(import.meta.dirname, '../..')
 export const BIN = join(ROOT, 'bin/run.js')
 const pexec = promisify(execFile)
 
-/** Environment for every agent this test starts: its own run dir and the prepared plugin dir. */
-export function agentEnv(runDir: string): NodeJS.ProcessEnv {
-  return {...process.env, AGENT_RUN_DIR: runDir, AGENT_DATA_DIR: inject('agentDataDir'), NO_COLOR: '1'}
+/** Environment for an agent: its own run dir and the fleet's plugin dir. */
+export function agentEnv(runDir: string, dataDir: string): NodeJS.ProcessEnv {
+  return {...process.env, AGENT_RUN_DIR: runDir, AGENT_DATA_DIR: dataDir, NO_COLOR: '1'}
 }
 
 /** Run the agent CLI to completion outside any namespace (pki, config validate...). */
@@ -63,6 +65,9 @@ export class AgentProcess {
 
 export interface Fleet {
   tb: Testbed
+  transport: string
+  /** The oclif data dir the transport plugin is installed in. */
+  dataDir: string
   pki: string
   /** A CA that is not the fleet's, with a client "alice" of its own. */
   foreignPki: string
@@ -77,13 +82,36 @@ export interface Fleet {
 
 export const NODE_PORT = 4443
 
+export interface FleetOptions {
+  prefix: string
+  clients?: number
+  /** Default tls. */
+  transport?: string
+  /** An oclif data dir where the transport is installed already; else one is made and it is installed there. */
+  dataDir?: string
+  /** Seconds between keepalives (default 2, so tests notice a dead peer quickly). */
+  keepalive?: number
+}
+
 /**
  * Build the testbed and everything an operator would prepare: CA, node and client
  * credentials (alice and bob authorized; mallory has a valid certificate but is not listed),
- * and config files.
+ * the transport plugin, and config files.
  */
-export async function createFleet(opts: {clients?: number; prefix: string}): Promise<Fleet> {
+export async function createFleet(opts: FleetOptions): Promise<Fleet> {
   const tb = await createTestbed({prefix: opts.prefix, clients: opts.clients ?? 2})
+  try {
+    return await prepareFleet(tb, opts)
+  } catch (e) {
+    await tb.destroy()
+    throw e
+  }
+}
+
+/** Prepare a fleet on an existing testbed (the benchmark makes its own testbeds). */
+export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix" | "clients">): Promise<Fleet> {
+  const transport = opts.transport ?? 'tls'
+  const keepalive = opts.keepalive ?? 2
   const pki = join(tb.dir, 'pki')
   const foreignPki = join(tb.dir, 'foreign-pki')
   const must = async (args: string[]) => {
@@ -95,6 +123,11 @@ export async function createFleet(opts: {clients?: number; prefix: string}): Pro
   for (const c of ['alice', 'bob', 'mallory']) await must(['pki', 'issue', c, '--dir', pki])
   await must(['pki', 'init', '--dir', foreignPki])
   await must(['pki', 'issue', 'alice', '--dir', foreignPki])
+  const dataDir = opts.dataDir ?? join(tb.dir, 'data')
+  if (opts.dataDir === undefined || !existsSync(join(dataDir, 'package.json'))) {
+    const r = await agentCli(['plugins', 'install', transport], {...process.env, AGENT_DATA_DIR: dataDir})
+    if (r.code !== 0) throw new Error(`agent plugins install ${transport} failed: ${r.stderr}`)
+  }
 
   const configs = join(tb.dir, 'configs')
   mkdirSync(configs, {recursive: true})
@@ -103,7 +136,7 @@ export async function createFleet(opts: {clients?: number; prefix: string}): Pro
     nodeConfig,
     `role: node
 name: node1
-transport: tls
+transport: ${transport}
 listen: {address: 0.0.0.0, port: ${NODE_PORT}}
 tunnel: {interface: agtun0, subnet: 10.99.0.0/24}
 egress: {interface: ${tb.ifaces.nodeEgress}}
@@ -113,7 +146,7 @@ clients:
   - name: bob
     address: 10.99.0.50
 transports:
-  tls: {keepalive: 2}
+  tls: {keepalive: ${keepalive}}
 `,
   )
 
@@ -124,24 +157,26 @@ transports:
       file,
       `role: client
 name: ${name}
-transport: ${o.transport ?? 'tls'}
+transport: ${o.transport ?? transport}
 node: {host: ${tb.addr.nodeWan}, port: ${NODE_PORT}, name: node1}
 routes: [${tb.addr.target}/32]
 tunnel: {interface: agtun0}
 pki: {bundle: ${pki}/${name}.pem}
 reconnect: {minSeconds: 0.2, maxSeconds: 1}
 transports:
-  tls: {keepalive: 2}
+  tls: {keepalive: ${keepalive}}
 `,
     )
     return file
   }
 
   const spawnAgent = (ns: string, args: string[]) =>
-    new AgentProcess(tb.spawn(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns)), stdio: ['ignore', 'pipe', 'pipe']}))
+    new AgentProcess(tb.spawn(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns), dataDir), stdio: ['ignore', 'pipe', 'pipe']}))
 
   return {
     tb,
+    transport,
+    dataDir,
     pki,
     foreignPki,
     nodeConfig,
@@ -158,7 +193,7 @@ transports:
       return p
     },
     async cli(ns, args) {
-      return tb.exec(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns)), timeoutMs: 60_000}).then((r) => ({
+      return tb.exec(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns), dataDir), timeoutMs: 60_000}).then((r) => ({
         stdout: r.stdout,
         stderr: r.stderr,
         code: r.code ?? 1,

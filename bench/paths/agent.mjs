@@ -1,0 +1,36 @@
+// agent itself, one path per transport: the real binary brought up from config files on the
+// node and client namespaces, exactly as an operator runs it (fleet PKI from `agent pki`, the
+// plugin from `agent plugins install`).
+import {prepareFleet} from '../../dist/testbed/index.js'
+
+/**
+ * @param {string} transport
+ * @param {{carrier: 'tcp'|'udp'|'ip', baseline: string}} how
+ * @returns {import('./types.mjs').BenchPath}
+ */
+export function agentPath(transport, how) {
+  /** @type {{node?: {child: import('node:child_process').ChildProcess}, client?: {child: import('node:child_process').ChildProcess}, mtu?: string}} */
+  const st = {}
+  return {
+    name: `agent-${transport}`,
+    carrier: how.carrier,
+    baseline: how.baseline,
+    tunnelDevice: 'agtun0',
+    async setup(tb, ctx) {
+      // The default keepalive (not the tests' fast one): what an operator runs.
+      const fleet = await prepareFleet(tb, {transport, keepalive: 10})
+      st.node = await fleet.startNode()
+      st.client = await fleet.startClient('alice', 0)
+      st.mtu = /mtu (\d+)/.exec(st.client.output)?.[1]
+      ctx.log(`agent-${transport}: node pid ${st.node.pid}, client pid ${st.client.pid}, tunnel mtu ${st.mtu}`)
+    },
+    async teardown(tb) {
+      if (st.client) await tb.stop(st.client.child)
+      if (st.node) await tb.stop(st.node.child)
+    },
+    pids: () => [st.node?.child.pid, st.client?.child.pid].filter((p) => p !== undefined),
+    info: () => [`agent-${transport}: tunnel mtu ${st.mtu ?? '?'}`],
+  }
+}
+
+export const agentTls = agentPath('tls', {carrier: 'tcp', baseline: 'openvpn-tcp'})
