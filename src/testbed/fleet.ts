@@ -91,6 +91,8 @@ export interface FleetOptions {
   dataDir?: string
   /** Seconds between keepalives (default 2, so tests notice a dead peer quickly). */
   keepalive?: number
+  /** Flags for the Node.js running each agent, e.g. ['--cpu-prof'] to profile the data path. */
+  nodeFlags?: string[]
 }
 
 /**
@@ -171,7 +173,7 @@ transports:
   }
 
   const spawnAgent = (ns: string, args: string[]) =>
-    new AgentProcess(tb.spawn(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns), dataDir), stdio: ['ignore', 'pipe', 'pipe']}))
+    new AgentProcess(tb.spawn(ns, process.execPath, [...(opts.nodeFlags ?? []), BIN, ...args], {env: agentEnv(runDir(ns), dataDir), stdio: ['ignore', 'pipe', 'pipe']}))
 
   return {
     tb,
