@@ -17,6 +17,23 @@
         # Only Linux has /dev/net/tun; elsewhere the target builds nothing worth loading.
         ["OS=='linux'", {"sources": ["src/core/tun/native/tun.c"]}]
       ]
+    },
+    {
+      # agent_net: the carrier sockets of the datagram transports (src/core/carrier/native/net.c:
+      # UDP and raw IPv4 with recvmmsg/sendmmsg). Loaded by src/core/carrier/datagram.ts from
+      # build/Release/agent_net.node.
+      "target_name": "agent_net",
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_c": ["-std=c11"],
+      "configurations": {
+        "Release": {
+          "cflags!": ["-O3"],
+          "cflags": ["-O2"]
+        }
+      },
+      "conditions": [
+        ["OS=='linux'", {"sources": ["src/core/carrier/native/net.c"]}]
+      ]
     }
   ]
 }

@@ -148,7 +148,7 @@ clients:
   - name: bob
     address: 10.99.0.50
 transports:
-  tls: {keepalive: ${keepalive}}
+  ${transport}: {keepalive: ${keepalive}}
 `,
   )
 
@@ -166,7 +166,7 @@ tunnel: {interface: agtun0}
 pki: {bundle: ${pki}/${name}.pem}
 reconnect: {minSeconds: 0.2, maxSeconds: 1}
 transports:
-  tls: {keepalive: ${keepalive}}
+  ${o.transport ?? transport}: {keepalive: ${keepalive}}
 `,
     )
     return file

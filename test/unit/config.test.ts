@@ -131,9 +131,9 @@ describe('loadConfig', () => {
       session: {idleTimeout: 180},
       transports: {
         tls: {keepalive: 10},
-        gre: {carrier: 'udp', port: 4754, checksum: false, sequence: false},
-        ipip: {carrier: 'udp', port: 4755},
-        'ipsec-over-gre': {carrier: 'udp', port: 4754, rekeySeconds: 3600},
+        gre: {carrier: 'udp', port: 4754, keepalive: 15, checksum: false, sequence: false},
+        ipip: {carrier: 'udp', port: 4755, keepalive: 15},
+        'ipsec-over-gre': {carrier: 'udp', port: 4754, keepalive: 15, rekeySeconds: 3600},
       },
       log: {level: 'info'},
     })
@@ -161,7 +161,7 @@ describe('loadConfig', () => {
       {name: 'bob', fingerprint: fp},
       {name: 'carol', address: '10.8.0.20'},
     ])
-    expect(config.transports.gre).toEqual({carrier: 'ip', port: 5000, checksum: true, sequence: true})
+    expect(config.transports.gre).toEqual({carrier: 'ip', port: 5000, keepalive: 15, checksum: true, sequence: true})
     expect(config.transports.tls).toEqual({keepalive: 20})
     expect(config).not.toHaveProperty('$schema')
   })
@@ -192,7 +192,7 @@ describe('loadConfig', () => {
       key: join(fixtures, 'good/alice.key'),
     })
     expect(config.node).toEqual({host: 'proxy.example.com', port: 8443, name: 'node1'})
-    expect(config.transports['ipsec-over-gre']).toEqual({carrier: 'ip', port: 4754, rekeySeconds: 120})
+    expect(config.transports['ipsec-over-gre']).toEqual({carrier: 'ip', port: 4754, keepalive: 15, rekeySeconds: 120})
   })
 
   it('takes a relative file name relative to the working directory', async () => {
@@ -222,7 +222,7 @@ describe('YAML details', () => {
   it('points into an aliased block at the alias target', () => {
     const text = 'role: client\nname: a\nnode: {host: h}\nroutes: [10.0.0.0/8]\npki: &p {bundle: a}\ntransports:\n  tls: &t {keepalive: 0}\n  gre: *t\n'
     const issues = issuesOf(text)
-    expect(issues.map((i) => [i.path, i.line])).toEqual([
+    expect(issues.map((i) => [i.path, i.line]).sort()).toEqual([
       ['transports.gre.keepalive', 7],
       ['transports.tls.keepalive', 7],
     ])

@@ -16,7 +16,7 @@ describe('control messages', () => {
   it('round-trips hello, welcome and refused', () => {
     const msgs = [
       {type: 'hello', version: 1, transport: 'tls'},
-      {type: 'welcome', version: 1, transport: 'tls', address: '10.8.0.10', prefix: 24, gateway: '10.8.0.1', mtu: 1500, keepalive: 10, params: {key: 7}},
+      {type: 'welcome', version: 1, transport: 'tls', address: '10.8.0.10', prefix: 24, gateway: '10.8.0.1', mtu: 1500, keepalive: 10, carrier: {kind: 'udp', port: 4754}, params: {key: 7}},
       {type: 'refused', reason: 'no'},
     ] as const
     for (const m of msgs) {
@@ -30,6 +30,7 @@ describe('control messages', () => {
     expect(() => decode([1])).toThrow(/unknown control message type/)
     expect(() => decode({type: 'hello', version: 1})).toThrow(/hello.transport must be a string/)
     expect(() => decode({type: 'welcome', version: 1, transport: 'tls', address: 'x', gateway: 'y', prefix: 24, mtu: 1, keepalive: 1})).toThrow(/params/)
+    expect(() => decode({type: 'welcome', version: 1, transport: 'tls', address: 'x', gateway: 'y', prefix: 24, mtu: 1, keepalive: 1, params: {}, carrier: {kind: 'smoke'}})).toThrow(/carrier/)
     expect(() => decode({type: 'launch'})).toThrow(/"launch"/)
   })
 })

@@ -44,6 +44,10 @@ export class StreamLink implements PeerLink {
     this.used += need
   }
 
+  accepts(): boolean {
+    return true
+  }
+
   flush(): void {
     if (this.used === 0) return
     const out = Buffer.allocUnsafe(this.used)

@@ -8,7 +8,7 @@ import {isIP} from 'node:net'
 import {connect as tlsConnect, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedClientConfig} from '../config/index.js'
-import type {Session, SessionContext, Transport} from '../transport/contract.js'
+import type {CarrierSpec, Session, SessionContext, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -29,6 +29,8 @@ import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {backoffDelay} from './backoff.js'
 import {isFatalTlsError} from './tls-errors.js'
+import {ClientDatagrams} from './client-datagrams.js'
+import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
 
 const CONNECT_TIMEOUT_MS = 10_000
 const WELCOME_TIMEOUT_MS = 10_000
@@ -45,6 +47,8 @@ export class ClientAgent {
   private address: string | null = null
   private mtu: number | null = null
   private statusServer: Server | null = null
+  private welcoming: Promise<void> = Promise.resolve()
+  private datagrams: ClientDatagrams | null = null
   private nodeIp = ''
   private attempts = 0
   private retryTimer: NodeJS.Timeout | null = null
@@ -87,10 +91,6 @@ export class ClientAgent {
    * undone, when the node refuses us or the setup fails. Keeps reconnecting afterwards.
    */
   async start(): Promise<void> {
-    const carrier = this.transport.carrier(this.transportOptions())
-    if (carrier.kind !== 'stream') {
-      throw new Error(`transport "${this.transport.name}" needs the ${carrier.kind} carrier, which this core does not provide yet`)
-    }
     const credentials = await loadCredentials(this.config.pki)
     this.nodeIp = await this.resolveNode()
     await reclaimStale(this.stateFile, this.log)
@@ -136,7 +136,10 @@ export class ClientAgent {
         if (m.type === 'welcome' && !welcomed) {
           welcomed = true
           clearTimeout(welcomeTimer)
-          this.onWelcome(conn, m).catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
+          // One welcome at a time: a fast reconnect must not set the tunnel up twice at once.
+          this.welcoming = this.welcoming
+            .then(() => this.onWelcome(conn, m))
+            .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
           refusal = m.reason
         } else {
@@ -159,6 +162,8 @@ export class ClientAgent {
       },
     })
     socket.once('secureConnect', () => {
+      // The timeout guarded the connect; left on, it would cut an idle tunnel every 10 s.
+      socket.setTimeout(0)
       conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name})
     })
     this.conn = conn
@@ -171,22 +176,29 @@ export class ClientAgent {
   }
 
   private async onWelcome(conn: ControlConnection, w: Welcome): Promise<void> {
-    if (w.transport !== this.transport.name) throw new Error(`node answered for transport "${w.transport}"`)
+    const gone = () => conn.isClosed || this.phase === 'stopped'
+    if (gone()) return
+    if (w.transport !== this.transport.name) throw new Error(`node answered for transport ${JSON.stringify(w.transport)}`)
     if (this.tun === null) await this.bringUpTunnel(w)
     else if (w.address !== this.address) await this.readdress(w)
+    // The connection may have dropped, or the agent been stopped, while the tunnel was set up.
+    if (gone()) return
     const ctx: SessionContext = {
       role: 'client',
       peerName: this.config.name,
       tunnelAddress: w.address,
       options: this.transportOptions(),
+      mtu: w.mtu,
       exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
       allocateId: () => {
         throw new Error('session ids are allocated by the node')
       },
     }
     const session: Session = this.transport.openClientSession(ctx, w.params)
-    const link = new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES)
-    // The client has one peer, the node; it is keyed by the gateway address only for show.
+    this.datapath!.localAddress = ipv4ToNumber(w.address)
+    const datagrams = w.carrier.kind === 'stream' ? null : this.datagramsFor(w.carrier)
+    const link = datagrams === null ? new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES) : datagrams.link
+    // The client has one peer, the node, at its tunnel address.
     const peer = new Peer(this.config.node.name, ipv4ToNumber(w.gateway), w.gateway, session, link)
     link.stats = peer.stats
     this.dropPeer()
@@ -194,10 +206,27 @@ export class ClientAgent {
     this.datapath!.addPeer(peer)
     conn.keepalive(w.keepalive, true)
     this.attempts = 0
-    this.phase = 'connected'
-    this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}, mtu ${this.mtu}`)
-    this.firstWelcome?.resolve()
-    this.firstWelcome = null
+    const up = () => {
+      this.phase = 'connected'
+      const via = datagrams === null ? '' : ` over ${w.carrier.kind} to ${link.endpoint} from ${datagrams.local}`
+      this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}${via}, mtu ${this.mtu}`)
+      this.firstWelcome?.resolve()
+      this.firstWelcome = null
+    }
+    if (datagrams === null) return up()
+    // Over datagrams the tunnel is up once the node answers a keepalive: that proves the path.
+    const key = conn.socket.exportKeyingMaterial(32, KEEPALIVE_KEY_LABEL, Buffer.alloc(0))
+    datagrams.begin(peer, w.carrier, key, w.keepalive, up)
+  }
+
+  /** The datagram socket for this carrier: kept across sessions so the NAT mapping stays. */
+  private datagramsFor(carrier: CarrierSpec): ClientDatagrams {
+    if (this.datagrams !== null && !this.datagrams.fits(carrier)) {
+      this.datagrams.close()
+      this.datagrams = null
+    }
+    this.datagrams ??= new ClientDatagrams(carrier, ipv4ToNumber(this.nodeIp), this.datapath!, this.mtu!, this.log)
+    return this.datagrams
   }
 
   private async bringUpTunnel(w: Welcome): Promise<void> {
@@ -205,7 +234,7 @@ export class ClientAgent {
     const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
     if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
     this.mtu = Math.min(wanted, w.mtu)
-    this.tun = openTun({name: ifname, mtu: this.mtu})
+    this.tun = openTun({name: ifname, mtu: this.mtu, onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
     await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
     this.address = w.address
     // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.
@@ -229,6 +258,7 @@ export class ClientAgent {
   }
 
   private dropPeer(): void {
+    this.datagrams?.end()
     if (this.peer === null) return
     this.datapath?.removePeer(this.peer)
     this.peer.session.close()
@@ -258,7 +288,7 @@ export class ClientAgent {
       endpoint: this.nodeText(),
       state: this.phase,
       peers: this.peer === null ? [] : [peerReport(this.peer)],
-      counters: {...(this.datapath?.counters ?? {})},
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {})},
     }
   }
 
@@ -269,6 +299,7 @@ export class ClientAgent {
       this.conn?.close('client stopping')
       this.dropPeer()
       this.statusServer?.close()
+      this.datagrams?.close()
       this.tun?.close()
       await teardown(this.state, this.log)
       this.stateFile.remove()

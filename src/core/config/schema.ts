@@ -83,6 +83,17 @@ const carrier = {
   description: '"udp": in UDP datagrams (crosses NAT); "ip": as raw IP packets (no NAT on the path).',
 } as const
 
+/** Datagram carriers: the client's keepalive keeps the NAT mapping and lets the node follow a rebinding. */
+const datagramKeepalive = {
+  type: 'integer',
+  minimum: 1,
+  maximum: 300,
+  default: 15,
+  description:
+    'Seconds between the client\'s authenticated keepalives, sent whether or not data flows. Below 25 so an idle ' +
+    'NAT mapping survives Linux\'s 30 s unreplied-UDP timeout; also the most a NAT rebinding interrupts traffic.',
+} as const
+
 const transports = {
   type: 'object',
   description: 'Per-transport options. Only the options of the built-in transports can be set.',
@@ -108,6 +119,7 @@ const transports = {
       properties: {
         carrier,
         port: {...port, default: 4754, description: 'UDP port of the node (carrier udp).'},
+        keepalive: datagramKeepalive,
         checksum: {type: 'boolean', default: false, description: 'Add the GRE checksum field.'},
         sequence: {type: 'boolean', default: false, description: 'Add the GRE sequence number field.'},
       },
@@ -119,6 +131,7 @@ const transports = {
       properties: {
         carrier,
         port: {...port, default: 4755, description: 'UDP port of the node (carrier udp).'},
+        keepalive: datagramKeepalive,
       },
       additionalProperties: false,
     },
@@ -128,6 +141,7 @@ const transports = {
       properties: {
         carrier,
         port: {...port, default: 4754, description: 'UDP port of the node (carrier udp).'},
+        keepalive: datagramKeepalive,
         rekeySeconds: {
           type: 'integer',
           minimum: 60,

@@ -4,10 +4,10 @@
  * client gets, not who it is.
  *
  *   client -> node   hello    {transport, requestAddress?}
- *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, params}
+ *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params}
  *                    refused  {reason}               (then the node closes)
  */
-import type {SessionParams} from '../transport/contract.js'
+import type {CarrierSpec, SessionParams} from '../transport/contract.js'
 
 export const PROTOCOL_VERSION = 1
 
@@ -29,8 +29,10 @@ export interface Welcome {
   /** The node's tunnel address. */
   gateway: string
   mtu: number
-  /** Seconds between keepalive pings the node expects. */
+  /** Seconds between keepalives the node expects. */
   keepalive: number
+  /** How the data travels: in this connection (stream) or to the node's udp port / IP protocol. */
+  carrier: CarrierSpec
   params: SessionParams
 }
 
@@ -65,6 +67,9 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
       for (const k of ['version', 'prefix', 'mtu', 'keepalive'] as const) need(m, k, 'number')
       for (const k of ['transport', 'address', 'gateway'] as const) need(m, k, 'string')
       if (typeof m.params !== 'object' || m.params === null) throw new Error('welcome.params must be an object')
+      if (typeof m.carrier !== 'object' || m.carrier === null || !['stream', 'udp', 'ip'].includes((m.carrier as {kind: string}).kind)) {
+        throw new Error('welcome.carrier must be {kind: stream|udp|ip}')
+      }
       return m as unknown as Welcome
     case 'refused':
       need(m, 'reason', 'string')

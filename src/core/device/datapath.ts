@@ -9,7 +9,14 @@
  */
 import type {PacketRing, TunDevice} from '../tun/device.js'
 import {checkIpv4, ipv4Destination, ipv4Source} from '../net/packet.js'
+import {isKeepalive} from '../nat/keepalive.js'
 import type {Peer} from './peer.js'
+
+/**
+ * Handles an authenticated keepalive (see nat/keepalive.ts) that arrived from `peer` via
+ * addr:port: verifies it, may move the peer's endpoint, answers it.
+ */
+export type KeepaliveHandler = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number) => void
 
 export interface DataPathCounters {
   /** Packets read from the TUN that had no peer to go to. */
@@ -18,11 +25,15 @@ export interface DataPathCounters {
   badTunPacket: number
   /** Packets the kernel refused on TUN write (queue full). */
   tunWriteDrops: number
+  /** Batches cut short because a transport's encap or decap threw. */
+  transportErrors: number
 }
 
 export class DataPath {
-  readonly counters: DataPathCounters = {noPeer: 0, badTunPacket: 0, tunWriteDrops: 0}
+  readonly counters: DataPathCounters = {noPeer: 0, badTunPacket: 0, tunWriteDrops: 0, transportErrors: 0}
   private readonly byAddress = new Map<number, Peer>()
+  /** The only peer, when there is exactly one (a client's node): no lookup per packet. */
+  private single: Peer | undefined = undefined
   /** Peers that got payloads in the current batch and need a flush. */
   private readonly dirty: Peer[] = []
 
@@ -30,6 +41,10 @@ export class DataPath {
    * @param role on a client every packet goes to the single peer; on the node the inner
    * destination picks the peer, and a client may only send from its own address.
    */
+  /** Keepalives are inner packets addressed to this end's own tunnel address. */
+  localAddress = 0
+  onKeepalive: KeepaliveHandler | null = null
+
   constructor(
     private readonly tun: TunDevice,
     private readonly role: 'node' | 'client',
@@ -41,10 +56,12 @@ export class DataPath {
 
   addPeer(peer: Peer): void {
     this.byAddress.set(peer.address, peer)
+    this.single = this.byAddress.size === 1 ? peer : undefined
   }
 
   removePeer(peer: Peer): void {
     if (this.byAddress.get(peer.address) === peer) this.byAddress.delete(peer.address)
+    this.single = this.byAddress.size === 1 ? this.byAddress.values().next().value : undefined
   }
 
   peers(): Peer[] {
@@ -54,7 +71,24 @@ export class DataPath {
   private readonly onTunBatch = (count: number, ring: PacketRing): void => {
     const {buf, slotSize, lengths, headroom} = ring
     const client = this.role === 'client'
-    const only = client ? this.byAddress.values().next().value : undefined
+    const only = client ? this.single : undefined
+    try {
+      this.encapBatch(count, buf, slotSize, lengths, headroom, client, only)
+    } catch {
+      // A transport that throws (a plugin bug) loses the rest of this batch, not the process.
+      this.counters.transportErrors++
+    } finally {
+      // Whatever happened, what was queued goes out and the next batch starts clean.
+      for (let i = 0; i < this.dirty.length; i++) {
+        const p = this.dirty[i]
+        p.link.flush()
+        p.flushMark = p.stats.txPackets
+      }
+      this.dirty.length = 0
+    }
+  }
+
+  private encapBatch(count: number, buf: Buffer, slotSize: number, lengths: Uint32Array, headroom: number, client: boolean, only: Peer | undefined): void {
     for (let i = 0; i < count; i++) {
       const off = i * slotSize + headroom
       const len = lengths[i]
@@ -77,21 +111,16 @@ export class DataPath {
       peer.stats.txPackets++
       peer.stats.txBytes += len
     }
-    for (let i = 0; i < this.dirty.length; i++) {
-      const p = this.dirty[i]
-      p.link.flush()
-      p.flushMark = p.stats.txPackets
-    }
-    this.dirty.length = 0
   }
 
   /**
-   * A carrier payload arrived from `peer`. Decapsulate it and hand the inner packet to the
-   * kernel, provided it is well-formed and, on the node, comes from the peer's own address.
+   * A carrier payload arrived from `peer` (via addr:port, for datagram carriers). Decapsulate
+   * it and hand the inner packet to the kernel, provided it is well-formed, comes from the
+   * peer's current endpoint and, on the node, from the peer's own tunnel address. Keepalives
+   * go to the keepalive handler instead, whatever endpoint they came from.
    */
-  receive(peer: Peer, buf: Buffer, offset: number, length: number): void {
+  receive(peer: Peer, buf: Buffer, offset: number, length: number, addr = 0, port = 0): void {
     const stats = peer.stats
-    stats.lastSeen = Date.now()
     const out = peer.span
     const drop = peer.session.decap(buf, offset, length, out)
     if (drop !== null) {
@@ -103,11 +132,20 @@ export class DataPath {
       stats.drop(bad)
       return
     }
+    if (this.onKeepalive !== null && isKeepalive(buf, out.offset, out.length, this.localAddress)) {
+      this.onKeepalive(peer, buf, out.offset, addr, port)
+      return
+    }
+    if (!peer.link.accepts(addr, port)) {
+      stats.drop('endpoint')
+      return
+    }
     // A client may only speak for its own tunnel address: anything else is spoofing.
     if (this.role === 'node' && ipv4Source(buf, out.offset) !== peer.address) {
       stats.drop('source')
       return
     }
+    stats.lastSeen = Date.now()
     stats.rxPackets++
     stats.rxBytes += out.length
     if (!this.tun.write(buf, out.offset, out.length)) this.counters.tunWriteDrops++

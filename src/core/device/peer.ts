@@ -14,9 +14,15 @@ export interface PeerLink {
   flush(): void
   /** Where the peer is reached from, as the operator sees it ("203.0.113.7:51234"). */
   readonly endpoint: string
+  /**
+   * Whether a payload that came from addr:port may be taken as this peer's data. A stream is
+   * its own proof; a datagram link takes data only from the peer's current endpoint, which
+   * only an authenticated keepalive can move.
+   */
+  accepts(addr: number, port: number): boolean
 }
 
-export type DropCounter = Drop | PacketError | 'source' | 'no-peer' | 'queue-full' | 'encap'
+export type DropCounter = Drop | PacketError | 'source' | 'no-peer' | 'queue-full' | 'encap' | 'endpoint' | 'no-endpoint'
 
 export class PeerStats {
   rxPackets = 0

@@ -32,18 +32,28 @@ import {authorize} from './authorize.js'
 import {planAddresses} from './address-plan.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
 import {tunnelMtu} from '../transport/mtu.js'
+import {NodeDatagrams} from './node-datagrams.js'
+import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
 
+/** A TLS handshake must complete this soon (Node's default is 120 s: a slowloris gift). */
+const HANDSHAKE_TIMEOUT_MS = 5_000
+/** Connections allowed beyond two per authorized client (handshakes, reconnects, strangers). */
+const MAX_CONNECTIONS_BASE = 64
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
 /** Room a frame's payload may take beyond the MTU (transport headers, trailers). */
 const FRAME_SLACK = 256
 /** Bytes one peer's coalesced writes may gather per TUN batch before a socket write. */
 const STREAM_BATCH_BYTES = 64 * 1024
+/** How often silent datagram sessions are looked for. */
+const EXPIRY_CHECK_MS = 5_000
 
 interface ClientSession {
   name: string
   conn: ControlConnection
   peer: Peer | null
+  /** Told to go away: whatever else it says is ignored until the connection closes. */
+  refused: boolean
 }
 
 export class NodeAgent {
@@ -60,8 +70,19 @@ export class NodeAgent {
   private server: TlsServer | null = null
   private statusServer: Server | null = null
   private admission: Promise<void> = Promise.resolve()
+  private pendingAdmission: Promise<void> | null = null
+  /** The admitted list last applied, so an unchanged list costs nothing. */
+  private admittedKey = ''
+  /** Every control connection, authenticated or not, so stop() can close them all. */
+  private readonly connections = new Set<ControlConnection>()
   private stopping: Promise<void> | null = null
   private readonly sessionIds = new Set<number>()
+  private datagrams: NodeDatagrams | null = null
+  private expiry: NodeJS.Timeout | null = null
+
+  /** Resolves when the node must end by itself (its TUN device failed), with why. */
+  readonly ended: Promise<Error>
+  private endWith!: (e: Error) => void
 
   constructor(
     private readonly config: ResolvedNodeConfig,
@@ -69,6 +90,7 @@ export class NodeAgent {
     runDir: string,
     private readonly log: Logger,
   ) {
+    this.ended = new Promise((resolve) => (this.endWith = resolve))
     this.stateFile = new StateFile(runDir, config.name)
     this.prefix = parseCidr(config.tunnel.subnet)!.prefix
     this.plan = planAddresses({
@@ -96,16 +118,13 @@ export class NodeAgent {
   /** Bring everything up, or, on any failure, undo what was done and throw. */
   async start(): Promise<void> {
     const carrier = this.transport.carrier(this.transportOptions())
-    if (carrier.kind !== 'stream') {
-      throw new Error(`transport "${this.transport.name}" needs the ${carrier.kind} carrier, which this core does not provide yet`)
-    }
     // Everything that can fail on bad input is read before the system is touched.
     const credentials = await loadCredentials(this.config.pki)
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
     try {
       const {interface: ifname, address, subnet} = this.config.tunnel
-      this.tun = openTun({name: ifname, mtu: this.mtu})
+      this.tun = openTun({name: ifname, mtu: this.mtu, onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
 
       this.state.ipForwardBefore = await getSysctl('net.ipv4.ip_forward')
@@ -128,12 +147,20 @@ export class NodeAgent {
       }
 
       this.datapath = new DataPath(this.tun, 'node')
+      this.datapath.localAddress = ipv4ToNumber(address)
+      if (carrier.kind !== 'stream') {
+        this.datagrams = new NodeDatagrams(carrier, this.transport, this.datapath, this.config.listen.address, this.mtu, this.log)
+        this.datagrams.start()
+        this.expiry = setInterval(() => this.expireSilentSessions(), EXPIRY_CHECK_MS)
+        this.expiry.unref()
+      }
       this.datapath.start()
       await this.listen(credentials)
       this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
       this.log.info(
         `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
-          `transport ${this.transport.name}, listening on ${this.listenText()}, ${this.config.clients.length} authorized client(s)`,
+          `transport ${this.transport.name}, listening on ${this.listenText()}` +
+          `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.config.clients.length} authorized client(s)`,
       )
     } catch (e) {
       await this.stop()
@@ -148,7 +175,10 @@ export class NodeAgent {
   private async listen(credentials: Credentials): Promise<void> {
     // Certificates are checked right after the handshake (onConnection), so a refused client
     // is told why instead of seeing a bare connection reset.
-    const server = createTlsServer(tlsServerOptions(credentials, false))
+    const server = createTlsServer({...tlsServerOptions(credentials, false), handshakeTimeout: HANDSHAKE_TIMEOUT_MS})
+    // Connections still in the handshake count too: bounded, so nobody can exhaust descriptors
+    // (which iptables-restore needs) by opening connections and saying nothing.
+    server.maxConnections = MAX_CONNECTIONS_BASE + 2 * this.config.clients.length
     server.on('secureConnection', (socket) => this.onConnection(socket))
     server.on('tlsClientError', (err, socket) => {
       this.log.warn(`refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
@@ -171,8 +201,10 @@ export class NodeAgent {
     const conn = new ControlConnection(socket, this.mtu + FRAME_SLACK, {
       onMessage: () => {},
       onData: () => {},
-      onClose: () => {},
+      onClose: () => this.connections.delete(conn),
     })
+    this.connections.add(conn)
+    if (this.stopping !== null) return conn.close('node stopping')
     if (!auth.ok) {
       this.log.warn(`refused client from ${remote}: ${auth.reason}; no forwarding`)
       conn.send({type: 'refused', reason: auth.reason})
@@ -180,11 +212,12 @@ export class NodeAgent {
       setTimeout(() => conn.close('refused'), 1000).unref()
       return
     }
-    const client: ClientSession = {name: auth.name, conn, peer: null}
+    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false}
     const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
     helloTimer.unref()
     conn.handlers = {
       onMessage: (m: ControlMessage) => {
+        if (client.refused) return
         if (m.type === 'hello' && client.peer === null) {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
@@ -197,6 +230,7 @@ export class NodeAgent {
       },
       onClose: (reason) => {
         clearTimeout(helloTimer)
+        this.connections.delete(conn)
         this.endSession(client, reason)
       },
     }
@@ -208,13 +242,10 @@ export class NodeAgent {
       return this.refuse(client, `protocol version ${hello.version} is not supported (node speaks ${PROTOCOL_VERSION})`)
     }
     if (hello.transport !== this.transport.name) {
-      return this.refuse(client, `this node serves transport "${this.transport.name}", not "${hello.transport}"`)
+      return this.refuse(client, `this node serves transport "${this.transport.name}", not ${JSON.stringify(hello.transport)}`)
     }
     const address = this.plan.get(name)
     if (address === undefined) return this.refuse(client, `no tunnel address planned for "${name}"`)
-
-    const previous = this.sessions.get(name)
-    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
 
     const options = this.transportOptions()
     const ctx: SessionContext = {
@@ -222,6 +253,7 @@ export class NodeAgent {
       peerName: name,
       tunnelAddress: address,
       options,
+      mtu: this.mtu,
       exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
       allocateId: () => this.allocateSessionId(),
     }
@@ -231,9 +263,20 @@ export class NodeAgent {
     } catch (e) {
       return this.refuse(client, `transport could not open a session: ${(e as Error).message}`)
     }
-    const link = new StreamLink(conn.socket, remote, STREAM_BATCH_BYTES)
+    // Only now that the new session exists does the old one go (a client that restarted, or
+    // whose old connection is half-open): a failure above leaves the old one working.
+    const previous = this.sessions.get(name)
+    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
+    const datagrams = this.datagrams
+    const link = datagrams === null ? new StreamLink(conn.socket, remote, STREAM_BATCH_BYTES) : datagrams.newLink()
     const peer = new Peer(name, ipv4ToNumber(address), address, session, link)
     link.stats = peer.stats
+    try {
+      datagrams?.attach(peer, conn.socket.exportKeyingMaterial(32, KEEPALIVE_KEY_LABEL, Buffer.alloc(0)))
+    } catch (e) {
+      session.close()
+      return this.refuse(client, (e as Error).message)
+    }
     client.peer = peer
     this.sessions.set(name, client)
     this.datapath?.addPeer(peer)
@@ -250,6 +293,7 @@ export class NodeAgent {
           gateway: this.config.tunnel.address,
           mtu: this.mtu,
           keepalive,
+          carrier: datagrams === null ? {kind: 'stream'} : datagrams.spec,
           params: session.params,
         })
         conn.keepalive(keepalive, false)
@@ -262,6 +306,7 @@ export class NodeAgent {
   }
 
   private refuse(client: ClientSession, reason: string): void {
+    client.refused = true
     this.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`)
     client.conn.send({type: 'refused', reason})
     client.conn.socket.end()
@@ -273,6 +318,7 @@ export class NodeAgent {
     if (peer === null) return
     client.peer = null
     this.datapath?.removePeer(peer)
+    this.datagrams?.detach(peer)
     peer.session.close()
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
     if (this.sessions.get(client.name) === client) {
@@ -284,15 +330,43 @@ export class NodeAgent {
     }
   }
 
-  /** FORWARD admits exactly the clients with a live session; changes are applied in order. */
+  /**
+   * FORWARD admits exactly the clients with a live session. Updates are coalesced: one run at a
+   * time, and however many changes arrive meanwhile, one more run that reads the state as it
+   * is then. So a client reconnecting in a loop costs at most one iptables-restore at a time.
+   */
   private updateAdmission(): Promise<void> {
-    const run = async () => {
-      if (this.firewall === null || this.stopping !== null) return
-      const admitted = [...this.sessions.values()].filter((s) => s.peer !== null).map((s) => s.peer!.addressText)
-      await this.firewall.setAdmitted(admitted)
+    this.pendingAdmission ??= this.admission.then(
+      () => this.applyAdmission(),
+      () => this.applyAdmission(),
+    )
+    return this.pendingAdmission
+  }
+
+  private async applyAdmission(): Promise<void> {
+    this.admission = this.pendingAdmission!
+    this.pendingAdmission = null
+    if (this.firewall === null || this.stopping !== null) return
+    const admitted = [...this.sessions.values()].filter((s) => s.peer !== null).map((s) => s.peer!.addressText).sort()
+    const key = admitted.join(',')
+    if (key === this.admittedKey) return
+    await this.firewall.setAdmitted(admitted)
+    this.admittedKey = key
+  }
+
+  /**
+   * Datagram sessions whose client fell silent (no data, no keepalive) for session.idleTimeout
+   * end, and their FORWARD admission with them. Stream sessions end with their connection.
+   */
+  private expireSilentSessions(): void {
+    const limit = this.config.session.idleTimeout * 1000
+    const now = Date.now()
+    for (const s of this.sessions.values()) {
+      const p = s.peer
+      if (p !== null && now - Math.max(p.stats.lastSeen, p.connectedAt) > limit) {
+        s.conn.close(`no packets for ${this.config.session.idleTimeout} s`)
+      }
     }
-    this.admission = this.admission.then(run, run)
-    return this.admission
   }
 
   private allocateSessionId(): number {
@@ -318,7 +392,7 @@ export class NodeAgent {
       endpoint: this.listenText(),
       state: this.stopping === null ? 'up' : 'stopping',
       peers: (this.datapath?.peers() ?? []).map(peerReport),
-      counters: {...(this.datapath?.counters ?? {})},
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {})},
     }
   }
 
@@ -326,9 +400,11 @@ export class NodeAgent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.server?.close()
-      for (const s of this.sessions.values()) s.conn.close('node stopping')
+      if (this.expiry !== null) clearInterval(this.expiry)
+      for (const c of [...this.connections]) c.close('node stopping')
       this.statusServer?.close()
       this.tun?.close()
+      this.datagrams?.close()
       await this.admission.catch(() => {})
       await teardown(this.state, this.log)
       this.stateFile.remove()

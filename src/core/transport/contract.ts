@@ -56,8 +56,10 @@ export interface SessionContext {
   readonly peerName: string
   /** The client's tunnel address, as assigned by the node. */
   readonly tunnelAddress: string
-  /** The transport's options from the config. */
+  /** The transport's options from the config (the node's: a client follows the node's params). */
   readonly options: TransportOptions
+  /** The tunnel MTU: the largest inner packet a decapsulated payload may hold. */
+  readonly mtu: number
   /**
    * Keying material bound to this control-channel connection (TLS 1.3 exporter, RFC 8446 7.5):
    * both ends derive the same bytes for the same label, and nobody else can.

@@ -1,0 +1,1225 @@
+/*
+ * agent_net: the carrier sockets of the datagram transports (GRE-in-UDP, IPIP over UDP,
+ * ESP-in-GRE): one UDP socket, or one raw IPv4 socket of protocol 47 / 4, that a node shares
+ * between all of its clients.
+ *
+ * Why our own addon: node:dgram allocates a Buffer and an rinfo object per datagram, calls JS
+ * once per datagram and has no recvmmsg/sendmmsg. Here, as in agent_tun, the socket is
+ * non-blocking and watched by a uv_poll_t on the main loop; each readable wakeup drains up to
+ * a ring's worth of datagrams with recvmmsg(2) and calls JS once for the batch, and sends go
+ * straight to the kernel with sendto(2) / sendmmsg(2) and MSG_DONTWAIT.
+ *
+ * Ring layout (allocated by JS, referenced here while started):
+ *   ring: slot i spans [i * slot_size, (i + 1) * slot_size); datagram i's payload starts at
+ *         i * slot_size + headroom and is at most max_payload bytes. The headroom is never
+ *         written (a raw socket's IPv4 header goes to a scratch area of ours, not the slot).
+ *   meta: one ArrayBuffer of slots * 10 bytes: uint32 lengths[slots] at 0, uint32
+ *         addrs[slots] at 4 * slots (source IPv4 address, host order), uint16 ports[slots] at
+ *         8 * slots (source UDP port, host order; 0 for raw IP).
+ * The mmsghdr/iovec/sockaddr arrays recvmmsg fills are allocated once at open and pointed at
+ * the ring at start; nothing is allocated per datagram or per wakeup.
+ *
+ * Errors from ICMP: an unconnected socket hears about ICMP errors (port unreachable...) only
+ * with IP_RECVERR, which we set so they can be counted. The kernel then queues each on the
+ * socket's error queue, sets the socket error, and reports POLLERR; the pending socket error
+ * makes the next send or receive fail once (whichever datagram that happens to be, for any
+ * client), and libuv stops a uv_poll_t on POLLERR. So: the error queue is drained and counted
+ * (icmpErrors) on every POLLERR wakeup and the poll restarted; a receive that returns such an
+ * error is retried; a send that returns one is retried once, so a stale error about an earlier
+ * datagram does not drop this one (a real, synchronous error fails again and is counted).
+ *
+ * JS API (all but open* take the handle returned by open*):
+ *   openUdp(addr, port, batch, rcvbuf, sndbuf) -> handle        (addr: uint32, host order)
+ *   openRaw(protocol, addr, batch, rcvbuf, sndbuf) -> handle
+ *   info(handle) -> {address, port, recvBufferBytes, sendBufferBytes}
+ *   start(handle, ring, meta, slotSize, headroom, maxPayload, slots, onBatch(count), onError(err))
+ *   send(handle, buf, offset, length, addr, port) -> boolean     (false: dropped, counted)
+ *   sendBatch(handle, buf, offsets, lengths, addrs, ports, count) -> number the kernel took
+ *   stats(handle) -> {sendErrors, icmpErrors, truncated, fragments, malformed, kernelDrops}
+ *   close(handle)                                                (idempotent)
+ *
+ * Lifetime: the socket struct is shared by the JS handle (napi_wrap) and the uv_poll_t, and
+ * freed when both are gone (refs), because uv_close completes on a later loop iteration.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/errqueue.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <node_api.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+/* recvmmsg/sendmmsg take at most UIO_MAXIOV messages per call. */
+#define MAX_BATCH 1024
+/* The IPv4 header without options: what a raw socket's scratch iovec takes per datagram. */
+#define IPV4_HEADER 20
+/* Counters are kept per errno below this (Linux errnos end at 133). */
+#define ERRNO_SLOTS 160
+/* Error queue entries read per wakeup at most; the rest wait for the next one (still POLLERR). */
+#define ERRQUEUE_BUDGET 256
+
+typedef enum { KIND_UDP, KIND_RAW } sock_kind;
+
+typedef struct net_sock {
+  napi_env env;
+  int fd;
+  int refs; /* 1 for the JS handle, +1 while the poll handle is open */
+  bool closed;
+  bool poll_open; /* uv_poll_init done, uv_close not yet called */
+  uv_poll_t poll;
+  sock_kind kind;
+  char label[64]; /* "UDP socket 0.0.0.0:4754", "raw IP socket for protocol 47": for messages */
+  uint32_t batch; /* capacity of the message arrays below */
+
+  /* Receive side, allocated at open, pointed at the ring by point_iovecs. */
+  struct mmsghdr *rmsgs;
+  struct iovec *riov; /* raw: 2 per slot (IPv4 header scratch, payload); UDP: 1 per slot */
+  struct sockaddr_in *rname;
+  uint8_t *rhdr; /* raw only: IPV4_HEADER bytes per slot */
+  /* Send side, allocated at open; sendBatch fills them per call. */
+  struct mmsghdr *smsgs;
+  struct iovec *siov;
+  struct sockaddr_in *sname;
+
+  /* Valid between start and close: the ring and the references keeping it alive. */
+  uint8_t *ring;     /* where the iovecs point; re-checked every wakeup */
+  uint32_t *lengths; /* views into meta */
+  uint32_t *addrs;
+  uint16_t *ports;
+  uint32_t slot_size;
+  uint32_t headroom;
+  uint32_t max_payload;
+  uint32_t slots;
+  napi_ref ring_ref;
+  napi_ref meta_ref;
+  napi_ref on_batch_ref;
+  napi_ref on_error_ref;
+  napi_ref self_ref; /* a started socket is not collected while it can still deliver */
+  napi_async_context async_ctx;
+  napi_async_cleanup_hook_handle cleanup_hook;
+
+  /* Counters, read by stats(). Kept after close, for a last status report. */
+  uint64_t send_errors[ERRNO_SLOTS + 1]; /* last slot: errnos >= ERRNO_SLOTS */
+  uint64_t icmp_errors[ERRNO_SLOTS + 1];
+  uint64_t truncated;
+  uint64_t fragments;
+  uint64_t malformed;
+} net_sock;
+
+/* Tags our handles so a foreign object passed from JS is rejected instead of dereferenced. */
+static const napi_type_tag NET_TAG = {0x6167656e745f6e65ULL, 0x745f736f636b6574ULL};
+
+/* ---------- errors ---------- */
+
+static void throw_error(napi_env env, const char *code, const char *msg) {
+  napi_value c, m, err;
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok ||
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok ||
+      napi_create_error(env, c, m, &err) != napi_ok) {
+    napi_throw_error(env, code, msg); /* best effort when even allocation fails */
+    return;
+  }
+  napi_throw(env, err);
+}
+
+/*
+ * errno's symbolic name ("ECONNREFUSED"), as Node's own system errors use for err.code. glibc
+ * names every errno; libuv (the fallback) lacks a few, and its uv_err_name leaks a string for
+ * those, so the _r variant writes into the caller's buffer.
+ */
+static const char *errno_code(int err, char *buf, size_t len) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char *name = strerrorname_np(err);
+  if (name != NULL) return name;
+  snprintf(buf, len, "E%d", err);
+  return buf;
+#else
+  return uv_err_name_r(uv_translate_sys_error(err), buf, len);
+#endif
+}
+
+static void throw_errno(napi_env env, int err, const char *what) {
+  char msg[256], name[32];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  throw_error(env, errno_code(err, name, sizeof name), msg);
+}
+
+/* Turns the N-API call that just failed into a JS exception unless one is already pending. */
+static void throw_napi(napi_env env) {
+  bool pending = false;
+  const napi_extended_error_info *info = NULL;
+  napi_get_last_error_info(env, &info); /* first: any other call resets it */
+  const char *msg = info && info->error_message ? info->error_message : "N-API call failed";
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  throw_error(env, "ERR_AGENT_NET_NAPI", msg);
+}
+
+#define NAPI_OK(env, call)   \
+  do {                       \
+    napi_status s_ = (call); \
+    if (s_ != napi_ok) {     \
+      throw_napi(env);       \
+      return NULL;           \
+    }                        \
+  } while (0)
+
+static void format_addr(uint32_t addr, char *buf, size_t len) {
+  snprintf(buf, len, "%u.%u.%u.%u", addr >> 24, (addr >> 16) & 255, (addr >> 8) & 255, addr & 255);
+}
+
+/*
+ * The errors an ICMP message turns into (the kernel's icmp_err_convert, plus time exceeded
+ * and parameter problem): pending on the socket, they fail whichever call comes next.
+ */
+static bool is_icmp_error(int err) {
+  switch (err) {
+    case ECONNREFUSED: /* port unreachable */
+    case EHOSTUNREACH: /* host unreachable, administratively prohibited, time exceeded */
+    case ENETUNREACH:
+    case EHOSTDOWN:
+    case ENONET:
+    case ENOPROTOOPT: /* protocol unreachable: a raw socket's peer does not speak GRE/IPIP */
+    case EPROTO:      /* parameter problem */
+    case EMSGSIZE:    /* fragmentation needed */
+    case EOPNOTSUPP:  /* source route failed */
+      return true;
+    default:
+      return false;
+  }
+}
+
+/* Errors that mean the socket or our call is broken, never the datagram: thrown, not counted. */
+static bool is_fatal_send_error(int err) {
+  return err == EBADF || err == ENOTSOCK || err == EFAULT || err == EDESTADDRREQ;
+}
+
+static void count_errno(uint64_t *counters, int err) {
+  counters[err >= 0 && err < ERRNO_SLOTS ? err : ERRNO_SLOTS]++;
+}
+
+/* ---------- lifetime ---------- */
+
+static void sock_free(net_sock *s) {
+  free(s->rmsgs);
+  free(s->riov);
+  free(s->rname);
+  free(s->rhdr);
+  free(s->smsgs);
+  free(s->siov);
+  free(s->sname);
+  free(s);
+}
+
+static void sock_unref(net_sock *s) {
+  if (--s->refs == 0) sock_free(s);
+}
+
+static void delete_ref(napi_env env, napi_ref *ref) {
+  if (*ref == NULL) return;
+  napi_delete_reference(env, *ref); /* cannot fail for a live ref; nothing to do if it did */
+  *ref = NULL;
+}
+
+/* Drops everything start() took from JS. */
+static void release_js(napi_env env, net_sock *s) {
+  delete_ref(env, &s->ring_ref);
+  delete_ref(env, &s->meta_ref);
+  delete_ref(env, &s->on_batch_ref);
+  delete_ref(env, &s->on_error_ref);
+  delete_ref(env, &s->self_ref);
+  if (s->async_ctx != NULL) {
+    napi_async_destroy(env, s->async_ctx);
+    s->async_ctx = NULL;
+  }
+  s->ring = NULL;
+  s->lengths = NULL;
+  s->addrs = NULL;
+  s->ports = NULL;
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  net_sock *s = h->data;
+  /* Either unregisters the hook (JS closed us) or tells Node teardown we are done. */
+  if (s->cleanup_hook != NULL) {
+    napi_remove_async_cleanup_hook(s->cleanup_hook);
+    s->cleanup_hook = NULL;
+  }
+  sock_unref(s);
+}
+
+static void close_poll(net_sock *s) {
+  if (!s->poll_open) return;
+  s->poll_open = false;
+  uv_poll_stop(&s->poll); /* cannot fail for an initialised handle */
+  /* uv_close removes the fd from epoll now, so the fd may be closed right after. */
+  uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+}
+
+/* Stops polling, closes the socket, lets go of the JS ring. Idempotent, never blocks. */
+static void sock_close(napi_env env, net_sock *s) {
+  if (s->closed) return;
+  s->closed = true;
+  close_poll(s);
+  if (s->fd >= 0) {
+    /* On Linux close(2) releases the fd even when it reports an error: nothing to retry. A
+     * datagram socket has no lingering state, so this never blocks. */
+    (void)close(s->fd);
+    s->fd = -1;
+  }
+  release_js(env, s);
+}
+
+static void on_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  net_sock *s = data;
+  sock_close(env, s);
+  sock_unref(s);
+}
+
+/* Node is tearing the environment down (worker exit): close so the loop can close. */
+static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
+  net_sock *s = arg;
+  (void)handle; /* same as s->cleanup_hook */
+  /* The hook lives exactly as long as the poll handle: on_poll_closed removes it, which tells
+   * Node we are done. If JS already closed us, that close callback is just pending. */
+  sock_close(s->env, s);
+}
+
+static napi_value get_sock(napi_env env, napi_value handle, net_sock **out) {
+  bool ok = false;
+  void *data = NULL;
+  NAPI_OK(env, napi_check_object_type_tag(env, handle, &NET_TAG, &ok));
+  if (!ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a datagram socket handle");
+    return NULL;
+  }
+  NAPI_OK(env, napi_unwrap(env, handle, &data));
+  *out = data;
+  return handle;
+}
+
+/* ---------- open ---------- */
+
+/*
+ * Socket buffer sizes: SO_*BUFFORCE (CAP_NET_ADMIN) may exceed net.core.[rw]mem_max, the plain
+ * option is capped by it. The kernel doubles either request to leave room for its bookkeeping;
+ * info() reports what it settled on. 0 leaves the system default.
+ */
+static int set_buffer(int fd, int force_opt, int opt, uint32_t bytes) {
+  int v = (int)bytes;
+  if (bytes == 0) return 0;
+  if (setsockopt(fd, SOL_SOCKET, force_opt, &v, sizeof v) == 0) return 0;
+  if (errno != EPERM) return errno;
+  return setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v) == 0 ? 0 : errno;
+}
+
+/*
+ * Options every carrier socket gets; 0 or the errno, with *what naming the option that failed.
+ *
+ * IP_MTU_DISCOVER = IP_PMTUDISC_DO: every outer packet carries DF and the kernel never
+ * fragments it, neither here nor (DF) on the path. A fragmented tunnel packet costs the node a
+ * reassembly, is lost whole when any fragment is, and is dropped outright by many NATs and
+ * firewalls; a tunnel must instead fit its inner MTU to the path. With DO, a datagram larger
+ * than the route's MTU (or the path MTU learnt from ICMP fragmentation-needed) fails at once
+ * with EMSGSIZE, which send counts, instead of silently going out in pieces. (IP_PMTUDISC_PROBE
+ * would also set DF but ignore the learnt path MTU, so such packets would be black-holed
+ * further on instead of reported here.)
+ *
+ * IP_RECVERR: see the top of this file.
+ */
+static int set_options(int fd, uint32_t rcvbuf, uint32_t sndbuf, const char **what) {
+  int on = 1, pmtu = IP_PMTUDISC_DO, err;
+  *what = "setsockopt(IP_MTU_DISCOVER)";
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) != 0) return errno;
+  *what = "setsockopt(IP_RECVERR)";
+  if (setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on) != 0) return errno;
+  *what = "setsockopt(SO_RCVBUF)";
+  if ((err = set_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf)) != 0) return err;
+  *what = "setsockopt(SO_SNDBUF)";
+  if ((err = set_buffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf)) != 0) return err;
+  return 0;
+}
+
+/* The per-socket arrays, sized for `batch` datagrams; false when out of memory. */
+static bool alloc_arrays(net_sock *s, uint32_t batch) {
+  s->batch = batch;
+  s->rmsgs = calloc(batch, sizeof *s->rmsgs);
+  s->riov = calloc((size_t)batch * 2, sizeof *s->riov);
+  s->rname = calloc(batch, sizeof *s->rname);
+  s->rhdr = s->kind == KIND_RAW ? calloc(batch, IPV4_HEADER) : NULL;
+  s->smsgs = calloc(batch, sizeof *s->smsgs);
+  s->siov = calloc(batch, sizeof *s->siov);
+  s->sname = calloc(batch, sizeof *s->sname);
+  if (!s->rmsgs || !s->riov || !s->rname || (s->kind == KIND_RAW && !s->rhdr) || !s->smsgs || !s->siov ||
+      !s->sname) {
+    return false;
+  }
+  /* Everything but the ring pointers is fixed: set it once. */
+  for (uint32_t i = 0; i < batch; i++) {
+    struct msghdr *m = &s->rmsgs[i].msg_hdr;
+    m->msg_name = &s->rname[i];
+    m->msg_namelen = sizeof s->rname[i];
+    if (s->kind == KIND_RAW) {
+      s->riov[2 * i].iov_base = s->rhdr + (size_t)i * IPV4_HEADER;
+      s->riov[2 * i].iov_len = IPV4_HEADER;
+      m->msg_iov = &s->riov[2 * i];
+      m->msg_iovlen = 2;
+    } else {
+      m->msg_iov = &s->riov[i];
+      m->msg_iovlen = 1;
+    }
+    m = &s->smsgs[i].msg_hdr;
+    m->msg_name = &s->sname[i];
+    m->msg_namelen = sizeof s->sname[i];
+    m->msg_iov = &s->siov[i];
+    m->msg_iovlen = 1;
+    s->sname[i].sin_family = AF_INET;
+  }
+  return true;
+}
+
+/* Wraps a ready fd in a JS handle; on failure closes fd, frees s and throws. */
+static napi_value wrap_sock(napi_env env, net_sock *s) {
+  napi_value handle;
+  napi_status st = napi_create_object(env, &handle);
+  if (st == napi_ok) st = napi_wrap(env, handle, s, on_finalize, NULL, NULL);
+  if (st != napi_ok) {
+    close(s->fd);
+    sock_free(s);
+    throw_napi(env);
+    return NULL;
+  }
+  /* From here on the finalizer owns s. */
+  NAPI_OK(env, napi_type_tag_object(env, handle, &NET_TAG));
+  return handle;
+}
+
+/* Reads uint32 arguments; false (with a JS exception pending) if one is not a number. */
+static bool get_u32s(napi_env env, napi_value *argv, uint32_t *out, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) {
+      throw_napi(env);
+      return false;
+    }
+  }
+  return true;
+}
+
+static net_sock *new_sock(napi_env env, sock_kind kind, int fd, uint32_t batch) {
+  net_sock *s = calloc(1, sizeof *s);
+  if (s != NULL) {
+    s->env = env;
+    s->fd = fd;
+    s->refs = 1;
+    s->kind = kind;
+    if (alloc_arrays(s, batch)) return s;
+    sock_free(s);
+  }
+  close(fd);
+  throw_errno(env, ENOMEM, "cannot open datagram socket");
+  return NULL;
+}
+
+static napi_value net_open_udp(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  uint32_t a[5]; /* addr, port, batch, rcvbuf, sndbuf */
+  char where[32], msg[256], name[32];
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "openUdp(addr, port, batch, rcvbuf, sndbuf)");
+    return NULL;
+  }
+  if (!get_u32s(env, argv, a, 5)) return NULL;
+  if (a[1] > 65535 || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 || a[4] > INT32_MAX / 2) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "openUdp: port, batch or buffer size out of range");
+    return NULL;
+  }
+  format_addr(a[0], where, sizeof where);
+
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "cannot open UDP socket");
+    return NULL;
+  }
+  const char *what;
+  int err = set_options(fd, a[3], a[4], &what);
+  if (err != 0) {
+    close(fd);
+    snprintf(msg, sizeof msg, "cannot set up UDP socket: %s", what);
+    throw_errno(env, err, msg);
+    return NULL;
+  }
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a[1])};
+  sa.sin_addr.s_addr = htonl(a[0]);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    err = errno;
+    close(fd);
+    if (err == EADDRINUSE) {
+      snprintf(msg, sizeof msg, "UDP port %u on %s is already in use", a[1], where);
+    } else if (err == EACCES) {
+      snprintf(msg, sizeof msg, "UDP port %u on %s needs root or CAP_NET_BIND_SERVICE", a[1], where);
+    } else if (err == EADDRNOTAVAIL) {
+      snprintf(msg, sizeof msg, "cannot bind UDP port %u on %s: no local interface has that address", a[1], where);
+    } else {
+      snprintf(msg, sizeof msg, "cannot bind UDP port %u on %s: %s", a[1], where, strerror(err));
+    }
+    throw_error(env, errno_code(err, name, sizeof name), msg);
+    return NULL;
+  }
+  socklen_t len = sizeof sa;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+    err = errno;
+    close(fd);
+    throw_errno(env, err, "cannot read the UDP socket's address");
+    return NULL;
+  }
+
+  net_sock *s = new_sock(env, KIND_UDP, fd, a[2]);
+  if (s == NULL) return NULL;
+  snprintf(s->label, sizeof s->label, "UDP socket %s:%u", where, ntohs(sa.sin_port));
+  return wrap_sock(env, s);
+}
+
+static napi_value net_open_raw(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  uint32_t a[5]; /* protocol, addr, batch, rcvbuf, sndbuf */
+  char where[32], msg[256], name[32], label[64];
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "openRaw(protocol, addr, batch, rcvbuf, sndbuf)");
+    return NULL;
+  }
+  if (!get_u32s(env, argv, a, 5)) return NULL;
+  /* 0 is not a protocol a raw socket can receive, and 255 (IPPROTO_RAW) implies IP_HDRINCL. */
+  if (a[0] == 0 || a[0] >= IPPROTO_RAW || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 ||
+      a[4] > INT32_MAX / 2) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "openRaw: protocol, batch or buffer size out of range");
+    return NULL;
+  }
+  format_addr(a[1], where, sizeof where);
+  snprintf(label, sizeof label, "raw IP socket for protocol %u", a[0]);
+
+  int fd = socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, (int)a[0]);
+  if (fd < 0) {
+    int err = errno;
+    if (err == EPERM || err == EACCES) {
+      snprintf(msg, sizeof msg, "%s needs root or CAP_NET_RAW", label);
+      throw_error(env, errno_code(err, name, sizeof name), msg);
+    } else {
+      snprintf(msg, sizeof msg, "cannot open %s", label);
+      throw_errno(env, err, msg);
+    }
+    return NULL;
+  }
+  const char *what;
+  int err = set_options(fd, a[3], a[4], &what);
+  if (err != 0) {
+    close(fd);
+    snprintf(msg, sizeof msg, "cannot set up %s: %s", label, what);
+    throw_errno(env, err, msg);
+    return NULL;
+  }
+  /* Bound to an address, the socket only sees packets to it and sends from it. */
+  if (a[1] != 0) {
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(a[1]);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+      err = errno;
+      close(fd);
+      if (err == EADDRNOTAVAIL) {
+        snprintf(msg, sizeof msg, "cannot bind %s to %s: no local interface has that address", label, where);
+      } else {
+        snprintf(msg, sizeof msg, "cannot bind %s to %s: %s", label, where, strerror(err));
+      }
+      throw_error(env, errno_code(err, name, sizeof name), msg);
+      return NULL;
+    }
+  }
+
+  net_sock *s = new_sock(env, KIND_RAW, fd, a[2]);
+  if (s == NULL) return NULL;
+  memcpy(s->label, label, sizeof label);
+  return wrap_sock(env, s);
+}
+
+static napi_status set_u32(napi_env env, napi_value obj, const char *key, uint32_t v) {
+  napi_value n;
+  napi_status st = napi_create_uint32(env, v, &n);
+  return st == napi_ok ? napi_set_named_property(env, obj, key, n) : st;
+}
+
+static napi_value net_info(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  net_sock *s;
+  struct sockaddr_in sa;
+  socklen_t len = sizeof sa;
+  int rcv = 0, snd = 0;
+  socklen_t ilen = sizeof rcv;
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "info(handle)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  if (s->closed) {
+    throw_error(env, "ERR_AGENT_NET_CLOSED", "the socket is closed");
+    return NULL;
+  }
+  memset(&sa, 0, sizeof sa);
+  if (getsockname(s->fd, (struct sockaddr *)&sa, &len) != 0 ||
+      getsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &rcv, &ilen) != 0 ||
+      (ilen = sizeof snd, getsockopt(s->fd, SOL_SOCKET, SO_SNDBUF, &snd, &ilen)) != 0) {
+    throw_errno(env, errno, "cannot read the socket's address and buffer sizes");
+    return NULL;
+  }
+  NAPI_OK(env, napi_create_object(env, &out));
+  NAPI_OK(env, set_u32(env, out, "address", ntohl(sa.sin_addr.s_addr)));
+  NAPI_OK(env, set_u32(env, out, "port", s->kind == KIND_UDP ? ntohs(sa.sin_port) : 0));
+  NAPI_OK(env, set_u32(env, out, "recvBufferBytes", (uint32_t)rcv));
+  NAPI_OK(env, set_u32(env, out, "sendBufferBytes", (uint32_t)snd));
+  return out;
+}
+
+/* ---------- reading ---------- */
+
+/* Calls a JS function from a libuv callback: own scope, async context, uncaught errors. */
+static void call_js(net_sock *s, napi_ref fn_ref, napi_value arg) {
+  napi_env env = s->env;
+  napi_value fn, recv, result;
+  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
+  bool pending = false;
+  /* napi_make_callback insists on an object receiver; undefined would throw a TypeError. */
+  if (napi_get_global(env, &recv) != napi_ok) return;
+  napi_status st = napi_make_callback(env, s->async_ctx, recv, fn, 1, &arg, &result);
+  if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    /* Nobody up the stack can catch it: report it like any other uncaught exception. */
+    napi_value exc;
+    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+  }
+}
+
+static void deliver_batch(net_sock *s, uint32_t count) {
+  napi_handle_scope scope;
+  napi_value n;
+  if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  if (napi_create_uint32(s->env, count, &n) == napi_ok) call_js(s, s->on_batch_ref, n);
+  napi_close_handle_scope(s->env, scope);
+}
+
+/* An error that will not go away: stop polling (no busy loop) and tell JS. */
+static void deliver_error(net_sock *s, const char *code, const char *msg) {
+  napi_handle_scope scope;
+  napi_value c, m, e;
+  uv_poll_stop(&s->poll);
+  if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  if (napi_create_string_utf8(s->env, code, NAPI_AUTO_LENGTH, &c) == napi_ok &&
+      napi_create_string_utf8(s->env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok &&
+      napi_create_error(s->env, c, m, &e) == napi_ok) {
+    call_js(s, s->on_error_ref, e);
+  }
+  napi_close_handle_scope(s->env, scope);
+}
+
+static void deliver_errno(net_sock *s, int err, const char *what) {
+  char msg[256], name[32];
+  snprintf(msg, sizeof msg, "%s: %s failed: %s", s->label, what, strerror(err));
+  deliver_error(s, errno_code(err, name, sizeof name), msg);
+}
+
+/* Points the receive iovecs at the ring's slots (once per start, or if the ring moved). */
+static void point_iovecs(net_sock *s, uint8_t *ring) {
+  const uint32_t step = s->kind == KIND_RAW ? 2 : 1, first = step - 1;
+  for (uint32_t i = 0; i < s->slots; i++) {
+    s->riov[i * step + first].iov_base = ring + (size_t)i * s->slot_size + s->headroom;
+    s->riov[i * step + first].iov_len = s->max_payload;
+  }
+  s->ring = ring;
+}
+
+/*
+ * Looks the ring and meta up again on every wakeup (a few N-API calls per batch, not per
+ * datagram): if JS transferred or detached their ArrayBuffers, a cached pointer would let
+ * recvmmsg write into memory that is no longer ours. Needs an open handle scope.
+ */
+static bool resolve_ring(net_sock *s) {
+  napi_value buf, meta;
+  void *data = NULL, *mdata = NULL;
+  size_t len = 0, mlen = 0;
+  if (napi_get_reference_value(s->env, s->ring_ref, &buf) != napi_ok || buf == NULL ||
+      napi_get_reference_value(s->env, s->meta_ref, &meta) != napi_ok || meta == NULL ||
+      napi_get_buffer_info(s->env, buf, &data, &len) != napi_ok ||
+      napi_get_arraybuffer_info(s->env, meta, &mdata, &mlen) != napi_ok) {
+    return false;
+  }
+  if (data == NULL || mdata == NULL || len < (size_t)s->slots * s->slot_size || mlen < (size_t)s->slots * 10) {
+    return false;
+  }
+  if (data != s->ring) point_iovecs(s, data);
+  s->lengths = mdata;
+  s->addrs = (uint32_t *)((uint8_t *)mdata + (size_t)s->slots * 4);
+  s->ports = (uint16_t *)((uint8_t *)mdata + (size_t)s->slots * 8);
+  return true;
+}
+
+/*
+ * Checks datagram j that recvmmsg put in slot j and records it as datagram `to` (to <= j),
+ * moving its payload down if an earlier one in this call was dropped. Returns false (counted)
+ * for a datagram to drop.
+ */
+static bool accept_datagram(net_sock *s, uint32_t j, uint32_t to) {
+  struct msghdr *m = &s->rmsgs[j].msg_hdr;
+  uint32_t n = s->rmsgs[j].msg_len;
+  uint8_t *payload = s->ring + (size_t)j * s->slot_size + s->headroom;
+  m->msg_namelen = sizeof s->rname[j]; /* in/out: restore for the next call */
+  /* The datagram was larger than max_payload (plus a raw socket's IPv4 header): the kernel
+   * copied what fit and threw the rest away. */
+  if (m->msg_flags & MSG_TRUNC) {
+    s->truncated++;
+    return false;
+  }
+  if (s->kind == KIND_RAW) {
+    /* Linux hands a raw IPv4 socket the whole packet, header first: the first IPV4_HEADER
+     * bytes went to our scratch, the rest (options, then payload) to the slot. */
+    const uint8_t *h = s->rhdr + (size_t)j * IPV4_HEADER;
+    uint32_t ihl = (uint32_t)(h[0] & 15) * 4;
+    if (n < IPV4_HEADER || h[0] >> 4 != 4 || ihl < IPV4_HEADER || n < ihl) {
+      s->malformed++;
+      return false;
+    }
+    /* The kernel reassembles before raw delivery (ip_local_deliver), so a fragment never gets
+     * here; checked anyway, since the payload of one would be a piece of a packet. */
+    if ((((uint32_t)h[6] << 8) | h[7]) & 0x3fff) { /* MF or a fragment offset */
+      s->fragments++;
+      return false;
+    }
+    if ((((uint32_t)h[2] << 8) | h[3]) > n) { /* total length longer than what arrived */
+      s->truncated++;
+      return false;
+    }
+    n -= ihl;
+    /* Options (never seen on GRE/IPIP in practice) landed in front of the payload. */
+    if (ihl > IPV4_HEADER) memmove(payload, payload + (ihl - IPV4_HEADER), n);
+  }
+  if (to != j) memmove(s->ring + (size_t)to * s->slot_size + s->headroom, payload, n);
+  s->lengths[to] = n;
+  s->addrs[to] = ntohl(s->rname[j].sin_addr.s_addr);
+  s->ports[to] = s->kind == KIND_UDP ? ntohs(s->rname[j].sin_port) : 0;
+  return true;
+}
+
+/*
+ * Receives into successive slots until the kernel queue is empty or the ring is full. When
+ * full, the socket stays readable and libuv's level-triggered epoll wakes us again on the next
+ * loop iteration, after timers and other I/O had their turn. *icmp is set when a pending ICMP
+ * error came back instead of data (it is counted from the error queue, not here).
+ */
+static uint32_t drain(net_sock *s, int *err, bool *icmp) {
+  uint32_t count = 0;
+  *err = 0;
+  while (count < s->slots) {
+    uint32_t want = s->slots - count;
+    int n = recvmmsg(s->fd, s->rmsgs + count, want, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+      int e = errno;
+      if (e == EINTR) continue;
+      if (e == EAGAIN || e == EWOULDBLOCK) break;
+      if (is_icmp_error(e)) { /* the call consumed the pending error; the data is still there */
+        *icmp = true;
+        continue;
+      }
+      if (e == ENOMEM || e == ENOBUFS) break; /* transient: leave the rest for the next wakeup */
+      *err = e;
+      break;
+    }
+    uint32_t got = (uint32_t)n, kept = count;
+    for (uint32_t j = count; j < count + got; j++) {
+      if (accept_datagram(s, j, kept)) kept++;
+    }
+    count = kept;
+    /* Fewer than asked for: the queue was empty (or an error is now pending, which comes back
+     * as POLLERR). Another call would only say EAGAIN. */
+    if (got < want) break;
+  }
+  return count;
+}
+
+/*
+ * Reads and counts the ICMP errors queued by IP_RECVERR. Our own local errors (EMSGSIZE from
+ * a send, already counted there) are skipped. Returns how many entries were read; *more is
+ * set when the budget ran out before the queue did.
+ */
+static uint32_t drain_errqueue(net_sock *s, bool *more) {
+  uint8_t data[64]; /* the offending datagram's start; not needed, MSG_TRUNC cuts the rest */
+  union {
+    char buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in))];
+    struct cmsghdr align;
+  } ctrl;
+  struct sockaddr_in from;
+  uint32_t read = 0;
+  *more = false;
+  while (read < ERRQUEUE_BUDGET) {
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    struct msghdr m = {
+        .msg_name = &from,
+        .msg_namelen = sizeof from,
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = ctrl.buf,
+        .msg_controllen = sizeof ctrl.buf,
+    };
+    if (recvmsg(s->fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+      if (errno == EINTR) continue;
+      return read; /* EAGAIN: empty */
+    }
+    read++;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level != IPPROTO_IP || c->cmsg_type != IP_RECVERR) continue;
+      struct sock_extended_err ee;
+      memcpy(&ee, CMSG_DATA(c), sizeof ee); /* CMSG_DATA need not be aligned for the struct */
+      if (ee.ee_origin == SO_EE_ORIGIN_ICMP) count_errno(s->icmp_errors, (int)ee.ee_errno);
+    }
+  }
+  *more = true;
+  return read;
+}
+
+/*
+ * libuv stopped the poll because the socket reported POLLERR, which for a datagram socket
+ * means a pending socket error or a non-empty error queue (ICMP, with IP_RECVERR). Clears
+ * both; true if polling may go on. Only a POLLERR with no cause we can find is fatal (polling
+ * again would spin), and an error that is not ICMP's.
+ */
+static bool recover_pollerr(net_sock *s, bool icmp_seen) {
+  bool more = false; /* entries left keep POLLERR up: the next wakeup reads on */
+  uint32_t queued = drain_errqueue(s, &more);
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno; /* clears it */
+  if (soerr != 0 && !is_icmp_error(soerr)) {
+    deliver_errno(s, soerr, "receive");
+    return false;
+  }
+  if (queued == 0 && soerr == 0 && !icmp_seen) {
+    struct pollfd p = {.fd = s->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLERR)) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "%s reports an error that cannot be read or cleared", s->label);
+      deliver_error(s, "ERR_AGENT_NET_POLL", msg);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  (void)events;
+  net_sock *s = h->data;
+  napi_handle_scope scope;
+  if (s->closed || napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  if (!resolve_ring(s)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: the ring buffer was detached or shrunk", s->label);
+    deliver_error(s, "ERR_AGENT_NET_RING", msg);
+  } else {
+    int err;
+    bool icmp = false;
+    uint32_t count = drain(s, &err, &icmp);
+    if (count > 0) deliver_batch(s, count);
+    /* The batch handler may have closed the socket; s stays valid until the close callback. */
+    if (!s->closed && err != 0) {
+      deliver_errno(s, err, "recvmmsg");
+    } else if (!s->closed && status < 0 && recover_pollerr(s, icmp)) {
+      /* libuv passes UV_EBADF for POLLERR and has stopped the handle: start it again. */
+      int rc = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+      if (rc != 0) deliver_errno(s, -rc, "uv_poll_start");
+    }
+  }
+  napi_close_handle_scope(s->env, scope);
+}
+
+/* Takes the references start() needs; on failure the caller releases what was taken. */
+static napi_status take_refs(napi_env env, net_sock *s, napi_value *argv) {
+  napi_status st;
+  if ((st = napi_create_reference(env, argv[0], 1, &s->self_ref)) != napi_ok) return st;
+  if ((st = napi_create_reference(env, argv[1], 1, &s->ring_ref)) != napi_ok) return st;
+  if ((st = napi_create_reference(env, argv[2], 1, &s->meta_ref)) != napi_ok) return st;
+  if ((st = napi_create_reference(env, argv[7], 1, &s->on_batch_ref)) != napi_ok) return st;
+  if ((st = napi_create_reference(env, argv[8], 1, &s->on_error_ref)) != napi_ok) return st;
+  napi_value name;
+  if ((st = napi_create_string_utf8(env, "agent:net", NAPI_AUTO_LENGTH, &name)) != napi_ok) return st;
+  return napi_async_init(env, argv[0], name, &s->async_ctx);
+}
+
+static napi_value net_start(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  net_sock *s;
+  void *ring, *meta;
+  size_t ring_len, meta_len;
+  bool is_ab = false;
+  uint32_t a[4]; /* slotSize, headroom, maxPayload, slots */
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 9) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS",
+                          "start(handle, ring, meta, slotSize, headroom, maxPayload, slots, onBatch, onError)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  if (s->closed) {
+    throw_error(env, "ERR_AGENT_NET_CLOSED", "the socket is closed");
+    return NULL;
+  }
+  if (s->poll_open) {
+    throw_error(env, "ERR_AGENT_NET_STARTED", "the socket is already started");
+    return NULL;
+  }
+  NAPI_OK(env, napi_get_buffer_info(env, argv[1], &ring, &ring_len));
+  NAPI_OK(env, napi_is_arraybuffer(env, argv[2], &is_ab));
+  if (!is_ab) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "meta must be an ArrayBuffer");
+    return NULL;
+  }
+  NAPI_OK(env, napi_get_arraybuffer_info(env, argv[2], &meta, &meta_len));
+  if (!get_u32s(env, argv + 3, a, 4)) return NULL;
+  const uint32_t slot_size = a[0], headroom = a[1], max_payload = a[2], slots = a[3];
+  if (slots == 0 || slots > s->batch || max_payload == 0 || (uint64_t)headroom + max_payload > slot_size ||
+      (uint64_t)slots * slot_size > ring_len || (uint64_t)slots * 10 > meta_len) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "ring does not match slotSize/headroom/maxPayload/slots");
+    return NULL;
+  }
+
+  uv_loop_t *loop;
+  NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
+  napi_status st = take_refs(env, s, argv);
+  if (st != napi_ok) {
+    throw_napi(env); /* before release_js, whose calls would reset the error info */
+    release_js(env, s);
+    return NULL;
+  }
+  s->slot_size = slot_size;
+  s->headroom = headroom;
+  s->max_payload = max_payload;
+  s->slots = slots;
+  point_iovecs(s, ring);
+
+  int rc = uv_poll_init(loop, &s->poll, s->fd);
+  if (rc != 0) {
+    release_js(env, s);
+    throw_errno(env, -rc, "cannot watch the datagram socket");
+    return NULL;
+  }
+  s->poll.data = s;
+  s->poll_open = true;
+  s->refs++; /* released in on_poll_closed */
+
+  rc = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  if (rc == 0 && napi_add_async_cleanup_hook(env, on_env_cleanup, s, &s->cleanup_hook) != napi_ok) rc = UV_ENOMEM;
+  if (rc != 0) {
+    sock_close(env, s); /* the poll struct is closing, so this socket cannot start again */
+    throw_errno(env, -rc, "cannot watch the datagram socket");
+    return NULL;
+  }
+  return NULL;
+}
+
+/* ---------- sending ---------- */
+
+static napi_value make_bool(napi_env env, bool v) {
+  napi_value r;
+  NAPI_OK(env, napi_get_boolean(env, v, &r));
+  return r;
+}
+
+static void throw_send_error(napi_env env, net_sock *s, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: send failed", s->label);
+  throw_errno(env, err, msg);
+}
+
+/*
+ * One datagram; 0 or the errno. An ICMP error pending from an earlier datagram fails this call
+ * once and is then cleared (and counted from the error queue): retried once, so this datagram
+ * still goes out. A synchronous error of the same kind (EMSGSIZE, no route) fails again.
+ */
+static int send_one(net_sock *s, const uint8_t *p, size_t len, uint32_t addr, uint32_t port) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(addr);
+  bool retried = false;
+  for (;;) {
+    if (sendto(s->fd, p, len, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof sa) >= 0) return 0;
+    int err = errno;
+    if (err == EINTR) continue;
+    if (!retried && is_icmp_error(err)) {
+      retried = true;
+      continue;
+    }
+    return err;
+  }
+}
+
+static napi_value net_send(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  net_sock *s;
+  void *data;
+  size_t len;
+  uint32_t a[4]; /* offset, length, addr, port */
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 6) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "send(handle, buf, offset, length, addr, port)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
+  if (!get_u32s(env, argv + 2, a, 4)) return NULL;
+  if ((uint64_t)a[0] + a[1] > len) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset + length exceeds the buffer");
+    return NULL;
+  }
+  if (a[3] > 65535) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "port must be 0 to 65535");
+    return NULL;
+  }
+  if (s->closed) return make_bool(env, false);
+  int err = send_one(s, (const uint8_t *)data + a[0], a[1], a[2], a[3]);
+  if (err == 0) return make_bool(env, true);
+  if (is_fatal_send_error(err)) {
+    throw_send_error(env, s, err);
+    return NULL;
+  }
+  count_errno(s->send_errors, err == EWOULDBLOCK ? EAGAIN : err);
+  return make_bool(env, false);
+}
+
+/* Reads a typed array argument; false (exception pending) unless it is one of the two types. */
+static bool get_array(napi_env env, napi_value v, napi_typedarray_type t1, napi_typedarray_type t2,
+                      napi_typedarray_type *type, void **data, size_t *count) {
+  if (napi_get_typedarray_info(env, v, type, count, data, NULL, NULL) != napi_ok) {
+    throw_napi(env);
+    return false;
+  }
+  if (*type != t1 && *type != t2) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sendBatch: wrong typed array type");
+    return false;
+  }
+  return true;
+}
+
+/* Why a chunk stopped early. */
+typedef enum { CHUNK_DONE, CHUNK_FULL, CHUNK_THROWN } chunk_end;
+
+/*
+ * sendmmsg over smsgs[0, n): adds how many the kernel took to *sent and counts each datagram
+ * it refused. Stops early when the send buffer is full (the rest of the chunk counted as
+ * EAGAIN drops) or on an error that is not the datagram's fault (thrown).
+ */
+static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sent) {
+  uint32_t i = 0;
+  bool retried = false;
+  while (i < n) {
+    int r = sendmmsg(s->fd, s->smsgs + i, n - i, MSG_DONTWAIT);
+    if (r > 0) {
+      /* Fewer than asked: message i + r failed and sendmmsg dropped its error; the next call
+       * starts with it and reports it (or, for a cleared ICMP error, sends it). */
+      i += (uint32_t)r;
+      *sent += (uint32_t)r;
+      retried = false;
+      continue;
+    }
+    int err = r == 0 ? EAGAIN : errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      /* Nothing more goes out now: the rest is dropped, as by a router's full queue. */
+      s->send_errors[EAGAIN] += n - i;
+      return CHUNK_FULL;
+    }
+    if (is_fatal_send_error(err)) {
+      throw_send_error(env, s, err);
+      return CHUNK_THROWN;
+    }
+    if (!retried && is_icmp_error(err)) { /* see send_one */
+      retried = true;
+      continue;
+    }
+    count_errno(s->send_errors, err); /* this datagram only; go on with the next */
+    i++;
+    retried = false;
+  }
+  return CHUNK_DONE;
+}
+
+static napi_value net_send_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  net_sock *s;
+  void *data;
+  size_t len;
+  napi_typedarray_type otype, ltype, atype, ptype;
+  size_t ocount, lcount, acount, pcount;
+  void *offs, *lens, *addrs, *ports;
+  uint32_t count;
+
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "sendBatch(handle, buf, offsets, lengths, addrs, ports, count)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
+  if (!get_array(env, argv[2], napi_uint32_array, napi_uint32_array, &otype, &offs, &ocount) ||
+      !get_array(env, argv[3], napi_uint32_array, napi_uint32_array, &ltype, &lens, &lcount) ||
+      !get_array(env, argv[4], napi_uint32_array, napi_uint32_array, &atype, &addrs, &acount) ||
+      !get_array(env, argv[5], napi_uint16_array, napi_uint32_array, &ptype, &ports, &pcount)) {
+    return NULL;
+  }
+  NAPI_OK(env, napi_get_value_uint32(env, argv[6], &count));
+  if (count > ocount || count > lcount || count > acount || count > pcount) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offsets/lengths/addrs/ports must have at least count entries");
+    return NULL;
+  }
+  const uint32_t *o = offs, *l = lens, *ad = addrs;
+  const uint16_t *p16 = ptype == napi_uint16_array ? ports : NULL;
+  const uint32_t *p32 = ptype == napi_uint32_array ? ports : NULL;
+  /* All checked before anything is sent: a bad entry must not leave half a batch sent. */
+  for (uint32_t i = 0; i < count; i++) {
+    if ((uint64_t)o[i] + l[i] > len) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "a datagram's offset + length exceeds the buffer");
+      return NULL;
+    }
+    if (p32 != NULL && p32[i] > 65535) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "ports must be 0 to 65535");
+      return NULL;
+    }
+  }
+
+  uint32_t sent = 0;
+  if (!s->closed) {
+    /* In chunks of the arrays' capacity (the socket's batch size). */
+    for (uint32_t base = 0; base < count; base += s->batch) {
+      uint32_t n = count - base < s->batch ? count - base : s->batch;
+      for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = base + k;
+        s->siov[k].iov_base = (uint8_t *)data + o[i];
+        s->siov[k].iov_len = l[i];
+        s->sname[k].sin_addr.s_addr = htonl(ad[i]);
+        s->sname[k].sin_port = htons(p16 != NULL ? p16[i] : (uint16_t)p32[i]);
+      }
+      chunk_end end = send_chunk(env, s, n, &sent);
+      if (end == CHUNK_THROWN) return NULL;
+      if (end == CHUNK_FULL) {
+        s->send_errors[EAGAIN] += count - base - n; /* the chunks never tried */
+        break;
+      }
+    }
+  }
+  napi_value r;
+  NAPI_OK(env, napi_create_uint32(env, sent, &r));
+  return r;
+}
+
+/* ---------- stats ---------- */
+
+/* {"ECONNREFUSED": 3, ...} for the non-zero counters. */
+static napi_status errno_counts(napi_env env, const uint64_t *counters, napi_value *out) {
+  napi_status st = napi_create_object(env, out);
+  char name[32];
+  for (int e = 0; st == napi_ok && e <= ERRNO_SLOTS; e++) {
+    if (counters[e] == 0) continue;
+    napi_value n;
+    const char *key = e < ERRNO_SLOTS ? errno_code(e, name, sizeof name) : "other";
+    st = napi_create_double(env, (double)counters[e], &n);
+    if (st == napi_ok) st = napi_set_named_property(env, *out, key, n);
+  }
+  return st;
+}
+
+static napi_status set_count(napi_env env, napi_value obj, const char *key, uint64_t v) {
+  napi_value n;
+  napi_status st = napi_create_double(env, (double)v, &n);
+  return st == napi_ok ? napi_set_named_property(env, obj, key, n) : st;
+}
+
+static napi_value net_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out, send_errors, icmp_errors;
+  net_sock *s;
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "stats(handle)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  /* The kernel's own count of datagrams it dropped for this socket before we read them
+   * (receive buffer full, and for UDP bad checksums). Gone with the socket: -1 once closed. */
+  double kernel_drops = -1;
+  uint32_t meminfo[SK_MEMINFO_VARS];
+  socklen_t mlen = sizeof meminfo;
+  if (!s->closed && getsockopt(s->fd, SOL_SOCKET, SO_MEMINFO, meminfo, &mlen) == 0 &&
+      mlen > SK_MEMINFO_DROPS * sizeof meminfo[0]) {
+    kernel_drops = meminfo[SK_MEMINFO_DROPS];
+  }
+  napi_value drops;
+  NAPI_OK(env, napi_create_object(env, &out));
+  NAPI_OK(env, errno_counts(env, s->send_errors, &send_errors));
+  NAPI_OK(env, errno_counts(env, s->icmp_errors, &icmp_errors));
+  NAPI_OK(env, napi_set_named_property(env, out, "sendErrors", send_errors));
+  NAPI_OK(env, napi_set_named_property(env, out, "icmpErrors", icmp_errors));
+  NAPI_OK(env, set_count(env, out, "truncated", s->truncated));
+  NAPI_OK(env, set_count(env, out, "fragments", s->fragments));
+  NAPI_OK(env, set_count(env, out, "malformed", s->malformed));
+  NAPI_OK(env, napi_create_double(env, kernel_drops, &drops));
+  NAPI_OK(env, napi_set_named_property(env, out, "kernelDrops", drops));
+  return out;
+}
+
+/* ---------- close ---------- */
+
+static napi_value net_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  net_sock *s;
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "close(handle)");
+    return NULL;
+  }
+  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  sock_close(env, s);
+  return NULL;
+}
+
+/* ---------- module ---------- */
+
+NAPI_MODULE_INIT() {
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } fns[] = {
+      {"openUdp", net_open_udp}, {"openRaw", net_open_raw},        {"info", net_info},
+      {"start", net_start},      {"send", net_send},               {"sendBatch", net_send_batch},
+      {"stats", net_stats},      {"close", net_close},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    NAPI_OK(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
+    NAPI_OK(env, napi_set_named_property(env, exports, fns[i].name, f));
+  }
+  return exports;
+}

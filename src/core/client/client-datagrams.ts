@@ -1,0 +1,141 @@
+/**
+ * The client's side of a datagram carrier: one socket for the agent's lifetime (so the NAT
+ * keeps one mapping for it), datagrams taken only from the node's address and port, and the
+ * keepalives that let the node learn and follow our public endpoint.
+ *
+ * After each welcome the client sends a keepalive at once and every second until the node
+ * answers (the tunnel counts as up only then: it proves the datagram path, not just the TLS
+ * connection), then one every keepalive interval, traffic or not.
+ */
+import type {CarrierSpec} from '../transport/contract.js'
+import type {Logger} from '../log.js'
+import type {DataPath} from '../device/datapath.js'
+import type {Peer} from '../device/peer.js'
+import {DatagramLink, SendQueue} from '../carrier/datagram-link.js'
+import {type DatagramRing, type DatagramSocket, openRawIp, openUdp} from '../carrier/datagram.js'
+import {KeepaliveKind} from '../nat/keepalive.js'
+import {KeepaliveState} from '../nat/session-keepalive.js'
+import {TUN_HEADROOM} from '../tun/index.js'
+
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+const PAYLOAD_SLACK = 256
+const PROBE_INTERVAL_MS = 1000
+/** Unanswered probes after which the operator is told the datagram path seems blocked. */
+const PROBES_BEFORE_WARNING = 5
+
+export class ClientDatagrams {
+  private readonly socket: DatagramSocket
+  readonly queue: SendQueue
+  readonly link: DatagramLink
+  readonly counters = {foreignSource: 0}
+  private peer: Peer | null = null
+  private state: KeepaliveState | null = null
+  private timer: NodeJS.Timeout | null = null
+  private probes = 0
+
+  constructor(
+    private readonly carrier: CarrierSpec,
+    nodeAddress: number,
+    private readonly datapath: DataPath,
+    mtu: number,
+    private readonly log: Logger,
+  ) {
+    const common = {maxPayload: mtu + PAYLOAD_SLACK, headroom: TUN_HEADROOM, recvBufferBytes: SOCKET_BUFFER_BYTES, sendBufferBytes: SOCKET_BUFFER_BYTES}
+    this.socket = carrier.kind === 'udp' ? openUdp({...common, port: 0}) : openRawIp({...common, protocol: carrier.ipProtocol!})
+    this.queue = new SendQueue(this.socket)
+    this.link = new DatagramLink(this.queue)
+    this.link.addr = nodeAddress
+    this.link.port = carrier.kind === 'udp' ? carrier.port! : 0
+    datapath.onKeepalive = this.onKeepalive
+    this.socket.start(this.onBatch)
+  }
+
+  /** Whether this socket still fits what the node now says (a node reconfigured between sessions). */
+  fits(carrier: CarrierSpec): boolean {
+    return carrier.kind === this.carrier.kind && carrier.ipProtocol === this.carrier.ipProtocol
+  }
+
+  get local(): string {
+    return this.carrier.kind === 'udp' ? `udp port ${this.socket.localPort}` : `ip protocol ${this.carrier.ipProtocol}`
+  }
+
+  /** A new session over this socket: probe until the node answers, then `onUp` once. */
+  begin(peer: Peer, carrier: CarrierSpec, key: Buffer, keepaliveSeconds: number, onUp: () => void): void {
+    this.end()
+    if (carrier.kind === 'udp') this.link.port = carrier.port!
+    this.peer = peer
+    this.state = new KeepaliveState(key)
+    this.probes = 0
+    let up = false
+    const tick = () => {
+      const state = this.state
+      if (state === null || this.peer === null) return
+      if (!up && state.lastVerified > 0) {
+        up = true
+        onUp()
+        this.schedule(tick, keepaliveSeconds * 1000)
+        return
+      }
+      if (!up && ++this.probes === PROBES_BEFORE_WARNING) {
+        this.log.warn(`no answer from the node over ${this.carrier.kind} to ${this.link.endpoint} yet: is it blocked on the way?`)
+      }
+      this.sendKeepalive()
+      this.schedule(tick, up ? keepaliveSeconds * 1000 : PROBE_INTERVAL_MS)
+    }
+    this.sendKeepalive()
+    this.schedule(tick, PROBE_INTERVAL_MS / 4)
+  }
+
+  end(): void {
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+    this.peer = null
+    this.state = null
+  }
+
+  close(): void {
+    this.end()
+    this.socket.close()
+  }
+
+  private schedule(fn: () => void, ms: number): void {
+    this.timer = setTimeout(fn, ms)
+    this.timer.unref()
+  }
+
+  private sendKeepalive(): void {
+    const peer = this.peer
+    const state = this.state
+    if (peer === null || state === null) return
+    const k = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Request)
+    if (k !== null) this.socket.send(k.buf, k.span.offset, k.span.length, this.link.addr, this.link.port)
+  }
+
+  private readonly onBatch = (count: number, ring: DatagramRing): void => {
+    try {
+      this.receiveBatch(count, ring)
+    } catch {
+      this.datapath.counters.transportErrors++
+    }
+  }
+
+  private receiveBatch(count: number, ring: DatagramRing): void {
+    const peer = this.peer
+    const {buf, slotSize, headroom, lengths, addrs, ports} = ring
+    for (let i = 0; i < count; i++) {
+      if (peer === null || !this.link.accepts(addrs[i], ports[i])) {
+        this.counters.foreignSource++
+        continue
+      }
+      this.datapath.receive(peer, buf, i * slotSize + headroom, lengths[i], addrs[i], ports[i])
+    }
+  }
+
+  private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number): void => {
+    if (this.state === null || this.state.accept(buf, offset) !== KeepaliveKind.Reply) {
+      peer.stats.drop('authentication')
+      return
+    }
+    peer.stats.lastSeen = Date.now()
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * The node's side of a datagram carrier: one socket for every client, the session id on the
+ * wire (GRE key, SPI) to find the session, and endpoint learning by authenticated keepalive.
+ *
+ *   datagram from addr:port -> transport.sessionIdOf -> peer -> DataPath.receive(.., addr, port)
+ *     data:      accepted only from the peer's current endpoint
+ *     keepalive: verified with the session's key; moves the endpoint, then is answered
+ */
+import type {CarrierSpec, Transport} from '../transport/contract.js'
+import type {Logger} from '../log.js'
+import type {DataPath} from '../device/datapath.js'
+import type {Peer} from '../device/peer.js'
+import {DatagramLink, SendQueue} from '../carrier/datagram-link.js'
+import {type DatagramRing, type DatagramSocket, openRawIp, openUdp} from '../carrier/datagram.js'
+import {KeepaliveKind} from '../nat/keepalive.js'
+import {KeepaliveState} from '../nat/session-keepalive.js'
+import {TUN_HEADROOM} from '../tun/index.js'
+
+/** Socket buffers big enough that a burst from many clients is not dropped at the socket. */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+/** Room beyond the MTU for the transport's header and trailer. */
+const PAYLOAD_SLACK = 256
+
+export class NodeDatagrams {
+  private readonly byId = new Map<number, Peer>()
+  private readonly keepalives = new Map<Peer, KeepaliveState>()
+  private readonly socket: DatagramSocket
+  readonly queue: SendQueue
+  readonly counters = {unknownSession: 0}
+
+  constructor(
+    private readonly carrier: CarrierSpec,
+    private readonly transport: Transport,
+    private readonly datapath: DataPath,
+    listenAddress: string,
+    mtu: number,
+    private readonly log: Logger,
+  ) {
+    const common = {
+      address: listenAddress,
+      maxPayload: mtu + PAYLOAD_SLACK,
+      headroom: TUN_HEADROOM,
+      recvBufferBytes: SOCKET_BUFFER_BYTES,
+      sendBufferBytes: SOCKET_BUFFER_BYTES,
+    }
+    this.socket =
+      carrier.kind === 'udp' ? openUdp({...common, port: carrier.port}) : openRawIp({...common, protocol: carrier.ipProtocol!})
+    this.queue = new SendQueue(this.socket)
+    datapath.onKeepalive = this.onKeepalive
+  }
+
+  get listening(): string {
+    return this.carrier.kind === 'udp'
+      ? `udp ${this.socket.localAddress}:${this.socket.localPort}`
+      : `ip protocol ${this.carrier.ipProtocol}`
+  }
+
+  start(): void {
+    this.socket.start(this.onBatch)
+  }
+
+  /** A link for a new session; its endpoint is learned from the client's first keepalive. */
+  newLink(): DatagramLink {
+    return new DatagramLink(this.queue)
+  }
+
+  /** A client's session is open: its datagrams are found by its session id from now on. */
+  attach(peer: Peer, keepaliveKey: Buffer): void {
+    const id = peer.session.id
+    if (id === undefined) throw new Error(`transport "${this.transport.name}" gave the session no id to find it by`)
+    this.byId.set(id, peer)
+    this.keepalives.set(peer, new KeepaliveState(keepaliveKey))
+  }
+
+  /** What the client is told in its welcome: where to send. */
+  get spec(): CarrierSpec {
+    return this.carrier.kind === 'udp' ? {kind: 'udp', port: this.socket.localPort} : this.carrier
+  }
+
+  detach(peer: Peer): void {
+    const id = peer.session.id
+    if (id !== undefined && this.byId.get(id) === peer) this.byId.delete(id)
+    this.keepalives.delete(peer)
+  }
+
+  close(): void {
+    this.socket.close()
+  }
+
+  private readonly onBatch = (count: number, ring: DatagramRing): void => {
+    try {
+      this.receiveBatch(count, ring)
+    } catch {
+      // Hostile input must never take the node down: a transport that throws loses the batch.
+      this.datapath.counters.transportErrors++
+    }
+    this.queue.flush()
+  }
+
+  private receiveBatch(count: number, ring: DatagramRing): void {
+    const {buf, slotSize, headroom, lengths, addrs, ports} = ring
+    const idOf = this.transport.sessionIdOf
+    for (let i = 0; i < count; i++) {
+      const off = i * slotSize + headroom
+      const len = lengths[i]
+      const id = idOf === undefined ? undefined : idOf(buf, off, len)
+      const peer = id === undefined ? undefined : this.byId.get(id)
+      if (peer === undefined) {
+        this.counters.unknownSession++
+        continue
+      }
+      this.datapath.receive(peer, buf, off, len, addrs[i], ports[i])
+    }
+  }
+
+  private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number): void => {
+    const state = this.keepalives.get(peer)
+    if (state === undefined || state.accept(buf, offset) !== KeepaliveKind.Request) {
+      peer.stats.drop('authentication')
+      return
+    }
+    peer.stats.lastSeen = Date.now()
+    const link = peer.link as DatagramLink
+    if (!link.accepts(addr, port)) {
+      const was = link.addr === 0 ? null : link.endpoint
+      link.addr = addr
+      link.port = port
+      this.log.info(`client ${peer.name} ${was === null ? 'reached us from' : `moved from ${was} to`} ${link.endpoint}`)
+    }
+    const reply = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Reply)
+    if (reply !== null) this.socket.send(reply.buf, reply.span.offset, reply.span.length, addr, port)
+  }
+}
