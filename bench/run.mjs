@@ -18,7 +18,7 @@ import {hostBusyOver, iperf, pingRtt, startIperfServer, txBytes} from './lib/mea
 import {median} from './lib/stats.mjs'
 import direct from './paths/direct.mjs'
 import {openvpnTcp, openvpnUdp} from './paths/openvpn.mjs'
-import {agentTls} from './paths/agent.mjs'
+import {agentGre, agentTls} from './paths/agent.mjs'
 
 /** @typedef {import('./paths/types.mjs').BenchPath} BenchPath */
 
@@ -27,7 +27,7 @@ const BASELINE_PATHS = [direct, openvpnTcp, openvpnUdp]
 
 // Agent transports: each compared with the OpenVPN of the same carrier, in the same run.
 /** @type {BenchPath[]} */
-const AGENT_PATHS = [agentTls]
+const AGENT_PATHS = [agentTls, agentGre]
 // ═══════════════════════════════════════════════════════════════════════════════════════════════
 
 const ALL_PATHS = [...BASELINE_PATHS, ...AGENT_PATHS]
@@ -88,8 +88,25 @@ function machine() {
 }
 
 /** Measure one path in a fresh testbed; failures are reported in the row, not thrown. */
+/**
+ * How busy the machine is with work that is not ours (2 s sample), waiting up to cfg.waitIdle
+ * seconds in all for it to drop under 10%: on a shared machine others' tests skew every figure.
+ */
+let idleDeadline
+async function waitIdle(what) {
+  idleDeadline ??= Date.now() + cfg.waitIdle * 1000
+  let busy = await hostBusyOver(2000)
+  while (busy > 10 && Date.now() < idleDeadline) {
+    log(`machine ${busy.toFixed(0)}% busy before ${what}, waiting for it to be idle`)
+    busy = await hostBusyOver(5000)
+  }
+  if (busy > 10) log(`warning: the machine is ${busy.toFixed(0)}% busy before ${what}; figures will be low and noisy`)
+  return busy
+}
+
 async function measure(path) {
   const res = {name: path.name, carrier: path.carrier, baseline: path.baseline, from: path.from ?? 'nat', info: []}
+  res.othersBusyPercent = await waitIdle(path.name)
   const tb = await createTestbed({prefix: 'bench', clients: 1, publicClients: 1})
   const ctx = {
     client: path.from === 'public' ? tb.names.publicClient[0] : tb.names.client[0],
@@ -192,12 +209,7 @@ const m = machine()
 const stale = await cleanupStale('bench')
 if (stale.namespaces.length) log(`removed leftovers of earlier runs: ${stale.namespaces.join(', ')}`)
 log(`paths: ${selected.map((p) => p.name).join(', ')}; ${cfg.seconds}s per iperf3 run, ${cfg.repeat} run(s) each`)
-let busyBefore = await hostBusyOver(2000)
-for (const until = Date.now() + cfg.waitIdle * 1000; busyBefore > 10 && Date.now() < until; ) {
-  log(`machine ${busyBefore.toFixed(0)}% busy, waiting for it to be idle`)
-  busyBefore = await hostBusyOver(5000)
-}
-if (busyBefore > 10) log(`warning: the machine is ${busyBefore.toFixed(0)}% busy before the bench starts; figures will be low and noisy`)
+const busyBefore = await waitIdle('the bench')
 const started = Date.now()
 const results = []
 for (const p of selected) results.push(await measure(p))
@@ -213,6 +225,7 @@ const out = [
   table(results),
   '',
   ...results.flatMap((r) => r.info.map((l) => `- ${l}`)),
+  ...results.filter((r) => r.othersBusyPercent > 10).map((r) => `- ${r.name}: the machine was ${r.othersBusyPercent.toFixed(0)}% busy with other work when it started`),
 ]
 console.log(out.join('\n'))
 if (cfg.json) writeFileSync(cfg.json, JSON.stringify({machine: m, config: cfg, results}, null, 2))

@@ -34,3 +34,4 @@ export function agentPath(transport, how) {
 }
 
 export const agentTls = agentPath('tls', {carrier: 'tcp', baseline: 'openvpn-tcp'})
+export const agentGre = agentPath('gre', {carrier: 'udp', baseline: 'openvpn-udp'})

@@ -73,8 +73,8 @@ export interface Fleet {
   foreignPki: string
   nodeConfig: string
   clientConfig(name: string, opts?: {transport?: string; index?: number}): string
-  startNode(opts?: {args?: string[]}): Promise<AgentProcess>
-  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null}): Promise<AgentProcess>
+  startNode(opts?: {args?: string[]; config?: string}): Promise<AgentProcess>
+  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string}): Promise<AgentProcess>
   /** Run the agent CLI inside a namespace with that namespace's run dir. */
   cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
   runDir(ns: string): string
@@ -85,6 +85,8 @@ export const NODE_PORT = 4443
 export interface FleetOptions {
   prefix: string
   clients?: number
+  /** Clients with public addresses on the node's link (no NAT), as in createTestbed. */
+  publicClients?: number
   /** Default tls. */
   transport?: string
   /** An oclif data dir where the transport is installed already; else one is made and it is installed there. */
@@ -101,7 +103,7 @@ export interface FleetOptions {
  * the transport plugin, and config files.
  */
 export async function createFleet(opts: FleetOptions): Promise<Fleet> {
-  const tb = await createTestbed({prefix: opts.prefix, clients: opts.clients ?? 2})
+  const tb = await createTestbed({prefix: opts.prefix, clients: opts.clients ?? 2, publicClients: opts.publicClients ?? 0})
   try {
     return await prepareFleet(tb, opts)
   } catch (e) {
@@ -185,12 +187,12 @@ transports:
     clientConfig,
     runDir,
     async startNode(o = {}) {
-      const p = spawnAgent(tb.names.node, ['up', '--config', nodeConfig, ...(o.args ?? [])])
+      const p = spawnAgent(tb.names.node, ['up', '--config', o.config ?? nodeConfig, ...(o.args ?? [])])
       await p.waitFor(/node node1 up/)
       return p
     },
     async startClient(name, index = 0, o = {}) {
-      const p = spawnAgent(tb.names.client[index], ['up', '--config', clientConfig(name, {index}), ...(o.args ?? [])])
+      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index}), ...(o.args ?? [])])
       if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
       return p
     },

@@ -7,6 +7,7 @@ export function peerReport(p: Peer): PeerReport {
     name: p.name,
     address: p.addressText,
     endpoint: p.link.endpoint,
+    ...(p.session.id === undefined ? {} : {sessionId: p.session.id}),
     connectedAt: new Date(p.connectedAt).toISOString(),
     lastSeen: s.lastSeen === 0 ? null : new Date(s.lastSeen).toISOString(),
     rxBytes: s.rxBytes,

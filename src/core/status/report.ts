@@ -3,6 +3,8 @@ export interface PeerReport {
   name: string
   address: string
   endpoint: string
+  /** The session id on the wire (a GRE key, an SPI), for transports that have one. */
+  sessionId?: number
   connectedAt: string
   /** ISO time of the last payload heard, or null before any. */
   lastSeen: string | null

@@ -1,0 +1,196 @@
+/**
+ * The gre transport with the real binary: GRE-in-UDP from clients behind a masquerading NAT,
+ * bare GRE (IP protocol 47) between public addresses, NAT rebinding and idle timeouts, and a
+ * stranger holding a valid key.
+ */
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {readFileSync, writeFileSync} from 'node:fs'
+import {type AgentProcess, type EchoServer, type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+
+let fleet: Fleet
+let echo: EchoServer
+const KEEPALIVE = 2
+
+beforeAll(async () => {
+  fleet = await createFleet({prefix: 'gret', clients: 2, publicClients: 1, transport: 'gre', keepalive: KEEPALIVE, dataDir: inject('agentDataDir')})
+  echo = await startEchoServer(fleet.tb, fleet.tb.names.target)
+})
+
+afterAll(async () => {
+  await fleet?.tb.destroy()
+})
+
+interface PeerStatus {
+  name: string
+  address: string
+  endpoint: string
+  sessionId?: number
+  rxPackets: number
+  drops: Record<string, number>
+}
+
+async function peers(ns: string): Promise<PeerStatus[]> {
+  const r = await fleet.cli(ns, ['status', '--json'])
+  expect(r.code, r.stderr).toBe(0)
+  return JSON.parse(r.stdout)[0].peers
+}
+
+/** Capture on `iface` in `ns` for `seconds`, printing the given tshark fields per packet. */
+function capture(ns: string, iface: string, filter: string, fields: string[], seconds: number): Promise<string[]> {
+  const args = ['-i', iface, '-f', filter, '-a', `duration:${seconds}`, '-l', '-T', 'fields', ...fields.flatMap((f) => ['-e', f])]
+  return fleet.tb.exec(ns, 'tshark', args, {timeoutMs: (seconds + 20) * 1000}).then((r) => r.stdout.trim().split('\n').filter(Boolean))
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function pingOk(ns: string, count = 3): Promise<void> {
+  const r = await fleet.tb.exec(ns, 'ping', ['-c', String(count), '-i', '0.2', '-W', '2', fleet.tb.addr.target])
+  expect(r.code, r.stdout + r.stderr).toBe(0)
+}
+
+describe('gre transport', () => {
+  let node: AgentProcess
+  let alice: AgentProcess
+
+  it('carries a NATed client to the target over GRE-in-UDP, SNATed to the node, with its key on the wire', async () => {
+    const {tb} = fleet
+    node = await fleet.startNode()
+    expect(node.output).toMatch(/transport gre, listening on 0\.0\.0\.0:\d+ and udp 0\.0\.0\.0:4754/)
+    alice = await fleet.startClient('alice', 0)
+    expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4754/)
+
+    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)
+    await sleep(1500) // tshark takes a moment to start capturing
+    await pingOk(tb.names.client[0])
+    const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
+    expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+
+    const [me] = await peers(tb.names.client[0])
+    expect(me.sessionId).toBeTypeOf('number')
+    const key = `0x${me.sessionId!.toString(16).padStart(8, '0')}`
+    const lines = await wire
+    // Both directions decode as GRE in UDP port 4754, carrying IPv4, with alice's key.
+    expect(lines.some((l) => /\t4754\t/.test(l) && l.includes(key) && /0x0800/.test(l))).toBe(true)
+    expect(lines.some((l) => /^4754\t/.test(l) && l.includes(key))).toBe(true)
+  })
+
+  it('serves two clients behind the same NAT at once, each under its own key', async () => {
+    const {tb} = fleet
+    const bob = await fleet.startClient('bob', 1)
+    const [a, b] = await Promise.all([
+      probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port),
+      probeEcho(tb, tb.names.client[1], tb.addr.target, echo.port),
+    ])
+    expect(a).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    expect(b).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    const list = await peers(tb.names.node)
+    expect(list).toHaveLength(2)
+    expect(new Set(list.map((p) => p.sessionId)).size).toBe(2)
+    // Same public address (the NAT's), different ports.
+    expect(new Set(list.map((p) => p.endpoint.split(':')[0]))).toEqual(new Set([tb.addr.natWan]))
+    bob.child.kill('SIGTERM')
+    expect(await bob.exited).toBe(0)
+  })
+
+  it('follows a NAT rebinding within one keepalive interval', async () => {
+    const {tb} = fleet
+    const before = (await peers(tb.names.node)).find((p) => p.name === 'alice')!.endpoint
+    // The home router reboots into another port range: every UDP mapping changes.
+    const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40999']
+    await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
+    try {
+      await tb.flushNatConntrack()
+      const mark = node.output.length
+      await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:40\d\d\d/, (KEEPALIVE + 3) * 1000, mark)
+      const after = (await peers(tb.names.node)).find((p) => p.name === 'alice')!.endpoint
+      expect(after).not.toBe(before)
+      await pingOk(tb.names.client[0])
+    } finally {
+      await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule.map((a) => (a === '-I' ? '-D' : a)).filter((a) => a !== '1')])
+    }
+  })
+
+  it('keeps flowing after idling longer than the NAT forgets unanswered UDP', async () => {
+    const {tb} = fleet
+    await tb.setNatUdpTimeout(3)
+    try {
+      await sleep(7000)
+      await pingOk(tb.names.client[0])
+      const alicePeer = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
+      expect(alicePeer.endpoint.startsWith(`${tb.addr.natWan}:`)).toBe(true)
+    } finally {
+      await tb.setNatUdpTimeout(30, 120)
+    }
+  })
+
+  it('does not move a session for a stranger that knows its key, nor for a forged keepalive', async () => {
+    const {tb} = fleet
+    const alicePeer = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
+    const key = alicePeer.sessionId!
+    // From a public address, GRE-in-UDP with alice's key carrying a packet from alice's tunnel
+    // address, and a keepalive-shaped packet with a made-up MAC: neither may move alice.
+    const script = `
+      const dgram = require('node:dgram')
+      const [host, key, src, dst, gateway] = process.argv.slice(1)
+      const ip = (a) => Buffer.from(a.split('.').map(Number))
+      function inner(proto, payload, to) {
+        const b = Buffer.alloc(20 + payload.length); b[0] = 0x45; b.writeUInt16BE(b.length, 2); b[8] = 64; b[9] = proto
+        ip(src).copy(b, 12); ip(to).copy(b, 16); payload.copy(b, 20)
+        let s = 0; for (let i = 0; i < 20; i += 2) s += b.readUInt16BE(i); while (s > 0xffff) s = (s & 0xffff) + (s >>> 16); b.writeUInt16BE(~s & 0xffff, 10)
+        return b
+      }
+      const gre = (p) => { const h = Buffer.alloc(8); h.writeUInt16BE(0x2000, 0); h.writeUInt16BE(0x0800, 2); h.writeUInt32BE(+key, 4); return Buffer.concat([h, p]) }
+      const udp = Buffer.alloc(8 + 5); udp.writeUInt16BE(5555, 0); udp.writeUInt16BE(7777, 2); udp.writeUInt16BE(13, 4)
+      const forged = Buffer.alloc(32); forged.writeUInt32BE(0x41474b41, 0); forged[4] = 1; forged.writeBigUInt64BE(1n << 40n, 8)
+      const s = dgram.createSocket('udp4')
+      let n = 0; const send = (p) => s.send(gre(p), 4754, host, () => { if (++n === 10) s.close() })
+      for (let i = 0; i < 5; i++) { send(inner(17, udp, dst)); send(inner(253, forged, gateway)) }
+    `
+    await tb.exec(tb.names.publicClient[0], process.execPath, ['-e', script, tb.addr.nodeWan, String(key), alicePeer.address, tb.addr.target, '10.99.0.1'], {check: true})
+    await sleep(500)
+    const now = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
+    expect(now.endpoint).toBe(alicePeer.endpoint)
+    expect(now.drops.endpoint ?? 0).toBeGreaterThanOrEqual(5)
+    expect(now.drops.authentication ?? 0).toBeGreaterThanOrEqual(5)
+    expect(node.output).not.toMatch(new RegExp(`moved from .* to ${tb.addr.publicClient[0].replace(/\./g, '\\.')}`))
+    await pingOk(tb.names.client[0])
+  })
+
+  it('switches to another transport with nothing but --transport', async () => {
+    const {tb} = fleet
+    alice.child.kill('SIGTERM')
+    node.child.kill('SIGTERM')
+    await Promise.all([alice.exited, node.exited])
+    node = await fleet.startNode({args: ['--transport', 'tls']})
+    alice = await fleet.startClient('alice', 0, {args: ['--transport', 'tls']})
+    expect(alice.output).toMatch(/transport tls/)
+    await pingOk(tb.names.client[0])
+    alice.child.kill('SIGTERM')
+    node.child.kill('SIGTERM')
+    expect(await alice.exited).toBe(0)
+    expect(await node.exited).toBe(0)
+  })
+
+  it('carries bare GRE (IP protocol 47) between public addresses', async () => {
+    const {tb} = fleet
+    const ipConfig = fleet.nodeConfig.replace(/\.yaml$/, '-ip.yaml')
+    writeFileSync(ipConfig, readFileSync(fleet.nodeConfig, 'utf8').replace(`gre: {keepalive: ${KEEPALIVE}}`, `gre: {keepalive: ${KEEPALIVE}, carrier: ip}`))
+    node = await fleet.startNode({config: ipConfig})
+    expect(node.output).toMatch(/and ip protocol 47/)
+    alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
+    expect(alice.output).toMatch(/over ip to 198\.51\.100\.1/)
+    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'ip proto 47', ['ip.src', 'gre.key', 'gre.proto'], 4)
+    await sleep(1500)
+    await pingOk(tb.names.publicClient[0])
+    const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
+    expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    const [me] = await peers(tb.names.publicClient[0])
+    const key = `0x${me.sessionId!.toString(16).padStart(8, '0')}`
+    const lines = await wire
+    expect(lines.some((l) => l.startsWith(tb.addr.publicClient[0]) && l.includes(key) && /0x0800/.test(l))).toBe(true)
+    alice.child.kill('SIGTERM')
+    node.child.kill('SIGTERM')
+    expect(await alice.exited).toBe(0)
+    expect(await node.exited).toBe(0)
+  })
+})
