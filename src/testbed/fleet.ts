@@ -93,6 +93,8 @@ export interface FleetOptions {
   dataDir?: string
   /** Seconds between keepalives (default 2, so tests notice a dead peer quickly). */
   keepalive?: number
+  /** The node's session.idleTimeout in seconds, if not the default. */
+  idleTimeout?: number
   /** Flags for the Node.js running each agent, e.g. ['--cpu-prof'] to profile the data path. */
   nodeFlags?: string[]
 }
@@ -151,7 +153,7 @@ clients:
     address: 10.99.0.50
 transports:
   ${transport}: {keepalive: ${keepalive}}
-`,
+${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}`,
   )
 
   const runDir = (ns: string) => join(tb.nsDir(ns), 'run')

@@ -12,7 +12,7 @@ let echo: EchoServer
 const KEEPALIVE = 2
 
 beforeAll(async () => {
-  fleet = await createFleet({prefix: 'gret', clients: 2, publicClients: 1, transport: 'gre', keepalive: KEEPALIVE, dataDir: inject('agentDataDir')})
+  fleet = await createFleet({prefix: 'gret', clients: 2, publicClients: 1, transport: 'gre', keepalive: KEEPALIVE, idleTimeout: 10, dataDir: inject('agentDataDir')})
   echo = await startEchoServer(fleet.tb, fleet.tb.names.target)
 })
 
@@ -153,6 +153,25 @@ describe('gre transport', () => {
     expect(now.drops.endpoint ?? 0).toBeGreaterThanOrEqual(5)
     expect(now.drops.authentication ?? 0).toBeGreaterThanOrEqual(5)
     expect(node.output).not.toMatch(new RegExp(`moved from .* to ${tb.addr.publicClient[0].replace(/\./g, '\\.')}`))
+    await pingOk(tb.names.client[0])
+  })
+
+  it('expires a session whose datagrams stop, and its FORWARD admission with it', async () => {
+    const {tb} = fleet
+    // The NAT starts dropping UDP while the TLS control connection stays up: only the
+    // datagram silence can end the session.
+    const block = ['-I', 'FORWARD', '1', '-p', 'udp', '--dport', '4754', '-j', 'DROP']
+    const mark = node.output.length
+    await tb.exec(tb.names.nat, 'iptables', ['-w', ...block], {check: true})
+    try {
+      await node.waitFor(/client alice \(10\.99\.0\.2\) disconnected: no packets for 10 s/, 25_000, mark)
+      const rules = await tb.exec(tb.names.node, 'iptables-save', ['-t', 'filter'])
+      expect(rules.stdout).not.toMatch(/-s 10\.99\.0\.2\/32/)
+    } finally {
+      await tb.exec(tb.names.nat, 'iptables', ['-w', '-D', 'FORWARD', '-p', 'udp', '--dport', '4754', '-j', 'DROP'])
+    }
+    // Once UDP passes again the client is back by itself (it reconnects and probes).
+    await node.waitFor(/client alice reached us from/, 20_000, mark)
     await pingOk(tb.names.client[0])
   })
 

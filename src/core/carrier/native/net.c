@@ -469,6 +469,8 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
       snprintf(msg, sizeof msg, "UDP port %u on %s is already in use", a[1], where);
     } else if (err == EACCES) {
       snprintf(msg, sizeof msg, "UDP port %u on %s needs root or CAP_NET_BIND_SERVICE", a[1], where);
+    } else if (err == EADDRNOTAVAIL && a[1] == 0) {
+      snprintf(msg, sizeof msg, "cannot bind a UDP socket to %s: no local interface has that address", where);
     } else if (err == EADDRNOTAVAIL) {
       snprintf(msg, sizeof msg, "cannot bind UDP port %u on %s: no local interface has that address", a[1], where);
     } else {
@@ -1166,6 +1168,12 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  /* Not started: nothing reads the error queue on POLLERR, so count what is there now. */
+  if (!s->closed && !s->poll_open) {
+    bool more;
+    while (drain_errqueue(s, &more) > 0 && more) {
+    }
+  }
   /* The kernel's own count of datagrams it dropped for this socket before we read them
    * (receive buffer full, and for UDP bad checksums). Gone with the socket: -1 once closed. */
   double kernel_drops = -1;
