@@ -151,18 +151,24 @@ describe.skipIf(!isRoot)('testbed', () => {
   })
 
   it("cleanupStale removes a dead process's namespaces and never a live one's", async () => {
-    const dead = `${PREFIX}${await deadPid()}-1-node`
+    // A prefix of its own, so a concurrent run of this file cannot clean our fake leftovers first.
+    const prefix = `tbst${Array.from({length: 6}, () => String.fromCharCode(97 + Math.floor(Math.random() * 26))).join('')}`
+    const dead = `${prefix}${await deadPid()}-1-node`
     const sleeper = spawn('sleep', ['300'], {stdio: 'ignore'})
-    const live = `${PREFIX}${sleeper.pid}-1-node`
-    const otherPrefix = `${PREFIX}x${await deadPid()}-1-node`
-    const made = [dead, live, otherPrefix]
+    const live = `${prefix}${sleeper.pid}-1-node`
+    const mine = `${prefix}${process.pid}-99-node`
+    const otherPrefix = `${prefix}x${await deadPid()}-1-node`
+    const made = [dead, live, mine, otherPrefix]
     try {
       for (const n of made) await run('ip', ['netns', 'add', n], {check: true})
-      const res = await cleanupStale(PREFIX)
+      const res = await cleanupStale(prefix)
       expect(res.namespaces).toEqual([dead])
       const left = await namespaces()
       expect(left).not.toContain(dead)
-      expect(left).toEqual(expect.arrayContaining([live, otherPrefix, ...tb.names.all]))
+      expect(left).toEqual(expect.arrayContaining([live, mine, otherPrefix]))
+      // And the live testbed of this process, under the same call with its own prefix:
+      expect((await cleanupStale(PREFIX)).namespaces).toEqual([])
+      expect(await namespaces()).toEqual(expect.arrayContaining(tb.names.all))
       expect(existsSync(tb.dir)).toBe(true)
     } finally {
       for (const n of made) await run('ip', ['netns', 'delete', n])
