@@ -5,22 +5,23 @@ import {prepareFleet} from '../../dist/testbed/index.js'
 
 /**
  * @param {string} transport
- * @param {{carrier: 'tcp'|'udp'|'ip', baseline: string}} how
+ * @param {{carrier: 'tcp'|'udp'|'ip', baseline: string, name?: string, from?: 'nat'|'public', options?: Record<string, string|number|boolean>}} how
  * @returns {import('./types.mjs').BenchPath}
  */
 export function agentPath(transport, how) {
   /** @type {{node?: {child: import('node:child_process').ChildProcess}, client?: {child: import('node:child_process').ChildProcess}, mtu?: string}} */
   const st = {}
   return {
-    name: `agent-${transport}`,
+    name: how.name ?? `agent-${transport}`,
     carrier: how.carrier,
     baseline: how.baseline,
+    from: how.from ?? 'nat',
     tunnelDevice: 'agtun0',
     async setup(tb, ctx) {
       // The default keepalive (not the tests' fast one): what an operator runs.
-      const fleet = await prepareFleet(tb, {transport, keepalive: 10})
+      const fleet = await prepareFleet(tb, {transport, keepalive: 10, transportOptions: how.options})
       st.node = await fleet.startNode()
-      st.client = await fleet.startClient('alice', 0)
+      st.client = await fleet.startClient('alice', 0, {ns: ctx.client})
       st.mtu = /mtu (\d+)/.exec(st.client.output)?.[1]
       ctx.log(`agent-${transport}: node pid ${st.node.pid}, client pid ${st.client.pid}, tunnel mtu ${st.mtu}`)
     },
@@ -35,3 +36,5 @@ export function agentPath(transport, how) {
 
 export const agentTls = agentPath('tls', {carrier: 'tcp', baseline: 'openvpn-tcp'})
 export const agentGre = agentPath('gre', {carrier: 'udp', baseline: 'openvpn-udp'})
+// Bare GRE cannot cross the NAT: measured from a client with a public address.
+export const agentGreIp = agentPath('gre', {name: 'agent-gre-ip', carrier: 'ip', baseline: 'openvpn-udp', from: 'public', options: {carrier: 'ip'}})

@@ -7,28 +7,88 @@ import {StateFile, isAgentAlive} from './state/state-file.js'
 import {teardown} from './state/teardown.js'
 
 export interface RunningAgent {
+  /** Brings the agent up; rejects, with everything undone, if it cannot. */
   start(): Promise<void>
-  stop(): Promise<void>
+  /**
+   * Undoes everything start() did; safe to call more than once and while start() is still
+   * running (start() then settles, either way). Resolves with what could not be removed (see
+   * finishTeardown): empty when everything is gone. `void` is taken as "nothing left".
+   */
+  stop(): Promise<readonly string[] | void>
   /** Resolves if the agent ends by itself, with why. */
   readonly ended?: Promise<Error>
 }
 
-/** Start, then wait for SIGINT/SIGTERM (exit 0) or a fatal end (exit 1); always clean up. */
-export async function runInForeground(agent: RunningAgent, log: Logger): Promise<number> {
-  await agent.start()
-  const code = await new Promise<number>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      log.info(`${sig}: shutting down`)
-      resolve(0)
+/** The signals that stop a foreground agent. */
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+
+/** Where runInForeground listens for signals: the process, or a test's emitter. */
+export interface SignalSource {
+  on(event: NodeJS.Signals, listener: (sig: NodeJS.Signals) => void): unknown
+  off(event: NodeJS.Signals, listener: (sig: NodeJS.Signals) => void): unknown
+}
+
+/**
+ * Start, then wait for SIGINT/SIGTERM/SIGHUP or a fatal end; always clean up. The signal
+ * handlers are in place before start(), so a signal while it runs (a client retrying an
+ * unreachable node) stops the agent cleanly too; repeated signals during the stop are ignored
+ * rather than killing it half-way.
+ *
+ * Returns the exit code: 0 after a stop caused by a signal that removed everything, 1 after a
+ * fatal end or when something could not be removed (the state file is then kept for
+ * `agent down`). Rejects with start()'s error if the agent could not start (and no signal came).
+ */
+export async function runInForeground(agent: RunningAgent, log: Logger, signals: SignalSource = process): Promise<number> {
+  let signalled: NodeJS.Signals | null = null
+  let onFirstSignal!: () => void
+  const gotSignal = new Promise<'signal'>((resolve) => (onFirstSignal = () => resolve('signal')))
+  let stopping: Promise<readonly string[]> | null = null
+  const stop = (): Promise<readonly string[]> =>
+    (stopping ??= Promise.resolve()
+      .then(() => agent.stop())
+      .then(
+        (problems) => problems ?? [],
+        (e: unknown) => [`stop failed: ${(e as Error)?.message ?? String(e)}`],
+      ))
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled !== null) {
+      log.warn(`${sig}: already shutting down (on ${signalled}); cleaning up first`)
+      return
     }
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
-    process.once('SIGHUP', onSignal)
-    agent.ended?.then(() => resolve(1))
-  })
-  await agent.stop()
-  log.info('stopped; everything it set up is removed')
-  return code
+    signalled = sig
+    log.info(`${sig}: shutting down`)
+    void stop()
+    onFirstSignal()
+  }
+  for (const s of STOP_SIGNALS) signals.on(s, onSignal)
+  try {
+    const started = agent.start().then(
+      () => 'started' as const,
+      (e: unknown) => ({error: e}),
+    )
+    const first = await Promise.race([started, gotSignal])
+    if (first !== 'signal' && first !== 'started') {
+      // It failed by itself; start() undid what it had done.
+      if (signalled === null) throw first.error
+    }
+    let code = 0
+    if (signalled === null) {
+      // Up: run until a signal or until the agent ends by itself.
+      const ended = agent.ended?.then(() => 'ended' as const) ?? new Promise<never>(() => {})
+      if ((await Promise.race([gotSignal, ended])) === 'ended') code = 1
+    }
+    // After a signal during start() there is no waiting for start() to settle: stop() is what
+    // makes it give up, and a client may never settle while it retries.
+    const problems = await stop()
+    if (problems.length > 0) {
+      log.error(`stopped, but some of what it set up could not be removed: ${problems.join('; ')}; run \`agent down\` to retry`)
+      return 1
+    }
+    log.info('stopped; everything it set up is removed')
+    return code
+  } finally {
+    for (const s of STOP_SIGNALS) signals.off(s, onSignal)
+  }
 }
 
 export interface DownResult {
@@ -44,21 +104,32 @@ export async function bringDown(dir: string, name: string, log: Logger, timeoutM
   const state = file.read()
   if (state === null) return {stoppedPid: null, cleanedStale: false}
   let stoppedPid: number | null = null
-  if (state.pid !== process.pid && isAgentAlive(state.pid)) {
+  const alive = () => isAgentAlive(state.pid, state.startTime, state.bootId)
+  if (state.pid !== process.pid && alive()) {
     process.kill(state.pid, 'SIGTERM')
     const deadline = Date.now() + timeoutMs
-    while (isAgentAlive(state.pid)) {
+    while (alive()) {
       if (Date.now() > deadline) throw new Error(`agent "${name}" (pid ${state.pid}) did not stop within ${timeoutMs / 1000} s`)
       await new Promise((r) => setTimeout(r, 100))
     }
     stoppedPid = state.pid
   }
   // A clean stop removes the state file itself; if it is still there, the process died
-  // without cleaning up, and we do it from the record.
-  const left = file.read()
-  if (left === null) return {stoppedPid, cleanedStale: false}
-  const problems = await teardown(left, log)
-  if (problems.length > 0) throw new Error(`cleanup of "${name}" incomplete: ${problems.join('; ')}`)
-  file.remove()
-  return {stoppedPid, cleanedStale: true}
+  // without cleaning up (or could not clean everything), and we do it from the record, holding
+  // the instance's lock so that an `up` of the same name cannot start meanwhile.
+  if (file.read() === null) return {stoppedPid, cleanedStale: false}
+  file.acquire()
+  try {
+    const left = file.read()
+    if (left === null) return {stoppedPid, cleanedStale: false}
+    if (left.pid !== state.pid && left.pid !== process.pid && isAgentAlive(left.pid, left.startTime, left.bootId)) {
+      throw new Error(`agent "${name}" was started again meanwhile (pid ${left.pid}); run \`agent down\` again to stop it`)
+    }
+    const problems = await teardown(left, log)
+    if (problems.length > 0) throw new Error(`cleanup of "${name}" incomplete: ${problems.join('; ')}`)
+    file.removeRecord()
+    return {stoppedPid, cleanedStale: true}
+  } finally {
+    file.release()
+  }
 }

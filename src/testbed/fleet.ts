@@ -93,6 +93,8 @@ export interface FleetOptions {
   dataDir?: string
   /** Seconds between keepalives (default 2, so tests notice a dead peer quickly). */
   keepalive?: number
+  /** More options for the transport in the node's config (e.g. {carrier: 'ip'}). */
+  transportOptions?: Record<string, string | number | boolean>
   /** The node's session.idleTimeout in seconds, if not the default. */
   idleTimeout?: number
   /** Flags for the Node.js running each agent, e.g. ['--cpu-prof'] to profile the data path. */
@@ -118,6 +120,9 @@ export async function createFleet(opts: FleetOptions): Promise<Fleet> {
 export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix" | "clients">): Promise<Fleet> {
   const transport = opts.transport ?? 'tls'
   const keepalive = opts.keepalive ?? 2
+  const nodeTransportOptions = Object.entries({keepalive, ...opts.transportOptions})
+    .map(([k, v]) => `${k}: ${v}`)
+    .join(', ')
   const pki = join(tb.dir, 'pki')
   const foreignPki = join(tb.dir, 'foreign-pki')
   const must = async (args: string[]) => {
@@ -152,7 +157,7 @@ clients:
   - name: bob
     address: 10.99.0.50
 transports:
-  ${transport}: {keepalive: ${keepalive}}
+  ${transport}: {${nodeTransportOptions}}
 ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}`,
   )
 

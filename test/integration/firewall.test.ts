@@ -20,6 +20,27 @@ const hasTools = await Promise.all(['iptables-restore', 'iptables-save', 'ip'].m
 const created = new Set<string>()
 let counter = 0
 
+/**
+ * Runs `fn` with fresh namespaces (the first, then one per suffix, named <first>-<suffix>), all
+ * deleted afterwards, whatever happens.
+ */
+async function inNetnses<T>(suffixes: readonly string[], fn: (names: string[], runners: Runner[]) => Promise<T>): Promise<T> {
+  const first = `fwtest-${process.pid}-${++counter}`
+  const names = [first, ...suffixes.map((x) => `${first}-${x}`)]
+  try {
+    for (const ns of names) {
+      created.add(ns)
+      await run('ip', ['netns', 'add', ns])
+    }
+    return await fn(names, names.map((ns) => netnsRunner(ns)))
+  } finally {
+    for (const ns of names) {
+      await run('ip', ['netns', 'del', ns], {allowFail: true})
+      created.delete(ns)
+    }
+  }
+}
+
 /** Runs `fn` in a fresh namespace that is deleted afterwards, whatever happens. */
 async function inNetns<T>(fn: (ns: string, r: Runner) => Promise<T>): Promise<T> {
   const ns = `fwtest-${process.pid}-${++counter}`
@@ -103,19 +124,20 @@ function tampering(r: Runner, edit: (payload: string) => string): Runner {
 }
 
 describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
-  it('applies all three chains with their jumps at the top', () =>
+  it('applies all four chains with their jumps at the top', () =>
     inNetns(async (_ns, r) => {
       await loadHostRules(r)
       await new NodeFirewall(spec({snat: '192.0.2.10'}), {runner: r}).apply()
       const text = await iptablesSave(r)
       const state = parseOwnedState(text, 'n1')
-      for (const role of ['fwd', 'nat', 'mss'] as const) {
+      for (const role of ['fwd', 'in', 'nat', 'mss'] as const) {
         expect(state.chains[role].rules).toEqual(chainRules(spec({snat: '192.0.2.10'}), role))
         expect(state.chains[role].jumps.map((j) => [j.chain, j.position, j.rule])).toEqual([
           [state.chains[role].hook, 1, `-A ${state.chains[role].hook} -j ${state.chains[role].name}`],
         ])
       }
       expect(text).toContain('-A AGENT-n1-NAT -s 10.8.0.0/24 -o eth0 -j SNAT --to-source 192.0.2.10')
+      expect(text).toContain('-A INPUT -j AGENT-n1-IN')
       expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
     }))
 
@@ -126,6 +148,7 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       await fw.apply()
       const once = await save(r)
       expect(once).toContain('-A FORWARD -j AGENT-n1-FWD')
+      expect(once).toContain('-A INPUT -j AGENT-n1-IN')
       await fw.apply()
       expect(await save(r)).toBe(once)
       await new NodeFirewall(spec(), {runner: r}).apply()
@@ -267,6 +290,83 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       await sh(r, 'iptables', '-t', 'mangle', '-D', 'FORWARD', '-j', 'AGENT-n1-MSS')
       expect(await removeFirewall('n1', {runner: r})).toBe(true)
       expect(await save(r)).toBe(before)
+    }))
+
+  it('removes a leftover whose only remains are the INPUT chain and its jump', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      const before = await save(r)
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      await r('iptables-restore', ['--noflush'], {input: '*filter\n-D FORWARD -j AGENT-n1-FWD\n-F AGENT-n1-FWD\n-X AGENT-n1-FWD\nCOMMIT\n'})
+      await r('iptables-restore', ['--noflush'], {input: '*nat\n-D POSTROUTING -j AGENT-n1-NAT\n-F AGENT-n1-NAT\n-X AGENT-n1-NAT\nCOMMIT\n'})
+      await r('iptables-restore', ['--noflush'], {input: '*mangle\n-D FORWARD -j AGENT-n1-MSS\n-F AGENT-n1-MSS\n-X AGENT-n1-MSS\nCOMMIT\n'})
+      expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
+      expect(await removeFirewall('n1', {runner: r})).toBe(true)
+      expect(await save(r)).toBe(before)
+    }))
+
+  /**
+   * Packets through the real kernel. The node namespace has a "tun0" (a veth to the client's
+   * namespace: the firewall only sees interface names), the egress eth0 (to a target) and lan0
+   * (another network of the node, like docker0 or a LAN, with a host of its own).
+   */
+  it('forwards an admitted client to the egress only, keeps it off the node, and drops tunnel sources from elsewhere', () =>
+    inNetnses(['c', 't', 'l'], async ([, nsC, nsT, nsL], [n, c, t, l]) => {
+      await sh(n, 'ip', 'link', 'add', 'tun0', 'type', 'veth', 'peer', 'name', 'c0', 'netns', nsC)
+      await sh(n, 'ip', 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 't0', 'netns', nsT)
+      await sh(n, 'ip', 'link', 'add', 'lan0', 'type', 'veth', 'peer', 'name', 'l0', 'netns', nsL)
+      const up = async (r: Runner, dev: string, cidr: string, via?: string) => {
+        await sh(r, 'ip', 'address', 'add', cidr, 'dev', dev)
+        await sh(r, 'ip', 'link', 'set', dev, 'up')
+        await sh(r, 'ip', 'link', 'set', 'lo', 'up')
+        if (via !== undefined) await sh(r, 'ip', 'route', 'add', 'default', 'via', via)
+      }
+      await up(n, 'tun0', '10.8.0.1/24')
+      await up(n, 'eth0', '192.0.2.1/24')
+      await up(n, 'lan0', '172.30.0.1/24')
+      await up(c, 'c0', '10.8.0.2/24', '10.8.0.1')
+      await up(t, 't0', '192.0.2.2/24') // no route back to 10.8.0.0/24: only NAT gets replies home
+      await up(l, 'l0', '172.30.0.2/24', '172.30.0.1')
+      // Forwarding on; reverse-path filtering off, so only our rules decide about spoofed sources.
+      for (const key of ['ip_forward', 'conf/all/rp_filter', 'conf/default/rp_filter', 'conf/lan0/rp_filter']) {
+        await sh(n, 'sh', '-c', `echo ${key === 'ip_forward' ? 1 : 0} > /proc/sys/net/ipv4/${key}`)
+      }
+      // The target counts the echo requests it gets from the node's egress address.
+      await sh(t, 'iptables', '-A', 'INPUT', '-s', '192.0.2.1', '-p', 'icmp', '--icmp-type', 'echo-request', '-j', 'ACCEPT')
+      const echoesAtTarget = async () => Number(/^\[(\d+):\d+\] -A INPUT -s 192\.0\.2\.1\/32/m.exec((await sh(t, 'iptables-save', '-c', '-t', 'filter')).stdout)?.[1] ?? NaN)
+
+      await new NodeFirewall(spec({admitted: ['10.8.0.2']}), {runner: n}).apply()
+      const ping = async (r: Runner, dst: string, from?: string) =>
+        (await r('ping', ['-c', '1', '-W', '1', ...(from ? ['-I', from] : []), dst], {allowFail: true})).code === 0
+      /** "refused" means the SYN reached a closed port, "timeout" that it was dropped on the way. */
+      const tcp = async (r: Runner, host: string) =>
+        (
+          await r(process.execPath, [
+            '-e',
+            `const s=require('net').connect(2222,'${host}');s.on('connect',()=>{console.log('connected');process.exit(0)});` +
+              `s.on('error',e=>{console.log(e.code==='ECONNREFUSED'?'refused':e.code);process.exit(0)});setTimeout(()=>{console.log('timeout');process.exit(0)},1500)`,
+          ])
+        ).stdout.trim()
+
+      // (a) Out of the egress interface: forwarded and masqueraded.
+      expect(await ping(c, '192.0.2.2')).toBe(true)
+      expect(await echoesAtTarget()).toBe(1)
+      // (a) Into another network of the node: not forwarded.
+      expect(await ping(c, '172.30.0.2')).toBe(false)
+      // (c) The node answers pings from the tunnel, but its services are out of the tunnel's reach,
+      expect(await ping(c, '10.8.0.1')).toBe(true)
+      expect(await tcp(c, '10.8.0.1')).toBe('timeout')
+      expect(await tcp(c, '172.30.0.1')).toBe('timeout')
+      // ... and not from elsewhere: the target, on the egress side, still reaches the port.
+      expect(await tcp(t, '192.0.2.1')).toBe('refused')
+      // (b) A tunnel-subnet source arriving on lan0 is neither forwarded nor NATed.
+      await sh(l, 'ip', 'address', 'add', '10.8.0.5/32', 'dev', 'l0')
+      await ping(l, '192.0.2.2', '10.8.0.5')
+      expect(await echoesAtTarget()).toBe(1)
+      // The same host with its own address gets through (nothing else here blocks lan0).
+      await sh(n, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '172.30.0.0/24', '-o', 'eth0', '-j', 'MASQUERADE')
+      expect(await ping(l, '192.0.2.2', '172.30.0.2')).toBe(true)
+      expect(await echoesAtTarget()).toBe(2)
     }))
 
   it('reports a binary missing inside the namespace like a missing one outside', () =>

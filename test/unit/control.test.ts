@@ -46,9 +46,26 @@ describe('address plan', () => {
     expect(Object.fromEntries(plan)).toEqual({b: '10.8.0.10', a: '10.8.0.11', c: '10.8.0.12'})
   })
 
-  it('is the same whatever order clients connect in (it does not depend on connections at all)', () => {
-    const clients = [{name: 'a'}, {name: 'b'}]
-    expect(planAddresses({...base, clients})).toEqual(planAddresses({...base, clients}))
+  it('keeps static addresses wherever a client is listed; pool addresses depend only on the list order of the pool clients', () => {
+    const pool = {start: ipv4ToNumber('10.8.0.10'), end: ipv4ToNumber('10.8.0.14')}
+    const statics = {b: '10.8.0.11', d: '10.8.0.10'}
+    const all = [{name: 'a'}, {name: 'b', address: statics.b}, {name: 'c'}, {name: 'd', address: statics.d}, {name: 'e'}]
+    const permutations = <T,>(xs: T[]): T[][] => (xs.length <= 1 ? [xs] : xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p])))
+    const byPoolOrder = new Map<string, Record<string, string>>()
+    for (const clients of permutations(all)) {
+      const plan = Object.fromEntries(planAddresses({...base, pool, clients}))
+      // Static addresses never move, even when listed after clients that need a pool address.
+      expect(plan.b).toBe(statics.b)
+      expect(plan.d).toBe(statics.d)
+      // The pool clients get the free pool addresses in the order they are listed.
+      const poolClients = clients.filter((c) => c.address === undefined).map((c) => c.name)
+      expect(poolClients.map((n) => plan[n])).toEqual(['10.8.0.12', '10.8.0.13', '10.8.0.14'])
+      // Where the static clients sit in the list changes nothing.
+      const key = poolClients.join()
+      byPoolOrder.set(key, byPoolOrder.get(key) ?? plan)
+      expect(plan).toEqual(byPoolOrder.get(key))
+    }
+    expect(byPoolOrder.size).toBe(6)
   })
 
   it('says so when the pool is too small', () => {

@@ -23,7 +23,7 @@ import {ipv4ToNumber} from '../net/ipv4.js'
 import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
 import {readdressInterface} from '../routes/link.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
-import {reclaimStale, teardown} from '../state/teardown.js'
+import {finishTeardown, reclaimStale} from '../state/teardown.js'
 import {startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
@@ -53,7 +53,7 @@ export class ClientAgent {
   private attempts = 0
   private retryTimer: NodeJS.Timeout | null = null
   private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
-  private stopping: Promise<void> | null = null
+  private stopping: Promise<string[]> | null = null
   private firstWelcome: {resolve: () => void; reject: (e: Error) => void} | null = null
   /** Resolves when the client ends by itself (a fatal refusal), with the reason. */
   readonly ended: Promise<Error>
@@ -292,17 +292,24 @@ export class ClientAgent {
     }
   }
 
-  stop(): Promise<void> {
+  /**
+   * Undo everything; safe more than once and while start() still waits for the node (it then
+   * rejects). A tunnel setup in progress finishes first, so nothing is added after teardown.
+   * Resolves with what could not be removed, empty when everything is gone.
+   */
+  stop(): Promise<string[]> {
     this.stopping ??= (async () => {
       this.phase = 'stopped'
       if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+      this.firstWelcome?.reject(new Error('stopped before the node welcomed us'))
+      this.firstWelcome = null
       this.conn?.close('client stopping')
+      await this.welcoming
       this.dropPeer()
       this.statusServer?.close()
       this.datagrams?.close()
       this.tun?.close()
-      await teardown(this.state, this.log)
-      this.stateFile.remove()
+      return finishTeardown(this.state, this.stateFile, this.log)
     })()
     return this.stopping
   }

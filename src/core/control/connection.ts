@@ -20,11 +20,20 @@ const PONG = encodeFrame(FrameType.Pong)
 /** Missed keepalive intervals after which the peer is declared gone. */
 export const DEAD_AFTER_INTERVALS = 3
 
+/**
+ * No Pong while this much is already queued for the peer: a peer that pings faster than it
+ * reads cannot grow our write queue, and one whose queue is that full is being sent data anyway.
+ */
+export const PONG_QUEUE_LIMIT = 256 * 1024
+
 export class ControlConnection {
   private readonly decoder: FrameDecoder
   private lastHeard = Date.now()
-  private timer: NodeJS.Timeout | null = null
+  private pingTimer: NodeJS.Timeout | null = null
+  private deadTimer: NodeJS.Timeout | null = null
   private closed = false
+  /** A Ping arrived in the chunk being decoded: answered once, after the whole chunk. */
+  private pinged = false
   handlers: ConnectionHandlers
 
   constructor(
@@ -35,11 +44,7 @@ export class ControlConnection {
     this.handlers = handlers
     this.decoder = new FrameDecoder(maxData, this.onFrame)
     socket.setNoDelay(true)
-    socket.on('data', (chunk: Buffer) => {
-      this.lastHeard = Date.now()
-      const error = this.decoder.push(chunk)
-      if (error !== null) this.close(`protocol error: ${error}`)
-    })
+    socket.on('data', this.onChunk)
     socket.on('end', () => this.close(this.decoder.pending > 0 ? 'peer closed mid-frame' : 'peer closed the connection'))
     socket.on('error', (e: NodeJS.ErrnoException) => this.close(e.message, e))
     socket.on('close', () => this.close('connection closed'))
@@ -55,25 +60,39 @@ export class ControlConnection {
 
   /**
    * Watch liveness: with `ping` true (the client) send a ping every interval; either way,
-   * close when nothing at all was heard for DEAD_AFTER_INTERVALS intervals.
+   * close as soon as nothing at all was heard for DEAD_AFTER_INTERVALS intervals. Does nothing
+   * on a closed connection.
    */
   keepalive(seconds: number, ping: boolean): void {
-    if (this.timer !== null) clearInterval(this.timer)
+    if (this.closed) return
+    this.stopTimers()
     const ms = seconds * 1000
-    this.timer = setInterval(() => {
-      if (Date.now() - this.lastHeard > DEAD_AFTER_INTERVALS * ms) {
-        this.close(`no keepalive for ${DEAD_AFTER_INTERVALS * seconds}s`)
+    const deadMs = DEAD_AFTER_INTERVALS * ms
+    if (ping) {
+      this.pingTimer = setInterval(() => {
+        if (!this.closed) this.socket.write(PING)
+      }, ms)
+      this.pingTimer.unref()
+    }
+    // A timer due when the deadline would pass if nothing more were heard: re-armed for the
+    // rest when something was, so the check costs nothing per chunk and is exact.
+    const check = () => {
+      const left = this.lastHeard + deadMs - Date.now()
+      if (left > 0) {
+        this.deadTimer = setTimeout(check, left)
+        this.deadTimer.unref()
         return
       }
-      if (ping && !this.closed) this.socket.write(PING)
-    }, ms)
-    this.timer.unref()
+      this.close(`no keepalive for ${DEAD_AFTER_INTERVALS * seconds}s`)
+    }
+    this.deadTimer = setTimeout(check, Math.max(1, this.lastHeard + deadMs - Date.now()))
+    this.deadTimer.unref()
   }
 
   close(reason: string, error?: NodeJS.ErrnoException): void {
     if (this.closed) return
     this.closed = true
-    if (this.timer !== null) clearInterval(this.timer)
+    this.stopTimers()
     this.socket.destroy()
     this.handlers.onClose(reason, error)
   }
@@ -82,13 +101,42 @@ export class ControlConnection {
     return this.closed
   }
 
+  private stopTimers(): void {
+    if (this.pingTimer !== null) clearInterval(this.pingTimer)
+    if (this.deadTimer !== null) clearTimeout(this.deadTimer)
+    this.pingTimer = null
+    this.deadTimer = null
+  }
+
+  private readonly onChunk = (chunk: Buffer): void => {
+    if (this.closed) return
+    this.lastHeard = Date.now()
+    this.pinged = false
+    let error: string | null
+    try {
+      error = this.decoder.push(chunk)
+    } catch (e) {
+      // A handler failed on this input (a plugin's decap, a TUN write...): end this
+      // connection, not the process.
+      this.close(`error handling a frame: ${(e as Error)?.message ?? String(e)}`)
+      return
+    }
+    if (error !== null) {
+      this.close(`protocol error: ${error}`)
+      return
+    }
+    if (this.pinged && !this.closed && this.socket.writableLength <= PONG_QUEUE_LIMIT) this.socket.write(PONG)
+  }
+
   private readonly onFrame = (type: FrameType, buf: Buffer, offset: number, length: number): void => {
+    // Closed by an earlier frame of the same chunk (or a handler): dispatch nothing more.
+    if (this.closed) return
     switch (type) {
       case FrameType.Data:
         this.handlers.onData(buf, offset, length)
         return
       case FrameType.Ping:
-        this.socket.write(PONG)
+        this.pinged = true
         return
       case FrameType.Pong:
         return

@@ -8,7 +8,9 @@
  *   +--------+--------+--------+---------------- - -
  *
  * The decoder works on whatever chunks TCP/TLS hands over and calls the sink once per complete
- * frame with a view into the chunk: no copy unless a frame straddles two chunks.
+ * frame with a view into the chunk. Only a frame that straddles chunks is copied, into one
+ * reassembly buffer per decoder, and only its own bytes: the rest of the chunk is parsed in
+ * place. A view is valid only during the sink call (the reassembly buffer is reused).
  */
 export const FRAME_HEADER = 3
 
@@ -29,7 +31,10 @@ export const MAX_CONTROL_PAYLOAD = 16 * 1024
 export type FrameSink = (type: FrameType, buf: Buffer, offset: number, length: number) => void
 
 export class FrameDecoder {
-  private rest: Buffer | null = null
+  /** Holds the start of a frame that straddles chunks; allocated on first need, then reused. */
+  private partial: Buffer | null = null
+  /** Bytes of that frame (header included) in `partial`; 0 when none is pending. */
+  private have = 0
 
   /** @param maxData the largest Data payload accepted (the tunnel MTU plus transport headroom) */
   constructor(
@@ -40,31 +45,63 @@ export class FrameDecoder {
   /**
    * Feed a chunk. Returns null, or why the stream is corrupt (the caller closes the
    * connection: after a bad header no later byte can be trusted to be a frame boundary).
+   * Exceptions thrown by the sink propagate; the decoder is then in an unspecified state.
    */
   push(chunk: Buffer): string | null {
-    let buf = chunk
-    if (this.rest !== null) {
-      buf = Buffer.concat([this.rest, chunk])
-      this.rest = null
-    }
     let off = 0
-    while (buf.length - off >= FRAME_HEADER) {
-      const type = buf[off]
-      const length = buf.readUInt16BE(off + 1)
-      if (type > FrameType.Pong) return `unknown frame type ${type}`
-      const limit = type === FrameType.Data ? this.maxData : MAX_CONTROL_PAYLOAD
-      if (length > limit) return `frame of ${length} bytes exceeds the limit of ${limit} for its type`
-      if (buf.length - off - FRAME_HEADER < length) break
-      this.sink(type as FrameType, buf, off + FRAME_HEADER, length)
+    if (this.have > 0) {
+      // Finish the straddling frame first: complete its header, then copy just its missing bytes.
+      const partial = this.partial!
+      if (this.have < FRAME_HEADER) {
+        const n = Math.min(FRAME_HEADER - this.have, chunk.length)
+        chunk.copy(partial, this.have, 0, n)
+        this.have += n
+        off = n
+        if (this.have < FRAME_HEADER) return null
+        const bad = this.check(partial, 0)
+        if (bad !== null) return bad
+      }
+      const length = partial.readUInt16BE(1)
+      const missing = FRAME_HEADER + length - this.have
+      const n = Math.min(missing, chunk.length - off)
+      chunk.copy(partial, this.have, off, off + n)
+      this.have += n
+      off += n
+      if (n < missing) return null
+      this.have = 0
+      this.sink(partial[0] as FrameType, partial, FRAME_HEADER, length)
+    }
+    // Then every whole frame in place.
+    while (chunk.length - off >= FRAME_HEADER) {
+      const bad = this.check(chunk, off)
+      if (bad !== null) return bad
+      const length = chunk.readUInt16BE(off + 1)
+      if (chunk.length - off - FRAME_HEADER < length) break
+      this.sink(chunk[off] as FrameType, chunk, off + FRAME_HEADER, length)
       off += FRAME_HEADER + length
     }
-    if (off < buf.length) this.rest = buf.subarray(off)
+    if (off < chunk.length) {
+      // A header checked above (or less than a header): it fits the buffer.
+      this.partial ??= Buffer.allocUnsafe(FRAME_HEADER + Math.min(0xffff, Math.max(this.maxData, MAX_CONTROL_PAYLOAD)))
+      chunk.copy(this.partial, 0, off)
+      this.have = chunk.length - off
+    }
+    return null
+  }
+
+  /** Why the header at `off` is unacceptable, or null. */
+  private check(buf: Buffer, off: number): string | null {
+    const type = buf[off]
+    const length = buf.readUInt16BE(off + 1)
+    if (type > FrameType.Pong) return `unknown frame type ${type}`
+    const limit = type === FrameType.Data ? this.maxData : MAX_CONTROL_PAYLOAD
+    if (length > limit) return `frame of ${length} bytes exceeds the limit of ${limit} for its type`
     return null
   }
 
   /** Bytes of an incomplete frame held back; at end of stream, non-zero means truncation. */
   get pending(): number {
-    return this.rest === null ? 0 : this.rest.length
+    return this.have
   }
 }
 

@@ -10,7 +10,7 @@ export const INSTANCE_NAME = /^[a-z0-9][a-z0-9-]{0,15}$/
 export const MAX_CHAIN_NAME = 28
 
 export type Table = 'filter' | 'nat' | 'mangle'
-export type ChainRole = 'fwd' | 'nat' | 'mss'
+export type ChainRole = 'fwd' | 'in' | 'nat' | 'mss'
 
 export interface OwnedChain {
   role: ChainRole
@@ -18,11 +18,11 @@ export interface OwnedChain {
   /** Our chain, e.g. AGENT-node1-FWD. */
   name: string
   /** The built-in chain that jumps to it. */
-  hook: 'FORWARD' | 'POSTROUTING'
+  hook: 'FORWARD' | 'INPUT' | 'POSTROUTING'
 }
 
 const PREFIX = 'AGENT-'
-const SUFFIX: Record<ChainRole, string> = {fwd: 'FWD', nat: 'NAT', mss: 'MSS'}
+const SUFFIX: Record<ChainRole, string> = {fwd: 'FWD', in: 'IN', nat: 'NAT', mss: 'MSS'}
 
 export function assertInstanceName(instance: string): void {
   if (!INSTANCE_NAME.test(instance)) {
@@ -33,22 +33,23 @@ export function assertInstanceName(instance: string): void {
 export function chainName(instance: string, role: ChainRole): string {
   assertInstanceName(instance)
   const name = `${PREFIX}${instance}-${SUFFIX[role]}`
-  // Cannot trigger with the instance pattern above (6 + 16 + 4 = 26); guards against someone
+  // Cannot trigger with the instance pattern above (6 + 16 + 4 = 26 at most, "-FWD"); guards against someone
   // widening the pattern without looking here.
   if (name.length > MAX_CHAIN_NAME) throw new Error(`chain name ${name} exceeds ${MAX_CHAIN_NAME} characters`)
   return name
 }
 
-/** Our three chains, in the order payloads render them. */
+/** Our four chains, in the order payloads render them (the filter table's two first). */
 export function chainsFor(instance: string): readonly OwnedChain[] {
   return [
     {role: 'fwd', table: 'filter', name: chainName(instance, 'fwd'), hook: 'FORWARD'},
+    {role: 'in', table: 'filter', name: chainName(instance, 'in'), hook: 'INPUT'},
     {role: 'nat', table: 'nat', name: chainName(instance, 'nat'), hook: 'POSTROUTING'},
     {role: 'mss', table: 'mangle', name: chainName(instance, 'mss'), hook: 'FORWARD'},
   ]
 }
 
-const OWNED = /^AGENT-([a-z0-9][a-z0-9-]{0,15})-(FWD|NAT|MSS)$/
+const OWNED = /^AGENT-([a-z0-9][a-z0-9-]{0,15})-(FWD|IN|NAT|MSS)$/
 
 /** The instance a chain name belongs to, if it is one of ours. */
 export function instanceOfChain(chain: string): string | undefined {

@@ -9,14 +9,22 @@
  * simplest idempotent reconcile.
  *
  * Filter policy (chain AGENT-<instance>-FWD, entered from FORWARD at position 1):
+ *   -s <subnet> ! -i tun       DROP   a tunnel source arriving on any other interface is spoofed
+ *                                     (it would be forwarded, and NATed, as if from a client)
  *   -i tun -o tun              DROP   clients cannot reach each other through the node
- *   -i tun -s <client>/32      ACCEPT an admitted client's own traffic, any destination
- *   -o tun -d <client>/32 RELATED,ESTABLISHED ACCEPT  replies to it, nothing new
+ *   -s <client>/32 -i tun -o <egress>  ACCEPT  an admitted client's own traffic, out of the egress
+ *                                     interface only (not into docker0, a LAN or another VPN)
+ *   -d <client>/32 -o tun RELATED,ESTABLISHED ACCEPT  replies to it, nothing new
  *   -i tun                     DROP   anything else from the tunnel (unknown or revoked source)
  *   -o tun                     DROP   anything else into the tunnel (no inbound connections)
  * The reply rule is per client on purpose: when a client is removed both of its rules go, so
  * its established flows are cut too; a shared "-o tun ESTABLISHED" rule would keep feeding a
  * revoked client its existing connections until they time out.
+ *
+ * Input policy (chain AGENT-<instance>-IN, entered from INPUT at position 1): from the tunnel,
+ * the node itself answers pings (echo-request) and replies to what it started, and nothing
+ * else: tunnel clients must not reach the node's own services (sshd...) through the tunnel.
+ * Packets from other interfaces return to INPUT untouched.
  *
  * The source check trusts the core to decapsulate a peer's packets only when their source is
  * that peer's tunnel address: the firewall sees one TUN for all clients and cannot tell who sent
@@ -24,7 +32,7 @@
  */
 import {formatIpv4, isNetworkAddress, networkAddress, parseCidr, parseIpv4, cidrContains, formatCidr} from '../net/ipv4.js'
 import {assertInterfaceName} from '../sys/ifname.js'
-import {assertInstanceName, chainsFor, instanceOfChain, type ChainRole, type OwnedChain} from './names.js'
+import {assertInstanceName, chainsFor, instanceOfChain, type ChainRole, type OwnedChain, type Table} from './names.js'
 import {parseIptablesSave, rulesJumpingTo, type SavedRuleset} from './save.js'
 
 export interface FirewallSpec {
@@ -89,13 +97,20 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
   switch (role) {
     case 'fwd':
       return [
+        `${A} -s ${s.subnet} ! -i ${tun} -j DROP`,
         `${A} -i ${tun} -o ${tun} -j DROP`,
         ...s.admitted.flatMap((a) => [
-          `${A} -s ${a}/32 -i ${tun} -j ACCEPT`,
+          `${A} -s ${a}/32 -i ${tun} -o ${s.egressInterface} -j ACCEPT`,
           `${A} -d ${a}/32 -o ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
         ]),
         `${A} -i ${tun} -j DROP`,
         `${A} -o ${tun} -j DROP`,
+      ]
+    case 'in':
+      return [
+        `${A} -i ${tun} -p icmp -m icmp --icmp-type 8 -j ACCEPT`,
+        `${A} -i ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+        `${A} -i ${tun} -j DROP`,
       ]
     case 'nat':
       return [`${A} -s ${s.subnet} -o ${s.egressInterface} -j ${s.snat === 'masquerade' ? 'MASQUERADE' : `SNAT --to-source ${s.snat}`}`]
@@ -187,21 +202,37 @@ const deleteOf = (rule: string) => `-D${rule.slice(2)}`
 /**
  * Full reconcile: every chain declared (created or flushed) and refilled, the jump from the
  * built-in chain inserted at position 1 if missing; stray or duplicate jumps are deleted and a
- * single jump inserted in their place. One payload, three tables, one COMMIT each.
+ * single jump inserted in their place. One payload, three tables, one COMMIT each (the filter
+ * table's two chains change together).
  */
 export function renderApply(spec: FirewallSpec, iptablesSave: string): string {
   const s = normalizeSpec(spec)
   const current = parseOwnedState(iptablesSave, s.instance)
   const out: string[] = []
-  for (const c of Object.values(current.chains)) {
-    out.push(`*${c.table}`, `:${c.name} - [0:0]`)
-    const jumps = c.jumps.map((j) => j.rule)
-    if (!(jumps.length === 1 && jumps[0] === canonicalJump(c))) {
-      out.push(...jumps.map(deleteOf), `-I ${c.hook} 1 -j ${c.name}`)
+  for (const [table, chains] of byTable(Object.values(current.chains))) {
+    out.push(`*${table}`)
+    for (const c of chains) {
+      out.push(`:${c.name} - [0:0]`)
+      const jumps = c.jumps.map((j) => j.rule)
+      if (!(jumps.length === 1 && jumps[0] === canonicalJump(c))) {
+        out.push(...jumps.map(deleteOf), `-I ${c.hook} 1 -j ${c.name}`)
+      }
+      out.push(...chainRules(s, c.role))
     }
-    out.push(...chainRules(s, c.role), 'COMMIT')
+    out.push('COMMIT')
   }
   return out.join('\n') + '\n'
+}
+
+/** Chains grouped by table, tables in the order of their first chain. */
+function byTable<C extends {table: Table}>(chains: readonly C[]): Map<Table, C[]> {
+  const out = new Map<Table, C[]>()
+  for (const c of chains) {
+    const list = out.get(c.table)
+    if (list) list.push(c)
+    else out.set(c.table, [c])
+  }
+  return out
 }
 
 /**
@@ -223,21 +254,23 @@ export function renderRestoreOwned(target: OwnedState, iptablesSave: string): st
   const ruleset = parseIptablesSave(iptablesSave)
   const current = parseOwnedState(ruleset, target.instance)
   const out: string[] = []
-  for (const c of Object.values(current.chains)) {
-    const want = target.chains[c.role]
+  for (const [table, chains] of byTable(Object.values(current.chains))) {
     const lines: string[] = []
-    if (!want.exists) {
-      if (c.exists) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), `-F ${c.name}`, `-X ${c.name}`)
-    } else {
-      const sameRules = c.exists && sameList(c.rules, want.rules)
-      const sameJumps = sameList(
-        c.jumps.map((j) => `${j.position} ${j.rule}`),
-        want.jumps.map((j) => `${j.position} ${j.rule}`),
-      )
-      if (!sameRules || !sameJumps) lines.push(`:${c.name} - [0:0]`, ...want.rules)
-      if (!sameJumps) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), ...reinsert(want.jumps, ruleset, c, current))
+    for (const c of chains) {
+      const want = target.chains[c.role]
+      if (!want.exists) {
+        if (c.exists) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), `-F ${c.name}`, `-X ${c.name}`)
+      } else {
+        const sameRules = c.exists && sameList(c.rules, want.rules)
+        const sameJumps = sameList(
+          c.jumps.map((j) => `${j.position} ${j.rule}`),
+          want.jumps.map((j) => `${j.position} ${j.rule}`),
+        )
+        if (!sameRules || !sameJumps) lines.push(`:${c.name} - [0:0]`, ...want.rules)
+        if (!sameJumps) lines.push(...c.jumps.map((j) => deleteOf(j.rule)), ...reinsert(want.jumps, ruleset, c, current))
+      }
     }
-    if (lines.length > 0) out.push(`*${c.table}`, ...lines, 'COMMIT')
+    if (lines.length > 0) out.push(`*${table}`, ...lines, 'COMMIT')
   }
   return out.length > 0 ? out.join('\n') + '\n' : ''
 }

@@ -25,7 +25,7 @@ import {NodeFirewall} from '../firewall/index.js'
 import {configureInterface} from '../routes/index.js'
 import {getSysctl, setSysctl} from '../sys/sysctl.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
-import {reclaimStale, teardown} from '../state/teardown.js'
+import {finishTeardown, reclaimStale} from '../state/teardown.js'
 import {startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {authorize} from './authorize.js'
@@ -75,7 +75,10 @@ export class NodeAgent {
   private admittedKey = ''
   /** Every control connection, authenticated or not, so stop() can close them all. */
   private readonly connections = new Set<ControlConnection>()
-  private stopping: Promise<void> | null = null
+  private starting: Promise<void> | null = null
+  private stopRequested = false
+  private stopping: Promise<string[]> | null = null
+  private tearingDown: Promise<string[]> | null = null
   private readonly sessionIds = new Set<number>()
   private datagrams: NodeDatagrams | null = null
   private expiry: NodeJS.Timeout | null = null
@@ -115,21 +118,30 @@ export class NodeAgent {
     return ((this.config.transports as Record<string, unknown>)[this.transport.name] ?? {}) as Record<string, unknown>
   }
 
-  /** Bring everything up, or, on any failure, undo what was done and throw. */
-  async start(): Promise<void> {
+  /** Bring everything up, or, on any failure (or a stop meanwhile), undo what was done and throw. */
+  start(): Promise<void> {
+    this.starting ??= this.bringUp()
+    return this.starting
+  }
+
+  private async bringUp(): Promise<void> {
     const carrier = this.transport.carrier(this.transportOptions())
     // Everything that can fail on bad input is read before the system is touched.
     const credentials = await loadCredentials(this.config.pki)
+    this.checkNotStopped()
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
     try {
+      this.checkNotStopped()
       const {interface: ifname, address, subnet} = this.config.tunnel
       this.tun = openTun({name: ifname, mtu: this.mtu, onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
+      this.checkNotStopped()
 
       this.state.ipForwardBefore = await getSysctl('net.ipv4.ip_forward')
       this.stateFile.write(this.state)
       await setSysctl('net.ipv4.ip_forward', '1')
+      this.checkNotStopped()
 
       this.firewall = new NodeFirewall({
         instance: this.config.name,
@@ -140,6 +152,7 @@ export class NodeAgent {
         admitted: [],
       })
       await this.firewall.apply()
+      this.checkNotStopped()
       // Not an error: the interface may come later (a PPP link, a VLAN); but say so, because
       // until it exists the MASQUERADE rule matches nothing and clients reach nowhere.
       if (!existsSync(`/sys/class/net/${this.config.egress.interface}`)) {
@@ -156,16 +169,28 @@ export class NodeAgent {
       }
       this.datapath.start()
       await this.listen(credentials)
+      this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
+      this.checkNotStopped()
       this.log.info(
         `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
           `transport ${this.transport.name}, listening on ${this.listenText()}` +
           `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.config.clients.length} authorized client(s)`,
       )
     } catch (e) {
-      await this.stop()
+      await this.tearDown()
       throw e
     }
+  }
+
+  /** Stopping, or unwinding a failed start: no new sessions, no firewall changes. */
+  private get closing(): boolean {
+    return this.stopRequested || this.tearingDown !== null
+  }
+
+  /** A stop that arrives while starting: the step in progress finishes, then start unwinds. */
+  private checkNotStopped(): void {
+    if (this.stopRequested) throw new Error('stopped while starting')
   }
 
   private listenText(): string {
@@ -204,7 +229,7 @@ export class NodeAgent {
       onClose: () => this.connections.delete(conn),
     })
     this.connections.add(conn)
-    if (this.stopping !== null) return conn.close('node stopping')
+    if (this.closing) return conn.close('node stopping')
     if (!auth.ok) {
       this.log.warn(`refused client from ${remote}: ${auth.reason}; no forwarding`)
       conn.send({type: 'refused', reason: auth.reason})
@@ -323,7 +348,7 @@ export class NodeAgent {
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
     if (this.sessions.get(client.name) === client) {
       this.sessions.delete(client.name)
-      if (this.stopping === null) {
+      if (!this.closing) {
         this.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
         this.updateAdmission().catch((e: Error) => this.log.error(`could not update FORWARD rules: ${e.message}`))
       }
@@ -346,7 +371,7 @@ export class NodeAgent {
   private async applyAdmission(): Promise<void> {
     this.admission = this.pendingAdmission!
     this.pendingAdmission = null
-    if (this.firewall === null || this.stopping !== null) return
+    if (this.firewall === null || this.closing) return
     const admitted = [...this.sessions.values()].filter((s) => s.peer !== null).map((s) => s.peer!.addressText).sort()
     const key = admitted.join(',')
     if (key === this.admittedKey) return
@@ -390,15 +415,28 @@ export class NodeAgent {
       mtu: this.mtu,
       startedAt: this.state.startedAt,
       endpoint: this.listenText(),
-      state: this.stopping === null ? 'up' : 'stopping',
+      state: this.closing ? 'stopping' : 'up',
       peers: (this.datapath?.peers() ?? []).map(peerReport),
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {})},
     }
   }
 
-  /** Undo everything start() did, in reverse; safe to call more than once. */
-  stop(): Promise<void> {
+  /**
+   * Undo everything start() did, in reverse; safe to call more than once and while start()
+   * runs (start finishes its step, unwinds, then this returns). Resolves with what could not
+   * be removed, empty when everything is gone.
+   */
+  stop(): Promise<string[]> {
+    this.stopRequested = true
     this.stopping ??= (async () => {
+      await this.starting?.catch(() => {})
+      return this.tearDown()
+    })()
+    return this.stopping
+  }
+
+  private tearDown(): Promise<string[]> {
+    this.tearingDown ??= (async () => {
       this.server?.close()
       if (this.expiry !== null) clearInterval(this.expiry)
       for (const c of [...this.connections]) c.close('node stopping')
@@ -406,9 +444,8 @@ export class NodeAgent {
       this.tun?.close()
       this.datagrams?.close()
       await this.admission.catch(() => {})
-      await teardown(this.state, this.log)
-      this.stateFile.remove()
+      return finishTeardown(this.state, this.stateFile, this.log)
     })()
-    return this.stopping
+    return this.tearingDown
   }
 }

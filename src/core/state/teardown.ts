@@ -6,10 +6,17 @@
 import type {Logger} from '../log.js'
 import {removeFirewall} from '../firewall/index.js'
 import {removeRoutes} from '../routes/index.js'
-import {deleteLink} from '../routes/link.js'
 import {setSysctl} from '../sys/sysctl.js'
 import {type AgentState, type StateFile, isAgentAlive} from './state-file.js'
 
+/**
+ * Undoes what `state` records; returns what could not be undone (empty: all of it).
+ *
+ * The TUN device is not a step: it is never persistent, so it disappears with the descriptor
+ * of the process that opened it. Deleting "the interface named in the record" would delete
+ * whatever device has that name now, e.g. the TUN of another instance that was started after
+ * this one failed.
+ */
 export async function teardown(state: AgentState, log: Logger): Promise<string[]> {
   const problems: string[] = []
   const step = async (what: string, fn: () => Promise<unknown>) => {
@@ -25,22 +32,55 @@ export async function teardown(state: AgentState, log: Logger): Promise<string[]
   if (state.ipForwardBefore !== undefined && state.ipForwardBefore !== '1') {
     await step('restore net.ipv4.ip_forward', () => setSysctl('net.ipv4.ip_forward', state.ipForwardBefore!))
   }
-  // A TUN device goes with the process that opened it; this only matters if one lingers.
-  await step(`delete ${state.interface}`, () => deleteLink(state.interface, 'tun'))
   return problems
 }
 
 /**
- * Before `up`: refuse if this instance is already running; otherwise clean whatever a
- * crashed predecessor left (its state file says what).
+ * The end of an agent's stop: tear down what `state` records, then remove the state file only
+ * if that worked. With problems the record stays (`agent down` or the next `up` retries from
+ * it) and only the status socket and this process's lock go. Returns the problems.
+ *
+ * An agent stopped before its reclaimStale() took the lock (a signal during start) has changed
+ * nothing, and the record and firewall chains under its name may be another run's: then this
+ * does nothing at all.
+ */
+export async function finishTeardown(state: AgentState, file: StateFile, log: Logger): Promise<string[]> {
+  if (!file.holdsLock()) {
+    log.debug(`stopped before taking the lock of "${file.name}": nothing of this run to remove`)
+    return []
+  }
+  const problems = await teardown(state, log)
+  if (problems.length === 0) {
+    file.remove()
+  } else {
+    file.removeSocket()
+    file.release()
+    log.warn(`cleanup incomplete; keeping ${file.path} so that \`agent down\` can retry`)
+  }
+  return problems
+}
+
+/**
+ * Before `up`: take the instance's lock (so a concurrent `up` of the same name fails here),
+ * refuse if this instance is already running, otherwise clean whatever a crashed predecessor
+ * left (its state file says what). On success the lock stays held: StateFile.remove() (or
+ * finishTeardown) releases it. On failure it is released.
  */
 export async function reclaimStale(file: StateFile, log: Logger): Promise<void> {
-  const old = file.read()
-  if (old === null) return
-  if (old.pid !== process.pid && isAgentAlive(old.pid)) {
-    throw new Error(`agent "${file.name}" is already running (pid ${old.pid}); stop it with \`agent down\` first`)
+  file.acquire()
+  try {
+    const old = file.read()
+    if (old === null) return
+    if (old.pid !== process.pid && isAgentAlive(old.pid, old.startTime, old.bootId)) {
+      throw new Error(`agent "${file.name}" is already running (pid ${old.pid}); stop it with \`agent down\` first`)
+    }
+    log.warn(`found state of a previous run of "${file.name}" (pid ${old.pid}, not running): cleaning up after it`)
+    const problems = await teardown(old, log)
+    // Go on regardless (as before): this run re-applies its own firewall chains over any left.
+    if (problems.length > 0) log.warn(`some of what the previous run of "${file.name}" set up may remain: ${problems.join('; ')}`)
+    file.removeRecord()
+  } catch (e) {
+    file.release()
+    throw e
   }
-  log.warn(`found state of a previous run of "${file.name}" (pid ${old.pid}, not running): cleaning up after it`)
-  await teardown(old, log)
-  file.remove()
 }

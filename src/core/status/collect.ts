@@ -21,7 +21,7 @@ export async function collectStatus(dir: string, only?: string): Promise<Instanc
     const file = new StateFile(dir, name)
     const state = file.read()
     if (state === null) continue
-    if (!isAgentAlive(state.pid)) {
+    if (!isAgentAlive(state.pid, state.startTime, state.bootId)) {
       out.push({name, pid: state.pid, state: 'not running (stale state: run `agent down`)'})
       continue
     }

@@ -25,8 +25,9 @@ export async function discoverTransports(config: Config): Promise<TransportRegis
   const transports = new Map<string, Transport>()
   const failures = result.failures.map((f) => ({plugin: f.plugin.name, error: f.error.message}))
   for (const {result: t, plugin} of result.successes) {
-    if (!isTransport(t)) {
-      failures.push({plugin: plugin.name, error: 'its agent:transport hook did not return a transport'})
+    const problem = transportProblem(t)
+    if (problem !== null || !isTransport(t)) {
+      failures.push({plugin: plugin.name, error: `its agent:transport hook did not return a transport (${problem})`})
       continue
     }
     transports.set(t.name, t)
@@ -34,16 +35,27 @@ export async function discoverTransports(config: Config): Promise<TransportRegis
   return {transports, failures}
 }
 
-function isTransport(v: unknown): v is Transport {
-  const t = v as Transport
-  return (
-    typeof t === 'object' &&
-    t !== null &&
-    typeof t.name === 'string' &&
-    typeof t.carrier === 'function' &&
-    typeof t.openNodeSession === 'function' &&
-    typeof t.openClientSession === 'function'
-  )
+/**
+ * What is wrong with what a plugin's hook returned, or null if it is a transport: everything
+ * the core calls later, some of it from socket handlers where a missing member would crash the
+ * process, is checked here instead.
+ */
+export function transportProblem(v: unknown): string | null {
+  if (typeof v !== 'object' || v === null) return 'it is not an object'
+  const t = v as Partial<Transport>
+  if (typeof t.name !== 'string') return 'name is not a string'
+  for (const fn of ['carrier', 'overhead', 'openNodeSession', 'openClientSession'] as const) {
+    if (typeof t[fn] !== 'function') return `${fn} is not a function`
+  }
+  if (t.sessionIdOf !== undefined && typeof t.sessionIdOf !== 'function') return 'sessionIdOf is not a function'
+  if (typeof t.nat !== 'object' || t.nat === null) return 'nat is not an object'
+  const k = t.nat.keepaliveSeconds
+  if (typeof k !== 'number' || !Number.isFinite(k) || k <= 0) return 'nat.keepaliveSeconds is not a positive number'
+  return null
+}
+
+export function isTransport(v: unknown): v is Transport {
+  return transportProblem(v) === null
 }
 
 /** The transport named, or an error that tells the operator how to get it. */
