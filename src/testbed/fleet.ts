@@ -72,9 +72,9 @@ export interface Fleet {
   /** A CA that is not the fleet's, with a client "alice" of its own. */
   foreignPki: string
   nodeConfig: string
-  clientConfig(name: string, opts?: {transport?: string; index?: number}): string
+  clientConfig(name: string, opts?: {transport?: string; index?: number; routes?: string[]}): string
   startNode(opts?: {args?: string[]; config?: string}): Promise<AgentProcess>
-  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string}): Promise<AgentProcess>
+  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]}): Promise<AgentProcess>
   /** Run the agent CLI inside a namespace with that namespace's run dir. */
   cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
   runDir(ns: string): string
@@ -162,7 +162,7 @@ ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeo
   )
 
   const runDir = (ns: string) => join(tb.nsDir(ns), 'run')
-  const clientConfig = (name: string, o: {transport?: string; index?: number} = {}) => {
+  const clientConfig = (name: string, o: {transport?: string; index?: number; routes?: string[]} = {}) => {
     const file = join(configs, `${name}-${o.index ?? 0}.yaml`)
     writeFileSync(
       file,
@@ -170,7 +170,7 @@ ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeo
 name: ${name}
 transport: ${o.transport ?? transport}
 node: {host: ${tb.addr.nodeWan}, port: ${NODE_PORT}, name: node1}
-routes: [${tb.addr.target}/32]
+routes: [${(o.routes ?? [`${tb.addr.target}/32`]).join(', ')}]
 tunnel: {interface: agtun0}
 pki: {bundle: ${pki}/${name}.pem}
 reconnect: {minSeconds: 0.2, maxSeconds: 1}
@@ -199,7 +199,7 @@ transports:
       return p
     },
     async startClient(name, index = 0, o = {}) {
-      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index}), ...(o.args ?? [])])
+      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes}), ...(o.args ?? [])])
       if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
       return p
     },

@@ -110,6 +110,22 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(r).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
   })
 
+  it("keeps the client's route to the node outside the tunnel when its routes cover the node", async () => {
+    const {tb} = fleet
+    // The node's whole public network goes into the tunnel, node address included: without a
+    // host route for the node via the old gateway, the tunnel would try to carry itself.
+    const bob = await fleet.startClient('bob', 1, {routes: [`${tb.addr.target}/32`, '198.51.100.0/24']})
+    const toNode = await tb.exec(tb.names.client[1], 'ip', ['route', 'get', tb.addr.nodeWan])
+    expect(toNode.stdout).toMatch(new RegExp(`via ${tb.addr.natLan.replace(/\./g, '\\.')} dev eth0`))
+    const toNet = await tb.exec(tb.names.client[1], 'ip', ['route', 'get', '198.51.100.77'])
+    expect(toNet.stdout).toMatch(/dev agtun0/)
+    await expect(probeEcho(tb, tb.names.client[1], tb.addr.target, echo.port, {proto: 'udp'})).resolves.toMatchObject({ok: true})
+    bob.child.kill('SIGTERM')
+    expect(await bob.exited).toBe(0)
+    const after = await tb.exec(tb.names.client[1], 'ip', ['route', 'show'])
+    expect(after.stdout).not.toMatch(/198\.51\.100\.1 via|agtun0/)
+  })
+
   it('refuses a client with a valid certificate that is not authorized, and forwards nothing for it', async () => {
     const {tb} = fleet
     const mallory = await fleet.startClient('mallory', 1, {wait: null})
