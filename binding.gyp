@@ -1,10 +1,13 @@
 {
   # agent_tun: the Linux TUN backend (src/core/tun/native/tun.c), plain C against node_api.h.
   # Loaded by src/core/tun/linux.ts from build/Release/agent_tun.node.
+  # Both addons build in src/core/native/poller.c: the poll, lifetime, ring and callback code
+  # they share (each .node gets its own copy).
   "targets": [
     {
       "target_name": "agent_tun",
       "defines": ["NAPI_VERSION=8"],
+      "include_dirs": ["src/core/native"],
       "cflags_c": ["-std=c11"],
       "configurations": {
         "Release": {
@@ -15,7 +18,7 @@
       },
       "conditions": [
         # Only Linux has /dev/net/tun; elsewhere the target builds nothing worth loading.
-        ["OS=='linux'", {"sources": ["src/core/tun/native/tun.c"]}]
+        ["OS=='linux'", {"sources": ["src/core/tun/native/tun.c", "src/core/native/poller.c"]}]
       ]
     },
     {
@@ -24,6 +27,7 @@
       # build/Release/agent_net.node.
       "target_name": "agent_net",
       "defines": ["NAPI_VERSION=8"],
+      "include_dirs": ["src/core/native"],
       "cflags_c": ["-std=c11"],
       "configurations": {
         "Release": {
@@ -32,7 +36,7 @@
         }
       },
       "conditions": [
-        ["OS=='linux'", {"sources": ["src/core/carrier/native/net.c"]}]
+        ["OS=='linux'", {"sources": ["src/core/carrier/native/net.c", "src/core/native/poller.c"]}]
       ]
     }
   ]

@@ -38,3 +38,5 @@ export const agentTls = agentPath('tls', {carrier: 'tcp', baseline: 'openvpn-tcp
 export const agentGre = agentPath('gre', {carrier: 'udp', baseline: 'openvpn-udp'})
 // Bare GRE cannot cross the NAT: measured from a client with a public address.
 export const agentGreIp = agentPath('gre', {name: 'agent-gre-ip', carrier: 'ip', baseline: 'openvpn-udp', from: 'public', options: {carrier: 'ip'}})
+export const agentIpip = agentPath('ipip', {carrier: 'udp', baseline: 'openvpn-udp'})
+export const agentIpipIp = agentPath('ipip', {name: 'agent-ipip-ip', carrier: 'ip', baseline: 'openvpn-udp', from: 'public', options: {carrier: 'ip'}})

@@ -12,11 +12,7 @@
  * a datagram fails with EMSGSIZE, counted) and IP_RECVERR (ICMP errors are counted instead of
  * silently ignored); net.c explains both.
  */
-import {existsSync, readFileSync} from 'node:fs'
-import {createRequire} from 'node:module'
-import {dirname, join} from 'node:path'
-import {fileURLToPath} from 'node:url'
-
+import {addonLoader, closeAndReport, codeError} from '../native/load.js'
 import {formatIpv4, parseIpv4} from '../net/ipv4.js'
 import type {
   DatagramOptions,
@@ -96,6 +92,14 @@ interface NativeNet {
   stats(handle: NativeHandle): NativeStats
   close(handle: NativeHandle): void
 }
+
+/** Loaded on first open, so importing this module never fails on a machine without the build. */
+const loadNative = addonLoader<NativeNet>({
+  from: import.meta.url,
+  name: 'agent_net',
+  what: 'the datagram socket addon',
+  code: 'ERR_AGENT_NET_ADDON',
+})
 
 /** Opens a UDP socket bound to opts.address:opts.port (default 0.0.0.0, ephemeral). */
 export function openUdp(opts: UdpOptions): DatagramSocket {
@@ -261,54 +265,12 @@ class NativeDatagramSocket implements DatagramSocket {
   }
 
   #fail(err: Error): void {
-    this.close()
-    if (this.onError === undefined) throw err
-    this.onError(err)
+    closeAndReport(this, this.onError, err)
   }
 }
 
 function checkInt(kind: string, what: string, value: number, min: number, max: number): void {
   if (!Number.isInteger(value) || value < min || value > max) {
     throw codeError(`${kind} socket ${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
-  }
-}
-
-function codeError(message: string, code: string): Error {
-  return Object.assign(new Error(message), {code})
-}
-
-let nativeModule: NativeNet | undefined
-
-/** Loaded on first open, so importing this module never fails on a machine without the build. */
-function loadNative(): NativeNet {
-  if (nativeModule !== undefined) return nativeModule
-  const file = join(packageRoot(), 'build', 'Release', 'agent_net.node')
-  if (!existsSync(file)) {
-    const hint = 'run "npx node-gyp rebuild"'
-    throw codeError(`the datagram socket addon is not built: ${file} is missing (${hint})`, 'ERR_AGENT_NET_ADDON')
-  }
-  nativeModule = createRequire(import.meta.url)(file) as NativeNet
-  return nativeModule
-}
-
-/** The directory of the "agent" package.json above this file (dist/ or src/, built or not). */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  for (;;) {
-    if (isAgentPackage(join(dir, 'package.json'))) return dir
-    const parent = dirname(dir)
-    if (parent === dir) {
-      throw codeError(`no "agent" package.json above ${fileURLToPath(import.meta.url)}`, 'ERR_AGENT_NET_ADDON')
-    }
-    dir = parent
-  }
-}
-
-function isAgentPackage(file: string): boolean {
-  if (!existsSync(file)) return false
-  try {
-    return (JSON.parse(readFileSync(file, 'utf8')) as {name?: unknown}).name === 'agent'
-  } catch {
-    return false // unreadable or not JSON: not ours, keep walking up
   }
 }

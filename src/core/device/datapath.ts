@@ -64,6 +64,11 @@ export class DataPath {
     this.single = this.byAddress.size === 1 ? this.byAddress.values().next().value : undefined
   }
 
+  /** The peer whose tunnel address this is. */
+  peerAt(address: number): Peer | undefined {
+    return this.byAddress.get(address)
+  }
+
   peers(): Peer[] {
     return [...this.byAddress.values()]
   }

@@ -5,6 +5,10 @@
  *   datagram from addr:port -> transport.sessionIdOf -> peer -> DataPath.receive(.., addr, port)
  *     data:      accepted only from the peer's current endpoint
  *     keepalive: verified with the session's key; moves the endpoint, then is answered
+ *
+ * Transports with no id on the wire (IPIP) are found by endpoint instead; a payload from an
+ * unknown endpoint goes to the session its inner source names, where only a keepalive that
+ * verifies is accepted (and moves the session), so a spoofed inner source moves nothing.
  */
 import type {CarrierSpec, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
@@ -15,6 +19,12 @@ import {type DatagramRing, type DatagramSocket, openRawIp, openUdp} from '../car
 import {KeepaliveKind} from '../nat/keepalive.js'
 import {KeepaliveState} from '../nat/session-keepalive.js'
 import {TUN_HEADROOM} from '../tun/index.js'
+import {ipv4Source} from '../net/packet.js'
+
+/** One number per endpoint: an IPv4 address and a port fit in 48 bits, a safe integer. */
+function endpointKey(addr: number, port: number): number {
+  return addr * 65536 + port
+}
 
 /** Socket buffers big enough that a burst from many clients is not dropped at the socket. */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -23,6 +33,9 @@ const PAYLOAD_SLACK = 256
 
 export class NodeDatagrams {
   private readonly byId = new Map<number, Peer>()
+  /** Sessions of id-less transports, by endpoint (address * 65536 + port). */
+  private readonly byEndpoint = new Map<number, Peer>()
+  private readonly inner = {offset: 0, length: 0}
   private readonly keepalives = new Map<Peer, KeepaliveState>()
   private readonly socket: DatagramSocket
   readonly queue: SendQueue
@@ -67,8 +80,12 @@ export class NodeDatagrams {
   /** A client's session is open: its datagrams are found by its session id from now on. */
   attach(peer: Peer, keepaliveKey: Buffer): void {
     const id = peer.session.id
-    if (id === undefined) throw new Error(`transport "${this.transport.name}" gave the session no id to find it by`)
-    this.byId.set(id, peer)
+    if (this.transport.sessionIdOf !== undefined) {
+      if (id === undefined) throw new Error(`transport "${this.transport.name}" gave the session no id to find it by`)
+      this.byId.set(id, peer)
+    } else if (this.transport.innerOf === undefined) {
+      throw new Error(`transport "${this.transport.name}" has neither session ids nor innerOf: its datagrams cannot be placed`)
+    }
     this.keepalives.set(peer, new KeepaliveState(keepaliveKey))
   }
 
@@ -80,6 +97,9 @@ export class NodeDatagrams {
   detach(peer: Peer): void {
     const id = peer.session.id
     if (id !== undefined && this.byId.get(id) === peer) this.byId.delete(id)
+    const link = peer.link as DatagramLink
+    const at = endpointKey(link.addr, link.port)
+    if (this.byEndpoint.get(at) === peer) this.byEndpoint.delete(at)
     this.keepalives.delete(peer)
   }
 
@@ -103,14 +123,26 @@ export class NodeDatagrams {
     for (let i = 0; i < count; i++) {
       const off = i * slotSize + headroom
       const len = lengths[i]
-      const id = idOf === undefined ? undefined : idOf(buf, off, len)
-      const peer = id === undefined ? undefined : this.byId.get(id)
+      let peer: Peer | undefined
+      if (idOf !== undefined) {
+        const id = idOf(buf, off, len)
+        peer = id === undefined ? undefined : this.byId.get(id)
+      } else {
+        peer = this.byEndpoint.get(endpointKey(addrs[i], ports[i])) ?? this.byInnerSource(buf, off, len)
+      }
       if (peer === undefined) {
         this.counters.unknownSession++
         continue
       }
       this.datapath.receive(peer, buf, off, len, addrs[i], ports[i])
     }
+  }
+
+  /** Id-less transports, unknown endpoint: the session the inner source names, if any. */
+  private byInnerSource(buf: Buffer, offset: number, length: number): Peer | undefined {
+    const inner = this.inner
+    if (!this.transport.innerOf!(buf, offset, length, inner) || inner.length < 20) return undefined
+    return this.datapath.peerAt(ipv4Source(buf, inner.offset))
   }
 
   private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number): void => {
@@ -123,8 +155,13 @@ export class NodeDatagrams {
     const link = peer.link as DatagramLink
     if (!link.accepts(addr, port)) {
       const was = link.addr === 0 ? null : link.endpoint
+      const old = endpointKey(link.addr, link.port)
+      if (this.byEndpoint.get(old) === peer) this.byEndpoint.delete(old)
       link.addr = addr
       link.port = port
+      // Id-less transports find the session by endpoint; a client that moved where another
+      // session was (a NAT reusing a port) takes the place over: its keepalive proved it.
+      if (this.transport.sessionIdOf === undefined) this.byEndpoint.set(endpointKey(addr, port), peer)
       this.log.info(`client ${peer.name} ${was === null ? 'reached us from' : `moved from ${was} to`} ${link.endpoint}`)
     }
     const reply = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Reply)

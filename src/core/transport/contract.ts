@@ -116,6 +116,14 @@ export interface Transport {
    * decapsulating it, or undefined when the transport has no id on the wire.
    */
   sessionIdOf?(buf: Buffer, offset: number, length: number): number | undefined
+  /**
+   * Node side, transports with no session id on the wire (IPIP): where the inner packet lies
+   * in a payload, without a session. The core finds sessions of such transports by the
+   * sender's endpoint; for a payload from an unknown endpoint it reads the inner source to
+   * find the one session it might belong to, and accepts through it nothing but an
+   * authenticated keepalive (which then moves the session there). False: not a payload.
+   */
+  innerOf?(buf: Buffer, offset: number, length: number, out: Span): boolean
 }
 
 /** What the core passes to a plugin's factory. Grows only by adding optional members. */

@@ -7,11 +7,7 @@
  * i * slotSize + TUN_HEADROOM and is ring.lengths[i] bytes long; the TUN_HEADROOM bytes in front
  * of it are free for a transport to write its header in place.
  */
-import {existsSync, readFileSync} from 'node:fs'
-import {createRequire} from 'node:module'
-import {dirname, join} from 'node:path'
-import {fileURLToPath} from 'node:url'
-
+import {addonLoader, closeAndReport, codeError} from '../native/load.js'
 import type {PacketRing, TunDevice, TunOptions} from './device.js'
 
 /** Bytes reserved in each ring slot before its packet, for an encapsulation header. */
@@ -65,6 +61,14 @@ interface NativeTun {
   writeBatch(handle: NativeHandle, buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number
   close(handle: NativeHandle): void
 }
+
+/** Loaded on first open, so importing this module never fails on a machine without the build. */
+const loadNative = addonLoader<NativeTun>({
+  from: import.meta.url,
+  name: 'agent_tun',
+  what: 'the TUN addon',
+  code: 'ERR_AGENT_TUN_ADDON',
+})
 
 /** Bytes per ring slot for a given MTU: the headroom plus the MTU rounded up to SLOT_ALIGN. */
 export function slotSizeFor(mtu: number): number {
@@ -160,54 +164,12 @@ class LinuxTun implements LinuxTunDevice {
   }
 
   #fail(err: Error): void {
-    this.close()
-    if (this.onError === undefined) throw err
-    this.onError(err)
+    closeAndReport(this, this.onError, err)
   }
 }
 
 function checkInt(what: string, value: number, min: number, max: number): void {
   if (!Number.isInteger(value) || value < min || value > max) {
     throw codeError(`TUN ${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
-  }
-}
-
-function codeError(message: string, code: string): Error {
-  return Object.assign(new Error(message), {code})
-}
-
-let nativeModule: NativeTun | undefined
-
-/** Loaded on first open, so importing this module never fails on a machine without the build. */
-function loadNative(): NativeTun {
-  if (nativeModule !== undefined) return nativeModule
-  const file = join(packageRoot(), 'build', 'Release', 'agent_tun.node')
-  if (!existsSync(file)) {
-    const hint = 'run "npx node-gyp rebuild"'
-    throw codeError(`the TUN addon is not built: ${file} is missing (${hint})`, 'ERR_AGENT_TUN_ADDON')
-  }
-  nativeModule = createRequire(import.meta.url)(file) as NativeTun
-  return nativeModule
-}
-
-/** The directory of the "agent" package.json above this file (dist/ or src/, built or not). */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  for (;;) {
-    if (isAgentPackage(join(dir, 'package.json'))) return dir
-    const parent = dirname(dir)
-    if (parent === dir) {
-      throw codeError(`no "agent" package.json above ${fileURLToPath(import.meta.url)}`, 'ERR_AGENT_TUN_ADDON')
-    }
-    dir = parent
-  }
-}
-
-function isAgentPackage(file: string): boolean {
-  if (!existsSync(file)) return false
-  try {
-    return (JSON.parse(readFileSync(file, 'utf8')) as {name?: unknown}).name === 'agent'
-  } catch {
-    return false // unreadable or not JSON: not ours, keep walking up
   }
 }

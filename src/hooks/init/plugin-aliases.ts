@@ -17,10 +17,20 @@ export function bundledPluginTarballs(root: string): Map<string, string> {
   return found
 }
 
+/**
+ * The transports this project ships. Their short names must only ever mean our own tarballs:
+ * without one (a broken build), plugins:install would otherwise go to the npm registry for a
+ * package of that name, which anybody could have published.
+ */
+export const BUNDLED_TRANSPORTS = ['tls', 'gre', 'ipip', 'ipsec-over-gre'] as const
+
 const hook: Hook<'init'> = async function ({config}) {
   const oclif = config.pjson.oclif as {aliases?: Record<string, string | null>}
   const aliases = (oclif.aliases ??= {})
-  for (const [name, tarball] of bundledPluginTarballs(config.root)) aliases[name] ??= `file:${tarball}`
+  const tarballs = bundledPluginTarballs(config.root)
+  for (const [name, tarball] of tarballs) aliases[name] ??= `file:${tarball}`
+  // oclif refuses a null alias ("<name> is blocked") instead of asking the registry.
+  for (const name of BUNDLED_TRANSPORTS) if (!tarballs.has(name)) aliases[name] ??= null
 }
 
 export default hook

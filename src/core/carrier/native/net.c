@@ -38,8 +38,8 @@
  *   stats(handle) -> {sendErrors, icmpErrors, truncated, fragments, malformed, kernelDrops}
  *   close(handle)                                                (idempotent)
  *
- * Lifetime: the socket struct is shared by the JS handle (napi_wrap) and the uv_poll_t, and
- * freed when both are gone (refs), because uv_close completes on a later loop iteration.
+ * Lifetime, polling, the ring references and the JS calls are src/core/native/poller.c's, shared
+ * with agent_tun; this file opens the socket, receives into the ring, sends and counts.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,6 +58,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "poller.h"
+
 /* recvmmsg/sendmmsg take at most UIO_MAXIOV messages per call. */
 #define MAX_BATCH 1024
 /* The IPv4 header without options: what a raw socket's scratch iovec takes per datagram. */
@@ -70,14 +72,9 @@
 typedef enum { KIND_UDP, KIND_RAW } sock_kind;
 
 typedef struct net_sock {
-  napi_env env;
-  int fd;
-  int refs; /* 1 for the JS handle, +1 while the poll handle is open */
-  bool closed;
-  bool poll_open; /* uv_poll_init done, uv_close not yet called */
-  uv_poll_t poll;
+  poller p; /* first: a poller pointer is a net_sock pointer; p.label is "UDP socket 0.0.0.0:4754",
+             * "raw IP socket for protocol 47"; p.lengths is a view into meta */
   sock_kind kind;
-  char label[64]; /* "UDP socket 0.0.0.0:4754", "raw IP socket for protocol 47": for messages */
   uint32_t batch; /* capacity of the message arrays below */
 
   /* Receive side, allocated at open, pointed at the ring by point_iovecs. */
@@ -90,22 +87,10 @@ typedef struct net_sock {
   struct iovec *siov;
   struct sockaddr_in *sname;
 
-  /* Valid between start and close: the ring and the references keeping it alive. */
-  uint8_t *ring;     /* where the iovecs point; re-checked every wakeup */
-  uint32_t *lengths; /* views into meta */
+  /* Set with p.ring and p.lengths by resolve_ring, on every wakeup: views into meta. */
   uint32_t *addrs;
   uint16_t *ports;
-  uint32_t slot_size;
-  uint32_t headroom;
   uint32_t max_payload;
-  uint32_t slots;
-  napi_ref ring_ref;
-  napi_ref meta_ref;
-  napi_ref on_batch_ref;
-  napi_ref on_error_ref;
-  napi_ref self_ref; /* a started socket is not collected while it can still deliver */
-  napi_async_context async_ctx;
-  napi_async_cleanup_hook_handle cleanup_hook;
 
   /* Counters, read by stats(). Kept after close, for a last status report. */
   uint64_t send_errors[ERRNO_SLOTS + 1]; /* last slot: errnos >= ERRNO_SLOTS */
@@ -115,62 +100,28 @@ typedef struct net_sock {
   uint64_t malformed;
 } net_sock;
 
-/* Tags our handles so a foreign object passed from JS is rejected instead of dereferenced. */
-static const napi_type_tag NET_TAG = {0x6167656e745f6e65ULL, 0x745f736f636b6574ULL};
+static void sock_free(poller *p);
+
+static const poller_class NET = {
+    /* Tags our handles so a foreign object passed from JS is rejected instead of dereferenced. */
+    .tag = {0x6167656e745f6e65ULL, 0x745f736f636b6574ULL},
+    .not_handle = "not a datagram socket handle",
+    .napi_code = "ERR_AGENT_NET_NAPI",
+    .closed_code = "ERR_AGENT_NET_CLOSED",
+    .closed_msg = "the socket is closed",
+    .started_code = "ERR_AGENT_NET_STARTED",
+    .started_msg = "the socket is already started",
+    .ring_code = "ERR_AGENT_NET_RING",
+    .watch_msg = "cannot watch the datagram socket",
+    .async_name = "agent:net",
+    /* errno's symbolic name ("ECONNREFUSED"), as Node's own system errors use for err.code. */
+    .errno_code = poller_errno_name,
+    .free = sock_free,
+};
+
+#define NAPI_OK(env, call) POLLER_NAPI_OK(&NET, env, call)
 
 /* ---------- errors ---------- */
-
-static void throw_error(napi_env env, const char *code, const char *msg) {
-  napi_value c, m, err;
-  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok ||
-      napi_create_error(env, c, m, &err) != napi_ok) {
-    napi_throw_error(env, code, msg); /* best effort when even allocation fails */
-    return;
-  }
-  napi_throw(env, err);
-}
-
-/*
- * errno's symbolic name ("ECONNREFUSED"), as Node's own system errors use for err.code. glibc
- * names every errno; libuv (the fallback) lacks a few, and its uv_err_name leaks a string for
- * those, so the _r variant writes into the caller's buffer.
- */
-static const char *errno_code(int err, char *buf, size_t len) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
-  snprintf(buf, len, "E%d", err);
-  return buf;
-#else
-  return uv_err_name_r(uv_translate_sys_error(err), buf, len);
-#endif
-}
-
-static void throw_errno(napi_env env, int err, const char *what) {
-  char msg[256], name[32];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  throw_error(env, errno_code(err, name, sizeof name), msg);
-}
-
-/* Turns the N-API call that just failed into a JS exception unless one is already pending. */
-static void throw_napi(napi_env env) {
-  bool pending = false;
-  const napi_extended_error_info *info = NULL;
-  napi_get_last_error_info(env, &info); /* first: any other call resets it */
-  const char *msg = info && info->error_message ? info->error_message : "N-API call failed";
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  throw_error(env, "ERR_AGENT_NET_NAPI", msg);
-}
-
-#define NAPI_OK(env, call)   \
-  do {                       \
-    napi_status s_ = (call); \
-    if (s_ != napi_ok) {     \
-      throw_napi(env);       \
-      return NULL;           \
-    }                        \
-  } while (0)
 
 static void format_addr(uint32_t addr, char *buf, size_t len) {
   snprintf(buf, len, "%u.%u.%u.%u", addr >> 24, (addr >> 16) & 255, (addr >> 8) & 255, addr & 255);
@@ -208,7 +159,8 @@ static void count_errno(uint64_t *counters, int err) {
 
 /* ---------- lifetime ---------- */
 
-static void sock_free(net_sock *s) {
+static void sock_free(poller *p) {
+  net_sock *s = (net_sock *)p;
   free(s->rmsgs);
   free(s->riov);
   free(s->rname);
@@ -219,92 +171,8 @@ static void sock_free(net_sock *s) {
   free(s);
 }
 
-static void sock_unref(net_sock *s) {
-  if (--s->refs == 0) sock_free(s);
-}
-
-static void delete_ref(napi_env env, napi_ref *ref) {
-  if (*ref == NULL) return;
-  napi_delete_reference(env, *ref); /* cannot fail for a live ref; nothing to do if it did */
-  *ref = NULL;
-}
-
-/* Drops everything start() took from JS. */
-static void release_js(napi_env env, net_sock *s) {
-  delete_ref(env, &s->ring_ref);
-  delete_ref(env, &s->meta_ref);
-  delete_ref(env, &s->on_batch_ref);
-  delete_ref(env, &s->on_error_ref);
-  delete_ref(env, &s->self_ref);
-  if (s->async_ctx != NULL) {
-    napi_async_destroy(env, s->async_ctx);
-    s->async_ctx = NULL;
-  }
-  s->ring = NULL;
-  s->lengths = NULL;
-  s->addrs = NULL;
-  s->ports = NULL;
-}
-
-static void on_poll_closed(uv_handle_t *h) {
-  net_sock *s = h->data;
-  /* Either unregisters the hook (JS closed us) or tells Node teardown we are done. */
-  if (s->cleanup_hook != NULL) {
-    napi_remove_async_cleanup_hook(s->cleanup_hook);
-    s->cleanup_hook = NULL;
-  }
-  sock_unref(s);
-}
-
-static void close_poll(net_sock *s) {
-  if (!s->poll_open) return;
-  s->poll_open = false;
-  uv_poll_stop(&s->poll); /* cannot fail for an initialised handle */
-  /* uv_close removes the fd from epoll now, so the fd may be closed right after. */
-  uv_close((uv_handle_t *)&s->poll, on_poll_closed);
-}
-
-/* Stops polling, closes the socket, lets go of the JS ring. Idempotent, never blocks. */
-static void sock_close(napi_env env, net_sock *s) {
-  if (s->closed) return;
-  s->closed = true;
-  close_poll(s);
-  if (s->fd >= 0) {
-    /* On Linux close(2) releases the fd even when it reports an error: nothing to retry. A
-     * datagram socket has no lingering state, so this never blocks. */
-    (void)close(s->fd);
-    s->fd = -1;
-  }
-  release_js(env, s);
-}
-
-static void on_finalize(napi_env env, void *data, void *hint) {
-  (void)hint;
-  net_sock *s = data;
-  sock_close(env, s);
-  sock_unref(s);
-}
-
-/* Node is tearing the environment down (worker exit): close so the loop can close. */
-static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
-  net_sock *s = arg;
-  (void)handle; /* same as s->cleanup_hook */
-  /* The hook lives exactly as long as the poll handle: on_poll_closed removes it, which tells
-   * Node we are done. If JS already closed us, that close callback is just pending. */
-  sock_close(s->env, s);
-}
-
-static napi_value get_sock(napi_env env, napi_value handle, net_sock **out) {
-  bool ok = false;
-  void *data = NULL;
-  NAPI_OK(env, napi_check_object_type_tag(env, handle, &NET_TAG, &ok));
-  if (!ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a datagram socket handle");
-    return NULL;
-  }
-  NAPI_OK(env, napi_unwrap(env, handle, &data));
-  *out = data;
-  return handle;
+static net_sock *get_sock(napi_env env, napi_value handle) {
+  return (net_sock *)poller_get(&NET, env, handle);
 }
 
 /* ---------- open ---------- */
@@ -387,27 +255,11 @@ static bool alloc_arrays(net_sock *s, uint32_t batch) {
   return true;
 }
 
-/* Wraps a ready fd in a JS handle; on failure closes fd, frees s and throws. */
-static napi_value wrap_sock(napi_env env, net_sock *s) {
-  napi_value handle;
-  napi_status st = napi_create_object(env, &handle);
-  if (st == napi_ok) st = napi_wrap(env, handle, s, on_finalize, NULL, NULL);
-  if (st != napi_ok) {
-    close(s->fd);
-    sock_free(s);
-    throw_napi(env);
-    return NULL;
-  }
-  /* From here on the finalizer owns s. */
-  NAPI_OK(env, napi_type_tag_object(env, handle, &NET_TAG));
-  return handle;
-}
-
 /* Reads uint32 arguments; false (with a JS exception pending) if one is not a number. */
 static bool get_u32s(napi_env env, napi_value *argv, uint32_t *out, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok) {
-      throw_napi(env);
+      poller_throw_napi(&NET, env);
       return false;
     }
   }
@@ -417,29 +269,22 @@ static bool get_u32s(napi_env env, napi_value *argv, uint32_t *out, size_t n) {
 static net_sock *new_sock(napi_env env, sock_kind kind, int fd, uint32_t batch) {
   net_sock *s = calloc(1, sizeof *s);
   if (s != NULL) {
-    s->env = env;
-    s->fd = fd;
-    s->refs = 1;
+    poller_init(&s->p, &NET, env, fd);
     s->kind = kind;
     if (alloc_arrays(s, batch)) return s;
-    sock_free(s);
+    sock_free(&s->p);
   }
   close(fd);
-  throw_errno(env, ENOMEM, "cannot open datagram socket");
+  poller_throw_errno(&NET, env, ENOMEM, "cannot open datagram socket");
   return NULL;
 }
 
 static napi_value net_open_udp(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
   uint32_t a[5]; /* addr, port, batch, rcvbuf, sndbuf */
   char where[32], msg[256], name[32];
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "openUdp(addr, port, batch, rcvbuf, sndbuf)");
-    return NULL;
-  }
+  if (!poller_args(&NET, env, info, 5, argv, "openUdp(addr, port, batch, rcvbuf, sndbuf)")) return NULL;
   if (!get_u32s(env, argv, a, 5)) return NULL;
   if (a[1] > 65535 || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 || a[4] > INT32_MAX / 2) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "openUdp: port, batch or buffer size out of range");
@@ -449,7 +294,7 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
 
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    throw_errno(env, errno, "cannot open UDP socket");
+    poller_throw_errno(&NET, env, errno, "cannot open UDP socket");
     return NULL;
   }
   const char *what;
@@ -457,7 +302,7 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
   if (err != 0) {
     close(fd);
     snprintf(msg, sizeof msg, "cannot set up UDP socket: %s", what);
-    throw_errno(env, err, msg);
+    poller_throw_errno(&NET, env, err, msg);
     return NULL;
   }
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a[1])};
@@ -476,34 +321,29 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
     } else {
       snprintf(msg, sizeof msg, "cannot bind UDP port %u on %s: %s", a[1], where, strerror(err));
     }
-    throw_error(env, errno_code(err, name, sizeof name), msg);
+    poller_throw_error(env, poller_errno_name(err, name, sizeof name), msg);
     return NULL;
   }
   socklen_t len = sizeof sa;
   if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
     err = errno;
     close(fd);
-    throw_errno(env, err, "cannot read the UDP socket's address");
+    poller_throw_errno(&NET, env, err, "cannot read the UDP socket's address");
     return NULL;
   }
 
   net_sock *s = new_sock(env, KIND_UDP, fd, a[2]);
   if (s == NULL) return NULL;
-  snprintf(s->label, sizeof s->label, "UDP socket %s:%u", where, ntohs(sa.sin_port));
-  return wrap_sock(env, s);
+  snprintf(s->p.label, sizeof s->p.label, "UDP socket %s:%u", where, ntohs(sa.sin_port));
+  return poller_wrap(&s->p);
 }
 
 static napi_value net_open_raw(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
   uint32_t a[5]; /* protocol, addr, batch, rcvbuf, sndbuf */
   char where[32], msg[256], name[32], label[64];
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "openRaw(protocol, addr, batch, rcvbuf, sndbuf)");
-    return NULL;
-  }
+  if (!poller_args(&NET, env, info, 5, argv, "openRaw(protocol, addr, batch, rcvbuf, sndbuf)")) return NULL;
   if (!get_u32s(env, argv, a, 5)) return NULL;
   /* 0 is not a protocol a raw socket can receive, and 255 (IPPROTO_RAW) implies IP_HDRINCL. */
   if (a[0] == 0 || a[0] >= IPPROTO_RAW || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 ||
@@ -519,10 +359,10 @@ static napi_value net_open_raw(napi_env env, napi_callback_info info) {
     int err = errno;
     if (err == EPERM || err == EACCES) {
       snprintf(msg, sizeof msg, "%s needs root or CAP_NET_RAW", label);
-      throw_error(env, errno_code(err, name, sizeof name), msg);
+      poller_throw_error(env, poller_errno_name(err, name, sizeof name), msg);
     } else {
       snprintf(msg, sizeof msg, "cannot open %s", label);
-      throw_errno(env, err, msg);
+      poller_throw_errno(&NET, env, err, msg);
     }
     return NULL;
   }
@@ -531,7 +371,7 @@ static napi_value net_open_raw(napi_env env, napi_callback_info info) {
   if (err != 0) {
     close(fd);
     snprintf(msg, sizeof msg, "cannot set up %s: %s", label, what);
-    throw_errno(env, err, msg);
+    poller_throw_errno(&NET, env, err, msg);
     return NULL;
   }
   /* Bound to an address, the socket only sees packets to it and sends from it. */
@@ -546,15 +386,15 @@ static napi_value net_open_raw(napi_env env, napi_callback_info info) {
       } else {
         snprintf(msg, sizeof msg, "cannot bind %s to %s: %s", label, where, strerror(err));
       }
-      throw_error(env, errno_code(err, name, sizeof name), msg);
+      poller_throw_error(env, poller_errno_name(err, name, sizeof name), msg);
       return NULL;
     }
   }
 
   net_sock *s = new_sock(env, KIND_RAW, fd, a[2]);
   if (s == NULL) return NULL;
-  memcpy(s->label, label, sizeof label);
-  return wrap_sock(env, s);
+  memcpy(s->p.label, label, sizeof label);
+  return poller_wrap(&s->p);
 }
 
 static napi_status set_u32(napi_env env, napi_value obj, const char *key, uint32_t v) {
@@ -564,7 +404,6 @@ static napi_status set_u32(napi_env env, napi_value obj, const char *key, uint32
 }
 
 static napi_value net_info(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], out;
   net_sock *s;
   struct sockaddr_in sa;
@@ -572,21 +411,13 @@ static napi_value net_info(napi_env env, napi_callback_info info) {
   int rcv = 0, snd = 0;
   socklen_t ilen = sizeof rcv;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "info(handle)");
-    return NULL;
-  }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
-  if (s->closed) {
-    throw_error(env, "ERR_AGENT_NET_CLOSED", "the socket is closed");
-    return NULL;
-  }
+  if (!poller_args(&NET, env, info, 1, argv, "info(handle)")) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL || !poller_check_open(&s->p)) return NULL;
   memset(&sa, 0, sizeof sa);
-  if (getsockname(s->fd, (struct sockaddr *)&sa, &len) != 0 ||
-      getsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &rcv, &ilen) != 0 ||
-      (ilen = sizeof snd, getsockopt(s->fd, SOL_SOCKET, SO_SNDBUF, &snd, &ilen)) != 0) {
-    throw_errno(env, errno, "cannot read the socket's address and buffer sizes");
+  if (getsockname(s->p.fd, (struct sockaddr *)&sa, &len) != 0 ||
+      getsockopt(s->p.fd, SOL_SOCKET, SO_RCVBUF, &rcv, &ilen) != 0 ||
+      (ilen = sizeof snd, getsockopt(s->p.fd, SOL_SOCKET, SO_SNDBUF, &snd, &ilen)) != 0) {
+    poller_throw_errno(&NET, env, errno, "cannot read the socket's address and buffer sizes");
     return NULL;
   }
   NAPI_OK(env, napi_create_object(env, &out));
@@ -599,82 +430,36 @@ static napi_value net_info(napi_env env, napi_callback_info info) {
 
 /* ---------- reading ---------- */
 
-/* Calls a JS function from a libuv callback: own scope, async context, uncaught errors. */
-static void call_js(net_sock *s, napi_ref fn_ref, napi_value arg) {
-  napi_env env = s->env;
-  napi_value fn, recv, result;
-  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
-  bool pending = false;
-  /* napi_make_callback insists on an object receiver; undefined would throw a TypeError. */
-  if (napi_get_global(env, &recv) != napi_ok) return;
-  napi_status st = napi_make_callback(env, s->async_ctx, recv, fn, 1, &arg, &result);
-  if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    /* Nobody up the stack can catch it: report it like any other uncaught exception. */
-    napi_value exc;
-    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
-  }
-}
-
-static void deliver_batch(net_sock *s, uint32_t count) {
-  napi_handle_scope scope;
-  napi_value n;
-  if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
-  if (napi_create_uint32(s->env, count, &n) == napi_ok) call_js(s, s->on_batch_ref, n);
-  napi_close_handle_scope(s->env, scope);
-}
-
-/* An error that will not go away: stop polling (no busy loop) and tell JS. */
-static void deliver_error(net_sock *s, const char *code, const char *msg) {
-  napi_handle_scope scope;
-  napi_value c, m, e;
-  uv_poll_stop(&s->poll);
-  if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
-  if (napi_create_string_utf8(s->env, code, NAPI_AUTO_LENGTH, &c) == napi_ok &&
-      napi_create_string_utf8(s->env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok &&
-      napi_create_error(s->env, c, m, &e) == napi_ok) {
-    call_js(s, s->on_error_ref, e);
-  }
-  napi_close_handle_scope(s->env, scope);
-}
-
 static void deliver_errno(net_sock *s, int err, const char *what) {
   char msg[256], name[32];
-  snprintf(msg, sizeof msg, "%s: %s failed: %s", s->label, what, strerror(err));
-  deliver_error(s, errno_code(err, name, sizeof name), msg);
+  snprintf(msg, sizeof msg, "%s: %s failed: %s", s->p.label, what, strerror(err));
+  poller_deliver_error(&s->p, poller_errno_name(err, name, sizeof name), msg);
 }
 
 /* Points the receive iovecs at the ring's slots (once per start, or if the ring moved). */
 static void point_iovecs(net_sock *s, uint8_t *ring) {
   const uint32_t step = s->kind == KIND_RAW ? 2 : 1, first = step - 1;
-  for (uint32_t i = 0; i < s->slots; i++) {
-    s->riov[i * step + first].iov_base = ring + (size_t)i * s->slot_size + s->headroom;
+  for (uint32_t i = 0; i < s->p.slots; i++) {
+    s->riov[i * step + first].iov_base = ring + (size_t)i * s->p.slot_size + s->p.headroom;
     s->riov[i * step + first].iov_len = s->max_payload;
   }
-  s->ring = ring;
+  s->p.ring = ring;
 }
 
-/*
- * Looks the ring and meta up again on every wakeup (a few N-API calls per batch, not per
- * datagram): if JS transferred or detached their ArrayBuffers, a cached pointer would let
- * recvmmsg write into memory that is no longer ours. Needs an open handle scope.
- */
+/* Looks the ring and meta up again on every wakeup. Needs an open handle scope. */
 static bool resolve_ring(net_sock *s) {
-  napi_value buf, meta;
-  void *data = NULL, *mdata = NULL;
-  size_t len = 0, mlen = 0;
-  if (napi_get_reference_value(s->env, s->ring_ref, &buf) != napi_ok || buf == NULL ||
-      napi_get_reference_value(s->env, s->meta_ref, &meta) != napi_ok || meta == NULL ||
-      napi_get_buffer_info(s->env, buf, &data, &len) != napi_ok ||
-      napi_get_arraybuffer_info(s->env, meta, &mdata, &mlen) != napi_ok) {
+  uint8_t *ring;
+  napi_value meta;
+  void *mdata = NULL;
+  size_t mlen = 0;
+  if (!poller_ring(&s->p, &ring, &meta) || napi_get_arraybuffer_info(s->p.env, meta, &mdata, &mlen) != napi_ok) {
     return false;
   }
-  if (data == NULL || mdata == NULL || len < (size_t)s->slots * s->slot_size || mlen < (size_t)s->slots * 10) {
-    return false;
-  }
-  if (data != s->ring) point_iovecs(s, data);
-  s->lengths = mdata;
-  s->addrs = (uint32_t *)((uint8_t *)mdata + (size_t)s->slots * 4);
-  s->ports = (uint16_t *)((uint8_t *)mdata + (size_t)s->slots * 8);
+  if (mdata == NULL || mlen < (size_t)s->p.slots * 10) return false;
+  if (ring != s->p.ring) point_iovecs(s, ring);
+  s->p.lengths = mdata;
+  s->addrs = (uint32_t *)((uint8_t *)mdata + (size_t)s->p.slots * 4);
+  s->ports = (uint16_t *)((uint8_t *)mdata + (size_t)s->p.slots * 8);
   return true;
 }
 
@@ -686,7 +471,7 @@ static bool resolve_ring(net_sock *s) {
 static bool accept_datagram(net_sock *s, uint32_t j, uint32_t to) {
   struct msghdr *m = &s->rmsgs[j].msg_hdr;
   uint32_t n = s->rmsgs[j].msg_len;
-  uint8_t *payload = s->ring + (size_t)j * s->slot_size + s->headroom;
+  uint8_t *payload = s->p.ring + (size_t)j * s->p.slot_size + s->p.headroom;
   m->msg_namelen = sizeof s->rname[j]; /* in/out: restore for the next call */
   /* The datagram was larger than max_payload (plus a raw socket's IPv4 header): the kernel
    * copied what fit and threw the rest away. */
@@ -717,8 +502,8 @@ static bool accept_datagram(net_sock *s, uint32_t j, uint32_t to) {
     /* Options (never seen on GRE/IPIP in practice) landed in front of the payload. */
     if (ihl > IPV4_HEADER) memmove(payload, payload + (ihl - IPV4_HEADER), n);
   }
-  if (to != j) memmove(s->ring + (size_t)to * s->slot_size + s->headroom, payload, n);
-  s->lengths[to] = n;
+  if (to != j) memmove(s->p.ring + (size_t)to * s->p.slot_size + s->p.headroom, payload, n);
+  s->p.lengths[to] = n;
   s->addrs[to] = ntohl(s->rname[j].sin_addr.s_addr);
   s->ports[to] = s->kind == KIND_UDP ? ntohs(s->rname[j].sin_port) : 0;
   return true;
@@ -733,9 +518,9 @@ static bool accept_datagram(net_sock *s, uint32_t j, uint32_t to) {
 static uint32_t drain(net_sock *s, int *err, bool *icmp) {
   uint32_t count = 0;
   *err = 0;
-  while (count < s->slots) {
-    uint32_t want = s->slots - count;
-    int n = recvmmsg(s->fd, s->rmsgs + count, want, MSG_DONTWAIT, NULL);
+  while (count < s->p.slots) {
+    uint32_t want = s->p.slots - count;
+    int n = recvmmsg(s->p.fd, s->rmsgs + count, want, MSG_DONTWAIT, NULL);
     if (n < 0) {
       int e = errno;
       if (e == EINTR) continue;
@@ -784,7 +569,7 @@ static uint32_t drain_errqueue(net_sock *s, bool *more) {
         .msg_control = ctrl.buf,
         .msg_controllen = sizeof ctrl.buf,
     };
-    if (recvmsg(s->fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+    if (recvmsg(s->p.fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
       if (errno == EINTR) continue;
       return read; /* EAGAIN: empty */
     }
@@ -811,17 +596,17 @@ static bool recover_pollerr(net_sock *s, bool icmp_seen) {
   uint32_t queued = drain_errqueue(s, &more);
   int soerr = 0;
   socklen_t len = sizeof soerr;
-  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno; /* clears it */
+  if (getsockopt(s->p.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno; /* clears it */
   if (soerr != 0 && !is_icmp_error(soerr)) {
     deliver_errno(s, soerr, "receive");
     return false;
   }
   if (queued == 0 && soerr == 0 && !icmp_seen) {
-    struct pollfd p = {.fd = s->fd, .events = POLLIN};
+    struct pollfd p = {.fd = s->p.fd, .events = POLLIN};
     if (poll(&p, 1, 0) == 1 && (p.revents & POLLERR)) {
       char msg[160];
-      snprintf(msg, sizeof msg, "%s reports an error that cannot be read or cleared", s->label);
-      deliver_error(s, "ERR_AGENT_NET_POLL", msg);
+      snprintf(msg, sizeof msg, "%s reports an error that cannot be read or cleared", s->p.label);
+      poller_deliver_error(&s->p, "ERR_AGENT_NET_POLL", msg);
       return false;
     }
   }
@@ -832,43 +617,27 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   (void)events;
   net_sock *s = h->data;
   napi_handle_scope scope;
-  if (s->closed || napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  if (s->p.closed || napi_open_handle_scope(s->p.env, &scope) != napi_ok) return;
   if (!resolve_ring(s)) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s: the ring buffer was detached or shrunk", s->label);
-    deliver_error(s, "ERR_AGENT_NET_RING", msg);
+    poller_deliver_ring_error(&s->p);
   } else {
     int err;
     bool icmp = false;
     uint32_t count = drain(s, &err, &icmp);
-    if (count > 0) deliver_batch(s, count);
+    if (count > 0) poller_deliver_batch(&s->p, count);
     /* The batch handler may have closed the socket; s stays valid until the close callback. */
-    if (!s->closed && err != 0) {
+    if (!s->p.closed && err != 0) {
       deliver_errno(s, err, "recvmmsg");
-    } else if (!s->closed && status < 0 && recover_pollerr(s, icmp)) {
+    } else if (!s->p.closed && status < 0 && recover_pollerr(s, icmp)) {
       /* libuv passes UV_EBADF for POLLERR and has stopped the handle: start it again. */
-      int rc = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+      int rc = uv_poll_start(&s->p.poll, UV_READABLE, on_readable);
       if (rc != 0) deliver_errno(s, -rc, "uv_poll_start");
     }
   }
-  napi_close_handle_scope(s->env, scope);
-}
-
-/* Takes the references start() needs; on failure the caller releases what was taken. */
-static napi_status take_refs(napi_env env, net_sock *s, napi_value *argv) {
-  napi_status st;
-  if ((st = napi_create_reference(env, argv[0], 1, &s->self_ref)) != napi_ok) return st;
-  if ((st = napi_create_reference(env, argv[1], 1, &s->ring_ref)) != napi_ok) return st;
-  if ((st = napi_create_reference(env, argv[2], 1, &s->meta_ref)) != napi_ok) return st;
-  if ((st = napi_create_reference(env, argv[7], 1, &s->on_batch_ref)) != napi_ok) return st;
-  if ((st = napi_create_reference(env, argv[8], 1, &s->on_error_ref)) != napi_ok) return st;
-  napi_value name;
-  if ((st = napi_create_string_utf8(env, "agent:net", NAPI_AUTO_LENGTH, &name)) != napi_ok) return st;
-  return napi_async_init(env, argv[0], name, &s->async_ctx);
+  napi_close_handle_scope(s->p.env, scope);
 }
 
 static napi_value net_start(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
   net_sock *s;
   void *ring, *meta;
@@ -876,21 +645,11 @@ static napi_value net_start(napi_env env, napi_callback_info info) {
   bool is_ab = false;
   uint32_t a[4]; /* slotSize, headroom, maxPayload, slots */
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 9) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS",
-                          "start(handle, ring, meta, slotSize, headroom, maxPayload, slots, onBatch, onError)");
+  if (!poller_args(&NET, env, info, 9, argv,
+                   "start(handle, ring, meta, slotSize, headroom, maxPayload, slots, onBatch, onError)")) {
     return NULL;
   }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
-  if (s->closed) {
-    throw_error(env, "ERR_AGENT_NET_CLOSED", "the socket is closed");
-    return NULL;
-  }
-  if (s->poll_open) {
-    throw_error(env, "ERR_AGENT_NET_STARTED", "the socket is already started");
-    return NULL;
-  }
+  if ((s = get_sock(env, argv[0])) == NULL || !poller_check_startable(&s->p)) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &ring, &ring_len));
   NAPI_OK(env, napi_is_arraybuffer(env, argv[2], &is_ab));
   if (!is_ab) {
@@ -905,53 +664,20 @@ static napi_value net_start(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "ring does not match slotSize/headroom/maxPayload/slots");
     return NULL;
   }
-
-  uv_loop_t *loop;
-  NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
-  napi_status st = take_refs(env, s, argv);
-  if (st != napi_ok) {
-    throw_napi(env); /* before release_js, whose calls would reset the error info */
-    release_js(env, s);
-    return NULL;
-  }
-  s->slot_size = slot_size;
-  s->headroom = headroom;
+  s->p.slot_size = slot_size;
+  s->p.headroom = headroom;
+  s->p.slots = slots;
   s->max_payload = max_payload;
-  s->slots = slots;
-  point_iovecs(s, ring);
-
-  int rc = uv_poll_init(loop, &s->poll, s->fd);
-  if (rc != 0) {
-    release_js(env, s);
-    throw_errno(env, -rc, "cannot watch the datagram socket");
-    return NULL;
-  }
-  s->poll.data = s;
-  s->poll_open = true;
-  s->refs++; /* released in on_poll_closed */
-
-  rc = uv_poll_start(&s->poll, UV_READABLE, on_readable);
-  if (rc == 0 && napi_add_async_cleanup_hook(env, on_env_cleanup, s, &s->cleanup_hook) != napi_ok) rc = UV_ENOMEM;
-  if (rc != 0) {
-    sock_close(env, s); /* the poll struct is closing, so this socket cannot start again */
-    throw_errno(env, -rc, "cannot watch the datagram socket");
-    return NULL;
-  }
+  if (poller_start(&s->p, argv[0], argv[1], argv[2], argv[7], argv[8], on_readable)) point_iovecs(s, ring);
   return NULL;
 }
 
 /* ---------- sending ---------- */
 
-static napi_value make_bool(napi_env env, bool v) {
-  napi_value r;
-  NAPI_OK(env, napi_get_boolean(env, v, &r));
-  return r;
-}
-
 static void throw_send_error(napi_env env, net_sock *s, int err) {
   char msg[256];
-  snprintf(msg, sizeof msg, "%s: send failed", s->label);
-  throw_errno(env, err, msg);
+  snprintf(msg, sizeof msg, "%s: send failed", s->p.label);
+  poller_throw_errno(&NET, env, err, msg);
 }
 
 /*
@@ -964,7 +690,7 @@ static int send_one(net_sock *s, const uint8_t *p, size_t len, uint32_t addr, ui
   sa.sin_addr.s_addr = htonl(addr);
   bool retried = false;
   for (;;) {
-    if (sendto(s->fd, p, len, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof sa) >= 0) return 0;
+    if (sendto(s->p.fd, p, len, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof sa) >= 0) return 0;
     int err = errno;
     if (err == EINTR) continue;
     if (!retried && is_icmp_error(err)) {
@@ -976,19 +702,14 @@ static int send_one(net_sock *s, const uint8_t *p, size_t len, uint32_t addr, ui
 }
 
 static napi_value net_send(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
   net_sock *s;
   void *data;
   size_t len;
   uint32_t a[4]; /* offset, length, addr, port */
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 6) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "send(handle, buf, offset, length, addr, port)");
-    return NULL;
-  }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  if (!poller_args(&NET, env, info, 6, argv, "send(handle, buf, offset, length, addr, port)")) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
   if (!get_u32s(env, argv + 2, a, 4)) return NULL;
   if ((uint64_t)a[0] + a[1] > len) {
@@ -999,22 +720,22 @@ static napi_value net_send(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "port must be 0 to 65535");
     return NULL;
   }
-  if (s->closed) return make_bool(env, false);
+  if (s->p.closed) return poller_bool(&NET, env, false);
   int err = send_one(s, (const uint8_t *)data + a[0], a[1], a[2], a[3]);
-  if (err == 0) return make_bool(env, true);
+  if (err == 0) return poller_bool(&NET, env, true);
   if (is_fatal_send_error(err)) {
     throw_send_error(env, s, err);
     return NULL;
   }
   count_errno(s->send_errors, err == EWOULDBLOCK ? EAGAIN : err);
-  return make_bool(env, false);
+  return poller_bool(&NET, env, false);
 }
 
 /* Reads a typed array argument; false (exception pending) unless it is one of the two types. */
 static bool get_array(napi_env env, napi_value v, napi_typedarray_type t1, napi_typedarray_type t2,
                       napi_typedarray_type *type, void **data, size_t *count) {
   if (napi_get_typedarray_info(env, v, type, count, data, NULL, NULL) != napi_ok) {
-    throw_napi(env);
+    poller_throw_napi(&NET, env);
     return false;
   }
   if (*type != t1 && *type != t2) {
@@ -1036,7 +757,7 @@ static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sen
   uint32_t i = 0;
   bool retried = false;
   while (i < n) {
-    int r = sendmmsg(s->fd, s->smsgs + i, n - i, MSG_DONTWAIT);
+    int r = sendmmsg(s->p.fd, s->smsgs + i, n - i, MSG_DONTWAIT);
     if (r > 0) {
       /* Fewer than asked: message i + r failed and sendmmsg dropped its error; the next call
        * starts with it and reports it (or, for a cleared ICMP error, sends it). */
@@ -1068,7 +789,6 @@ static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sen
 }
 
 static napi_value net_send_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
   net_sock *s;
   void *data;
@@ -1078,12 +798,10 @@ static napi_value net_send_batch(napi_env env, napi_callback_info info) {
   void *offs, *lens, *addrs, *ports;
   uint32_t count;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 7) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "sendBatch(handle, buf, offsets, lengths, addrs, ports, count)");
+  if (!poller_args(&NET, env, info, 7, argv, "sendBatch(handle, buf, offsets, lengths, addrs, ports, count)")) {
     return NULL;
   }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
   if (!get_array(env, argv[2], napi_uint32_array, napi_uint32_array, &otype, &offs, &ocount) ||
       !get_array(env, argv[3], napi_uint32_array, napi_uint32_array, &ltype, &lens, &lcount) ||
@@ -1112,7 +830,7 @@ static napi_value net_send_batch(napi_env env, napi_callback_info info) {
   }
 
   uint32_t sent = 0;
-  if (!s->closed) {
+  if (!s->p.closed) {
     /* In chunks of the arrays' capacity (the socket's batch size). */
     for (uint32_t base = 0; base < count; base += s->batch) {
       uint32_t n = count - base < s->batch ? count - base : s->batch;
@@ -1145,7 +863,7 @@ static napi_status errno_counts(napi_env env, const uint64_t *counters, napi_val
   for (int e = 0; st == napi_ok && e <= ERRNO_SLOTS; e++) {
     if (counters[e] == 0) continue;
     napi_value n;
-    const char *key = e < ERRNO_SLOTS ? errno_code(e, name, sizeof name) : "other";
+    const char *key = e < ERRNO_SLOTS ? poller_errno_name(e, name, sizeof name) : "other";
     st = napi_create_double(env, (double)counters[e], &n);
     if (st == napi_ok) st = napi_set_named_property(env, *out, key, n);
   }
@@ -1159,17 +877,12 @@ static napi_status set_count(napi_env env, napi_value obj, const char *key, uint
 }
 
 static napi_value net_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], out, send_errors, icmp_errors;
   net_sock *s;
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "stats(handle)");
-    return NULL;
-  }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
+  if (!poller_args(&NET, env, info, 1, argv, "stats(handle)")) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL) return NULL;
   /* Not started: nothing reads the error queue on POLLERR, so count what is there now. */
-  if (!s->closed && !s->poll_open) {
+  if (!s->p.closed && !s->p.poll_open) {
     bool more;
     while (drain_errqueue(s, &more) > 0 && more) {
     }
@@ -1179,7 +892,7 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
   double kernel_drops = -1;
   uint32_t meminfo[SK_MEMINFO_VARS];
   socklen_t mlen = sizeof meminfo;
-  if (!s->closed && getsockopt(s->fd, SOL_SOCKET, SO_MEMINFO, meminfo, &mlen) == 0 &&
+  if (!s->p.closed && getsockopt(s->p.fd, SOL_SOCKET, SO_MEMINFO, meminfo, &mlen) == 0 &&
       mlen > SK_MEMINFO_DROPS * sizeof meminfo[0]) {
     kernel_drops = meminfo[SK_MEMINFO_DROPS];
   }
@@ -1200,34 +913,21 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
 /* ---------- close ---------- */
 
 static napi_value net_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
   net_sock *s;
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "close(handle)");
-    return NULL;
-  }
-  if (get_sock(env, argv[0], &s) == NULL) return NULL;
-  sock_close(env, s);
+  if (!poller_args(&NET, env, info, 1, argv, "close(handle)")) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL) return NULL;
+  poller_close(env, &s->p);
   return NULL;
 }
 
 /* ---------- module ---------- */
 
 NAPI_MODULE_INIT() {
-  static const struct {
-    const char *name;
-    napi_callback fn;
-  } fns[] = {
+  static const poller_fn fns[] = {
       {"openUdp", net_open_udp}, {"openRaw", net_open_raw},        {"info", net_info},
       {"start", net_start},      {"send", net_send},               {"sendBatch", net_send_batch},
       {"stats", net_stats},      {"close", net_close},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_value f;
-    NAPI_OK(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
-    NAPI_OK(env, napi_set_named_property(env, exports, fns[i].name, f));
-  }
-  return exports;
+  return poller_export(&NET, env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -18,8 +18,8 @@
  *   writeBatch(handle, buf, offsets, lengths, count) -> number written
  *   close(handle)                                          (idempotent)
  *
- * Lifetime: the device struct is shared by the JS handle (napi_wrap) and the uv_poll_t, and
- * freed when both are gone (refs), because uv_close completes on a later loop iteration.
+ * Lifetime, polling, the ring references and the JS calls are src/core/native/poller.c's, shared
+ * with agent_net; this file opens the device, reads packets into the ring and writes them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,45 +36,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "poller.h"
+
 typedef struct tun_dev {
-  napi_env env;
-  int fd;
-  int refs; /* 1 for the JS handle, +1 while the poll handle is open */
-  bool closed;
-  bool poll_open;   /* uv_poll_init done, uv_close not yet called */
-  uv_poll_t poll;
-  char name[IFNAMSIZ];
-
-  /* Valid between start and close: the ring and the references keeping it alive. */
-  uint8_t *ring;
-  uint32_t *lengths;
-  uint32_t slot_size;
-  uint32_t headroom;
-  uint32_t slots;
-  napi_ref ring_ref;
-  napi_ref lengths_ref;
-  napi_ref on_batch_ref;
-  napi_ref on_error_ref;
-  napi_ref self_ref; /* a started device is not collected while it can still deliver packets */
-  napi_async_context async_ctx;
-  napi_async_cleanup_hook_handle cleanup_hook;
+  poller p; /* first: a poller pointer is a tun_dev pointer; p.label is "TUN device <name>" */
 } tun_dev;
-
-/* Tags our handles so a foreign object passed from JS is rejected instead of dereferenced. */
-static const napi_type_tag TUN_TAG = {0x6167656e745f7475ULL, 0x6e5f646576696365ULL};
-
-/* ---------- errors ---------- */
-
-static void throw_error(napi_env env, const char *code, const char *msg) {
-  napi_value c, m, err;
-  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok ||
-      napi_create_error(env, c, m, &err) != napi_ok) {
-    napi_throw_error(env, code, msg); /* best effort when even allocation fails */
-    return;
-  }
-  napi_throw(env, err);
-}
 
 /* errno's symbolic name ("EPERM"), as Node's own system errors use for err.code. */
 static const char *errno_code(int err) {
@@ -82,30 +48,39 @@ static const char *errno_code(int err) {
   return uv_err_name(uv_translate_sys_error(err));
 }
 
-static void throw_errno(napi_env env, int err, const char *what) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  throw_error(env, errno_code(err), msg);
+static const char *class_errno_code(int err, char *buf, size_t len) {
+  (void)buf;
+  (void)len;
+  return errno_code(err);
 }
 
-/* Turns the N-API call that just failed into a JS exception unless one is already pending. */
-static void throw_napi(napi_env env) {
-  bool pending = false;
-  const napi_extended_error_info *info = NULL;
-  napi_get_last_error_info(env, &info); /* first: any other call resets it */
-  const char *msg = info && info->error_message ? info->error_message : "N-API call failed";
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  throw_error(env, "ERR_AGENT_TUN_NAPI", msg);
+static void dev_free(poller *p) {
+  free((tun_dev *)p);
 }
 
-#define NAPI_OK(env, call)               \
-  do {                                   \
-    napi_status s_ = (call);             \
-    if (s_ != napi_ok) {                 \
-      throw_napi(env);             \
-      return NULL;                       \
-    }                                    \
-  } while (0)
+static const poller_class TUN = {
+    /* Tags our handles so a foreign object passed from JS is rejected instead of dereferenced. */
+    .tag = {0x6167656e745f7475ULL, 0x6e5f646576696365ULL},
+    .not_handle = "not a TUN device handle",
+    .napi_code = "ERR_AGENT_TUN_NAPI",
+    .closed_code = "ERR_AGENT_TUN_CLOSED",
+    .closed_msg = "TUN device is closed",
+    .started_code = "ERR_AGENT_TUN_STARTED",
+    .started_msg = "TUN device is already started",
+    .ring_code = "ERR_AGENT_TUN_RING",
+    .watch_msg = "cannot watch TUN device",
+    .async_name = "agent:tun",
+    .errno_code = class_errno_code,
+    .free = dev_free,
+};
+
+#define NAPI_OK(env, call) POLLER_NAPI_OK(&TUN, env, call)
+
+static tun_dev *get_dev(napi_env env, napi_value handle) {
+  return (tun_dev *)poller_get(&TUN, env, handle);
+}
+
+/* ---------- open ---------- */
 
 static void throw_open_error(napi_env env, const char *name, int err, bool opening) {
   char msg[256];
@@ -128,110 +103,16 @@ static void throw_open_error(napi_env env, const char *name, int err, bool openi
     snprintf(msg, sizeof msg, "cannot create TUN device %s: %s: %s", name,
              opening ? "open /dev/net/tun" : "TUNSETIFF", strerror(err));
   }
-  throw_error(env, code, msg);
+  poller_throw_error(env, code, msg);
 }
-
-/* ---------- lifetime ---------- */
-
-static void dev_unref(tun_dev *d) {
-  if (--d->refs == 0) free(d);
-}
-
-static void delete_ref(napi_env env, napi_ref *ref) {
-  if (*ref == NULL) return;
-  napi_delete_reference(env, *ref); /* cannot fail for a live ref; nothing to do if it did */
-  *ref = NULL;
-}
-
-/* Drops everything start() took from JS. */
-static void release_js(napi_env env, tun_dev *d) {
-  delete_ref(env, &d->ring_ref);
-  delete_ref(env, &d->lengths_ref);
-  delete_ref(env, &d->on_batch_ref);
-  delete_ref(env, &d->on_error_ref);
-  delete_ref(env, &d->self_ref);
-  if (d->async_ctx != NULL) {
-    napi_async_destroy(env, d->async_ctx);
-    d->async_ctx = NULL;
-  }
-  d->ring = NULL;
-  d->lengths = NULL;
-}
-
-static void on_poll_closed(uv_handle_t *h) {
-  tun_dev *d = h->data;
-  /* Either unregisters the hook (JS closed us) or tells Node teardown we are done. */
-  if (d->cleanup_hook != NULL) {
-    napi_remove_async_cleanup_hook(d->cleanup_hook);
-    d->cleanup_hook = NULL;
-  }
-  dev_unref(d);
-}
-
-static void close_poll(tun_dev *d) {
-  if (!d->poll_open) return;
-  d->poll_open = false;
-  uv_poll_stop(&d->poll); /* cannot fail for an initialised handle */
-  /* uv_close removes the fd from epoll now, so the fd may be closed right after. */
-  uv_close((uv_handle_t *)&d->poll, on_poll_closed);
-}
-
-/* Stops polling, closes the fd, lets go of the JS ring. Idempotent, never blocks. */
-static void dev_close(napi_env env, tun_dev *d) {
-  if (d->closed) return;
-  d->closed = true;
-  close_poll(d);
-  if (d->fd >= 0) {
-    /* On Linux close(2) releases the fd even when it reports an error: nothing to retry. */
-    (void)close(d->fd);
-    d->fd = -1;
-  }
-  release_js(env, d);
-}
-
-static void on_finalize(napi_env env, void *data, void *hint) {
-  (void)hint;
-  tun_dev *d = data;
-  dev_close(env, d);
-  dev_unref(d);
-}
-
-/* Node is tearing the environment down (worker exit): close so the loop can close. */
-static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
-  tun_dev *d = arg;
-  (void)handle; /* same as d->cleanup_hook */
-  /* The hook lives exactly as long as the poll handle: on_poll_closed removes it, which tells
-   * Node we are done. If JS already closed us, that close callback is just pending. */
-  dev_close(d->env, d);
-}
-
-static napi_value get_dev(napi_env env, napi_value handle, tun_dev **out) {
-  bool ok = false;
-  void *data = NULL;
-  NAPI_OK(env, napi_check_object_type_tag(env, handle, &TUN_TAG, &ok));
-  if (!ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a TUN device handle");
-    return NULL;
-  }
-  NAPI_OK(env, napi_unwrap(env, handle, &data));
-  *out = data;
-  return handle;
-}
-
-/* ---------- open ---------- */
 
 static napi_value tun_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
   char name[IFNAMSIZ + 1];
   size_t len = 0;
   bool multi_queue = false;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "open(name, multiQueue)");
-    return NULL;
-  }
+  if (!poller_args(&TUN, env, info, 2, argv, "open(name, multiQueue)")) return NULL;
   NAPI_OK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &len));
   if (len == 0 || len >= IFNAMSIZ) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "TUN device name must be 1 to 15 bytes");
@@ -260,98 +141,41 @@ static napi_value tun_open(napi_env env, napi_callback_info info) {
   tun_dev *d = calloc(1, sizeof *d);
   if (d == NULL) {
     close(fd);
-    throw_errno(env, ENOMEM, "cannot create TUN device");
+    poller_throw_errno(&TUN, env, ENOMEM, "cannot create TUN device");
     return NULL;
   }
-  d->env = env;
-  d->fd = fd;
-  d->refs = 1;
-  memcpy(d->name, ifr.ifr_name, IFNAMSIZ);
-  d->name[IFNAMSIZ - 1] = '\0';
-
-  napi_value handle;
-  napi_status s = napi_create_object(env, &handle);
-  if (s == napi_ok) s = napi_wrap(env, handle, d, on_finalize, NULL, NULL);
-  if (s != napi_ok) {
-    close(fd);
-    free(d);
-    throw_napi(env);
-    return NULL;
-  }
-  /* From here on the finalizer owns d. */
-  NAPI_OK(env, napi_type_tag_object(env, handle, &TUN_TAG));
-  return handle;
+  poller_init(&d->p, &TUN, env, fd);
+  ifr.ifr_name[IFNAMSIZ - 1] = '\0';
+  snprintf(d->p.label, sizeof d->p.label, "TUN device %s", ifr.ifr_name);
+  return poller_wrap(&d->p);
 }
 
 /* ---------- reading ---------- */
 
-/* Calls a JS function from a libuv callback: own scope, async context, uncaught errors. */
-static void call_js(tun_dev *d, napi_ref fn_ref, napi_value arg) {
-  napi_env env = d->env;
-  napi_value fn, recv, result;
-  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
-  bool pending = false;
-  /* napi_make_callback insists on an object receiver; undefined would throw a TypeError. */
-  if (napi_get_global(env, &recv) != napi_ok) return;
-  napi_status s = napi_make_callback(env, d->async_ctx, recv, fn, 1, &arg, &result);
-  if (s != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    /* Nobody up the stack can catch it: report it like any other uncaught exception. */
-    napi_value exc;
-    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
-  }
-}
-
-static void deliver_batch(tun_dev *d, uint32_t count) {
-  napi_handle_scope scope;
-  napi_value n;
-  if (napi_open_handle_scope(d->env, &scope) != napi_ok) return;
-  if (napi_create_uint32(d->env, count, &n) == napi_ok) call_js(d, d->on_batch_ref, n);
-  napi_close_handle_scope(d->env, scope);
-}
-
-/* An error that will not go away: stop polling (no busy loop) and tell JS. */
-static void deliver_error(tun_dev *d, const char *code, const char *msg) {
-  napi_handle_scope scope;
-  napi_value c, m, e;
-  uv_poll_stop(&d->poll);
-  if (napi_open_handle_scope(d->env, &scope) != napi_ok) return;
-  if (napi_create_string_utf8(d->env, code, NAPI_AUTO_LENGTH, &c) == napi_ok &&
-      napi_create_string_utf8(d->env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok &&
-      napi_create_error(d->env, c, m, &e) == napi_ok) {
-    call_js(d, d->on_error_ref, e);
-  }
-  napi_close_handle_scope(d->env, scope);
-}
-
 static void deliver_read_error(tun_dev *d, int err) {
   char msg[256];
   if (err == EBADFD) {
-    snprintf(msg, sizeof msg, "TUN device %s was removed (read: %s)", d->name, strerror(err));
+    snprintf(msg, sizeof msg, "%s was removed (read: %s)", d->p.label, strerror(err));
   } else {
-    snprintf(msg, sizeof msg, "TUN device %s: read failed: %s", d->name, strerror(err));
+    snprintf(msg, sizeof msg, "%s: read failed: %s", d->p.label, strerror(err));
   }
-  deliver_error(d, errno_code(err), msg);
+  poller_deliver_error(&d->p, errno_code(err), msg);
 }
 
-/*
- * Looks the ring up again on every wakeup (a few N-API calls per batch, not per packet): if
- * JS transferred or detached its ArrayBuffer, a cached pointer would let read(2) write into
- * memory that is no longer ours. Needs an open handle scope.
- */
+/* Looks the ring and its lengths up again on every wakeup. Needs an open handle scope. */
 static bool resolve_ring(tun_dev *d) {
-  napi_value buf, lens;
-  void *data = NULL, *ldata = NULL;
-  size_t len = 0, lcount = 0;
+  uint8_t *ring;
+  napi_value lens;
+  void *ldata = NULL;
+  size_t lcount = 0;
   napi_typedarray_type type;
-  if (napi_get_reference_value(d->env, d->ring_ref, &buf) != napi_ok || buf == NULL ||
-      napi_get_reference_value(d->env, d->lengths_ref, &lens) != napi_ok || lens == NULL ||
-      napi_get_buffer_info(d->env, buf, &data, &len) != napi_ok ||
-      napi_get_typedarray_info(d->env, lens, &type, &lcount, &ldata, NULL, NULL) != napi_ok) {
+  if (!poller_ring(&d->p, &ring, &lens) ||
+      napi_get_typedarray_info(d->p.env, lens, &type, &lcount, &ldata, NULL, NULL) != napi_ok) {
     return false;
   }
-  if (data == NULL || ldata == NULL || len < (size_t)d->slots * d->slot_size || lcount < d->slots) return false;
-  d->ring = data;
-  d->lengths = ldata;
+  if (ldata == NULL || lcount < d->p.slots) return false;
+  d->p.ring = ring;
+  d->p.lengths = ldata;
   return true;
 }
 
@@ -382,16 +206,17 @@ static bool truncated(const uint8_t *p, size_t n) {
  * iteration, after timers and other I/O had their turn.
  */
 static uint32_t drain(tun_dev *d, int *err) {
+  const poller *p = &d->p;
   uint32_t count = 0;
-  const size_t room = d->slot_size - d->headroom;
+  const size_t room = p->slot_size - p->headroom;
   *err = 0;
-  while (count < d->slots) {
-    uint8_t *slot = d->ring + (size_t)count * d->slot_size + d->headroom;
-    ssize_t n = read(d->fd, slot, room);
+  while (count < p->slots) {
+    uint8_t *slot = p->ring + (size_t)count * p->slot_size + p->headroom;
+    ssize_t n = read(p->fd, slot, room);
     if (n > 0) {
       /* Larger than a slot (the MTU was raised behind our back): drop, like a router would. */
       if ((size_t)n == room && truncated(slot, room)) continue;
-      d->lengths[count++] = (uint32_t)n;
+      p->lengths[count++] = (uint32_t)n;
       continue;
     }
     if (n == 0) break; /* TUN never sends empty packets; nothing more to take */
@@ -407,39 +232,23 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   (void)events;
   tun_dev *d = h->data;
   napi_handle_scope scope;
-  if (d->closed || napi_open_handle_scope(d->env, &scope) != napi_ok) return;
+  if (d->p.closed || napi_open_handle_scope(d->p.env, &scope) != napi_ok) return;
   if (!resolve_ring(d)) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "TUN device %s: the ring buffer was detached or shrunk", d->name);
-    deliver_error(d, "ERR_AGENT_TUN_RING", msg);
+    poller_deliver_ring_error(&d->p);
   } else {
     /* On POLLERR libuv passes UV_EBADF and stops the handle; read() names the real cause
      * (EBADFD once the interface was deleted) and still yields anything queued before. */
     int err;
     uint32_t count = drain(d, &err);
-    if (count > 0) deliver_batch(d, count);
+    if (count > 0) poller_deliver_batch(&d->p, count);
     if (err == 0 && status < 0) err = -status; /* libuv statuses are negated errnos on Unix */
     /* The batch handler may have closed the device; d stays valid until the close callback. */
-    if (err != 0 && !d->closed) deliver_read_error(d, err);
+    if (err != 0 && !d->p.closed) deliver_read_error(d, err);
   }
-  napi_close_handle_scope(d->env, scope);
-}
-
-/* Takes the references start() needs; on failure the caller releases what was taken. */
-static napi_status take_refs(napi_env env, tun_dev *d, napi_value *argv) {
-  napi_status s;
-  if ((s = napi_create_reference(env, argv[0], 1, &d->self_ref)) != napi_ok) return s;
-  if ((s = napi_create_reference(env, argv[1], 1, &d->ring_ref)) != napi_ok) return s;
-  if ((s = napi_create_reference(env, argv[2], 1, &d->lengths_ref)) != napi_ok) return s;
-  if ((s = napi_create_reference(env, argv[6], 1, &d->on_batch_ref)) != napi_ok) return s;
-  if ((s = napi_create_reference(env, argv[7], 1, &d->on_error_ref)) != napi_ok) return s;
-  napi_value name;
-  if ((s = napi_create_string_utf8(env, "agent:tun", NAPI_AUTO_LENGTH, &name)) != napi_ok) return s;
-  return napi_async_init(env, argv[0], name, &d->async_ctx);
+  napi_close_handle_scope(d->p.env, scope);
 }
 
 static napi_value tun_start(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
   napi_value argv[8];
   tun_dev *d;
   void *ring;
@@ -449,21 +258,11 @@ static napi_value tun_start(napi_env env, napi_callback_info info) {
   void *lengths;
   uint32_t slot_size, headroom, slots;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 8) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS",
-                          "start(handle, ring, lengths, slotSize, headroom, slots, onBatch, onError)");
+  if (!poller_args(&TUN, env, info, 8, argv,
+                   "start(handle, ring, lengths, slotSize, headroom, slots, onBatch, onError)")) {
     return NULL;
   }
-  if (get_dev(env, argv[0], &d) == NULL) return NULL;
-  if (d->closed) {
-    throw_error(env, "ERR_AGENT_TUN_CLOSED", "TUN device is closed");
-    return NULL;
-  }
-  if (d->poll_open) {
-    throw_error(env, "ERR_AGENT_TUN_STARTED", "TUN device is already started");
-    return NULL;
-  }
+  if ((d = get_dev(env, argv[0])) == NULL || !poller_check_startable(&d->p)) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &ring, &ring_len));
   NAPI_OK(env, napi_get_typedarray_info(env, argv[2], &ltype, &lcount, &lengths, NULL, NULL));
   NAPI_OK(env, napi_get_value_uint32(env, argv[3], &slot_size));
@@ -474,36 +273,10 @@ static napi_value tun_start(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "ring does not match slotSize/headroom/slots");
     return NULL;
   }
-
-  uv_loop_t *loop;
-  NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
-  napi_status s = take_refs(env, d, argv);
-  if (s != napi_ok) {
-    throw_napi(env); /* before release_js, whose calls would reset the error info */
-    release_js(env, d);
-    return NULL;
-  }
-  d->slot_size = slot_size;
-  d->headroom = headroom;
-  d->slots = slots;
-
-  int rc = uv_poll_init(loop, &d->poll, d->fd);
-  if (rc != 0) {
-    release_js(env, d);
-    throw_errno(env, -rc, "cannot watch TUN device");
-    return NULL;
-  }
-  d->poll.data = d;
-  d->poll_open = true;
-  d->refs++; /* released in on_poll_closed */
-
-  rc = uv_poll_start(&d->poll, UV_READABLE, on_readable);
-  if (rc == 0 && napi_add_async_cleanup_hook(env, on_env_cleanup, d, &d->cleanup_hook) != napi_ok) rc = UV_ENOMEM;
-  if (rc != 0) {
-    dev_close(env, d); /* the poll struct is closing, so this device cannot start again */
-    throw_errno(env, -rc, "cannot watch TUN device");
-    return NULL;
-  }
+  d->p.slot_size = slot_size;
+  d->p.headroom = headroom;
+  d->p.slots = slots;
+  poller_start(&d->p, argv[0], argv[1], argv[2], argv[6], argv[7], on_readable);
   return NULL;
 }
 
@@ -527,33 +300,22 @@ static int write_packet(int fd, const uint8_t *p, size_t len) {
 static void throw_write_error(napi_env env, tun_dev *d, int err) {
   char msg[256];
   if (err == EBADFD) {
-    snprintf(msg, sizeof msg, "TUN device %s was removed (write: %s)", d->name, strerror(err));
+    snprintf(msg, sizeof msg, "%s was removed (write: %s)", d->p.label, strerror(err));
   } else {
-    snprintf(msg, sizeof msg, "TUN device %s: write failed: %s", d->name, strerror(err));
+    snprintf(msg, sizeof msg, "%s: write failed: %s", d->p.label, strerror(err));
   }
-  throw_error(env, errno_code(err), msg);
-}
-
-static napi_value make_bool(napi_env env, bool v) {
-  napi_value r;
-  NAPI_OK(env, napi_get_boolean(env, v, &r));
-  return r;
+  poller_throw_error(env, errno_code(err), msg);
 }
 
 static napi_value tun_write(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
   tun_dev *d;
   void *data;
   size_t len;
   uint32_t offset, length;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "write(handle, buf, offset, length)");
-    return NULL;
-  }
-  if (get_dev(env, argv[0], &d) == NULL) return NULL;
+  if (!poller_args(&TUN, env, info, 4, argv, "write(handle, buf, offset, length)")) return NULL;
+  if ((d = get_dev(env, argv[0])) == NULL) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
   NAPI_OK(env, napi_get_value_uint32(env, argv[2], &offset));
   NAPI_OK(env, napi_get_value_uint32(env, argv[3], &length));
@@ -561,16 +323,15 @@ static napi_value tun_write(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset + length exceeds the buffer");
     return NULL;
   }
-  if (d->closed) return make_bool(env, false);
-  int err = write_packet(d->fd, (const uint8_t *)data + offset, length);
-  if (err == 0) return make_bool(env, true);
-  if (is_drop(err)) return make_bool(env, false);
+  if (d->p.closed) return poller_bool(&TUN, env, false);
+  int err = write_packet(d->p.fd, (const uint8_t *)data + offset, length);
+  if (err == 0) return poller_bool(&TUN, env, true);
+  if (is_drop(err)) return poller_bool(&TUN, env, false);
   throw_write_error(env, d, err);
   return NULL;
 }
 
 static napi_value tun_write_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
   tun_dev *d;
   void *data;
@@ -580,12 +341,8 @@ static napi_value tun_write_batch(napi_env env, napi_callback_info info) {
   void *offs, *lens;
   uint32_t count;
 
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "writeBatch(handle, buf, offsets, lengths, count)");
-    return NULL;
-  }
-  if (get_dev(env, argv[0], &d) == NULL) return NULL;
+  if (!poller_args(&TUN, env, info, 5, argv, "writeBatch(handle, buf, offsets, lengths, count)")) return NULL;
+  if ((d = get_dev(env, argv[0])) == NULL) return NULL;
   NAPI_OK(env, napi_get_buffer_info(env, argv[1], &data, &len));
   NAPI_OK(env, napi_get_typedarray_info(env, argv[2], &otype, &ocount, &offs, NULL, NULL));
   NAPI_OK(env, napi_get_typedarray_info(env, argv[3], &ltype, &lcount, &lens, NULL, NULL));
@@ -603,8 +360,8 @@ static napi_value tun_write_batch(napi_env env, napi_callback_info info) {
   }
 
   uint32_t written = 0;
-  for (uint32_t i = 0; i < count && !d->closed; i++) {
-    int err = write_packet(d->fd, (const uint8_t *)data + o[i], l[i]);
+  for (uint32_t i = 0; i < count && !d->p.closed; i++) {
+    int err = write_packet(d->p.fd, (const uint8_t *)data + o[i], l[i]);
     if (err == 0) {
       written++;
     } else if (!is_drop(err)) {
@@ -620,33 +377,20 @@ static napi_value tun_write_batch(napi_env env, napi_callback_info info) {
 /* ---------- close ---------- */
 
 static napi_value tun_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
   tun_dev *d;
-  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "close(handle)");
-    return NULL;
-  }
-  if (get_dev(env, argv[0], &d) == NULL) return NULL;
-  dev_close(env, d);
+  if (!poller_args(&TUN, env, info, 1, argv, "close(handle)")) return NULL;
+  if ((d = get_dev(env, argv[0])) == NULL) return NULL;
+  poller_close(env, &d->p);
   return NULL;
 }
 
 /* ---------- module ---------- */
 
 NAPI_MODULE_INIT() {
-  static const struct {
-    const char *name;
-    napi_callback fn;
-  } fns[] = {
+  static const poller_fn fns[] = {
       {"open", tun_open},   {"start", tun_start}, {"write", tun_write},
       {"writeBatch", tun_write_batch}, {"close", tun_close},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_value f;
-    NAPI_OK(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
-    NAPI_OK(env, napi_set_named_property(env, exports, fns[i].name, f));
-  }
-  return exports;
+  return poller_export(&TUN, env, exports, fns, sizeof fns / sizeof fns[0]);
 }

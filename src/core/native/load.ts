@@ -1,0 +1,83 @@
+/**
+ * What the wrappers of our N-API addons share (src/core/tun/linux.ts over agent_tun,
+ * src/core/carrier/datagram.ts over agent_net): finding and loading build/Release/<name>.node,
+ * built by node-gyp from binding.gyp, and the rule for an error the addon reports while reading.
+ */
+import {existsSync, readFileSync} from 'node:fs'
+import {createRequire} from 'node:module'
+import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+export interface AddonSpec {
+  /** The wrapper's import.meta.url: the search for the package root starts there. */
+  from: string
+  /** The binding.gyp target: the file is build/Release/<name>.node. */
+  name: string
+  /** What the addon is, for the error when it is missing: "the TUN addon". */
+  what: string
+  /** err.code when it cannot be found: "ERR_AGENT_TUN_ADDON". */
+  code: string
+}
+
+/**
+ * A function that loads the addon on its first call and returns the same module after, so
+ * importing a wrapper never fails on a machine without the build. A failed load is retried.
+ */
+export function addonLoader<T>(spec: AddonSpec): () => T {
+  let module: T | undefined
+  return () => {
+    if (module === undefined) module = loadAddon(spec) as T
+    return module
+  }
+}
+
+function loadAddon(spec: AddonSpec): unknown {
+  const file = join(packageRoot(spec), 'build', 'Release', `${spec.name}.node`)
+  if (!existsSync(file)) {
+    const hint = 'run "npx node-gyp rebuild"'
+    throw codeError(`${spec.what} is not built: ${file} is missing (${hint})`, spec.code)
+  }
+  return createRequire(spec.from)(file)
+}
+
+/** The directory of the "agent" package.json above the wrapper (dist/ or src/, built or not). */
+function packageRoot(spec: AddonSpec): string {
+  let dir = dirname(fileURLToPath(spec.from))
+  for (;;) {
+    if (isAgentPackage(join(dir, 'package.json'))) return dir
+    const parent = dirname(dir)
+    if (parent === dir) {
+      throw codeError(`no "agent" package.json above ${fileURLToPath(spec.from)}`, spec.code)
+    }
+    dir = parent
+  }
+}
+
+function isAgentPackage(file: string): boolean {
+  if (!existsSync(file)) return false
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as {name?: unknown}).name === 'agent'
+  } catch {
+    return false // unreadable or not JSON: not ours, keep walking up
+  }
+}
+
+/** An Error with err.code, as the addons throw them. */
+export function codeError(message: string, code: string): Error {
+  return Object.assign(new Error(message), {code})
+}
+
+/**
+ * What a wrapper does when its addon reports that reading failed for good: close first, then
+ * hand the error to onError, or without one throw it (from the addon's callback, so it becomes
+ * an uncaught exception and cannot go unnoticed).
+ */
+export function closeAndReport(
+  handle: {close(): void},
+  onError: ((err: Error) => void) | undefined,
+  err: Error,
+): void {
+  handle.close()
+  if (onError === undefined) throw err
+  onError(err)
+}
