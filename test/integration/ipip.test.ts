@@ -1,0 +1,153 @@
+/**
+ * The ipip transport with the real binary: IP-in-UDP from clients behind a masquerading NAT,
+ * bare IPIP (IP protocol 4) between public addresses, NAT rebinding, and spoofed inner sources.
+ * IPIP has no key: sessions are found by endpoint, which only authenticated keepalives set.
+ */
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {readFileSync, writeFileSync} from 'node:fs'
+import {type AgentProcess, type EchoServer, type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+
+let fleet: Fleet
+let echo: EchoServer
+const KEEPALIVE = 2
+
+beforeAll(async () => {
+  fleet = await createFleet({prefix: 'ipit', clients: 2, publicClients: 1, transport: 'ipip', keepalive: KEEPALIVE, dataDir: inject('agentDataDir')})
+  echo = await startEchoServer(fleet.tb, fleet.tb.names.target)
+})
+
+afterAll(async () => {
+  await fleet?.tb.destroy()
+})
+
+interface PeerStatus {
+  name: string
+  address: string
+  endpoint: string
+  drops: Record<string, number>
+}
+
+async function peers(ns: string): Promise<PeerStatus[]> {
+  const r = await fleet.cli(ns, ['status', '--json'])
+  expect(r.code, r.stderr).toBe(0)
+  return JSON.parse(r.stdout)[0].peers
+}
+
+function capture(ns: string, iface: string, filter: string, extra: string[], fields: string[], seconds: number): Promise<string[]> {
+  const args = ['-i', iface, '-f', filter, '-a', `duration:${seconds}`, '-l', ...extra, '-T', 'fields', ...fields.flatMap((f) => ['-e', f])]
+  return fleet.tb.exec(ns, 'tshark', args, {timeoutMs: (seconds + 20) * 1000}).then((r) => r.stdout.trim().split('\n').filter(Boolean))
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function pingOk(ns: string): Promise<void> {
+  const r = await fleet.tb.exec(ns, 'ping', ['-c', '3', '-i', '0.2', '-W', '2', fleet.tb.addr.target])
+  expect(r.code, r.stdout + r.stderr).toBe(0)
+}
+
+describe('ipip transport', () => {
+  let node: AgentProcess
+  let alice: AgentProcess
+
+  it('carries a NATed client to the target as IP-in-UDP, the inner packet untouched', async () => {
+    const {tb} = fleet
+    node = await fleet.startNode()
+    expect(node.output).toMatch(/transport ipip, listening on 0\.0\.0\.0:\d+ and udp 0\.0\.0\.0:4755/)
+    alice = await fleet.startClient('alice', 0)
+    expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4755/)
+    // Decoded as IPv4 inside UDP port 4755 (a decode-as, since 4755 is not a registered port).
+    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'udp port 4755', ['-d', 'udp.port==4755,ip'], ['ip.src', 'ip.dst', 'ip.proto'], 4)
+    await sleep(1500)
+    await pingOk(tb.names.client[0])
+    const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
+    expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    const lines = await wire
+    // Outer 198.51.100.2 -> .1 (the NAT), inner 10.99.0.2 -> 203.0.113.10, ICMP (1) inside UDP (17).
+    expect(lines.some((l) => l.startsWith(`${tb.addr.natWan},10.99.0.2\t${tb.addr.nodeWan},${tb.addr.target}\t17,1`))).toBe(true)
+  })
+
+  it('serves two clients behind the same NAT at once, told apart by endpoint', async () => {
+    const {tb} = fleet
+    const bob = await fleet.startClient('bob', 1)
+    const [a, b] = await Promise.all([
+      probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port),
+      probeEcho(tb, tb.names.client[1], tb.addr.target, echo.port),
+    ])
+    expect(a).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    expect(b).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    const list = await peers(tb.names.node)
+    expect(new Set(list.map((p) => p.endpoint)).size).toBe(2)
+    bob.child.kill('SIGTERM')
+    expect(await bob.exited).toBe(0)
+  })
+
+  it('follows a NAT rebinding once the client proves itself with a keepalive', async () => {
+    const {tb} = fleet
+    const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '41000-41999']
+    await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
+    try {
+      await tb.flushNatConntrack()
+      const mark = node.output.length
+      await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:41\d\d\d/, (KEEPALIVE + 3) * 1000, mark)
+      await pingOk(tb.names.client[0])
+    } finally {
+      await tb.exec(tb.names.nat, 'iptables', ['-w', '-t', 'nat', '-D', 'POSTROUTING', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '41000-41999'])
+    }
+  })
+
+  it("drops a client's inner source sent from another endpoint, and moves nothing", async () => {
+    const {tb} = fleet
+    const before = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
+    // From a public address: packets claiming alice's tunnel address, and keepalive-shaped
+    // packets with a made-up MAC. IPIP has no key to check, so only the endpoint and the
+    // keepalive's MAC stand between these and alice's session.
+    const script = `
+      const dgram = require('node:dgram')
+      const [host, src, dst, gateway] = process.argv.slice(1)
+      const ip = (a) => Buffer.from(a.split('.').map(Number))
+      function inner(proto, payload, to) {
+        const b = Buffer.alloc(20 + payload.length); b[0] = 0x45; b.writeUInt16BE(b.length, 2); b[8] = 64; b[9] = proto
+        ip(src).copy(b, 12); ip(to).copy(b, 16); payload.copy(b, 20)
+        let s = 0; for (let i = 0; i < 20; i += 2) s += b.readUInt16BE(i); while (s > 0xffff) s = (s & 0xffff) + (s >>> 16); b.writeUInt16BE(~s & 0xffff, 10)
+        return b
+      }
+      const udp = Buffer.alloc(13); udp.writeUInt16BE(5555, 0); udp.writeUInt16BE(7777, 2); udp.writeUInt16BE(13, 4)
+      const forged = Buffer.alloc(32); forged.writeUInt32BE(0x41474b41, 0); forged[4] = 1; forged.writeBigUInt64BE(1n << 40n, 8)
+      const s = dgram.createSocket('udp4')
+      let n = 0; const send = (p) => s.send(p, 4755, host, () => { if (++n === 10) s.close() })
+      for (let i = 0; i < 5; i++) { send(inner(17, udp, dst)); send(inner(253, forged, gateway)) }
+    `
+    await tb.exec(tb.names.publicClient[0], process.execPath, ['-e', script, tb.addr.nodeWan, before.address, tb.addr.target, '10.99.0.1'], {check: true})
+    await sleep(500)
+    const after = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
+    expect(after.endpoint).toBe(before.endpoint)
+    expect((after.drops.endpoint ?? 0) - (before.drops.endpoint ?? 0)).toBe(5)
+    expect((after.drops.authentication ?? 0) - (before.drops.authentication ?? 0)).toBe(5)
+    await pingOk(tb.names.client[0])
+    alice.child.kill('SIGTERM')
+    node.child.kill('SIGTERM')
+    expect(await alice.exited).toBe(0)
+    expect(await node.exited).toBe(0)
+  })
+
+  it('carries bare IPIP (IP protocol 4) between public addresses', async () => {
+    const {tb} = fleet
+    const ipConfig = fleet.nodeConfig.replace(/\.yaml$/, '-ip.yaml')
+    writeFileSync(ipConfig, readFileSync(fleet.nodeConfig, 'utf8').replace(`ipip: {keepalive: ${KEEPALIVE}}`, `ipip: {keepalive: ${KEEPALIVE}, carrier: ip}`))
+    node = await fleet.startNode({config: ipConfig})
+    expect(node.output).toMatch(/and ip protocol 4,/)
+    alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
+    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'ip proto 4', [], ['ip.src', 'ip.dst', 'ip.proto', 'ip.ttl'], 4)
+    await sleep(1500)
+    await pingOk(tb.names.publicClient[0])
+    const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
+    expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    const lines = await wire
+    // RFC 2003: outer protocol 4 around the untouched inner packet; the outer TTL is fresh (64).
+    expect(lines.some((l) => l.startsWith(`${tb.addr.publicClient[0]},10.99.0.2\t${tb.addr.nodeWan},${tb.addr.target}\t4,1\t64,`))).toBe(true)
+    alice.child.kill('SIGTERM')
+    node.child.kill('SIGTERM')
+    expect(await alice.exited).toBe(0)
+    expect(await node.exited).toBe(0)
+  })
+})
