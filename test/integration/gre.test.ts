@@ -6,9 +6,12 @@
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {readFileSync, writeFileSync} from 'node:fs'
 import {type AgentProcess, type EchoServer, type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+import {capture as captureOn, greHeaderHex, peers as peersOf, pingOk as pingFrom, sendSpoofed, sleep} from './datagram-helpers.js'
 
 let fleet: Fleet
 let echo: EchoServer
+const peers = (ns: string) => peersOf(fleet, ns)
+const pingOk = (ns: string) => pingFrom(fleet, ns)
 const KEEPALIVE = 2
 
 beforeAll(async () => {
@@ -20,33 +23,10 @@ afterAll(async () => {
   await fleet?.tb.destroy()
 })
 
-interface PeerStatus {
-  name: string
-  address: string
-  endpoint: string
-  sessionId?: number
-  rxPackets: number
-  drops: Record<string, number>
-}
 
-async function peers(ns: string): Promise<PeerStatus[]> {
-  const r = await fleet.cli(ns, ['status', '--json'])
-  expect(r.code, r.stderr).toBe(0)
-  return JSON.parse(r.stdout)[0].peers
-}
 
-/** Capture on `iface` in `ns` for `seconds`, printing the given tshark fields per packet. */
-function capture(ns: string, iface: string, filter: string, fields: string[], seconds: number): Promise<string[]> {
-  const args = ['-i', iface, '-f', filter, '-a', `duration:${seconds}`, '-l', '-T', 'fields', ...fields.flatMap((f) => ['-e', f])]
-  return fleet.tb.exec(ns, 'tshark', args, {timeoutMs: (seconds + 20) * 1000}).then((r) => r.stdout.trim().split('\n').filter(Boolean))
-}
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-async function pingOk(ns: string, count = 3): Promise<void> {
-  const r = await fleet.tb.exec(ns, 'ping', ['-c', String(count), '-i', '0.2', '-W', '2', fleet.tb.addr.target])
-  expect(r.code, r.stdout + r.stderr).toBe(0)
-}
 
 describe('gre transport', () => {
   let node: AgentProcess
@@ -59,7 +39,7 @@ describe('gre transport', () => {
     alice = await fleet.startClient('alice', 0)
     expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4754/)
 
-    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)
+    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)
     await sleep(1500) // tshark takes a moment to start capturing
     await pingOk(tb.names.client[0])
     const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
@@ -129,24 +109,7 @@ describe('gre transport', () => {
     const key = alicePeer.sessionId!
     // From a public address, GRE-in-UDP with alice's key carrying a packet from alice's tunnel
     // address, and a keepalive-shaped packet with a made-up MAC: neither may move alice.
-    const script = `
-      const dgram = require('node:dgram')
-      const [host, key, src, dst, gateway] = process.argv.slice(1)
-      const ip = (a) => Buffer.from(a.split('.').map(Number))
-      function inner(proto, payload, to) {
-        const b = Buffer.alloc(20 + payload.length); b[0] = 0x45; b.writeUInt16BE(b.length, 2); b[8] = 64; b[9] = proto
-        ip(src).copy(b, 12); ip(to).copy(b, 16); payload.copy(b, 20)
-        let s = 0; for (let i = 0; i < 20; i += 2) s += b.readUInt16BE(i); while (s > 0xffff) s = (s & 0xffff) + (s >>> 16); b.writeUInt16BE(~s & 0xffff, 10)
-        return b
-      }
-      const gre = (p) => { const h = Buffer.alloc(8); h.writeUInt16BE(0x2000, 0); h.writeUInt16BE(0x0800, 2); h.writeUInt32BE(+key, 4); return Buffer.concat([h, p]) }
-      const udp = Buffer.alloc(8 + 5); udp.writeUInt16BE(5555, 0); udp.writeUInt16BE(7777, 2); udp.writeUInt16BE(13, 4)
-      const forged = Buffer.alloc(32); forged.writeUInt32BE(0x41474b41, 0); forged[4] = 1; forged.writeBigUInt64BE(1n << 40n, 8)
-      const s = dgram.createSocket('udp4')
-      let n = 0; const send = (p) => s.send(gre(p), 4754, host, () => { if (++n === 10) s.close() })
-      for (let i = 0; i < 5; i++) { send(inner(17, udp, dst)); send(inner(253, forged, gateway)) }
-    `
-    await tb.exec(tb.names.publicClient[0], process.execPath, ['-e', script, tb.addr.nodeWan, String(key), alicePeer.address, tb.addr.target, '10.99.0.1'], {check: true})
+    await sendSpoofed(fleet, tb.names.publicClient[0], {port: 4754, src: alicePeer.address, header: greHeaderHex(key)})
     await sleep(500)
     const now = (await peers(tb.names.node)).find((p) => p.name === 'alice')!
     expect(now.endpoint).toBe(alicePeer.endpoint)
@@ -198,7 +161,7 @@ describe('gre transport', () => {
     expect(node.output).toMatch(/and ip protocol 47/)
     alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
     expect(alice.output).toMatch(/over ip to 198\.51\.100\.1/)
-    const wire = capture(tb.names.node, tb.ifaces.nodeWan, 'ip proto 47', ['ip.src', 'gre.key', 'gre.proto'], 4)
+    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 47', ['ip.src', 'gre.key', 'gre.proto'], 4)
     await sleep(1500)
     await pingOk(tb.names.publicClient[0])
     const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
