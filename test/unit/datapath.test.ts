@@ -138,7 +138,7 @@ describe('data path, node side', () => {
     const {tun, dp, aliceLink, bobLink} = node()
     const slot = 128
     const headroom = 64
-    const ring = {buf: Buffer.alloc(4 * slot), slotSize: slot, headroom, lengths: new Uint32Array(4)}
+    const ring = {buf: Buffer.alloc(4 * slot), slotSize: slot, headroom, tailroom: 0, lengths: new Uint32Array(4)}
     const packets = [ipv4('203.0.113.10', '10.8.0.2'), ipv4('203.0.113.10', '10.8.0.3'), ipv4('203.0.113.10', '10.8.0.2'), ipv4('203.0.113.10', '10.8.0.9')]
     packets.forEach((p, i) => {
       p.copy(ring.buf, i * slot + headroom)
@@ -151,6 +151,22 @@ describe('data path, node side', () => {
     expect(dp.counters.noPeer).toBe(1)
   })
 
+  it('drops a TUN packet longer than the ring leaves room for, before encapsulation', () => {
+    const {tun, dp, aliceLink} = node()
+    const slot = 128
+    // 64 bytes headroom, 40 of tailroom: packets up to 24 bytes may be encapsulated.
+    const ring = {buf: Buffer.alloc(2 * slot), slotSize: slot, headroom: 64, tailroom: 40, lengths: new Uint32Array(2)}
+    const small = ipv4('203.0.113.10', '10.8.0.2', 0)
+    const big = ipv4('203.0.113.10', '10.8.0.2', 8)
+    small.copy(ring.buf, 64)
+    ring.lengths[0] = small.length
+    big.copy(ring.buf, slot + 64)
+    ring.lengths[1] = big.length
+    tun.onBatch!(2, ring)
+    expect(aliceLink.sent).toEqual([`ee${small.toString('hex')}`]) // 20 bytes: fits
+    expect(dp.counters.badTunPacket).toBe(1) // 28 bytes: would run into the next slot
+  })
+
   it('survives a transport that throws: the batch is cut short and counted, the process goes on', () => {
     const tun = new FakeTun()
     const dp = new DataPath(tun, 'client')
@@ -158,7 +174,7 @@ describe('data path, node side', () => {
     const boom: Session = {...markerSession, encap: () => { throw new Error('plugin bug') }}
     dp.addPeer(new Peer('node1', ipv4ToNumber('10.8.0.1'), '10.8.0.1', boom, link))
     dp.start()
-    const ring = {buf: Buffer.alloc(256), slotSize: 128, headroom: 64, lengths: new Uint32Array([28])}
+    const ring = {buf: Buffer.alloc(256), slotSize: 128, headroom: 64, tailroom: 0, lengths: new Uint32Array([28])}
     ipv4('10.8.0.2', '203.0.113.10').copy(ring.buf, 64)
     expect(() => tun.onBatch!(1, ring)).not.toThrow()
     expect(dp.counters.transportErrors).toBe(1)

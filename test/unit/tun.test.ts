@@ -13,7 +13,7 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {TUN_HEADROOM, openTun, slotSizeFor, validateTunName} from '../../src/core/tun/linux.js'
+import {TUN_HEADROOM, TUN_TAILROOM, openTun, slotSizeFor, validateTunName} from '../../src/core/tun/linux.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const fixture = join(root, 'test/fixtures/tun/tun-fixture.mjs')
@@ -77,10 +77,12 @@ function runFixture(scenario: string, opts: {wrap?: string[]; nodeArgs?: string[
 const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
 
 describe('tun: validation before any syscall', () => {
-  it('sizes slots as headroom plus the MTU rounded up to 64', () => {
+  it('sizes slots as headroom, then MTU plus tailroom rounded up to 64', () => {
     expect(TUN_HEADROOM).toBe(64)
-    expect(slotSizeFor(1400)).toBe(64 + 1408)
-    expect(slotSizeFor(1500)).toBe(64 + 1536)
+    expect(TUN_TAILROOM).toBe(64)
+    expect(slotSizeFor(1400)).toBe(64 + 1472) // 1400 + 64 = 1464, rounded up
+    expect(slotSizeFor(1500)).toBe(64 + 1600)
+    expect(slotSizeFor(1536) - 64 - 1536).toBe(64) // never less tailroom than promised
   })
 
   it('rejects names the kernel would not create exactly', () => {

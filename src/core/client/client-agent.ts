@@ -27,6 +27,7 @@ import {finishTeardown, reclaimStale} from '../state/teardown.js'
 import {startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
+import {checkSessionRoom} from '../transport/room.js'
 import {backoffDelay} from './backoff.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
@@ -195,6 +196,7 @@ export class ClientAgent {
       },
     }
     const session: Session = this.transport.openClientSession(ctx, w.params)
+    checkSessionRoom(this.transport.name, session)
     this.datapath!.localAddress = ipv4ToNumber(w.address)
     const datagrams = w.carrier.kind === 'stream' ? null : this.datagramsFor(w.carrier)
     const link = datagrams === null ? new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES) : datagrams.link

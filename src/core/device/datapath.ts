@@ -74,11 +74,11 @@ export class DataPath {
   }
 
   private readonly onTunBatch = (count: number, ring: PacketRing): void => {
-    const {buf, slotSize, lengths, headroom} = ring
+    const {buf, slotSize, lengths, headroom, tailroom} = ring
     const client = this.role === 'client'
     const only = client ? this.single : undefined
     try {
-      this.encapBatch(count, buf, slotSize, lengths, headroom, client, only)
+      this.encapBatch(count, buf, slotSize, lengths, headroom, slotSize - headroom - tailroom, client, only)
     } catch {
       // A transport that throws (a plugin bug) loses the rest of this batch, not the process.
       this.counters.transportErrors++
@@ -93,11 +93,11 @@ export class DataPath {
     }
   }
 
-  private encapBatch(count: number, buf: Buffer, slotSize: number, lengths: Uint32Array, headroom: number, client: boolean, only: Peer | undefined): void {
+  private encapBatch(count: number, buf: Buffer, slotSize: number, lengths: Uint32Array, headroom: number, maxPacket: number, client: boolean, only: Peer | undefined): void {
     for (let i = 0; i < count; i++) {
       const off = i * slotSize + headroom
       const len = lengths[i]
-      if (checkIpv4(buf, off, len) !== null) {
+      if (len > maxPacket || checkIpv4(buf, off, len) !== null) {
         this.counters.badTunPacket++
         continue
       }

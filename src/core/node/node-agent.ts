@@ -32,6 +32,7 @@ import {authorize} from './authorize.js'
 import {planAddresses} from './address-plan.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
 import {tunnelMtu} from '../transport/mtu.js'
+import {checkSessionRoom} from '../transport/room.js'
 import {NodeDatagrams} from './node-datagrams.js'
 import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
 
@@ -285,6 +286,7 @@ export class NodeAgent {
     let session: NodeSession
     try {
       session = this.transport.openNodeSession(ctx)
+      checkSessionRoom(this.transport.name, session)
     } catch (e) {
       return this.refuse(client, `transport could not open a session: ${(e as Error).message}`)
     }

@@ -14,6 +14,12 @@ export interface PacketRing {
   readonly slotSize: number
   /** Free bytes reserved in each slot before its packet. */
   readonly headroom: number
+  /**
+   * Bytes a transport may write after a packet of up to the MTU (an ESP trailer and ICV).
+   * A packet longer than slotSize - headroom - tailroom (an MTU raised behind our back) has
+   * no room after it and is dropped before encapsulation.
+   */
+  readonly tailroom: number
   /** Length of packet i for i < count of the current batch. */
   readonly lengths: Uint32Array
 }

@@ -7,6 +7,7 @@ export type {PacketRing, TunDevice, TunOptions} from './device.js'
 export {
   DEFAULT_BATCH_SIZE,
   TUN_HEADROOM,
+  TUN_TAILROOM,
   slotSizeFor,
   validateTunName,
   type LinuxTunDevice,

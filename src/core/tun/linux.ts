@@ -12,6 +12,8 @@ import type {PacketRing, TunDevice, TunOptions} from './device.js'
 
 /** Bytes reserved in each ring slot before its packet, for an encapsulation header. */
 export const TUN_HEADROOM = 64
+/** Bytes reserved after a packet of MTU size, for a trailer (ESP: padding, pad length, next header, ICV). */
+export const TUN_TAILROOM = 64
 /** Packets per wakeup when TunOptions.batchSize is not given. */
 export const DEFAULT_BATCH_SIZE = 64
 const MAX_BATCH_SIZE = 4096
@@ -70,9 +72,9 @@ const loadNative = addonLoader<NativeTun>({
   code: 'ERR_AGENT_TUN_ADDON',
 })
 
-/** Bytes per ring slot for a given MTU: the headroom plus the MTU rounded up to SLOT_ALIGN. */
+/** Bytes per ring slot for a given MTU: the headroom, then MTU plus tailroom rounded up to SLOT_ALIGN. */
 export function slotSizeFor(mtu: number): number {
-  return TUN_HEADROOM + Math.ceil(mtu / SLOT_ALIGN) * SLOT_ALIGN
+  return TUN_HEADROOM + Math.ceil((mtu + TUN_TAILROOM) / SLOT_ALIGN) * SLOT_ALIGN
 }
 
 /**
@@ -109,6 +111,7 @@ export function openTun(opts: LinuxTunOptions): LinuxTunDevice {
     buf: Buffer.alloc(batchSize * slotSize),
     slotSize,
     headroom: TUN_HEADROOM,
+    tailroom: slotSize - TUN_HEADROOM - opts.mtu,
     lengths: new Uint32Array(batchSize),
   }
   return new LinuxTun(opts.name, native, handle, ring, opts.onError)
