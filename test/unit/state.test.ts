@@ -284,3 +284,22 @@ describe('teardown', () => {
     expect([f.path, f.lockPath].map(existsSync)).toEqual([false, false])
   })
 })
+
+describe('a zombie is not alive', () => {
+  it('counts an exited child that its parent has not reaped yet as dead, whatever its start time', async () => {
+    const {spawn} = await import('node:child_process')
+    const {processStartTime, processState, isAgentAlive} = await import('../../src/core/state/state-file.js')
+    // The child exits at once; this test's parent does not reap it until the event loop turns,
+    // and the loop is held here by a synchronous busy wait.
+    const child = spawn(process.execPath, ['-e', '0'], {stdio: 'ignore'})
+    const pid = child.pid!
+    const start = processStartTime(pid)
+    const deadline = Date.now() + 3000
+    while (processState(pid) !== 'Z' && Date.now() < deadline) {
+      /* busy: no reaping until this returns */
+    }
+    expect(processState(pid)).toBe('Z')
+    expect(isAgentAlive(pid, start)).toBe(false)
+    await new Promise((r) => child.once('exit', r))
+  })
+})

@@ -263,6 +263,16 @@ export function processStartTime(pid: number): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined
 }
 
+/** The state letter of a process (R, S, D, Z...) from /proc/<pid>/stat, or undefined. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) || undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** This boot's id, or undefined where the kernel does not offer it. */
 export function currentBootId(): string | undefined {
   try {
@@ -289,6 +299,9 @@ export function isAgentAlive(pid: number, startTime?: number, bootId?: string): 
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false
   }
+  // A zombie has exited (its cleanup is over) and only waits for its parent to reap it, which
+  // a parent blocked in a synchronous call does late: it is not running.
+  if (processState(pid) === 'Z') return false
   if (startTime !== undefined) {
     const actual = processStartTime(pid)
     return actual !== undefined && actual === startTime
