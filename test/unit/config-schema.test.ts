@@ -33,11 +33,15 @@ describe('schema/agent-config.schema.json', () => {
     expect(validate({role: 'node', name: 'n'})).toBe(false)
   })
 
-  it('forbids unknown keys in every object', () => {
+  it('forbids unknown keys in every object, except the flat options of transports from other plugins', () => {
+    const PLUGIN_OPTIONS = /\/properties\/transports\/patternProperties\/[^/]+$/
     const walk = (node: unknown, where: string): void => {
       if (node === null || typeof node !== 'object') return
       const n = node as Record<string, unknown>
-      if (n.type === 'object' && where !== '') expect(n.additionalProperties, where).toBe(false)
+      if (n.type === 'object' && where !== '') {
+        if (PLUGIN_OPTIONS.test(where)) expect(n.additionalProperties, where).toEqual({type: ['string', 'number', 'boolean']})
+        else expect(n.additionalProperties, where).toBe(false)
+      }
       for (const [k, v] of Object.entries(n)) if (k !== 'default') walk(v, `${where}/${k}`)
     }
     walk(configSchema, '')

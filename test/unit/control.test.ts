@@ -18,6 +18,7 @@ describe('control messages', () => {
       {type: 'hello', version: 1, transport: 'tls'},
       {type: 'welcome', version: 1, transport: 'tls', address: '10.8.0.10', prefix: 24, gateway: '10.8.0.1', mtu: 1500, keepalive: 10, carrier: {kind: 'udp', port: 4754}, params: {key: 7}},
       {type: 'refused', reason: 'no'},
+      {type: 'transport', body: {rekey: 7, check: 'ab', now: true}},
     ] as const
     for (const m of msgs) {
       const b = encodeMessage(m)
@@ -32,6 +33,8 @@ describe('control messages', () => {
     expect(() => decode({type: 'welcome', version: 1, transport: 'tls', address: 'x', gateway: 'y', prefix: 24, mtu: 1, keepalive: 1})).toThrow(/params/)
     expect(() => decode({type: 'welcome', version: 1, transport: 'tls', address: 'x', gateway: 'y', prefix: 24, mtu: 1, keepalive: 1, params: {}, carrier: {kind: 'smoke'}})).toThrow(/carrier/)
     expect(() => decode({type: 'launch'})).toThrow(/"launch"/)
+    expect(() => decode({type: 'transport', body: [1]})).toThrow(/transport.body must be an object/)
+    expect(() => decode({type: 'transport', body: {deep: {x: 1}}})).toThrow(/transport.body.deep must be a string, number or boolean/)
   })
 })
 

@@ -8,7 +8,7 @@ import {isIP} from 'node:net'
 import {connect as tlsConnect, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedClientConfig} from '../config/index.js'
-import type {CarrierSpec, Session, SessionContext, Transport} from '../transport/contract.js'
+import type {CarrierSpec, Session, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -28,6 +28,7 @@ import {startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {checkSessionRoom} from '../transport/room.js'
+import {sessionContext} from '../transport/session-context.js'
 import {backoffDelay} from './backoff.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
@@ -37,6 +38,8 @@ const CONNECT_TIMEOUT_MS = 10_000
 const WELCOME_TIMEOUT_MS = 10_000
 const FRAME_SLACK = 256
 const STREAM_BATCH_BYTES = 64 * 1024
+/** How often the transport session gets its tick. */
+const TICK_MS = 1000
 
 export class ClientAgent {
   private readonly stateFile: StateFile
@@ -49,6 +52,7 @@ export class ClientAgent {
   private mtu: number | null = null
   private statusServer: Server | null = null
   private welcoming: Promise<void> = Promise.resolve()
+  private ticker: NodeJS.Timeout | null = null
   private datagrams: ClientDatagrams | null = null
   private nodeIp = ''
   private attempts = 0
@@ -143,6 +147,8 @@ export class ClientAgent {
             .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
           refusal = m.reason
+        } else if (m.type === 'transport' && welcomed) {
+          if (this.conn === conn) this.peer?.session.onControl?.(m.body)
         } else {
           conn.close(`unexpected ${m.type} message`)
         }
@@ -184,17 +190,15 @@ export class ClientAgent {
     else if (w.address !== this.address) await this.readdress(w)
     // The connection may have dropped, or the agent been stopped, while the tunnel was set up.
     if (gone()) return
-    const ctx: SessionContext = {
+    const ctx = sessionContext({
       role: 'client',
+      transport: this.transport.name,
       peerName: this.config.name,
       tunnelAddress: w.address,
       options: this.transportOptions(),
       mtu: w.mtu,
-      exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
-      allocateId: () => {
-        throw new Error('session ids are allocated by the node')
-      },
-    }
+      conn,
+    })
     const session: Session = this.transport.openClientSession(ctx, w.params)
     checkSessionRoom(this.transport.name, session)
     this.datapath!.localAddress = ipv4ToNumber(w.address)
@@ -206,6 +210,8 @@ export class ClientAgent {
     this.dropPeer()
     this.peer = peer
     this.datapath!.addPeer(peer)
+    this.ticker ??= setInterval(() => this.tickSession(), TICK_MS)
+    this.ticker.unref()
     conn.keepalive(w.keepalive, true)
     this.attempts = 0
     const up = () => {
@@ -259,6 +265,17 @@ export class ClientAgent {
     this.address = w.address
   }
 
+  /** Time-driven transport work (rekeys); a session that throws costs its connection. */
+  private tickSession(): void {
+    const session = this.peer?.session
+    if (session?.tick === undefined) return
+    try {
+      session.tick(Date.now())
+    } catch (e) {
+      this.conn?.close(`transport session failed: ${(e as Error).message}`)
+    }
+  }
+
   private dropPeer(): void {
     this.datagrams?.end()
     if (this.peer === null) return
@@ -303,6 +320,7 @@ export class ClientAgent {
     this.stopping ??= (async () => {
       this.phase = 'stopped'
       if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+      if (this.ticker !== null) clearInterval(this.ticker)
       this.firstWelcome?.reject(new Error('stopped before the node welcomed us'))
       this.firstWelcome = null
       this.conn?.close('client stopping')

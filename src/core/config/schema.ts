@@ -96,7 +96,9 @@ const datagramKeepalive = {
 
 const transports = {
   type: 'object',
-  description: 'Per-transport options. Only the options of the built-in transports can be set.',
+  description:
+    'Per-transport options. The built-in transports\' options are checked here; a transport from another plugin ' +
+    'takes flat options (strings, numbers, booleans) that go to the plugin as they are.',
   default: {},
   properties: {
     tls: {
@@ -151,6 +153,12 @@ const transports = {
         },
       },
       additionalProperties: false,
+    },
+  },
+  patternProperties: {
+    '^[a-z0-9][a-z0-9-]*$': {
+      type: 'object',
+      additionalProperties: {type: ['string', 'number', 'boolean']},
     },
   },
   additionalProperties: false,

@@ -11,7 +11,9 @@ let compiled: ValidateFunction | undefined
 
 function validator(): ValidateFunction {
   if (!compiled) {
-    const ajv = new Ajv({allErrors: true, verbose: true, discriminator: true, strict: true})
+    // allowMatchingProperties: the built-in transports are named properties that also match the
+    // pattern other plugins' options go under; the named schema is the stricter one and applies.
+    const ajv = new Ajv({allErrors: true, verbose: true, discriminator: true, strict: true, allowMatchingProperties: true, allowUnionTypes: true})
     // Annotation only: the message our pattern errors (and editors) show instead of the regex.
     ajv.addKeyword({keyword: 'patternErrorMessage', schemaType: 'string'})
     compiled = ajv.compile(configSchema)
@@ -111,8 +113,13 @@ function describe(error: ErrorObject, path: PathSegment[], data: unknown): Descr
         params.tagValue === undefined ? `is required: must be ${ROLES}` : `must be ${ROLES} (got ${describeValue(params.tagValue)})`
       return {path: tag, at: tag, atKey: false, message}
     }
-    case 'type':
-      return plain(`must be ${TYPE_NAMES[String(params.type)] ?? String(params.type)}${got}`)
+    case 'type': {
+      const names = String(params.type)
+        .split(',')
+        .map((t) => TYPE_NAMES[t] ?? t)
+      const list = names.length === 1 ? names[0] : `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}`
+      return plain(`must be ${list}${got}`)
+    }
     case 'enum':
       return plain(`must be one of ${(params.allowedValues as unknown[]).join(', ')}${got}`)
     case 'const':

@@ -6,6 +6,7 @@
  *   client -> node   hello    {transport, requestAddress?}
  *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params}
  *                    refused  {reason}               (then the node closes)
+ *   either way       transport {body}                (after the welcome: a transport's own message)
  */
 import type {CarrierSpec, SessionParams} from '../transport/contract.js'
 
@@ -41,7 +42,13 @@ export interface Refused {
   reason: string
 }
 
-export type ControlMessage = Hello | Welcome | Refused
+/** A transport's own message between the two ends of a session (a rekey...). */
+export interface TransportMessage {
+  type: 'transport'
+  body: SessionParams
+}
+
+export type ControlMessage = Hello | Welcome | Refused | TransportMessage
 
 export function encodeMessage(m: ControlMessage): Buffer {
   return Buffer.from(JSON.stringify(m), 'utf8')
@@ -74,6 +81,14 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
     case 'refused':
       need(m, 'reason', 'string')
       return m as unknown as Refused
+    case 'transport': {
+      const body = m.body as Record<string, unknown> | null
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('transport.body must be an object')
+      for (const [k, v] of Object.entries(body)) {
+        if (!['string', 'number', 'boolean'].includes(typeof v)) throw new Error(`transport.body.${k} must be a string, number or boolean`)
+      }
+      return m as unknown as TransportMessage
+    }
     default:
       throw new Error(`unknown control message type ${JSON.stringify(m.type)}`)
   }

@@ -8,7 +8,7 @@ import {existsSync} from 'node:fs'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedNodeConfig} from '../config/index.js'
-import type {NodeSession, SessionContext, Transport} from '../transport/contract.js'
+import type {NodeSession, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -32,6 +32,7 @@ import {authorize} from './authorize.js'
 import {planAddresses} from './address-plan.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
 import {tunnelMtu} from '../transport/mtu.js'
+import {sessionContext} from '../transport/session-context.js'
 import {checkSessionRoom} from '../transport/room.js'
 import {NodeDatagrams} from './node-datagrams.js'
 import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
@@ -46,6 +47,8 @@ const HELLO_TIMEOUT_MS = 10_000
 const FRAME_SLACK = 256
 /** Bytes one peer's coalesced writes may gather per TUN batch before a socket write. */
 const STREAM_BATCH_BYTES = 64 * 1024
+/** How often transport sessions get their tick. */
+const TICK_MS = 1000
 /** How often silent datagram sessions are looked for. */
 const EXPIRY_CHECK_MS = 5_000
 
@@ -55,6 +58,8 @@ interface ClientSession {
   peer: Peer | null
   /** Told to go away: whatever else it says is ignored until the connection closes. */
   refused: boolean
+  /** Session ids the transport allocated (released when the session ends) and bound. */
+  ids: {owned: Set<number>; bound: Set<number>}
 }
 
 export class NodeAgent {
@@ -83,6 +88,7 @@ export class NodeAgent {
   private readonly sessionIds = new Set<number>()
   private datagrams: NodeDatagrams | null = null
   private expiry: NodeJS.Timeout | null = null
+  private ticker: NodeJS.Timeout | null = null
 
   /** Resolves when the node must end by itself (its TUN device failed), with why. */
   readonly ended: Promise<Error>
@@ -169,6 +175,8 @@ export class NodeAgent {
         this.expiry.unref()
       }
       this.datapath.start()
+      this.ticker = setInterval(() => this.tickSessions(), TICK_MS)
+      this.ticker.unref()
       await this.listen(credentials)
       this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
@@ -238,7 +246,7 @@ export class NodeAgent {
       setTimeout(() => conn.close('refused'), 1000).unref()
       return
     }
-    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false}
+    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false, ids: {owned: new Set(), bound: new Set()}}
     const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
     helloTimer.unref()
     conn.handlers = {
@@ -247,6 +255,8 @@ export class NodeAgent {
         if (m.type === 'hello' && client.peer === null) {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
+        } else if (m.type === 'transport' && client.peer !== null) {
+          client.peer.session.onControl?.(m.body)
         } else {
           conn.close(`unexpected ${m.type} message`)
         }
@@ -274,15 +284,32 @@ export class NodeAgent {
     if (address === undefined) return this.refuse(client, `no tunnel address planned for "${name}"`)
 
     const options = this.transportOptions()
-    const ctx: SessionContext = {
+    const ids = client.ids
+    const ctx = sessionContext({
       role: 'node',
+      transport: this.transport.name,
       peerName: name,
       tunnelAddress: address,
       options,
       mtu: this.mtu,
-      exportKey: (label, length) => conn.socket.exportKeyingMaterial(length, label, Buffer.alloc(0)),
-      allocateId: () => this.allocateSessionId(),
-    }
+      conn,
+      ids: {
+        allocate: () => {
+          const id = this.allocateSessionId()
+          ids.owned.add(id)
+          return id
+        },
+        bind: (id) => {
+          if (!ids.owned.has(id)) throw new Error(`session id ${id} was not allocated by this session`)
+          ids.bound.add(id)
+          if (client.peer !== null) this.datagrams?.bindId(id, client.peer)
+        },
+        unbind: (id) => {
+          ids.bound.delete(id)
+          if (client.peer !== null) this.datagrams?.unbindId(id, client.peer)
+        },
+      },
+    })
     let session: NodeSession
     try {
       session = this.transport.openNodeSession(ctx)
@@ -300,6 +327,7 @@ export class NodeAgent {
     link.stats = peer.stats
     try {
       datagrams?.attach(peer, conn.socket.exportKeyingMaterial(32, KEEPALIVE_KEY_LABEL, Buffer.alloc(0)))
+      for (const id of ids.bound) datagrams?.bindId(id, peer)
     } catch (e) {
       session.close()
       return this.refuse(client, (e as Error).message)
@@ -345,8 +373,10 @@ export class NodeAgent {
     if (peer === null) return
     client.peer = null
     this.datapath?.removePeer(peer)
+    for (const id of client.ids.bound) this.datagrams?.unbindId(id, peer)
     this.datagrams?.detach(peer)
     peer.session.close()
+    for (const id of client.ids.owned) this.sessionIds.delete(id)
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
     if (this.sessions.get(client.name) === client) {
       this.sessions.delete(client.name)
@@ -396,6 +426,20 @@ export class NodeAgent {
     }
   }
 
+  /** Time-driven transport work (rekeys); a session that throws loses its connection, not the node. */
+  private tickSessions(): void {
+    const now = Date.now()
+    for (const s of this.sessions.values()) {
+      const tick = s.peer?.session.tick
+      if (tick === undefined) continue
+      try {
+        tick.call(s.peer!.session, now)
+      } catch (e) {
+        s.conn.close(`transport session failed: ${(e as Error).message}`)
+      }
+    }
+  }
+
   private allocateSessionId(): number {
     for (;;) {
       const id = randomInt(1, 0xffffffff)
@@ -441,6 +485,7 @@ export class NodeAgent {
     this.tearingDown ??= (async () => {
       this.server?.close()
       if (this.expiry !== null) clearInterval(this.expiry)
+      if (this.ticker !== null) clearInterval(this.ticker)
       for (const c of [...this.connections]) c.close('node stopping')
       this.statusServer?.close()
       this.tun?.close()

@@ -94,6 +94,18 @@ export class NodeDatagrams {
     return this.carrier.kind === 'udp' ? {kind: 'udp', port: this.socket.localPort} : this.carrier
   }
 
+  /** Datagrams with this id belong to `peer` as well (a new SA's SPI during a rekey). */
+  bindId(id: number, peer: Peer): void {
+    if (this.transport.sessionIdOf === undefined) return
+    const other = this.byId.get(id)
+    if (other !== undefined && other !== peer) throw new Error(`session id ${id} is bound to ${other.name} already`)
+    this.byId.set(id, peer)
+  }
+
+  unbindId(id: number, peer: Peer): void {
+    if (this.byId.get(id) === peer) this.byId.delete(id)
+  }
+
   detach(peer: Peer): void {
     const id = peer.session.id
     if (id !== undefined && this.byId.get(id) === peer) this.byId.delete(id)

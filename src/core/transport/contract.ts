@@ -62,16 +62,34 @@ export interface SessionContext {
   readonly mtu: number
   /**
    * Keying material bound to this control-channel connection (TLS 1.3 exporter, RFC 8446 7.5):
-   * both ends derive the same bytes for the same label, and nobody else can.
+   * both ends derive the same bytes for the same label and context, and nobody else can. The
+   * context tells rekey epochs apart. The core prefixes the label with the transport's name, so
+   * two transports never share keys.
    */
-  exportKey(label: string, length: number): Buffer
-  /** A random 32-bit session id unique among this node's live sessions (for GRE keys, SPIs). */
+  exportKey(label: string, length: number, context?: Buffer): Buffer
+  /**
+   * Node: a random 32-bit id unique among this node's live sessions (GRE keys, SPIs). The
+   * session's `id` is bound to it when the session opens; ids it allocates later are bound
+   * with bindId and released when the session ends.
+   */
   allocateId(): number
+  /**
+   * Node: datagrams carrying this id (from allocateId) belong to this session too, from now on:
+   * an inbound SPI of a new SA during a make-before-break rekey.
+   */
+  bindId(id: number): void
+  /** Node: datagrams carrying this id no longer belong to this session (the old SA is gone). */
+  unbindId(id: number): void
+  /**
+   * Send the other end's session a transport message over the authenticated control channel
+   * (a rekey, an acknowledgement); it arrives in that session's onControl. Small, flat values.
+   */
+  sendControl(message: SessionParams): void
 }
 
 /** One peer's session: stateful encap/decap in place, no allocation per packet. */
 export interface Session {
-  /** Identifier a datagram carries so the node can find this session (GRE key, SPI), if any. */
+  /** Identifier a datagram carries so the node can find this session (GRE key, SPI), if any; bound when the session opens. */
   readonly id?: number
   /** Bytes the transport writes before the inner packet; the core leaves this much room. */
   readonly headroom: number
@@ -84,6 +102,10 @@ export interface Session {
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean
   /** Decapsulate a carrier payload (possibly in place); on success (null) `out` is the inner packet. */
   decap(buf: Buffer, offset: number, length: number, out: Span): Drop | null
+  /** A transport message from the other end's session (see SessionContext.sendControl). */
+  onControl?(message: SessionParams): void
+  /** Called about once a second with Date.now(): time-driven work such as a rekey. */
+  tick?(now: number): void
   /** Forget keys and state. */
   close(): void
 }
