@@ -16,6 +16,9 @@ const plugins = readdirSync(join(root, 'plugins'), {withFileTypes: true})
   .filter((d) => d.isDirectory() && existsSync(join(root, 'plugins', d.name, 'package.json')))
   .map((d) => d.name)
 
+// From clean output directories: a file removed from src must not live on in dist, in the
+// tarballs or in the command manifest.
+for (const dir of ['dist', ...plugins.map((p) => `plugins/${p}/dist`)]) rmSync(join(root, dir), {recursive: true, force: true})
 run('npx', ['tsc', '-b', '.', ...plugins.map((p) => `plugins/${p}`)])
 
 // One tarball per plugin, under a name that does not change with the version, so the init hook

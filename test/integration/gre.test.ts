@@ -79,8 +79,9 @@ describe('gre transport', () => {
     const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40999']
     await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
     try {
-      await tb.flushNatConntrack()
+      // Marked before the flush: a keepalive can cross the new mapping while the flush returns.
       const mark = node.output.length
+      await tb.flushNatConntrack()
       await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:40\d\d\d/, (KEEPALIVE + 3) * 1000, mark)
       const after = (await peers(tb.names.node)).find((p) => p.name === 'alice')!.endpoint
       expect(after).not.toBe(before)

@@ -69,8 +69,9 @@ describe('ipip transport', () => {
     const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '41000-41999']
     await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
     try {
-      await tb.flushNatConntrack()
+      // Marked before the flush: a keepalive can cross the new mapping while the flush returns.
       const mark = node.output.length
+      await tb.flushNatConntrack()
       await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:41\d\d\d/, (KEEPALIVE + 3) * 1000, mark)
       await pingOk(tb.names.client[0])
     } finally {

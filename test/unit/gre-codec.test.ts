@@ -1,5 +1,5 @@
 import {describe, expect, it} from 'vitest'
-import {checksumValid, internetChecksum, onesComplementSum} from '../../plugins/gre/src/checksum.js'
+import {checksumValid, internetChecksum, onesComplementSum} from '../../src/core/codecs/gre/checksum.js'
 import {
   createGreHeader,
   GRE_MAX_HEADER_LENGTH,
@@ -10,8 +10,8 @@ import {
   parseGre,
   peekGreKey,
   writeGreHeader,
-} from '../../plugins/gre/src/codec.js'
-import {SequenceCounter, SequenceWindow} from '../../plugins/gre/src/sequence.js'
+} from '../../src/core/codecs/gre/codec.js'
+import {SequenceCounter, SequenceWindow} from '../../src/core/codecs/gre/sequence.js'
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex')
 

@@ -10,6 +10,7 @@
  */
 import type {
   CarrierSpec,
+  CoreApi,
   Drop,
   NodeSession,
   Session,
@@ -20,8 +21,7 @@ import type {
   TransportHookOptions,
   TransportOptions,
 } from '../../../src/core/transport/contract.js'
-import {type GreFlags, type GreHeader, GRE_MAX_HEADER_LENGTH, createGreHeader, greHeaderLength, parseGre, peekGreKey, writeGreHeader} from './codec.js'
-import {SequenceCounter, SequenceWindow} from './sequence.js'
+import type {GreCodec, GreFlags, GreHeader} from '../../../src/core/codecs/gre/index.js'
 
 export const GRE_IN_UDP_PORT = 4754
 export const IPPROTO_GRE = 47
@@ -32,23 +32,28 @@ function flagsOf(options: TransportOptions): GreFlags {
 }
 
 class GreSession implements NodeSession {
-  readonly headroom = GRE_MAX_HEADER_LENGTH
+  readonly headroom: number
   readonly tailroom = 0
   readonly params: SessionParams
-  private readonly header: GreHeader = createGreHeader()
-  private readonly tx = new SequenceCounter(0)
-  private readonly rx = new SequenceWindow()
+  private readonly header: GreHeader
+  private readonly tx: InstanceType<GreCodec['SequenceCounter']>
+  private readonly rx: InstanceType<GreCodec['SequenceWindow']>
 
   constructor(
+    private readonly gre: GreCodec,
     readonly id: number,
     private readonly flags: GreFlags,
     private readonly maxPayload: number,
   ) {
+    this.headroom = gre.GRE_MAX_HEADER_LENGTH
+    this.header = gre.createGreHeader()
+    this.tx = new gre.SequenceCounter(0)
+    this.rx = new gre.SequenceWindow()
     this.params = {key: id, checksum: flags.checksum, sequence: flags.sequence}
   }
 
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean {
-    const start = writeGreHeader(buf, offset, length, this.id, this.flags, this.flags.sequence ? this.tx.next() : 0)
+    const start = this.gre.writeGreHeader(buf, offset, length, this.id, this.flags, this.flags.sequence ? this.tx.next() : 0)
     if (start < 0) return false
     out.offset = start
     out.length = offset - start + length
@@ -57,7 +62,7 @@ class GreSession implements NodeSession {
 
   decap(buf: Buffer, offset: number, length: number, out: Span): Drop | null {
     const h = this.header
-    const bad = parseGre(buf, offset, length, this.maxPayload, h)
+    const bad = this.gre.parseGre(buf, offset, length, this.maxPayload, h)
     if (bad !== null) return bad
     if (h.key !== this.id) return 'unknown-session'
     // RFC 2890 2.2: in order or not at all (no reordering buffer: games prefer loss to delay).
@@ -70,29 +75,33 @@ class GreSession implements NodeSession {
   close(): void {}
 }
 
-export const greTransport: Transport = {
-  name: 'gre',
-  description: 'GRE (RFC 2784/2890) over UDP (RFC 8086, default port 4754) or IP protocol 47; not encrypted',
-  carrier(options: TransportOptions): CarrierSpec {
-    return options.carrier === 'ip'
-      ? {kind: 'ip', ipProtocol: IPPROTO_GRE}
-      : {kind: 'udp', port: typeof options.port === 'number' ? options.port : GRE_IN_UDP_PORT}
-  },
-  overhead(options: TransportOptions): number {
-    return greHeaderLength(flagsOf(options))
-  },
-  nat: {keepaliveSeconds: KEEPALIVE_SECONDS},
-  openNodeSession(ctx: SessionContext): NodeSession {
-    return new GreSession(ctx.allocateId(), flagsOf(ctx.options), ctx.mtu)
-  },
-  openClientSession(ctx: SessionContext, params: SessionParams): Session {
-    if (typeof params.key !== 'number') throw new Error('the node sent no GRE key')
-    return new GreSession(params.key, {checksum: params.checksum === true, sequence: params.sequence === true}, ctx.mtu)
-  },
-  sessionIdOf: peekGreKey,
+/** The gre transport, on the GRE codec the core hands over. */
+export function createGreTransport(core: CoreApi): Transport {
+  const gre = core.gre
+  return {
+    name: 'gre',
+    description: 'GRE (RFC 2784/2890) over UDP (RFC 8086, default port 4754) or IP protocol 47; not encrypted',
+    carrier(options: TransportOptions): CarrierSpec {
+      return options.carrier === 'ip'
+        ? {kind: 'ip', ipProtocol: IPPROTO_GRE}
+        : {kind: 'udp', port: typeof options.port === 'number' ? options.port : GRE_IN_UDP_PORT}
+    },
+    overhead(options: TransportOptions): number {
+      return gre.greHeaderLength(flagsOf(options))
+    },
+    nat: {keepaliveSeconds: KEEPALIVE_SECONDS},
+    openNodeSession(ctx: SessionContext): NodeSession {
+      return new GreSession(gre, ctx.allocateId(), flagsOf(ctx.options), ctx.mtu)
+    },
+    openClientSession(ctx: SessionContext, params: SessionParams): Session {
+      if (typeof params.key !== 'number') throw new Error('the node sent no GRE key')
+      return new GreSession(gre, params.key, {checksum: params.checksum === true, sequence: params.sequence === true}, ctx.mtu)
+    },
+    sessionIdOf: gre.peekGreKey,
+  }
 }
 
 /** The `agent:transport` oclif hook: the core runs it on every plugin to discover transports. */
-export default async function discover(_opts: TransportHookOptions): Promise<Transport> {
-  return greTransport
+export default async function discover(opts: TransportHookOptions): Promise<Transport> {
+  return createGreTransport(opts.core)
 }

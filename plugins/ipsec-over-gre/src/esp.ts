@@ -95,6 +95,7 @@ export class EspSa {
   private readonly nonce = Buffer.alloc(ESP_SALT_LENGTH + ESP_IV_LENGTH)
   private readonly aad: Buffer
   private destroyed = false
+  private hasSealer = false
 
   constructor(opts: EspSaOptions) {
     const {spi, key} = opts
@@ -116,6 +117,15 @@ export class EspSa {
   /** True once destroy() ran: sealers refuse, openers drop everything as 'unknown-session'. */
   get isDestroyed(): boolean {
     return this.destroyed
+  }
+
+  /**
+   * Called by EspSealer's constructor: an SA has at most one sealer, since two counters under
+   * one key would both use IV 1, 2, 3... and reuse GCM nonces (which breaks GCM outright).
+   */
+  claimSealer(): void {
+    if (this.hasSealer) throw new Error(`ESP SA ${this.spi.toString(16)} already has a sealer: a second would reuse GCM nonces`)
+    this.hasSealer = true
   }
 
   /** Zeroes the key and salt; the SA is unusable afterwards (Session.close). */
@@ -204,6 +214,7 @@ export class EspSealer {
     this.maxHi = sa.esn ? 0xffffffff : 0
     const last = opts.lastSequence ?? 0n
     if (last < 0n || last > (sa.esn ? 0xffffffffffffffffn : 0xffffffffn)) throw new RangeError(`lastSequence out of range: ${last}`)
+    sa.claimSealer()
     this.seqHi = Number(last >> 32n)
     this.seqLo = Number(last & 0xffffffffn)
     this.headerSum =
@@ -236,6 +247,7 @@ export class EspSealer {
     const ptLength = innerLength + pad + 2
     const end = innerOffset + ptLength + ESP_ICV_LENGTH
     const total = end - start
+    if (!(Number.isInteger(innerOffset) && Number.isInteger(innerLength))) return false
     if (!(start >= 0 && innerLength > 0 && end <= buf.length && total <= 0xffff)) return false
     const version = buf[innerOffset] >> 4
     const nextHeader = version === 4 ? ESP_NEXT_HEADER_IPV4 : version === 6 ? ESP_NEXT_HEADER_IPV6 : 0

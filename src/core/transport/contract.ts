@@ -13,6 +13,8 @@
  * arguments, so a plugin tarball has no dependency to fetch.
  */
 
+import type {GreCodec} from '../codecs/gre/index.js'
+
 /** How the core carries a transport's payloads between client and node. */
 export type CarrierKind =
   /** In DATA frames of the control channel's TLS connection (TCP). */
@@ -148,9 +150,11 @@ export interface Transport {
   innerOf?(buf: Buffer, offset: number, length: number, out: Span): boolean
 }
 
-/** What the core passes to a plugin's factory. Grows only by adding optional members. */
+/** What the core passes to a plugin's factory. Grows only by adding members. */
 export interface CoreApi {
   readonly contractVersion: 1
+  /** GRE (RFC 2784/2890) header codec and sequence tracking, shared by gre and ipsec-over-gre. */
+  readonly gre: GreCodec
 }
 
 /**
@@ -161,6 +165,5 @@ export interface CoreApi {
 export interface TransportHookOptions {
   core: CoreApi
 }
-export type TransportFactory = (core: CoreApi) => Transport
 
 export const CONTRACT_VERSION = 1

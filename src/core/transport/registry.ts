@@ -6,6 +6,7 @@
 import type {Config} from '@oclif/core'
 import {CONTRACT_VERSION, type CoreApi, type Transport} from './contract.js'
 import {bundledPluginTarballs} from '../../hooks/init/plugin-aliases.js'
+import {greCodec} from '../codecs/gre/index.js'
 
 export const TRANSPORT_HOOK = 'agent:transport'
 
@@ -16,7 +17,7 @@ export interface TransportRegistry {
 }
 
 export async function discoverTransports(config: Config): Promise<TransportRegistry> {
-  const core: CoreApi = {contractVersion: CONTRACT_VERSION}
+  const core: CoreApi = {contractVersion: CONTRACT_VERSION, gre: greCodec}
   // oclif's Hooks map has no entry for our custom hook; its runtime takes any name.
   const result = await (config.runHook as (id: string, opts: object) => Promise<{
     successes: {result: unknown; plugin: {name: string}}[]

@@ -19,7 +19,7 @@
  * by index (Buffer's readUInt32BE and friends throw on a bad offset; indexing does not).
  * docs/gre-wire.md states what we emit and what we accept.
  */
-import type {Drop} from '../../../src/core/transport/contract.js'
+import type {Drop} from '../../transport/contract.js'
 import {checksumValid, internetChecksum} from './checksum.js'
 
 export const GRE_PROTO_IPV4 = 0x0800
