@@ -18,7 +18,7 @@ import {hostBusyOver, iperf, pingRtt, startIperfServer, txBytes} from './lib/mea
 import {median} from './lib/stats.mjs'
 import direct from './paths/direct.mjs'
 import {openvpnTcp, openvpnUdp} from './paths/openvpn.mjs'
-import {agentGre, agentGreIp, agentIpip, agentIpipIp, agentTls} from './paths/agent.mjs'
+import {agentGre, agentGreIp, agentIpip, agentIpipIp, agentIpsec, agentTls} from './paths/agent.mjs'
 
 /** @typedef {import('./paths/types.mjs').BenchPath} BenchPath */
 
@@ -27,7 +27,7 @@ const BASELINE_PATHS = [direct, openvpnTcp, openvpnUdp]
 
 // Agent transports: each compared with the OpenVPN of the same carrier, in the same run.
 /** @type {BenchPath[]} */
-const AGENT_PATHS = [agentTls, agentGre, agentGreIp, agentIpip, agentIpipIp]
+const AGENT_PATHS = [agentTls, agentGre, agentGreIp, agentIpip, agentIpipIp, agentIpsec]
 // ═══════════════════════════════════════════════════════════════════════════════════════════════
 
 const ALL_PATHS = [...BASELINE_PATHS, ...AGENT_PATHS]

@@ -18,7 +18,7 @@ declare module 'vitest' {
 export default function setup(project: TestProject): () => void {
   const dir = mkdtempSync(join(tmpdir(), `agent-test-data-${process.pid}-`))
   const bin = resolve(import.meta.dirname, '../bin/run.js')
-  execFileSync(process.execPath, [bin, 'plugins:install', 'tls', 'gre', 'ipip'], {env: {...process.env, AGENT_DATA_DIR: dir}, stdio: 'pipe'})
+  execFileSync(process.execPath, [bin, 'plugins:install', 'tls', 'gre', 'ipip', 'ipsec-over-gre'], {env: {...process.env, AGENT_DATA_DIR: dir}, stdio: 'pipe'})
   project.provide('agentDataDir', dir)
   return () => rmSync(dir, {recursive: true, force: true})
 }

@@ -40,3 +40,4 @@ export const agentGre = agentPath('gre', {carrier: 'udp', baseline: 'openvpn-udp
 export const agentGreIp = agentPath('gre', {name: 'agent-gre-ip', carrier: 'ip', baseline: 'openvpn-udp', from: 'public', options: {carrier: 'ip'}})
 export const agentIpip = agentPath('ipip', {carrier: 'udp', baseline: 'openvpn-udp'})
 export const agentIpipIp = agentPath('ipip', {name: 'agent-ipip-ip', carrier: 'ip', baseline: 'openvpn-udp', from: 'public', options: {carrier: 'ip'}})
+export const agentIpsec = agentPath('ipsec-over-gre', {name: 'agent-ipsec', carrier: 'udp', baseline: 'openvpn-udp'})

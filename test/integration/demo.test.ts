@@ -11,7 +11,7 @@ const run = promisify(execFile)
 const demo = resolve(import.meta.dirname, '../../scripts/demo.mjs')
 
 describe('the demo', () => {
-  it.each(['tls', 'gre'])('brings a node and a client up over %s, shows traffic and status, and removes everything', async (transport) => {
+  it.each(['tls', 'gre', 'ipsec-over-gre'])('brings a node and a client up over %s, shows traffic and status, and removes everything', async (transport) => {
     const {stdout} = await run(process.execPath, [demo, transport], {timeout: 120_000})
     expect(stdout).toMatch(/3 packets transmitted, 3 received/)
     expect(stdout).toMatch(/it sees the connection coming from 203\.0\.113\.1/)

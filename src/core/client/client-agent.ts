@@ -195,6 +195,7 @@ export class ClientAgent {
       transport: this.transport.name,
       peerName: this.config.name,
       tunnelAddress: w.address,
+      nodeAddress: w.gateway,
       options: this.transportOptions(),
       mtu: w.mtu,
       conn,

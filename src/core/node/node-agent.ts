@@ -290,6 +290,7 @@ export class NodeAgent {
       transport: this.transport.name,
       peerName: name,
       tunnelAddress: address,
+      nodeAddress: this.config.tunnel.address,
       options,
       mtu: this.mtu,
       conn,

@@ -58,6 +58,8 @@ export interface SessionContext {
   readonly peerName: string
   /** The client's tunnel address, as assigned by the node. */
   readonly tunnelAddress: string
+  /** The node's tunnel address (the other end of the tunnel, seen from the client). */
+  readonly nodeAddress: string
   /** The transport's options from the config (the node's: a client follows the node's params). */
   readonly options: TransportOptions
   /** The tunnel MTU: the largest inner packet a decapsulated payload may hold. */

@@ -18,6 +18,7 @@ export interface SessionContextInput {
   transport: string
   peerName: string
   tunnelAddress: string
+  nodeAddress: string
   options: TransportOptions
   mtu: number
   conn: ControlConnection
@@ -39,6 +40,7 @@ export function sessionContext(i: SessionContextInput): SessionContext {
     role: i.role,
     peerName: i.peerName,
     tunnelAddress: i.tunnelAddress,
+    nodeAddress: i.nodeAddress,
     options: i.options,
     mtu: i.mtu,
     exportKey: (label, length, context) => i.conn.socket.exportKeyingMaterial(length, exporterLabel(i.transport, label), context ?? NO_CONTEXT),
