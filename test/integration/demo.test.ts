@@ -18,5 +18,5 @@ describe('the demo', () => {
     expect(stdout).toMatch(/alice\s+10\.8\.0\.2\s+198\.51\.100\.2:\d+/)
     expect(stdout).toMatch(/stopped alice \(pid \d+\)/)
     expect(stdout).toMatch(/demo finished/)
-  })
+  }, 150_000)
 })

@@ -25,9 +25,6 @@ afterAll(async () => {
 
 
 
-
-
-
 describe('ipip transport', () => {
   let node: AgentProcess
   let alice: AgentProcess

@@ -41,10 +41,17 @@ export class SendQueue {
 
   flush(): void {
     if (this.count === 0) return
-    const sent = this.socket.sendBatch(this.buf!, this.offsets, this.lengths, this.addrs, this.ports, this.count)
-    this.dropped += this.count - sent
-    this.count = 0
-    this.buf = null
+    try {
+      const sent = this.socket.sendBatch(this.buf!, this.offsets, this.lengths, this.addrs, this.ports, this.count)
+      this.dropped += this.count - sent
+    } catch (e) {
+      this.dropped += this.count
+      throw e
+    } finally {
+      // Never left half-full: a failed batch must not poison the next one.
+      this.count = 0
+      this.buf = null
+    }
   }
 }
 

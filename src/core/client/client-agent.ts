@@ -8,7 +8,7 @@ import {isIP} from 'node:net'
 import {connect as tlsConnect, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedClientConfig} from '../config/index.js'
-import type {CarrierSpec, Session, Transport} from '../transport/contract.js'
+import type {CarrierSpec, Session, SessionParams, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -32,7 +32,7 @@ import {sessionContext} from '../transport/session-context.js'
 import {backoffDelay} from './backoff.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
-import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
+import {keepaliveKeys} from '../nat/keepalive.js'
 
 const CONNECT_TIMEOUT_MS = 10_000
 const WELCOME_TIMEOUT_MS = 10_000
@@ -52,6 +52,8 @@ export class ClientAgent {
   private mtu: number | null = null
   private statusServer: Server | null = null
   private welcoming: Promise<void> = Promise.resolve()
+  /** The connection the current peer's session belongs to. */
+  private peerConn: ControlConnection | null = null
   private ticker: NodeJS.Timeout | null = null
   private datagrams: ClientDatagrams | null = null
   private nodeIp = ''
@@ -134,6 +136,8 @@ export class ClientAgent {
     socket.once('timeout', () => socket.destroy(new Error(`no answer from ${this.nodeText()} within ${CONNECT_TIMEOUT_MS / 1000} s`)))
     let welcomed = false
     let refusal: string | null = null
+    /** Transport messages that came before this connection's session was open. */
+    const early: SessionParams[] = []
     const welcomeTimer = setTimeout(() => conn.close(`no welcome within ${WELCOME_TIMEOUT_MS / 1000} s`), WELCOME_TIMEOUT_MS)
     welcomeTimer.unref()
     const conn = new ControlConnection(socket, 0xffff, {
@@ -143,12 +147,15 @@ export class ClientAgent {
           clearTimeout(welcomeTimer)
           // One welcome at a time: a fast reconnect must not set the tunnel up twice at once.
           this.welcoming = this.welcoming
-            .then(() => this.onWelcome(conn, m))
+            .then(() => this.onWelcome(conn, m, early))
             .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
           refusal = m.reason
         } else if (m.type === 'transport' && welcomed) {
-          if (this.conn === conn) this.peer?.session.onControl?.(m.body)
+          // The session opens once the tunnel is set up: hold what arrives meanwhile.
+          if (this.conn !== conn) return
+          if (this.peer === null || this.peerConn !== conn) early.push(m.body)
+          else this.peer.session.onControl?.(m.body)
         } else {
           conn.close(`unexpected ${m.type} message`)
         }
@@ -182,7 +189,7 @@ export class ClientAgent {
     this.retryTimer = setTimeout(() => this.connect(credentials), delay)
   }
 
-  private async onWelcome(conn: ControlConnection, w: Welcome): Promise<void> {
+  private async onWelcome(conn: ControlConnection, w: Welcome, early: SessionParams[]): Promise<void> {
     const gone = () => conn.isClosed || this.phase === 'stopped'
     if (gone()) return
     if (w.transport !== this.transport.name) throw new Error(`node answered for transport ${JSON.stringify(w.transport)}`)
@@ -210,7 +217,9 @@ export class ClientAgent {
     link.stats = peer.stats
     this.dropPeer()
     this.peer = peer
+    this.peerConn = conn
     this.datapath!.addPeer(peer)
+    for (const m of early.splice(0)) session.onControl?.(m)
     this.ticker ??= setInterval(() => this.tickSession(), TICK_MS)
     this.ticker.unref()
     conn.keepalive(w.keepalive, true)
@@ -224,8 +233,7 @@ export class ClientAgent {
     }
     if (datagrams === null) return up()
     // Over datagrams the tunnel is up once the node answers a keepalive: that proves the path.
-    const key = conn.socket.exportKeyingMaterial(32, KEEPALIVE_KEY_LABEL, Buffer.alloc(0))
-    datagrams.begin(peer, w.carrier, key, w.keepalive, up)
+    datagrams.begin(peer, w.carrier, keepaliveKeys(conn.socket, 'client'), w.keepalive, up)
   }
 
   /** The datagram socket for this carrier: kept across sessions so the NAT mapping stays. */

@@ -60,11 +60,11 @@ export class ClientDatagrams {
   }
 
   /** A new session over this socket: probe until the node answers, then `onUp` once. */
-  begin(peer: Peer, carrier: CarrierSpec, key: Buffer, keepaliveSeconds: number, onUp: () => void): void {
+  begin(peer: Peer, carrier: CarrierSpec, keys: {receive: Buffer; send: Buffer}, keepaliveSeconds: number, onUp: () => void): void {
     this.end()
     if (carrier.kind === 'udp') this.link.port = carrier.port!
     this.peer = peer
-    this.state = new KeepaliveState(key)
+    this.state = new KeepaliveState(keys.receive, keys.send)
     this.probes = 0
     let up = false
     const tick = () => {
@@ -107,8 +107,14 @@ export class ClientDatagrams {
     const peer = this.peer
     const state = this.state
     if (peer === null || state === null) return
-    const k = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Request)
-    if (k !== null) this.socket.send(k.buf, k.span.offset, k.span.length, this.link.addr, this.link.port)
+    try {
+      const k = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Request)
+      if (k !== null) this.socket.send(k.buf, k.span.offset, k.span.length, this.link.addr, this.link.port)
+      else peer.stats.drop('encap')
+    } catch {
+      // Runs from a timer: a transport that throws must not take the client down.
+      this.datapath.counters.transportErrors++
+    }
   }
 
   private readonly onBatch = (count: number, ring: DatagramRing): void => {
@@ -123,16 +129,18 @@ export class ClientDatagrams {
     const peer = this.peer
     const {buf, slotSize, headroom, lengths, addrs, ports} = ring
     for (let i = 0; i < count; i++) {
-      if (peer === null || !this.link.accepts(addrs[i], ports[i])) {
+      if (!this.link.accepts(addrs[i], ports[i])) {
         this.counters.foreignSource++
         continue
       }
+      // From the node, between two sessions: nothing to give it to.
+      if (peer === null) continue
       this.datapath.receive(peer, buf, i * slotSize + headroom, lengths[i], addrs[i], ports[i])
     }
   }
 
   private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number): void => {
-    if (this.state === null || this.state.accept(buf, offset) !== KeepaliveKind.Reply) {
+    if (this.state === null || !this.state.accept(buf, offset, KeepaliveKind.Reply)) {
       peer.stats.drop('authentication')
       return
     }

@@ -83,10 +83,15 @@ export class DataPath {
       // A transport that throws (a plugin bug) loses the rest of this batch, not the process.
       this.counters.transportErrors++
     } finally {
-      // Whatever happened, what was queued goes out and the next batch starts clean.
+      // Whatever happened, what was queued goes out and the next batch starts clean; a link
+      // that fails to flush costs its batch, never the process (this runs in a native callback).
       for (let i = 0; i < this.dirty.length; i++) {
         const p = this.dirty[i]
-        p.link.flush()
+        try {
+          p.link.flush()
+        } catch {
+          this.counters.transportErrors++
+        }
         p.flushMark = p.stats.txPackets
       }
       this.dirty.length = 0
@@ -107,7 +112,10 @@ export class DataPath {
         continue
       }
       const out = peer.span
-      if (!peer.session.encap(buf, off, len, out)) {
+      // The payload must stay inside this packet's slot: a transport that says otherwise is
+      // wrong, and its packet is dropped rather than sent from a neighbour's bytes.
+      const slot = off - headroom
+      if (!peer.session.encap(buf, off, len, out) || out.offset < slot || out.offset + out.length > slot + slotSize) {
         peer.stats.drop('encap')
         continue
       }

@@ -23,8 +23,8 @@ export const KEEPALIVE_PROTOCOL = 253
 export const KEEPALIVE_MAGIC = 0x41474b41 // "AGKA"
 export const KEEPALIVE_PAYLOAD = 32
 export const KEEPALIVE_PACKET = 20 + KEEPALIVE_PAYLOAD
-/** The label both ends give the TLS exporter for the keepalive key. */
-export const KEEPALIVE_KEY_LABEL = 'EXPORTER-agent-keepalive'
+/** The labels both ends give the TLS exporter for the keepalive keys, one per direction. */
+export const KEEPALIVE_KEY_LABELS = {toNode: 'EXPORTER-agent-keepalive-c2s', toClient: 'EXPORTER-agent-keepalive-s2c'} as const
 
 export const KeepaliveKind = {Request: 1, Reply: 2} as const
 export type KeepaliveKind = (typeof KeepaliveKind)[keyof typeof KeepaliveKind]
@@ -89,4 +89,14 @@ function ipv4HeaderChecksum(buf: Buffer, offset: number): number {
   for (let i = 0; i < 20; i += 2) sum += (buf[offset + i] << 8) | buf[offset + i + 1]
   while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16)
   return ~sum & 0xffff
+}
+
+/** This end's keepalive keys from the control connection's TLS exporter. */
+export function keepaliveKeys(
+  exporter: {exportKeyingMaterial(length: number, label: string, context: Buffer): Buffer},
+  role: 'node' | 'client',
+): {receive: Buffer; send: Buffer} {
+  const toNode = exporter.exportKeyingMaterial(32, KEEPALIVE_KEY_LABELS.toNode, Buffer.alloc(0))
+  const toClient = exporter.exportKeyingMaterial(32, KEEPALIVE_KEY_LABELS.toClient, Buffer.alloc(0))
+  return role === 'node' ? {receive: toNode, send: toClient} : {receive: toClient, send: toNode}
 }

@@ -7,7 +7,6 @@
  * from a new endpoint, moves the session there first.
  */
 import type {Session, Span} from '../transport/contract.js'
-import type {Peer} from '../device/peer.js'
 import {KEEPALIVE_PACKET, KeepaliveKind, makeKeepalive, verifyKeepalive} from './keepalive.js'
 
 export class KeepaliveState {
@@ -17,15 +16,23 @@ export class KeepaliveState {
   /** ms since epoch of the last verified keepalive from the other end. */
   lastVerified = 0
 
-  constructor(readonly key: Buffer) {}
+  /**
+   * One key per direction: a keepalive this end sent, reflected back at it, is not one it can
+   * accept (with one key for both, a reflected reply would raise lastIn and shut out the
+   * genuine requests until their counter caught up).
+   */
+  constructor(
+    readonly receiveKey: Buffer,
+    readonly sendKey: Buffer,
+  ) {}
 
-  /** Verify a keepalive from the other end; on success remember its counter. */
-  accept(buf: Buffer, offset: number): KeepaliveKind | null {
-    const v = verifyKeepalive(buf, offset, this.key, this.lastIn)
-    if (v === null) return null
+  /** Verify a keepalive of the expected kind from the other end; only then remember its counter. */
+  accept(buf: Buffer, offset: number, kind: KeepaliveKind): boolean {
+    const v = verifyKeepalive(buf, offset, this.receiveKey, this.lastIn)
+    if (v === null || v.kind !== kind) return false
     this.lastIn = v.counter
     this.lastVerified = Date.now()
-    return v.kind
+    return true
   }
 
   /**
@@ -33,12 +40,8 @@ export class KeepaliveState {
    * (control plane: a few per minute). Returns the span to send, or null if encap refused.
    */
   build(session: Session, src: number, dst: number, kind: KeepaliveKind): {buf: Buffer; span: Span} | null {
-    const buf = makeKeepalive(session.headroom, session.tailroom, src, dst, kind, this.nextOut++, this.key)
+    const buf = makeKeepalive(session.headroom, session.tailroom, src, dst, kind, this.nextOut++, this.sendKey)
     const span = {offset: 0, length: 0}
     return session.encap(buf, session.headroom, KEEPALIVE_PACKET, span) ? {buf, span} : null
   }
-}
-
-export interface KeepalivePeer extends Peer {
-  keepalive: KeepaliveState
 }

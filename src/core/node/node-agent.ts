@@ -35,7 +35,7 @@ import {tunnelMtu} from '../transport/mtu.js'
 import {sessionContext} from '../transport/session-context.js'
 import {checkSessionRoom} from '../transport/room.js'
 import {NodeDatagrams} from './node-datagrams.js'
-import {KEEPALIVE_KEY_LABEL} from '../nat/keepalive.js'
+import {keepaliveKeys} from '../nat/keepalive.js'
 
 /** A TLS handshake must complete this soon (Node's default is 120 s: a slowloris gift). */
 const HANDSHAKE_TIMEOUT_MS = 5_000
@@ -60,6 +60,8 @@ interface ClientSession {
   refused: boolean
   /** Session ids the transport allocated (released when the session ends) and bound. */
   ids: {owned: Set<number>; bound: Set<number>}
+  /** The welcome is on its way: only from then on may the session tick or talk to the client. */
+  welcomed: boolean
 }
 
 export class NodeAgent {
@@ -246,7 +248,7 @@ export class NodeAgent {
       setTimeout(() => conn.close('refused'), 1000).unref()
       return
     }
-    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false, ids: {owned: new Set(), bound: new Set()}}
+    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false, ids: {owned: new Set(), bound: new Set()}, welcomed: false}
     const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
     helloTimer.unref()
     conn.handlers = {
@@ -255,7 +257,7 @@ export class NodeAgent {
         if (m.type === 'hello' && client.peer === null) {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
-        } else if (m.type === 'transport' && client.peer !== null) {
+        } else if (m.type === 'transport' && client.peer !== null && client.welcomed) {
           client.peer.session.onControl?.(m.body)
         } else {
           conn.close(`unexpected ${m.type} message`)
@@ -311,28 +313,40 @@ export class NodeAgent {
         },
       },
     })
-    let session: NodeSession
+    // A session refused after it opened must give back what it took: its ids, its bindings.
+    const discard = (s: NodeSession | null, peer: Peer | null, why: string) => {
+      if (peer !== null) this.datagrams?.detach(peer)
+      try {
+        s?.close()
+      } catch {
+        // Closing a session we are throwing away: nothing more to do about it.
+      }
+      for (const id of ids.owned) this.sessionIds.delete(id)
+      ids.owned.clear()
+      ids.bound.clear()
+      return this.refuse(client, why)
+    }
+    let session: NodeSession | null = null
     try {
       session = this.transport.openNodeSession(ctx)
       checkSessionRoom(this.transport.name, session)
     } catch (e) {
-      return this.refuse(client, `transport could not open a session: ${(e as Error).message}`)
+      return discard(session, null, `transport could not open a session: ${(e as Error).message}`)
     }
-    // Only now that the new session exists does the old one go (a client that restarted, or
-    // whose old connection is half-open): a failure above leaves the old one working.
-    const previous = this.sessions.get(name)
-    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
     const datagrams = this.datagrams
     const link = datagrams === null ? new StreamLink(conn.socket, remote, STREAM_BATCH_BYTES) : datagrams.newLink()
     const peer = new Peer(name, ipv4ToNumber(address), address, session, link)
     link.stats = peer.stats
     try {
-      datagrams?.attach(peer, conn.socket.exportKeyingMaterial(32, KEEPALIVE_KEY_LABEL, Buffer.alloc(0)))
+      datagrams?.attach(peer, keepaliveKeys(conn.socket, 'node'))
       for (const id of ids.bound) datagrams?.bindId(id, peer)
     } catch (e) {
-      session.close()
-      return this.refuse(client, (e as Error).message)
+      return discard(session, peer, (e as Error).message)
     }
+    // Only now that the new session is in place does the old one go (a client that restarted,
+    // or whose old connection is half-open): a failure above leaves the old one working.
+    const previous = this.sessions.get(name)
+    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
     client.peer = peer
     this.sessions.set(name, client)
     this.datapath?.addPeer(peer)
@@ -353,6 +367,7 @@ export class NodeAgent {
           params: session.params,
         })
         conn.keepalive(keepalive, false)
+        client.welcomed = true
         this.log.info(`client ${name} connected from ${remote} as ${address}`)
       })
       .catch((e: Error) => {
@@ -432,7 +447,7 @@ export class NodeAgent {
     const now = Date.now()
     for (const s of this.sessions.values()) {
       const tick = s.peer?.session.tick
-      if (tick === undefined) continue
+      if (tick === undefined || !s.welcomed) continue
       try {
         tick.call(s.peer!.session, now)
       } catch (e) {

@@ -33,6 +33,8 @@ const PAYLOAD_SLACK = 256
 
 export class NodeDatagrams {
   private readonly byId = new Map<number, Peer>()
+  /** The ids each peer is bound under, so all go when it does. */
+  private readonly idsOf = new Map<Peer, Set<number>>()
   /** Sessions of id-less transports, by endpoint (address * 65536 + port). */
   private readonly byEndpoint = new Map<number, Peer>()
   private readonly inner = {offset: 0, length: 0}
@@ -78,15 +80,15 @@ export class NodeDatagrams {
   }
 
   /** A client's session is open: its datagrams are found by its session id from now on. */
-  attach(peer: Peer, keepaliveKey: Buffer): void {
+  attach(peer: Peer, keys: {receive: Buffer; send: Buffer}): void {
     const id = peer.session.id
     if (this.transport.sessionIdOf !== undefined) {
       if (id === undefined) throw new Error(`transport "${this.transport.name}" gave the session no id to find it by`)
-      this.byId.set(id, peer)
+      this.bindId(id, peer)
     } else if (this.transport.innerOf === undefined) {
       throw new Error(`transport "${this.transport.name}" has neither session ids nor innerOf: its datagrams cannot be placed`)
     }
-    this.keepalives.set(peer, new KeepaliveState(keepaliveKey))
+    this.keepalives.set(peer, new KeepaliveState(keys.receive, keys.send))
   }
 
   /** What the client is told in its welcome: where to send. */
@@ -94,21 +96,26 @@ export class NodeDatagrams {
     return this.carrier.kind === 'udp' ? {kind: 'udp', port: this.socket.localPort} : this.carrier
   }
 
-  /** Datagrams with this id belong to `peer` as well (a new SA's SPI during a rekey). */
+  /** Datagrams with this id belong to `peer` (its first id, or a new SA's SPI during a rekey). */
   bindId(id: number, peer: Peer): void {
     if (this.transport.sessionIdOf === undefined) return
     const other = this.byId.get(id)
     if (other !== undefined && other !== peer) throw new Error(`session id ${id} is bound to ${other.name} already`)
     this.byId.set(id, peer)
+    let ids = this.idsOf.get(peer)
+    if (ids === undefined) this.idsOf.set(peer, (ids = new Set()))
+    ids.add(id)
   }
 
   unbindId(id: number, peer: Peer): void {
     if (this.byId.get(id) === peer) this.byId.delete(id)
+    this.idsOf.get(peer)?.delete(id)
   }
 
   detach(peer: Peer): void {
-    const id = peer.session.id
-    if (id !== undefined && this.byId.get(id) === peer) this.byId.delete(id)
+    // Every id it was bound under, not just its id now: a session may have rekeyed.
+    for (const id of this.idsOf.get(peer) ?? []) if (this.byId.get(id) === peer) this.byId.delete(id)
+    this.idsOf.delete(peer)
     const link = peer.link as DatagramLink
     const at = endpointKey(link.addr, link.port)
     if (this.byEndpoint.get(at) === peer) this.byEndpoint.delete(at)
@@ -120,16 +127,6 @@ export class NodeDatagrams {
   }
 
   private readonly onBatch = (count: number, ring: DatagramRing): void => {
-    try {
-      this.receiveBatch(count, ring)
-    } catch {
-      // Hostile input must never take the node down: a transport that throws loses the batch.
-      this.datapath.counters.transportErrors++
-    }
-    this.queue.flush()
-  }
-
-  private receiveBatch(count: number, ring: DatagramRing): void {
     const {buf, slotSize, headroom, lengths, addrs, ports} = ring
     const idOf = this.transport.sessionIdOf
     for (let i = 0; i < count; i++) {
@@ -146,7 +143,13 @@ export class NodeDatagrams {
         this.counters.unknownSession++
         continue
       }
-      this.datapath.receive(peer, buf, off, len, addrs[i], ports[i])
+      try {
+        this.datapath.receive(peer, buf, off, len, addrs[i], ports[i])
+      } catch {
+        // Hostile input must never take the node down, nor cost other clients their packets:
+        // a transport that throws loses this one datagram.
+        this.datapath.counters.transportErrors++
+      }
     }
   }
 
@@ -159,7 +162,7 @@ export class NodeDatagrams {
 
   private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number): void => {
     const state = this.keepalives.get(peer)
-    if (state === undefined || state.accept(buf, offset) !== KeepaliveKind.Request) {
+    if (state === undefined || !state.accept(buf, offset, KeepaliveKind.Request)) {
       peer.stats.drop('authentication')
       return
     }
@@ -172,8 +175,20 @@ export class NodeDatagrams {
       link.addr = addr
       link.port = port
       // Id-less transports find the session by endpoint; a client that moved where another
-      // session was (a NAT reusing a port) takes the place over: its keepalive proved it.
-      if (this.transport.sessionIdOf === undefined) this.byEndpoint.set(endpointKey(addr, port), peer)
+      // session was (a NAT reusing a port) takes the place over: its keepalive proved it. The
+      // other session forgets that endpoint, or its replies would go to this client, until its
+      // own next keepalive says where it is now.
+      if (this.transport.sessionIdOf === undefined) {
+        const key = endpointKey(addr, port)
+        const previous = this.byEndpoint.get(key)
+        if (previous !== undefined && previous !== peer) {
+          const pl = previous.link as DatagramLink
+          pl.addr = 0
+          pl.port = 0
+          this.log.warn(`client ${previous.name} lost endpoint ${link.endpoint} to ${peer.name}; waiting for its next keepalive`)
+        }
+        this.byEndpoint.set(key, peer)
+      }
       this.log.info(`client ${peer.name} ${was === null ? 'reached us from' : `moved from ${was} to`} ${link.endpoint}`)
     }
     const reply = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Reply)
