@@ -137,7 +137,12 @@ export class NodeDatagrams {
         const id = idOf(buf, off, len)
         peer = id === undefined ? undefined : this.byId.get(id)
       } else {
-        peer = this.byEndpoint.get(endpointKey(addrs[i], ports[i])) ?? this.byInnerSource(buf, off, len)
+        // The endpoint's session, unless the inner source names another: after a NAT hands a
+        // port from one client to another, the newcomer's keepalive must reach its own session
+        // (where it can verify and move it), not the one that held the port before.
+        const atEndpoint = this.byEndpoint.get(endpointKey(addrs[i], ports[i]))
+        const named = this.byInnerSource(buf, off, len)
+        peer = named ?? atEndpoint
       }
       if (peer === undefined) {
         this.counters.unknownSession++
