@@ -133,7 +133,7 @@ export function createIpsecOverGreTransport(core: CoreApi): Transport {
     openClientSession(ctx: SessionContext, params: SessionParams): Session {
       if (typeof params.spi !== 'number') throw new Error('the node sent no SPI')
       // The client receives on an SPI of its own choosing and tells the node.
-      const mine = randomInt(1, 0xffffffff)
+      const mine = randomInt(256, 0xffffffff) // 1-255 are reserved (RFC 4303 2.1)
       const session = new IpsecOverGreSession(gre, ctx, mine, {spi: mine, key: ctx.exportKey('esp s2c', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}, ctx.mtu)
       session.sendTo({spi: params.spi, key: ctx.exportKey('esp c2s', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}, ctx.tunnelAddress, ctx.nodeAddress)
       ctx.sendControl({spi: mine})

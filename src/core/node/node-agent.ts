@@ -458,7 +458,8 @@ export class NodeAgent {
 
   private allocateSessionId(): number {
     for (;;) {
-      const id = randomInt(1, 0xffffffff)
+      // 1-255 are reserved SPI values (RFC 4303 2.1), and a GRE key may become an SPI.
+      const id = randomInt(256, 0xffffffff)
       if (!this.sessionIds.has(id)) {
         this.sessionIds.add(id)
         return id

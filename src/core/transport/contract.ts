@@ -68,7 +68,10 @@ export interface SessionContext {
    * Keying material bound to this control-channel connection (TLS 1.3 exporter, RFC 8446 7.5):
    * both ends derive the same bytes for the same label and context, and nobody else can. The
    * context tells rekey epochs apart. The core prefixes the label with the transport's name, so
-   * two transports never share keys.
+   * two transports never share keys. Use a different label per direction: the same label gives
+   * both ends the same key, and two senders counting nonces from 1 under one AES-GCM key reuse
+   * nonces. Epochs derived this way share the TLS session's secret: rekeying limits how much
+   * one key protects, it does not add forward secrecy.
    */
   exportKey(label: string, length: number, context?: Buffer): Buffer
   /**

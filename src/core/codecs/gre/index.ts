@@ -3,7 +3,6 @@
  * transport is GRE itself, and ipsec-over-gre carries ESP inside it. Plugins may import only
  * types from the core, so shared wire code reaches them as an argument, never as an import.
  */
-import {checksumValid, internetChecksum, onesComplementSum} from './checksum.js'
 import {
   GRE_MAX_HEADER_LENGTH,
   GRE_PROTO_IPV4,
@@ -29,9 +28,6 @@ export const greCodec = {
   peekGreKey,
   SequenceWindow,
   SequenceCounter,
-  internetChecksum,
-  checksumValid,
-  onesComplementSum,
 } as const
 
 export type GreCodec = typeof greCodec
