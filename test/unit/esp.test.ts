@@ -14,7 +14,7 @@ import {
   sealEspPayload,
 } from '../../plugins/ipsec-over-gre/src/esp.js'
 import {ReplayWindow} from '../../plugins/ipsec-over-gre/src/replay.js'
-import {GCM_ESP_VECTORS, type EspVector} from '../../plugins/ipsec-over-gre/src/vectors.js'
+import {GCM_ESP_VECTORS, type EspVector} from '../fixtures/esp/gcm-vectors.js'
 import {DROP_REASONS, type Drop, type Span} from '../../src/core/transport/contract.js'
 import {TUN_HEADROOM, TUN_TAILROOM} from '../../src/core/tun/index.js'
 
