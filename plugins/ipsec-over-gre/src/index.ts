@@ -10,9 +10,9 @@
  * session (RFC 8446 7.5): keys never come from config files and are never written anywhere.
  * The ESP outer header runs between the two tunnel addresses, which NAT never sees.
  *
- * Not yet: rekeying (make-before-break on rekeySeconds or before the sequence number wraps).
- * Until then a session's SAs last as long as its control connection; ESN is on, so the
- * 64-bit sequence number cannot wrap in practice.
+ * Rekeying is make-before-break, on `rekeySeconds` or after 2^40 packets under one key (see
+ * IpsecOverGreSession). Key epochs come from the same TLS session: rekeying limits how much
+ * one key protects; it does not add forward secrecy.
  */
 import {randomInt} from 'node:crypto'
 import type {
@@ -37,14 +37,42 @@ const IPPROTO_GRE = 47
 const KEEPALIVE_SECONDS = 15
 /** GRE carries only the key: ESP has its own integrity and replay protection. */
 const GRE_FLAGS: GreFlags = {checksum: false, sequence: false}
-/** The exporter context of the first (and, until rekeying lands, only) key epoch. */
-const EPOCH_0 = Buffer.alloc(4)
+const DEFAULT_REKEY_SECONDS = 3600
+
+function rekeyMs(options: TransportOptions): number {
+  return (typeof options.rekeySeconds === 'number' ? options.rekeySeconds : DEFAULT_REKEY_SECONDS) * 1000
+}
 
 interface Direction {
   spi: number
   key: Buffer
 }
 
+/** How long an old inbound SA still opens packets after a rekey: reordering, packets in flight. */
+export const REKEY_OVERLAP_MS = 10_000
+/** Rekey before 2^40 packets under one key (ESN makes 2^64 the hard limit; AES-GCM wants far less). */
+const REKEY_AFTER_PACKETS = 1n << 40n
+
+/** The exporter context of key epoch n: both ends derive the same keys for the same epoch. */
+function epochContext(epoch: number): Buffer {
+  const b = Buffer.alloc(4)
+  b.writeUInt32BE(epoch)
+  return b
+}
+
+const C2S = 'esp c2s'
+const S2C = 'esp s2c'
+
+/**
+ * Rekeying, make-before-break, driven by the node on `rekeySeconds` or a packet count:
+ *   node:   new inbound SPI (allocated, bound) and SA for the next epoch; tells the client
+ *           {rekey: epoch, spi}. Its old inbound SA keeps opening packets.
+ *   client: new inbound SA on an SPI of its own; seals with the node's new SPI and key from
+ *           now on; answers {ack: epoch, spi}.
+ *   node:   seals with the client's new SPI and key. After REKEY_OVERLAP_MS both ends drop
+ *           their old inbound SA (the node unbinds its old SPI).
+ * Traffic never waits for a rekey: each end keeps sealing under the old key until it has the new.
+ */
 class IpsecOverGreSession implements NodeSession {
   readonly headroom: number
   readonly tailroom = ESP_MAX_TAILROOM
@@ -52,29 +80,55 @@ class IpsecOverGreSession implements NodeSession {
   private readonly header: GreHeader
   private readonly esp: Span = {offset: 0, length: 0}
   private sealer: EspSealer | null = null
-  private opener: EspOpener | null = null
+  /** Inbound SAs by SPI (which is also the GRE key the packets carry): the current and, during a rekey, the previous. */
+  private readonly openers = new Map<number, EspOpener>()
+  private current: number
   private txKey = 0
+  private epoch = 0
+  private epochStarted = Date.now()
+  private pendingEpoch: number | null = null
+  private retire: {spi: number; at: number} | null = null
 
   constructor(
     private readonly gre: GreCodec,
     private readonly ctx: SessionContext,
-    /** The SPI of the SA this end receives on; also the GRE key of packets to this end. */
-    readonly id: number,
-    private readonly inbound: Direction,
+    inboundSpi: number,
     private readonly maxPayload: number,
+    private readonly rekeyMs: number,
   ) {
     this.headroom = gre.GRE_MAX_HEADER_LENGTH + ESP_HEADROOM
     this.header = gre.createGreHeader()
-    this.params = {spi: id}
-    this.opener = new EspOpener(new EspSa({spi: inbound.spi, key: inbound.key, esn: true}), new ReplayWindow())
-    inbound.key.fill(0)
+    this.current = inboundSpi
+    this.params = {spi: inboundSpi}
+    this.addInbound(inboundSpi, 0)
   }
 
-  /** The other end's SPI is known: seal towards it. */
-  sendTo(outbound: Direction, local: string, remote: string): void {
-    this.sealer = new EspSealer(new EspSa({spi: outbound.spi, key: outbound.key, esn: true}), ipv4ToUint32(local), ipv4ToUint32(remote))
-    outbound.key.fill(0)
-    this.txKey = outbound.spi
+  /** The SPI this end receives on now (shown by `agent status`). */
+  get id(): number {
+    return this.current
+  }
+
+  private get inboundLabel(): string {
+    return this.ctx.role === 'node' ? C2S : S2C
+  }
+
+  private get outboundLabel(): string {
+    return this.ctx.role === 'node' ? S2C : C2S
+  }
+
+  private addInbound(spi: number, epoch: number): void {
+    const key = this.ctx.exportKey(this.inboundLabel, ESP_KEY_MATERIAL_LENGTH, epochContext(epoch))
+    this.openers.set(spi, new EspOpener(new EspSa({spi, key, esn: true}), new ReplayWindow()))
+    key.fill(0)
+  }
+
+  /** Seal towards the other end's SPI, under the key of `epoch`. */
+  sendTo(spi: number, epoch: number): void {
+    const key = this.ctx.exportKey(this.outboundLabel, ESP_KEY_MATERIAL_LENGTH, epochContext(epoch))
+    const [local, remote] = this.ctx.role === 'node' ? [this.ctx.nodeAddress, this.ctx.tunnelAddress] : [this.ctx.tunnelAddress, this.ctx.nodeAddress]
+    this.sealer = new EspSealer(new EspSa({spi, key, esn: true}), ipv4ToUint32(local), ipv4ToUint32(remote))
+    key.fill(0)
+    this.txKey = spi
   }
 
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean {
@@ -91,21 +145,68 @@ class IpsecOverGreSession implements NodeSession {
     const h = this.header
     const bad = this.gre.parseGre(buf, offset, length, this.maxPayload + ESP_MAX_OVERHEAD, h)
     if (bad !== null) return bad
-    if (h.key !== this.id || this.opener === null) return 'unknown-session'
-    return this.opener.open(buf, offset + h.headerLength, length - h.headerLength, out)
+    const opener = this.openers.get(h.key)
+    if (opener === undefined) return 'unknown-session'
+    return opener.open(buf, offset + h.headerLength, length - h.headerLength, out)
   }
 
+  tick(now: number): void {
+    if (this.retire !== null && now >= this.retire.at) {
+      this.openers.delete(this.retire.spi)
+      if (this.ctx.role === 'node') this.ctx.unbindId(this.retire.spi)
+      this.retire = null
+    }
+    if (this.ctx.role !== 'node' || this.pendingEpoch !== null || this.retire !== null || this.sealer === null) return
+    const due = now - this.epochStarted >= this.rekeyMs || (this.sealer.sequence ?? 0n) >= REKEY_AFTER_PACKETS
+    if (!due) return
+    const epoch = this.epoch + 1
+    const spi = this.ctx.allocateId()
+    this.ctx.bindId(spi)
+    this.addInbound(spi, epoch)
+    this.pendingEpoch = epoch
+    this.retire = null
+    this.previous = this.current
+    this.current = spi
+    this.ctx.sendControl({rekey: epoch, spi})
+  }
+
+  private previous = 0
+
   onControl(message: SessionParams): void {
-    // The node learns the client's inbound SPI, which the client chose.
-    if (this.ctx.role === 'node' && this.sealer === null && typeof message.spi === 'number') {
-      this.sendTo({spi: message.spi, key: this.ctx.exportKey('esp s2c', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}, this.ctx.nodeAddress, this.ctx.tunnelAddress)
+    const {spi} = message
+    if (typeof spi !== 'number') return
+    if (this.ctx.role === 'node') {
+      if (message.hello === true && this.sealer === null) {
+        // The client's first inbound SPI, which it chose.
+        this.sendTo(spi, 0)
+      } else if (message.ack === this.pendingEpoch && this.pendingEpoch !== null) {
+        this.sendTo(spi, this.pendingEpoch)
+        this.epoch = this.pendingEpoch
+        this.pendingEpoch = null
+        this.epochStarted = Date.now()
+        this.retire = {spi: this.previous, at: Date.now() + REKEY_OVERLAP_MS}
+      }
+    } else if (typeof message.rekey === 'number' && message.rekey === this.epoch + 1) {
+      const epoch = message.rekey
+      const mine = randomSpi()
+      this.addInbound(mine, epoch)
+      this.retire = {spi: this.current, at: Date.now() + REKEY_OVERLAP_MS}
+      this.current = mine
+      this.sendTo(spi, epoch)
+      this.epoch = epoch
+      this.ctx.sendControl({ack: epoch, spi: mine})
     }
   }
 
   close(): void {
     this.sealer = null
-    this.opener = null
+    this.openers.clear()
   }
+}
+
+/** 1-255 are reserved SPI values (RFC 4303 2.1). */
+function randomSpi(): number {
+  return randomInt(256, 0xffffffff)
 }
 
 function carrierOf(options: TransportOptions): CarrierSpec {
@@ -126,17 +227,15 @@ export function createIpsecOverGreTransport(core: CoreApi): Transport {
     },
     nat: {keepaliveSeconds: KEEPALIVE_SECONDS},
     openNodeSession(ctx: SessionContext): NodeSession {
-      const spi = ctx.allocateId()
-      const inbound = {spi, key: ctx.exportKey('esp c2s', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}
-      return new IpsecOverGreSession(gre, ctx, spi, inbound, ctx.mtu)
+      return new IpsecOverGreSession(gre, ctx, ctx.allocateId(), ctx.mtu, rekeyMs(ctx.options))
     },
     openClientSession(ctx: SessionContext, params: SessionParams): Session {
       if (typeof params.spi !== 'number') throw new Error('the node sent no SPI')
       // The client receives on an SPI of its own choosing and tells the node.
-      const mine = randomInt(256, 0xffffffff) // 1-255 are reserved (RFC 4303 2.1)
-      const session = new IpsecOverGreSession(gre, ctx, mine, {spi: mine, key: ctx.exportKey('esp s2c', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}, ctx.mtu)
-      session.sendTo({spi: params.spi, key: ctx.exportKey('esp c2s', ESP_KEY_MATERIAL_LENGTH, EPOCH_0)}, ctx.tunnelAddress, ctx.nodeAddress)
-      ctx.sendControl({spi: mine})
+      const mine = randomSpi()
+      const session = new IpsecOverGreSession(gre, ctx, mine, ctx.mtu, rekeyMs(ctx.options))
+      session.sendTo(params.spi, 0)
+      ctx.sendControl({hello: true, spi: mine})
       return session
     },
     sessionIdOf: gre.peekGreKey,

@@ -146,7 +146,7 @@ const transports = {
         keepalive: datagramKeepalive,
         rekeySeconds: {
           type: 'integer',
-          minimum: 60,
+          minimum: 10,
           maximum: 86400,
           default: 3600,
           description: 'Seconds after which a session derives fresh keys.',
