@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
 # drive (iproute2, iptables, conntrack, ping, iperf3, tshark, openvpn as the benchmark's
-# baseline), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
+# baseline, python3-cryptography for the ESP interop test), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
 # Idempotent: installs only what is missing. Needs root, as the agent itself does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,8 @@ have openssl || need+=(openssl)
 have make || need+=(make)
 have g++ || need+=(g++)
 have python3 || need+=(python3)
+# The ESP interop test seals packets with Debian's Python and its cryptography package.
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
