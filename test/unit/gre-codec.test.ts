@@ -1,5 +1,5 @@
 import {describe, expect, it} from 'vitest'
-import {checksumValid, internetChecksum, onesComplementSum} from '../../src/core/codecs/gre/checksum.js'
+import {checksumValid, internetChecksum, onesComplementSum} from '../../src/core/net/checksum.js'
 import {
   createGreHeader,
   GRE_MAX_HEADER_LENGTH,

@@ -12,7 +12,7 @@
  * a datagram fails with EMSGSIZE, counted) and IP_RECVERR (ICMP errors are counted instead of
  * silently ignored); net.c explains both.
  */
-import {addonLoader, closeAndReport, codeError} from '../native/load.js'
+import {addonLoader, checkInt, closeAndReport, codeError} from '../native/load.js'
 import {formatIpv4, parseIpv4} from '../net/ipv4.js'
 import type {
   DatagramOptions,
@@ -104,7 +104,7 @@ const loadNative = addonLoader<NativeNet>({
 /** Opens a UDP socket bound to opts.address:opts.port (default 0.0.0.0, ephemeral). */
 export function openUdp(opts: UdpOptions): DatagramSocket {
   const port = opts.port ?? 0
-  checkInt('UDP', 'port', port, 0, 65535)
+  checkInt('UDP socket port', port, 0, 65535)
   const c = common('UDP', opts, MAX_UDP_PAYLOAD)
   const native = loadNative()
   const handle = native.openUdp(c.address, port, c.batchSize, c.recvBufferBytes, c.sendBufferBytes)
@@ -118,7 +118,7 @@ export function openUdp(opts: UdpOptions): DatagramSocket {
  * route's source address.
  */
 export function openRawIp(opts: RawIpOptions): DatagramSocket {
-  checkInt('raw IP', 'protocol', opts.protocol, 1, 254)
+  checkInt('raw IP socket protocol', opts.protocol, 1, 254)
   const c = common('raw IP', opts, MAX_RAW_PAYLOAD)
   const native = loadNative()
   const handle = native.openRaw(opts.protocol, c.address, c.batchSize, c.recvBufferBytes, c.sendBufferBytes)
@@ -148,11 +148,11 @@ function common(kind: string, opts: DatagramOptions, maxPayload: number): Common
     recvBufferBytes: opts.recvBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES,
     sendBufferBytes: opts.sendBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES,
   }
-  checkInt(kind, 'batchSize', c.batchSize, 1, MAX_BATCH_SIZE)
-  checkInt(kind, 'maxPayload', c.maxPayload, 1, maxPayload)
-  checkInt(kind, 'headroom', c.headroom, 0, MAX_HEADROOM)
-  checkInt(kind, 'recvBufferBytes', c.recvBufferBytes, 0, MAX_SOCKET_BUFFER_BYTES)
-  checkInt(kind, 'sendBufferBytes', c.sendBufferBytes, 0, MAX_SOCKET_BUFFER_BYTES)
+  checkInt(`${kind} socket batchSize`, c.batchSize, 1, MAX_BATCH_SIZE)
+  checkInt(`${kind} socket maxPayload`, c.maxPayload, 1, maxPayload)
+  checkInt(`${kind} socket headroom`, c.headroom, 0, MAX_HEADROOM)
+  checkInt(`${kind} socket recvBufferBytes`, c.recvBufferBytes, 0, MAX_SOCKET_BUFFER_BYTES)
+  checkInt(`${kind} socket sendBufferBytes`, c.sendBufferBytes, 0, MAX_SOCKET_BUFFER_BYTES)
   return c
 }
 
@@ -269,8 +269,3 @@ class NativeDatagramSocket implements DatagramSocket {
   }
 }
 
-function checkInt(kind: string, what: string, value: number, min: number, max: number): void {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw codeError(`${kind} socket ${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
-  }
-}

@@ -17,6 +17,10 @@ import type {PeerLink, PeerStats} from '../device/peer.js'
  * of buffering without bound (which would only add latency: TCP retransmits for us).
  */
 export const STREAM_QUEUE_LIMIT = 1024 * 1024
+/** Bytes one peer's coalesced writes may gather per TUN batch before a socket write. */
+export const STREAM_BATCH_BYTES = 64 * 1024
+/** Room a Data frame's payload may take beyond the MTU (transport headers, trailers). */
+export const STREAM_FRAME_SLACK = 256
 
 export class StreamLink implements PeerLink {
   private readonly scratch: Buffer

@@ -18,7 +18,7 @@ import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {Peer} from '../device/peer.js'
 import {peerReport} from '../device/report.js'
-import {StreamLink} from '../carrier/stream-link.js'
+import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {ipv4ToNumber} from '../net/ipv4.js'
 import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
 import {readdressInterface} from '../routes/link.js'
@@ -28,7 +28,7 @@ import {startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {checkSessionRoom} from '../transport/room.js'
-import {sessionContext} from '../transport/session-context.js'
+import {SESSION_TICK_MS, sessionContext} from '../transport/session-context.js'
 import {backoffDelay} from './backoff.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
@@ -36,10 +36,6 @@ import {keepaliveKeys} from '../nat/keepalive.js'
 
 const CONNECT_TIMEOUT_MS = 10_000
 const WELCOME_TIMEOUT_MS = 10_000
-const FRAME_SLACK = 256
-const STREAM_BATCH_BYTES = 64 * 1024
-/** How often the transport session gets its tick. */
-const TICK_MS = 1000
 
 export class ClientAgent {
   private readonly stateFile: StateFile
@@ -220,7 +216,7 @@ export class ClientAgent {
     this.peerConn = conn
     this.datapath!.addPeer(peer)
     for (const m of early.splice(0)) session.onControl?.(m)
-    this.ticker ??= setInterval(() => this.tickSession(), TICK_MS)
+    this.ticker ??= setInterval(() => this.tickSession(), SESSION_TICK_MS)
     this.ticker.unref()
     conn.keepalive(w.keepalive, true)
     this.attempts = 0

@@ -12,13 +12,11 @@ import type {Logger} from '../log.js'
 import type {DataPath} from '../device/datapath.js'
 import type {Peer} from '../device/peer.js'
 import {DatagramLink, SendQueue} from '../carrier/datagram-link.js'
-import {type DatagramRing, type DatagramSocket, openRawIp, openUdp} from '../carrier/datagram.js'
+import type {DatagramRing, DatagramSocket} from '../carrier/datagram.js'
+import {openCarrierSocket} from '../carrier/carrier-socket.js'
 import {KeepaliveKind} from '../nat/keepalive.js'
 import {KeepaliveState} from '../nat/session-keepalive.js'
-import {TUN_HEADROOM} from '../tun/index.js'
 
-const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-const PAYLOAD_SLACK = 256
 const PROBE_INTERVAL_MS = 1000
 /** Unanswered probes after which the operator is told the datagram path seems blocked. */
 const PROBES_BEFORE_WARNING = 5
@@ -40,8 +38,7 @@ export class ClientDatagrams {
     mtu: number,
     private readonly log: Logger,
   ) {
-    const common = {maxPayload: mtu + PAYLOAD_SLACK, headroom: TUN_HEADROOM, recvBufferBytes: SOCKET_BUFFER_BYTES, sendBufferBytes: SOCKET_BUFFER_BYTES}
-    this.socket = carrier.kind === 'udp' ? openUdp({...common, port: 0}) : openRawIp({...common, protocol: carrier.ipProtocol!})
+    this.socket = openCarrierSocket(carrier, mtu, '0.0.0.0', 0)
     this.queue = new SendQueue(this.socket)
     this.link = new DatagramLink(this.queue)
     this.link.addr = nodeAddress

@@ -3,7 +3,7 @@
  * authenticated TLS 1.3 before any of this is said, so these messages are about what the
  * client gets, not who it is.
  *
- *   client -> node   hello    {transport, requestAddress?}
+ *   client -> node   hello    {transport}
  *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params}
  *                    refused  {reason}               (then the node closes)
  *   either way       transport {body}                (after the welcome: a transport's own message)
@@ -16,8 +16,6 @@ export interface Hello {
   type: 'hello'
   version: number
   transport: string
-  /** The address the client had before (a reconnect): the node grants it again when it can. */
-  requestAddress?: string
 }
 
 export interface Welcome {
@@ -68,7 +66,6 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
     case 'hello':
       need(m, 'version', 'number')
       need(m, 'transport', 'string')
-      if (m.requestAddress !== undefined) need(m, 'requestAddress', 'string')
       return m as unknown as Hello
     case 'welcome':
       for (const k of ['version', 'prefix', 'mtu', 'keepalive'] as const) need(m, k, 'number')

@@ -3,7 +3,6 @@
  * payloads leave by, and counters. One per client on the node; exactly one on a client.
  */
 import type {Drop, Session} from '../transport/contract.js'
-import {DROP_REASONS} from '../transport/contract.js'
 import type {PacketError} from '../net/packet.js'
 
 /** The carrier side of one peer: where encapsulated payloads go. */
@@ -60,4 +59,3 @@ export class Peer {
   ) {}
 }
 
-export {DROP_REASONS}

@@ -18,6 +18,7 @@
  * packets prove nothing (IPIP has no key; GRE's key travels in clear).
  */
 import {createHmac, timingSafeEqual} from 'node:crypto'
+import {internetChecksum} from '../net/checksum.js'
 
 export const KEEPALIVE_PROTOCOL = 253
 export const KEEPALIVE_MAGIC = 0x41474b41 // "AGKA"
@@ -39,7 +40,7 @@ export function writeKeepalive(buf: Buffer, offset: number, src: number, dst: nu
   buf[offset + 9] = KEEPALIVE_PROTOCOL
   buf.writeUInt32BE(src, offset + 12)
   buf.writeUInt32BE(dst, offset + 16)
-  buf.writeUInt16BE(ipv4HeaderChecksum(buf, offset), offset + 10)
+  buf.writeUInt16BE(internetChecksum(buf, offset, offset + 20), offset + 10)
   const p = offset + 20
   buf.writeUInt32BE(KEEPALIVE_MAGIC, p)
   buf[p + 4] = kind
@@ -84,12 +85,6 @@ export function verifyKeepalive(buf: Buffer, offset: number, key: Buffer, lastCo
   return {kind: kind as KeepaliveKind, counter}
 }
 
-function ipv4HeaderChecksum(buf: Buffer, offset: number): number {
-  let sum = 0
-  for (let i = 0; i < 20; i += 2) sum += (buf[offset + i] << 8) | buf[offset + i + 1]
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16)
-  return ~sum & 0xffff
-}
 
 /** This end's keepalive keys from the control connection's TLS exporter. */
 export function keepaliveKeys(

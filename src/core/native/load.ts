@@ -81,3 +81,10 @@ export function closeAndReport(
   if (onError === undefined) throw err
   onError(err)
 }
+
+/** An integer option of a native wrapper in [min, max], or a RangeError-coded error naming it. */
+export function checkInt(what: string, value: number, min: number, max: number): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw codeError(`${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
+  }
+}

@@ -9,9 +9,6 @@ export type PacketError = 'short' | 'version' | 'header-length' | 'total-length'
 
 export const IPV4_MIN_HEADER = 20
 
-export function ipVersion(buf: Uint8Array, offset: number): number {
-  return buf[offset] >> 4
-}
 
 /**
  * Check an IPv4 header: version 4, header length at least 20 bytes and within the packet,

@@ -19,7 +19,7 @@ import {PROTOCOL_VERSION} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {Peer} from '../device/peer.js'
 import {peerReport} from '../device/report.js'
-import {StreamLink} from '../carrier/stream-link.js'
+import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
 import {configureInterface} from '../routes/index.js'
@@ -32,7 +32,7 @@ import {authorize} from './authorize.js'
 import {planAddresses} from './address-plan.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
 import {tunnelMtu} from '../transport/mtu.js'
-import {sessionContext} from '../transport/session-context.js'
+import {SESSION_TICK_MS, sessionContext} from '../transport/session-context.js'
 import {checkSessionRoom} from '../transport/room.js'
 import {NodeDatagrams} from './node-datagrams.js'
 import {keepaliveKeys} from '../nat/keepalive.js'
@@ -43,12 +43,6 @@ const HANDSHAKE_TIMEOUT_MS = 5_000
 const MAX_CONNECTIONS_BASE = 64
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
-/** Room a frame's payload may take beyond the MTU (transport headers, trailers). */
-const FRAME_SLACK = 256
-/** Bytes one peer's coalesced writes may gather per TUN batch before a socket write. */
-const STREAM_BATCH_BYTES = 64 * 1024
-/** How often transport sessions get their tick. */
-const TICK_MS = 1000
 /** How often silent datagram sessions are looked for. */
 const EXPIRY_CHECK_MS = 5_000
 
@@ -177,7 +171,7 @@ export class NodeAgent {
         this.expiry.unref()
       }
       this.datapath.start()
-      this.ticker = setInterval(() => this.tickSessions(), TICK_MS)
+      this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
       this.ticker.unref()
       await this.listen(credentials)
       this.checkNotStopped()
@@ -234,7 +228,7 @@ export class NodeAgent {
     const auth = socket.authorized
       ? authorize(socket.getPeerCertificate(), this.config.clients)
       : {ok: false as const, reason: `certificate not accepted: ${describeTlsFailure(socket.authorizationError)}`}
-    const conn = new ControlConnection(socket, this.mtu + FRAME_SLACK, {
+    const conn = new ControlConnection(socket, this.mtu + STREAM_FRAME_SLACK, {
       onMessage: () => {},
       onData: () => {},
       onClose: () => this.connections.delete(conn),

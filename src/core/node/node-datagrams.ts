@@ -15,10 +15,10 @@ import type {Logger} from '../log.js'
 import type {DataPath} from '../device/datapath.js'
 import type {Peer} from '../device/peer.js'
 import {DatagramLink, SendQueue} from '../carrier/datagram-link.js'
-import {type DatagramRing, type DatagramSocket, openRawIp, openUdp} from '../carrier/datagram.js'
+import type {DatagramRing, DatagramSocket} from '../carrier/datagram.js'
+import {openCarrierSocket} from '../carrier/carrier-socket.js'
 import {KeepaliveKind} from '../nat/keepalive.js'
 import {KeepaliveState} from '../nat/session-keepalive.js'
-import {TUN_HEADROOM} from '../tun/index.js'
 import {ipv4Source} from '../net/packet.js'
 
 /** One number per endpoint: an IPv4 address and a port fit in 48 bits, a safe integer. */
@@ -26,10 +26,6 @@ function endpointKey(addr: number, port: number): number {
   return addr * 65536 + port
 }
 
-/** Socket buffers big enough that a burst from many clients is not dropped at the socket. */
-const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-/** Room beyond the MTU for the transport's header and trailer. */
-const PAYLOAD_SLACK = 256
 
 export class NodeDatagrams {
   private readonly byId = new Map<number, Peer>()
@@ -51,15 +47,7 @@ export class NodeDatagrams {
     mtu: number,
     private readonly log: Logger,
   ) {
-    const common = {
-      address: listenAddress,
-      maxPayload: mtu + PAYLOAD_SLACK,
-      headroom: TUN_HEADROOM,
-      recvBufferBytes: SOCKET_BUFFER_BYTES,
-      sendBufferBytes: SOCKET_BUFFER_BYTES,
-    }
-    this.socket =
-      carrier.kind === 'udp' ? openUdp({...common, port: carrier.port}) : openRawIp({...common, protocol: carrier.ipProtocol!})
+    this.socket = openCarrierSocket(carrier, mtu, listenAddress, carrier.port ?? 0)
     this.queue = new SendQueue(this.socket)
     datapath.onKeepalive = this.onKeepalive
   }

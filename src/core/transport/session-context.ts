@@ -28,6 +28,9 @@ export interface SessionContextInput {
 
 const NO_CONTEXT = Buffer.alloc(0)
 
+/** How often a transport session gets its tick(). */
+export const SESSION_TICK_MS = 1000
+
 export function exporterLabel(transport: string, label: string): string {
   return `EXPORTER-agent-${transport}-${label}`
 }

@@ -7,7 +7,7 @@
  * i * slotSize + TUN_HEADROOM and is ring.lengths[i] bytes long; the TUN_HEADROOM bytes in front
  * of it are free for a transport to write its header in place.
  */
-import {addonLoader, closeAndReport, codeError} from '../native/load.js'
+import {addonLoader, checkInt, closeAndReport, codeError} from '../native/load.js'
 import type {PacketRing, TunDevice, TunOptions} from './device.js'
 
 /** Bytes reserved in each ring slot before its packet, for an encapsulation header. */
@@ -101,8 +101,8 @@ export function validateTunName(name: string): void {
 export function openTun(opts: LinuxTunOptions): LinuxTunDevice {
   validateTunName(opts.name)
   const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE
-  checkInt('batchSize', batchSize, 1, MAX_BATCH_SIZE)
-  checkInt('mtu', opts.mtu, MIN_MTU, MAX_MTU)
+  checkInt('TUN batchSize', batchSize, 1, MAX_BATCH_SIZE)
+  checkInt('TUN mtu', opts.mtu, MIN_MTU, MAX_MTU)
 
   const native = loadNative()
   const handle = native.open(opts.name, opts.multiQueue ?? false)
@@ -171,8 +171,3 @@ class LinuxTun implements LinuxTunDevice {
   }
 }
 
-function checkInt(what: string, value: number, min: number, max: number): void {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw codeError(`TUN ${what} must be an integer from ${min} to ${max}, got ${value}`, 'ERR_OUT_OF_RANGE')
-  }
-}

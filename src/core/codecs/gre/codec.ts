@@ -20,7 +20,7 @@
  * docs/gre-wire.md states what we emit and what we accept.
  */
 import type {Drop} from '../../transport/contract.js'
-import {checksumValid, internetChecksum} from './checksum.js'
+import {checksumValid, internetChecksum} from '../../net/checksum.js'
 
 export const GRE_PROTO_IPV4 = 0x0800
 export const GRE_PROTO_IPV6 = 0x86dd
