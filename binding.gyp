@@ -1,11 +1,13 @@
 {
-  # agent_tun: the Linux TUN backend (src/core/tun/native/tun.c), plain C against node_api.h.
-  # Loaded by src/core/tun/linux.ts from build/Release/agent_tun.node.
-  # Both addons build in src/core/native/poller.c: the poll, lifetime, ring and callback code
-  # they share (each .node gets its own copy).
+  # agent_native: our one N-API addon, plain C against node_api.h, loaded from
+  # build/Release/agent_native.node by src/core/native/load.ts. Three parts (src/core/native/agent.h):
+  #   tun  the Linux TUN device              src/core/tun/native/tun.c
+  #   net  UDP and raw IPv4 carrier sockets   src/core/carrier/native/net.c
+  #   fast the native fast path over both    src/core/device/native/fastpath.c
+  # tun and net share the poll, lifetime, ring and callback code in src/core/native/poller.c.
   "targets": [
     {
-      "target_name": "agent_tun",
+      "target_name": "agent_native",
       "defines": ["NAPI_VERSION=8"],
       "include_dirs": ["src/core/native"],
       "cflags_c": ["-std=c11"],
@@ -17,26 +19,14 @@
         }
       },
       "conditions": [
-        # Only Linux has /dev/net/tun; elsewhere the target builds nothing worth loading.
-        ["OS=='linux'", {"sources": ["src/core/tun/native/tun.c", "src/core/native/poller.c"]}]
-      ]
-    },
-    {
-      # agent_net: the carrier sockets of the datagram transports (src/core/carrier/native/net.c:
-      # UDP and raw IPv4 with recvmmsg/sendmmsg). Loaded by src/core/carrier/datagram.ts from
-      # build/Release/agent_net.node.
-      "target_name": "agent_net",
-      "defines": ["NAPI_VERSION=8"],
-      "include_dirs": ["src/core/native"],
-      "cflags_c": ["-std=c11"],
-      "configurations": {
-        "Release": {
-          "cflags!": ["-O3"],
-          "cflags": ["-O2"]
-        }
-      },
-      "conditions": [
-        ["OS=='linux'", {"sources": ["src/core/carrier/native/net.c", "src/core/native/poller.c"]}]
+        # Only Linux has /dev/net/tun, recvmmsg and sendmmsg; elsewhere nothing worth loading.
+        ["OS=='linux'", {"sources": [
+          "src/core/native/addon.c",
+          "src/core/native/poller.c",
+          "src/core/tun/native/tun.c",
+          "src/core/carrier/native/net.c",
+          "src/core/device/native/fastpath.c"
+        ]}]
       ]
     }
   ]

@@ -3,14 +3,17 @@
 // bundled plugin, the native TUN addon, the plugin tarballs `plugins:install <name>` installs
 // offline, and the JSON Schema of the config files.
 import {execFileSync} from 'node:child_process'
-import {existsSync, mkdirSync, readdirSync, renameSync, rmSync} from 'node:fs'
+import {existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const run = (cmd, args, opts = {}) => execFileSync(cmd, args, {cwd: root, stdio: 'inherit', ...opts})
 
-if (!existsSync(join(root, 'build/Release/agent_tun.node'))) run('npx', ['node-gyp', 'rebuild'])
+// node-gyp's make rebuilds what changed; a fresh clone, or a changed binding.gyp, configures first.
+const makefile = join(root, 'build/Makefile')
+if (!existsSync(makefile) || statSync(join(root, 'binding.gyp')).mtimeMs > statSync(makefile).mtimeMs) run('npx', ['node-gyp', 'rebuild'])
+else run('npx', ['node-gyp', 'build'])
 
 const plugins = readdirSync(join(root, 'plugins'), {withFileTypes: true})
   .filter((d) => d.isDirectory() && existsSync(join(root, 'plugins', d.name, 'package.json')))

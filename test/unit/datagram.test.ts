@@ -6,7 +6,7 @@
  * namespaces of our own, removed in afterAll whatever happens: dgtest-<pid> (loopback only) for
  * UDP, and dgtest-<pid>-a / -b joined by a veth (MTU 1400) for raw IP, DF and a full send
  * buffer. Nothing touches the root namespace. Needs root and a prior build
- * (build/Release/agent_net.node and dist/core/carrier/datagram.js).
+ * (build/Release/agent_native.node and dist/core/carrier/datagram.js).
  */
 import {type ChildProcess, execFileSync, spawn} from 'node:child_process'
 import {existsSync} from 'node:fs'
@@ -117,7 +117,7 @@ describe('datagram sockets: validation before any syscall', () => {
 
 describe.skipIf(!canRun)('datagram sockets: UDP on loopback in a namespace', () => {
   beforeAll(() => {
-    for (const file of ['build/Release/agent_net.node', 'dist/core/carrier/datagram.js']) {
+    for (const file of ['build/Release/agent_native.node', 'dist/core/carrier/datagram.js']) {
       if (!existsSync(join(root, file))) throw new Error(`${file} is missing: build first (node-gyp rebuild, tsc -b)`)
     }
     ip('netns', 'add', ns)

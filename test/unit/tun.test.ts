@@ -4,7 +4,7 @@
  * The addon creates its device in the calling process's network namespace, so every device
  * test runs test/fixtures/tun/tun-fixture.mjs under `ip netns exec` in a namespace of our own
  * (tuntest-<pid>), removed in afterAll whatever happens. Needs root and a prior `npm run build`
- * (build/Release/agent_tun.node and dist/core/tun/linux.js).
+ * (build/Release/agent_native.node and dist/core/tun/linux.js).
  */
 import {execFileSync, spawn} from 'node:child_process'
 import {existsSync} from 'node:fs'
@@ -103,7 +103,7 @@ describe('tun: validation before any syscall', () => {
 
 describe.skipIf(!canRun)('tun: real device in a network namespace', () => {
   beforeAll(() => {
-    for (const file of ['build/Release/agent_tun.node', 'dist/core/tun/linux.js']) {
+    for (const file of ['build/Release/agent_native.node', 'dist/core/tun/linux.js']) {
       if (!existsSync(join(root, file))) throw new Error(`${file} is missing: run "npm run build" first`)
     }
     execFileSync('ip', ['netns', 'add', ns])

@@ -12,6 +12,7 @@ import type {
   CarrierSpec,
   CoreApi,
   Drop,
+  FastCodec,
   NodeSession,
   Session,
   SessionContext,
@@ -35,6 +36,8 @@ class GreSession implements NodeSession {
   readonly headroom: number
   readonly tailroom = 0
   readonly params: SessionParams
+  /** Checksums and sequence numbers are JavaScript's work; a plain keyed header is the core's. */
+  readonly fastPath: FastCodec | undefined
   private readonly header: GreHeader
   private readonly tx: InstanceType<GreCodec['SequenceCounter']>
   private readonly rx: InstanceType<GreCodec['SequenceWindow']>
@@ -50,6 +53,7 @@ class GreSession implements NodeSession {
     this.tx = new gre.SequenceCounter(0)
     this.rx = new gre.SequenceWindow()
     this.params = {key: id, checksum: flags.checksum, sequence: flags.sequence}
+    this.fastPath = flags.checksum || flags.sequence ? undefined : {kind: 'gre', key: id}
   }
 
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean {

@@ -13,6 +13,7 @@
 import type {
   CarrierSpec,
   Drop,
+  FastCodec,
   NodeSession,
   Session,
   SessionContext,
@@ -30,6 +31,8 @@ class IpipSession implements NodeSession {
   readonly headroom = 0
   readonly tailroom = 0
   readonly params = {}
+  /** The payload is the inner packet: the core carries it natively as is. */
+  readonly fastPath: FastCodec = {kind: 'identity'}
 
   constructor(private readonly maxPayload: number) {}
 

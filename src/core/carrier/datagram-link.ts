@@ -57,15 +57,24 @@ export class SendQueue {
 
 /** A peer reached over a datagram socket, at an endpoint that authenticated keepalives set. */
 export class DatagramLink implements PeerLink {
-  /** The peer's public endpoint; 0 until its first authenticated keepalive. */
+  /** The peer's public endpoint; 0 until its first authenticated keepalive. Set with moveTo. */
   addr = 0
   port = 0
   stats: PeerStats | null = null
+  /** Told after every move (the fast path follows the endpoint). */
+  onMove: (() => void) | null = null
 
   constructor(private readonly queue: SendQueue) {}
 
   get endpoint(): string {
     return this.addr === 0 ? '(not yet learned)' : `${formatIpv4(this.addr)}:${this.port}`
+  }
+
+  /** The peer is at addr:port from now on (0, 0: nowhere known). */
+  moveTo(addr: number, port: number): void {
+    this.addr = addr
+    this.port = port
+    this.onMove?.()
   }
 
   accepts(addr: number, port: number): boolean {

@@ -86,6 +86,8 @@ export interface DatagramSocket {
    */
   readonly icmpErrors: Readonly<Record<string, number>>
   readonly recvDrops: Readonly<DatagramRecvDrops>
+  /** The native handle while open, when the socket is one of our addon's (for the fast path). */
+  nativeHandle?(): object | undefined
   /** Stop receiving and close the socket. Idempotent, never blocks. */
   close(): void
 }

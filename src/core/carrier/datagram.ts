@@ -1,6 +1,6 @@
 /**
  * Linux carrier sockets on our own N-API addon (src/core/carrier/native/net.c, built by
- * node-gyp into build/Release/agent_net.node): UDP and raw IPv4, read with recvmmsg from a
+ * node-gyp into the `net` part of build/Release/agent_native.node): UDP and raw IPv4, read with recvmmsg from a
  * uv_poll_t on the main loop into a ring allocated here once, written with sendto/sendmmsg.
  *
  * Ring layout: one Buffer of batchSize slots of slotSize bytes; datagram i's payload starts at
@@ -12,7 +12,8 @@
  * a datagram fails with EMSGSIZE, counted) and IP_RECVERR (ICMP errors are counted instead of
  * silently ignored); net.c explains both.
  */
-import {addonLoader, checkInt, closeAndReport, codeError} from '../native/load.js'
+import {checkInt, closeAndReport, codeError} from '../native/load.js'
+import {loadAgentNative} from '../native/addon.js'
 import {formatIpv4, parseIpv4} from '../net/ipv4.js'
 import type {
   DatagramOptions,
@@ -94,12 +95,7 @@ interface NativeNet {
 }
 
 /** Loaded on first open, so importing this module never fails on a machine without the build. */
-const loadNative = addonLoader<NativeNet>({
-  from: import.meta.url,
-  name: 'agent_net',
-  what: 'the datagram socket addon',
-  code: 'ERR_AGENT_NET_ADDON',
-})
+const loadNative = (): NativeNet => loadAgentNative().net as NativeNet
 
 /** Opens a UDP socket bound to opts.address:opts.port (default 0.0.0.0, ephemeral). */
 export function openUdp(opts: UdpOptions): DatagramSocket {
@@ -255,6 +251,11 @@ class NativeDatagramSocket implements DatagramSocket {
     const s = this.native.stats(this.#handle)
     if (s.kernelDrops >= 0) this.#kernelDrops = s.kernelDrops
     return {truncated: s.truncated, fragments: s.fragments, malformed: s.malformed, kernel: this.#kernelDrops}
+  }
+
+  /** The addon's handle while open, for the fast path (src/core/device/fast-path.ts). */
+  nativeHandle(): object | undefined {
+    return this.#closed ? undefined : this.#handle
   }
 
   close(): void {

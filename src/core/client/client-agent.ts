@@ -17,7 +17,7 @@ import {ControlConnection} from '../control/connection.js'
 import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {Peer} from '../device/peer.js'
-import {peerReport} from '../device/report.js'
+import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {ipv4ToNumber} from '../net/ipv4.js'
 import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
@@ -312,7 +312,7 @@ export class ClientAgent {
       endpoint: this.nodeText(),
       state: this.phase,
       peers: this.peer === null ? [] : [peerReport(this.peer)],
-      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {})},
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...fastPathCounters(this.datapath?.fastPathStats())},
     }
   }
 

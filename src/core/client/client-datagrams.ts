@@ -41,9 +41,9 @@ export class ClientDatagrams {
     this.socket = openCarrierSocket(carrier, mtu, '0.0.0.0', 0)
     this.queue = new SendQueue(this.socket)
     this.link = new DatagramLink(this.queue)
-    this.link.addr = nodeAddress
-    this.link.port = carrier.kind === 'udp' ? carrier.port! : 0
+    this.link.moveTo(nodeAddress, carrier.kind === 'udp' ? carrier.port! : 0)
     datapath.onKeepalive = this.onKeepalive
+    datapath.enableFastPath(this.socket, mtu)
     this.socket.start(this.onBatch)
   }
 
@@ -59,7 +59,7 @@ export class ClientDatagrams {
   /** A new session over this socket: probe until the node answers, then `onUp` once. */
   begin(peer: Peer, carrier: CarrierSpec, keys: {receive: Buffer; send: Buffer}, keepaliveSeconds: number, onUp: () => void): void {
     this.end()
-    if (carrier.kind === 'udp') this.link.port = carrier.port!
+    if (carrier.kind === 'udp') this.link.moveTo(this.link.addr, carrier.port!)
     this.peer = peer
     this.state = new KeepaliveState(keys.receive, keys.send)
     this.probes = 0
@@ -92,6 +92,7 @@ export class ClientDatagrams {
 
   close(): void {
     this.end()
+    this.datapath.disableFastPath()
     this.socket.close()
   }
 

@@ -6,11 +6,20 @@
  *
  * The node has many peers keyed by tunnel address; a client has one peer (the node) that
  * every packet goes to. Both share this code; only the lookup differs.
+ *
+ * With a datagram carrier, the native fast path (fast-path.ts) carries the common packets of
+ * peers whose session declares a FastCodec before they would reach this code; this class keeps
+ * its table in step with the peers and their endpoints. What reaches the code below is then
+ * the unusual rest (keepalives, unknown senders, malformed input) and every packet of sessions
+ * without a FastCodec: this stays the reference for what is accepted.
  */
 import type {PacketRing, TunDevice} from '../tun/device.js'
 import {checkIpv4, ipv4Destination, ipv4Source} from '../net/packet.js'
 import {isKeepalive} from '../nat/keepalive.js'
 import type {Peer} from './peer.js'
+import type {DatagramSocket} from '../carrier/datagram-types.js'
+import {DatagramLink} from '../carrier/datagram-link.js'
+import {FastPath, type FastPathStats} from './fast-path.js'
 
 /**
  * Handles an authenticated keepalive (see nat/keepalive.ts) that arrived from `peer` via
@@ -34,6 +43,7 @@ export class DataPath {
   private readonly byAddress = new Map<number, Peer>()
   /** The only peer, when there is exactly one (a client's node): no lookup per packet. */
   private single: Peer | undefined = undefined
+  private fast: FastPath | null = null
   /** Peers that got payloads in the current batch and need a flush. */
   private readonly dirty: Peer[] = []
 
@@ -55,13 +65,62 @@ export class DataPath {
   }
 
   addPeer(peer: Peer): void {
+    const was = this.byAddress.get(peer.address)
+    if (was !== undefined && was !== peer) this.unfast(was)
     this.byAddress.set(peer.address, peer)
     this.single = this.byAddress.size === 1 ? peer : undefined
+    this.refast(peer)
   }
 
   removePeer(peer: Peer): void {
-    if (this.byAddress.get(peer.address) === peer) this.byAddress.delete(peer.address)
+    if (this.byAddress.get(peer.address) === peer) {
+      this.unfast(peer)
+      this.byAddress.delete(peer.address)
+    }
     this.single = this.byAddress.size === 1 ? this.byAddress.values().next().value : undefined
+  }
+
+  /**
+   * Lets the native fast path carry, between the TUN device and `socket`, the peers whose
+   * sessions allow it (now and as they come). Without our addon behind both, nothing changes.
+   */
+  enableFastPath(socket: DatagramSocket, mtu: number): void {
+    this.disableFastPath()
+    this.fast = FastPath.open(this.role, mtu, this.tun, socket)
+    for (const peer of this.byAddress.values()) this.refast(peer)
+  }
+
+  /** Everything through JavaScript again (the socket is about to close). */
+  disableFastPath(): void {
+    const fast = this.fast
+    if (fast === null) return
+    for (const peer of this.byAddress.values()) this.unfast(peer)
+    this.fast = null
+    fast.close()
+  }
+
+  fastPathStats(): FastPathStats | null {
+    return this.fast?.stats() ?? null
+  }
+
+  /** Puts `peer` in the fast path's table as it is now (endpoint included), if it can go there. */
+  private refast(peer: Peer): void {
+    const fast = this.fast
+    const codec = peer.session.fastPath
+    const link = peer.link
+    if (fast === null || codec === undefined || !(link instanceof DatagramLink)) return
+    fast.set(peer.address, codec, link.addr, link.port)
+    link.onMove = () => {
+      if (this.byAddress.get(peer.address) === peer && this.fast === fast) fast.set(peer.address, codec, link.addr, link.port)
+    }
+    peer.stats.sync = () => fast.take(peer.address, peer.stats)
+  }
+
+  private unfast(peer: Peer): void {
+    if (peer.stats.sync === null) return
+    peer.stats.sync()
+    peer.stats.sync = null
+    this.fast?.remove(peer.address)
   }
 
   /** The peer whose tunnel address this is. */

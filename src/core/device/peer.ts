@@ -31,6 +31,8 @@ export class PeerStats {
   /** ms since epoch of the last payload received from the peer (data or keepalive). */
   lastSeen = 0
   readonly drops: Record<string, number> = Object.create(null)
+  /** Brings in what the native fast path counted for this peer (set while it carries it). */
+  sync: (() => void) | null = null
 
   drop(reason: DropCounter): void {
     this.drops[reason] = (this.drops[reason] ?? 0) + 1

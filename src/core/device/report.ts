@@ -1,8 +1,10 @@
 import type {Peer} from './peer.js'
+import type {FastPathStats} from './fast-path.js'
 import type {PeerReport} from '../status/report.js'
 
 export function peerReport(p: Peer): PeerReport {
   const s = p.stats
+  s.sync?.()
   return {
     name: p.name,
     address: p.addressText,
@@ -15,5 +17,17 @@ export function peerReport(p: Peer): PeerReport {
     rxPackets: s.rxPackets,
     txPackets: s.txPackets,
     drops: s.dropsSnapshot(),
+  }
+}
+
+/** The fast path's own counters for status output, prefixed so they read as its. */
+export function fastPathCounters(stats: FastPathStats | null | undefined): Record<string, number> {
+  if (stats == null) return {}
+  return {
+    fastPathSessions: stats.sessions,
+    fastPathTxPackets: stats.txPackets,
+    fastPathRxPackets: stats.rxPackets,
+    fastPathSendDrops: stats.sendDrops,
+    fastPathTunWriteDrops: stats.tunWriteDrops,
   }
 }

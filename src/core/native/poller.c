@@ -270,6 +270,8 @@ static void call_js(poller *p, napi_ref fn_ref, napi_value arg) {
 void poller_deliver_batch(poller *p, uint32_t count) {
   napi_handle_scope scope;
   napi_value n;
+  if (p->filter != NULL) count = p->filter(p->filter_ctx, p, count);
+  if (count == 0) return; /* the fast path took it all: JS is not woken */
   if (napi_open_handle_scope(p->env, &scope) != napi_ok) return;
   if (napi_create_uint32(p->env, count, &n) == napi_ok) call_js(p, p->on_batch_ref, n);
   napi_close_handle_scope(p->env, scope);

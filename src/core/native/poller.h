@@ -29,6 +29,13 @@
 
 typedef struct poller poller;
 
+/*
+ * Runs on each batch between reading it into the ring and calling JS (the native fast path,
+ * src/core/device/native/fastpath.c). It handles what it can, moves the rest to the front of
+ * the ring and returns how many are left for JS; 0 means JS is not called at all.
+ */
+typedef uint32_t (*poller_filter)(void *ctx, poller *p, uint32_t count);
+
 /* One addon's constants: how its handles are tagged, and the codes and messages it throws. */
 typedef struct poller_class {
   napi_type_tag tag;          /* tags the addon's handles, so a foreign object is refused */
@@ -70,6 +77,10 @@ struct poller {
   napi_ref self_ref; /* a started handle is not collected while it can still deliver */
   napi_async_context async_ctx;
   napi_async_cleanup_hook_handle cleanup_hook;
+
+  /* Set by the fast path while it is attached to this fd (see poller_filter). */
+  poller_filter filter;
+  void *filter_ctx;
 };
 
 /* ---------- errors (all leave a JS exception pending) ---------- */
@@ -135,7 +146,7 @@ bool poller_start(poller *p, napi_value self, napi_value ring, napi_value meta, 
  * smaller than slots * slot_size. Does not touch p->ring; the addon checks *meta, then stores.
  */
 bool poller_ring(poller *p, uint8_t **ring, napi_value *meta);
-/* Calls onBatch(count) once for the batch. */
+/* Runs the filter, if any, then calls onBatch(count) once for what is left of the batch. */
 void poller_deliver_batch(poller *p, uint32_t count);
 /* An error that will not go away: stops polling (no busy loop) and calls onError(err). */
 void poller_deliver_error(poller *p, const char *code, const char *msg);

@@ -18,7 +18,7 @@ import type {ControlMessage, Hello} from '../control/messages.js'
 import {PROTOCOL_VERSION} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {Peer} from '../device/peer.js'
-import {peerReport} from '../device/report.js'
+import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
@@ -430,6 +430,7 @@ export class NodeAgent {
     const now = Date.now()
     for (const s of this.sessions.values()) {
       const p = s.peer
+      p?.stats.sync?.()
       if (p !== null && now - Math.max(p.stats.lastSeen, p.connectedAt) > limit) {
         s.conn.close(`no packets for ${this.config.session.idleTimeout} s`)
       }
@@ -474,7 +475,7 @@ export class NodeAgent {
       endpoint: this.listenText(),
       state: this.closing ? 'stopping' : 'up',
       peers: (this.datapath?.peers() ?? []).map(peerReport),
-      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {})},
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(this.datapath?.fastPathStats())},
     }
   }
 

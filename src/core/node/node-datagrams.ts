@@ -50,6 +50,7 @@ export class NodeDatagrams {
     this.socket = openCarrierSocket(carrier, mtu, listenAddress, carrier.port ?? 0)
     this.queue = new SendQueue(this.socket)
     datapath.onKeepalive = this.onKeepalive
+    datapath.enableFastPath(this.socket, mtu)
   }
 
   get listening(): string {
@@ -111,6 +112,7 @@ export class NodeDatagrams {
   }
 
   close(): void {
+    this.datapath.disableFastPath()
     this.socket.close()
   }
 
@@ -165,8 +167,7 @@ export class NodeDatagrams {
       const was = link.addr === 0 ? null : link.endpoint
       const old = endpointKey(link.addr, link.port)
       if (this.byEndpoint.get(old) === peer) this.byEndpoint.delete(old)
-      link.addr = addr
-      link.port = port
+      link.moveTo(addr, port)
       // Id-less transports find the session by endpoint; a client that moved where another
       // session was (a NAT reusing a port) takes the place over: its keepalive proved it. The
       // other session forgets that endpoint, or its replies would go to this client, until its
@@ -176,8 +177,7 @@ export class NodeDatagrams {
         const previous = this.byEndpoint.get(key)
         if (previous !== undefined && previous !== peer) {
           const pl = previous.link as DatagramLink
-          pl.addr = 0
-          pl.port = 0
+          pl.moveTo(0, 0)
           this.log.warn(`client ${previous.name} lost endpoint ${link.endpoint} to ${peer.name}; waiting for its next keepalive`)
         }
         this.byEndpoint.set(key, peer)

@@ -94,12 +94,26 @@ export interface SessionContext {
   sendControl(message: SessionParams): void
 }
 
+/**
+ * How the core's native fast path may carry a session's common packets without calling
+ * encap/decap (src/core/device/fast-path.ts): plain data the core implements once in C.
+ * A session without one, or whose packets are unusual (a keepalive, a GRE header with flags),
+ * is carried by encap/decap as always, so both must agree byte for byte.
+ */
+export type FastCodec =
+  /** The carrier payload is the inner packet itself (ipip). */
+  | {readonly kind: 'identity'}
+  /** An 8-byte GRE header with only the key (RFC 2890): flags 0x2000, protocol 0x0800. */
+  | {readonly kind: 'gre'; readonly key: number}
+
 /** One peer's session: stateful encap/decap in place, no allocation per packet. */
 export interface Session {
   /** Identifier a datagram carries so the node can find this session (GRE key, SPI), if any; bound when the session opens. */
   readonly id?: number
   /** Bytes the transport writes before the inner packet; the core leaves this much room. */
   readonly headroom: number
+  /** Optional: lets the core carry common packets natively, byte for byte as encap/decap would. */
+  readonly fastPath?: FastCodec
   /** Bytes the transport may append after the inner packet (ESP trailer and ICV). */
   readonly tailroom: number
   /**

@@ -34,6 +34,8 @@ export interface TunDevice {
   start(onBatch: (count: number, ring: PacketRing) => void): void
   /** Write one IP packet to the kernel. Never blocks; returns false when the kernel dropped it. */
   write(buf: Uint8Array, offset: number, length: number): boolean
+  /** The native handle, when the device is one of our addon's (the fast path attaches to it). */
+  nativeHandle?(): object | undefined
   /** Stop reading and close the descriptor. Idempotent, never blocks. */
   close(): void
 }

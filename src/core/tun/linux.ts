@@ -1,13 +1,14 @@
 /**
- * Linux TUN backend on our own N-API addon (src/core/tun/native/tun.c, built by node-gyp into
- * build/Release/agent_tun.node). The fd is polled on the main loop, never read on the
+ * Linux TUN backend on our own N-API addon (src/core/tun/native/tun.c, the `tun` part of
+ * build/Release/agent_native.node). The fd is polled on the main loop, never read on the
  * threadpool, so a wakeup costs one JS call per batch and process.exit() never waits on a read.
  *
  * Ring layout: one Buffer of batchSize slots of slotSize bytes. Packet i starts at
  * i * slotSize + TUN_HEADROOM and is ring.lengths[i] bytes long; the TUN_HEADROOM bytes in front
  * of it are free for a transport to write its header in place.
  */
-import {addonLoader, checkInt, closeAndReport, codeError} from '../native/load.js'
+import {checkInt, closeAndReport, codeError} from '../native/load.js'
+import {loadAgentNative} from '../native/addon.js'
 import type {PacketRing, TunDevice, TunOptions} from './device.js'
 
 /** Bytes reserved in each ring slot before its packet, for an encapsulation header. */
@@ -65,12 +66,7 @@ interface NativeTun {
 }
 
 /** Loaded on first open, so importing this module never fails on a machine without the build. */
-const loadNative = addonLoader<NativeTun>({
-  from: import.meta.url,
-  name: 'agent_tun',
-  what: 'the TUN addon',
-  code: 'ERR_AGENT_TUN_ADDON',
-})
+const loadNative = (): NativeTun => loadAgentNative().tun as NativeTun
 
 /** Bytes per ring slot for a given MTU: the headroom, then MTU plus tailroom rounded up to SLOT_ALIGN. */
 export function slotSizeFor(mtu: number): number {
@@ -157,6 +153,11 @@ class LinuxTun implements LinuxTunDevice {
   writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
     const handle = this.#handle
     return handle === undefined ? 0 : this.native.writeBatch(handle, buf, offsets, lengths, count)
+  }
+
+  /** The addon's handle while open, for the fast path (src/core/device/fast-path.ts). */
+  nativeHandle(): object | undefined {
+    return this.#handle
   }
 
   close(): void {

@@ -58,6 +58,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "agent.h"
 #include "poller.h"
 
 /* recvmmsg/sendmmsg take at most UIO_MAXIOV messages per call. */
@@ -923,7 +924,17 @@ static napi_value net_close(napi_env env, napi_callback_info info) {
 
 /* ---------- module ---------- */
 
-NAPI_MODULE_INIT() {
+poller *net_poller(napi_env env, napi_value handle) {
+  return poller_get(&NET, env, handle);
+}
+
+void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports) {
+  net_sock *s = (net_sock *)p;
+  *addrs = s->addrs;
+  *ports = s->ports;
+}
+
+napi_value net_init(napi_env env, napi_value exports) {
   static const poller_fn fns[] = {
       {"openUdp", net_open_udp}, {"openRaw", net_open_raw},        {"info", net_info},
       {"start", net_start},      {"send", net_send},               {"sendBatch", net_send_batch},

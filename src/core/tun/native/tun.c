@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "agent.h"
 #include "poller.h"
 
 typedef struct tun_dev {
@@ -387,7 +388,11 @@ static napi_value tun_close(napi_env env, napi_callback_info info) {
 
 /* ---------- module ---------- */
 
-NAPI_MODULE_INIT() {
+poller *tun_poller(napi_env env, napi_value handle) {
+  return poller_get(&TUN, env, handle);
+}
+
+napi_value tun_init(napi_env env, napi_value exports) {
   static const poller_fn fns[] = {
       {"open", tun_open},   {"start", tun_start}, {"write", tun_write},
       {"writeBatch", tun_write_batch}, {"close", tun_close},

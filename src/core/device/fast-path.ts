@@ -1,0 +1,97 @@
+/**
+ * The native fast path (src/core/device/native/fastpath.c) as the data path uses it: a table
+ * of sessions the addon carries between the TUN device and a datagram socket without waking
+ * JavaScript, for transports whose sessions declare a FastCodec. DataPath keeps the table in
+ * step with its peers; whatever the table cannot carry reaches DataPath's JavaScript as before.
+ *
+ * AGENT_FAST_PATH=off in the environment turns it off (everything through JavaScript), to
+ * compare the two or to rule the native path out when chasing a problem.
+ */
+import type {DatagramSocket} from '../carrier/datagram-types.js'
+import type {TunDevice} from '../tun/device.js'
+import type {FastCodec} from '../transport/contract.js'
+import {loadAgentNative} from '../native/addon.js'
+import type {PeerStats} from './peer.js'
+
+type Handle = {readonly __brand: 'agent_fast'}
+
+interface NativeFast {
+  create(role: number, mtu: number): Handle
+  attach(handle: Handle, tun: object, socket: object): void
+  set(handle: Handle, address: number, codec: number, key: number, endpointAddr: number, endpointPort: number): void
+  remove(handle: Handle, address: number): void
+  take(handle: Handle, address: number, out: Float64Array): boolean
+  stats(handle: Handle): FastPathStats
+  close(handle: Handle): void
+}
+
+export interface FastPathStats {
+  /** Sessions in the native table. */
+  sessions: number
+  /** Packets the fast path encapsulated and sent, and decapsulated and wrote to the TUN. */
+  txPackets: number
+  rxPackets: number
+  /** Datagrams the kernel refused on send (send buffer full, no route...). */
+  sendDrops: number
+  /** Packets the kernel refused on TUN write (queue full). */
+  tunWriteDrops: number
+}
+
+const CODEC = {identity: 0, gre: 1} as const
+
+export function fastPathDisabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.AGENT_FAST_PATH === 'off' || env.AGENT_FAST_PATH === '0'
+}
+
+export class FastPath {
+  private readonly counters = new Float64Array(5)
+
+  private constructor(
+    private readonly native: NativeFast,
+    private readonly handle: Handle,
+  ) {}
+
+  /**
+   * A fast path over `tun` and `socket`, or null when either is not our addon's (a test double)
+   * or the operator turned it off.
+   */
+  static open(role: 'node' | 'client', mtu: number, tun: TunDevice, socket: DatagramSocket): FastPath | null {
+    if (fastPathDisabled()) return null
+    const t = tun.nativeHandle?.()
+    const s = socket.nativeHandle?.()
+    if (t === undefined || s === undefined) return null
+    const native = loadAgentNative().fast as NativeFast
+    const handle = native.create(role === 'node' ? 0 : 1, mtu)
+    native.attach(handle, t, s)
+    return new FastPath(native, handle)
+  }
+
+  /** Carries the session at tunnel `address` natively, to and from endpoint addr:port (0: not yet). */
+  set(address: number, codec: FastCodec, addr: number, port: number): void {
+    this.native.set(this.handle, address, CODEC[codec.kind], codec.kind === 'gre' ? codec.key : 0, addr, port)
+  }
+
+  /** Folds what the fast path counted for `address` since the last call into `stats`. */
+  take(address: number, stats: PeerStats): void {
+    const c = this.counters
+    if (!this.native.take(this.handle, address, c)) return
+    stats.txPackets += c[0]
+    stats.txBytes += c[1]
+    stats.rxPackets += c[2]
+    stats.rxBytes += c[3]
+    if (c[4] > stats.lastSeen) stats.lastSeen = c[4]
+  }
+
+  remove(address: number): void {
+    this.native.remove(this.handle, address)
+  }
+
+  stats(): FastPathStats {
+    return this.native.stats(this.handle)
+  }
+
+  /** Detaches from the TUN device and the socket; their batches all go to JavaScript again. */
+  close(): void {
+    this.native.close(this.handle)
+  }
+}

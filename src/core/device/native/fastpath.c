@@ -1,0 +1,659 @@
+/*
+ * The native fast path: the common packet of a datagram transport never enters JavaScript.
+ *
+ * Why: an idle process that enters JS on a wakeup pays 30 to 50 us for it (npm run
+ * bench:wakeup), and a round trip through the tunnel has four wakeups; that alone put the
+ * agent's idle RTT above OpenVPN's. Here the TUN device's and the carrier socket's pollers (the
+ * same uv_poll_t handles, on the main loop) run a filter on each batch before JS would see it:
+ *
+ *   TUN batch:      well-formed IPv4 -> session (node: by inner destination; client: the only
+ *                   one) -> encapsulate in place -> sendmmsg to the session's endpoint
+ *   socket batch:   session (node: by GRE key, or by endpoint for identity; client: the only
+ *                   one, from the node's endpoint only) -> decapsulate -> well-formed IPv4,
+ *                   not a keepalive, node: from the session's own tunnel address -> TUN
+ *
+ * Anything else (no native session, an endpoint not learned yet, a keepalive, GRE with
+ * checksum or sequence, anything malformed) is left in the ring, moved to its front, and JS
+ * handles it exactly as before: the JS data path stays the reference and keeps every check and
+ * counter for the unusual packet. JS owns the session table's contents (set/remove) and reads
+ * the counters (take). Everything runs on the main thread, so nothing here needs a lock.
+ *
+ * Codecs: identity (ipip: the payload is the inner packet) and gre (RFC 2784 with the RFC 2890
+ * key, no checksum, no sequence number: 8 bytes).
+ *
+ * JS API:
+ *   create(role, mtu) -> handle                role: 0 node, 1 client
+ *   attach(handle, tunHandle, socketHandle)    the fast path runs on their batches from now on
+ *   set(handle, address, codec, key, endpointAddr, endpointPort)   add or update a session
+ *   remove(handle, address)
+ *   take(handle, address, Float64Array(5)) -> boolean
+ *        [txPackets, txBytes, rxPackets, rxBytes] since the last take, then the time of the
+ *        last payload received in ms since the epoch (0: none since)
+ *   stats(handle) -> {txPackets, rxPackets, sendDrops, tunWriteDrops}
+ *   close(handle)                              detaches; idempotent
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "poller.h"
+
+enum { ROLE_NODE = 0, ROLE_CLIENT = 1 };
+enum { CODEC_IDENTITY = 0, CODEC_GRE = 1 };
+
+#define GRE_HEADER 8          /* flags+version, protocol type, key */
+#define KEEPALIVE_PROTOCOL 253 /* src/core/nat/keepalive.ts: always JS's */
+#define IPV4_MIN_HEADER 20
+#define MIN_MTU 68
+#define MAX_MTU 65535
+
+typedef struct fast_session {
+  uint32_t address; /* tunnel address, host order */
+  uint32_t key;     /* gre: the session's key */
+  uint32_t ep_addr; /* 0: endpoint not learned yet (everything goes to JS) */
+  uint16_t ep_port;
+  uint8_t codec;
+  /* Since the last take(). */
+  uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+  double last_rx_ms;
+} fast_session;
+
+/* Open addressing, linear probing; rebuilt whole on every change (control plane, rare). */
+typedef struct map_entry {
+  uint64_t key;
+  int32_t idx; /* -1: empty */
+} map_entry;
+
+typedef struct map {
+  map_entry *e;
+  uint32_t mask;
+} map;
+
+typedef struct fast_path {
+  napi_env env;
+  int role;
+  uint32_t mtu;
+  bool closed;
+
+  fast_session *s;
+  uint32_t n, cap;
+  map by_addr, by_key, by_ep;
+  uint32_t n_gre, n_identity;
+
+  poller *tun, *sock;
+  napi_ref tun_ref, sock_ref;
+
+  /* For one TUN batch: the datagrams to send, and which slots stay for JS. */
+  struct mmsghdr *msgs;
+  struct iovec *iov;
+  struct sockaddr_in *names;
+  uint8_t *slow;
+  uint32_t batch_cap;
+
+  uint64_t tx_packets, rx_packets, send_drops, tun_write_drops;
+} fast_path;
+
+static const napi_type_tag FAST_TAG = {0x6167656e745f6661ULL, 0x73745f7061746821ULL};
+
+/* ---------- small helpers ---------- */
+
+static void throw_code(napi_env env, const char *code, const char *msg) {
+  poller_throw_error(env, code, msg);
+}
+
+static bool ipv4_ok(const uint8_t *p, uint32_t len) {
+  if (len < IPV4_MIN_HEADER || p[0] >> 4 != 4) return false;
+  uint32_t ihl = (uint32_t)(p[0] & 15) * 4;
+  if (ihl < IPV4_MIN_HEADER || ihl > len) return false;
+  return (((uint32_t)p[2] << 8) | p[3]) == len;
+}
+
+static uint32_t be32(const uint8_t *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000);
+}
+
+static uint64_t endpoint_key(uint32_t addr, uint16_t port) {
+  return ((uint64_t)addr << 16) | port;
+}
+
+/* ---------- the session maps ---------- */
+
+static uint32_t slot_of(const map *m, uint64_t key) {
+  return (uint32_t)((key * 0x9E3779B97F4A7C15ULL) >> 32) & m->mask;
+}
+
+static fast_session *lookup(const fast_path *fp, const map *m, uint64_t key) {
+  if (m->e == NULL) return NULL;
+  for (uint32_t i = slot_of(m, key);; i = (i + 1) & m->mask) {
+    const map_entry *e = &m->e[i];
+    if (e->idx < 0) return NULL;
+    if (e->key == key) return &fp->s[e->idx];
+  }
+}
+
+static void insert(map *m, uint64_t key, int32_t idx) {
+  for (uint32_t i = slot_of(m, key);; i = (i + 1) & m->mask) {
+    map_entry *e = &m->e[i];
+    if (e->idx < 0) {
+      e->key = key;
+      e->idx = idx;
+      return;
+    }
+    if (e->key == key) return; /* the first session keeps it; the other's packets go to JS */
+  }
+}
+
+static bool map_reset(map *m, uint32_t size) {
+  map_entry *e = malloc(sizeof *e * size);
+  if (e == NULL) return false;
+  for (uint32_t i = 0; i < size; i++) e[i].idx = -1;
+  free(m->e);
+  m->e = e;
+  m->mask = size - 1;
+  return true;
+}
+
+/* Rebuilds all three maps from the session array; false if out of memory (maps unchanged). */
+static bool rebuild(fast_path *fp) {
+  uint32_t size = 16;
+  while (size < fp->n * 2 + 2) size <<= 1;
+  map a = {0}, k = {0}, e = {0};
+  if (!map_reset(&a, size) || !map_reset(&k, size) || !map_reset(&e, size)) {
+    free(a.e);
+    free(k.e);
+    free(e.e);
+    return false;
+  }
+  fp->n_gre = fp->n_identity = 0;
+  for (uint32_t i = 0; i < fp->n; i++) {
+    const fast_session *s = &fp->s[i];
+    insert(&a, s->address, (int32_t)i);
+    if (s->codec == CODEC_GRE) {
+      fp->n_gre++;
+      insert(&k, s->key, (int32_t)i);
+    } else {
+      fp->n_identity++;
+      if (s->ep_addr != 0) insert(&e, endpoint_key(s->ep_addr, s->ep_port), (int32_t)i);
+    }
+  }
+  free(fp->by_addr.e);
+  free(fp->by_key.e);
+  free(fp->by_ep.e);
+  fp->by_addr = a;
+  fp->by_key = k;
+  fp->by_ep = e;
+  return true;
+}
+
+/* ---------- TUN -> carrier ---------- */
+
+static bool ensure_batch(fast_path *fp, uint32_t slots) {
+  if (slots <= fp->batch_cap) return true;
+  struct mmsghdr *m = realloc(fp->msgs, sizeof *m * slots);
+  if (m != NULL) fp->msgs = m;
+  struct iovec *v = realloc(fp->iov, sizeof *v * slots);
+  if (v != NULL) fp->iov = v;
+  struct sockaddr_in *a = realloc(fp->names, sizeof *a * slots);
+  if (a != NULL) fp->names = a;
+  uint8_t *f = realloc(fp->slow, slots);
+  if (f != NULL) fp->slow = f;
+  if (m == NULL || v == NULL || a == NULL || f == NULL) return false;
+  fp->batch_cap = slots;
+  return true;
+}
+
+static bool is_icmp_error(int err) {
+  return err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN ||
+         err == ENETDOWN || err == EPROTO || err == ENOPROTOOPT || err == EOPNOTSUPP;
+}
+
+/* sendmmsg over msgs[0, n); what the kernel refuses is counted and dropped, as by a router. */
+static void send_all(fast_path *fp, uint32_t n) {
+  uint32_t i = 0;
+  bool retried = false;
+  while (i < n) {
+    int r = sendmmsg(fp->sock->fd, fp->msgs + i, n - i, MSG_DONTWAIT);
+    if (r > 0) {
+      i += (uint32_t)r;
+      retried = false;
+      continue;
+    }
+    int err = r == 0 ? EAGAIN : errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      fp->send_drops += n - i;
+      return;
+    }
+    /* An ICMP error queued by an earlier datagram fails one call and is cleared: retry once. */
+    if (!retried && is_icmp_error(err)) {
+      retried = true;
+      continue;
+    }
+    fp->send_drops++;
+    i++;
+    retried = false;
+  }
+}
+
+static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
+  fast_path *fp = ctx;
+  if (fp->closed || fp->n == 0 || fp->sock == NULL || fp->sock->closed) return count;
+  if (!ensure_batch(fp, count)) return count;
+  const bool client = fp->role == ROLE_CLIENT;
+  fast_session *only = client && fp->n == 1 ? &fp->s[0] : NULL;
+  uint32_t nsend = 0, left = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    uint8_t *pkt = p->ring + (size_t)i * p->slot_size + p->headroom;
+    uint32_t len = p->lengths[i];
+    fp->slow[i] = 1;
+    if (len > fp->mtu || !ipv4_ok(pkt, len)) continue;
+    fast_session *s = client ? only : lookup(fp, &fp->by_addr, be32(pkt + 16));
+    if (s == NULL || s->ep_addr == 0) continue;
+    uint8_t *out = pkt;
+    uint32_t olen = len;
+    if (s->codec == CODEC_GRE) {
+      if (p->headroom < GRE_HEADER) continue;
+      out -= GRE_HEADER;
+      olen += GRE_HEADER;
+      out[0] = 0x20; /* K: a key follows; no checksum, no sequence number, version 0 */
+      out[1] = 0x00;
+      out[2] = 0x08; /* protocol type: IPv4 */
+      out[3] = 0x00;
+      out[4] = (uint8_t)(s->key >> 24);
+      out[5] = (uint8_t)(s->key >> 16);
+      out[6] = (uint8_t)(s->key >> 8);
+      out[7] = (uint8_t)s->key;
+    }
+    struct sockaddr_in *a = &fp->names[nsend];
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(s->ep_addr);
+    a->sin_port = htons(s->ep_port);
+    fp->iov[nsend] = (struct iovec){.iov_base = out, .iov_len = olen};
+    fp->msgs[nsend].msg_hdr = (struct msghdr){
+        .msg_name = a, .msg_namelen = sizeof *a, .msg_iov = &fp->iov[nsend], .msg_iovlen = 1};
+    nsend++;
+    s->tx_packets++;
+    s->tx_bytes += len;
+    fp->slow[i] = 0;
+  }
+  if (nsend > 0) {
+    send_all(fp, nsend);
+    fp->tx_packets += nsend;
+  }
+  /* Only now (the datagrams pointed into the slots) move what JS must see to the front. */
+  for (uint32_t i = 0; i < count; i++) {
+    if (!fp->slow[i]) continue;
+    if (left != i) {
+      memmove(p->ring + (size_t)left * p->slot_size + p->headroom, p->ring + (size_t)i * p->slot_size + p->headroom,
+              p->lengths[i]);
+      p->lengths[left] = p->lengths[i];
+    }
+    left++;
+  }
+  return left;
+}
+
+/* ---------- carrier -> TUN ---------- */
+
+/* A GRE header the fast path handles: key present, nothing else, IPv4 inside. */
+static bool gre_plain(const uint8_t *d, uint32_t len) {
+  return len >= GRE_HEADER && d[0] == 0x20 && d[1] == 0x00 && d[2] == 0x08 && d[3] == 0x00;
+}
+
+/* Delivers one datagram to the TUN if it is the common case; false leaves it to JS. */
+static bool receive_one(fast_path *fp, const uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now) {
+  fast_session *s = NULL;
+  if (fp->role == ROLE_CLIENT) {
+    if (fp->n == 1) s = &fp->s[0];
+  } else if (fp->n_gre > 0 && gre_plain(d, len)) {
+    s = lookup(fp, &fp->by_key, be32(d + 4));
+  } else if (fp->n_identity > 0) {
+    s = lookup(fp, &fp->by_ep, endpoint_key(addr, port));
+  }
+  /* Data only from the session's current endpoint, which only an authenticated keepalive (JS)
+   * sets. */
+  if (s == NULL || s->ep_addr == 0 || addr != s->ep_addr || port != s->ep_port) return false;
+  const uint8_t *inner = d;
+  uint32_t ilen = len;
+  if (s->codec == CODEC_GRE) {
+    if (!gre_plain(d, len) || be32(d + 4) != s->key) return false;
+    inner += GRE_HEADER;
+    ilen -= GRE_HEADER;
+  }
+  if (ilen > fp->mtu || !ipv4_ok(inner, ilen) || inner[9] == KEEPALIVE_PROTOCOL) return false;
+  /* A client may only speak for its own tunnel address. */
+  if (fp->role == ROLE_NODE && be32(inner + 12) != s->address) return false;
+  ssize_t w;
+  do {
+    w = write(fp->tun->fd, inner, ilen);
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) fp->tun_write_drops++; /* queue full or device gone: dropped, as a router would */
+  s->rx_packets++;
+  s->rx_bytes += ilen;
+  s->last_rx_ms = now;
+  fp->rx_packets++;
+  return true;
+}
+
+static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
+  fast_path *fp = ctx;
+  if (fp->closed || fp->n == 0 || fp->tun == NULL || fp->tun->closed) return count;
+  uint32_t *addrs;
+  uint16_t *ports;
+  net_batch_meta(p, &addrs, &ports);
+  const double now = now_ms();
+  uint32_t left = 0;
+  for (uint32_t j = 0; j < count; j++) {
+    uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
+    uint32_t len = p->lengths[j];
+    if (receive_one(fp, d, len, addrs[j], ports[j], now)) continue;
+    if (left != j) {
+      memmove(p->ring + (size_t)left * p->slot_size + p->headroom, d, len);
+      p->lengths[left] = len;
+      addrs[left] = addrs[j];
+      ports[left] = ports[j];
+    }
+    left++;
+  }
+  return left;
+}
+
+/* ---------- lifetime ---------- */
+
+static void detach(fast_path *fp) {
+  if (fp->tun != NULL && fp->tun->filter_ctx == fp) {
+    fp->tun->filter = NULL;
+    fp->tun->filter_ctx = NULL;
+  }
+  if (fp->sock != NULL && fp->sock->filter_ctx == fp) {
+    fp->sock->filter = NULL;
+    fp->sock->filter_ctx = NULL;
+  }
+  fp->tun = fp->sock = NULL;
+  if (fp->tun_ref != NULL) napi_delete_reference(fp->env, fp->tun_ref);
+  if (fp->sock_ref != NULL) napi_delete_reference(fp->env, fp->sock_ref);
+  fp->tun_ref = fp->sock_ref = NULL;
+}
+
+static void on_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  fast_path *fp = data;
+  detach(fp);
+  free(fp->s);
+  free(fp->by_addr.e);
+  free(fp->by_key.e);
+  free(fp->by_ep.e);
+  free(fp->msgs);
+  free(fp->iov);
+  free(fp->names);
+  free(fp->slow);
+  free(fp);
+}
+
+/* ---------- JS API ---------- */
+
+#define NAPI_OK(env, call)                                                      \
+  do {                                                                          \
+    if ((call) != napi_ok) {                                                    \
+      bool pending_ = false;                                                    \
+      napi_is_exception_pending((env), &pending_);                              \
+      if (!pending_) throw_code((env), "ERR_AGENT_FAST_NAPI", "N-API call failed"); \
+      return NULL;                                                              \
+    }                                                                           \
+  } while (0)
+
+static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return false;
+  }
+  return true;
+}
+
+static fast_path *get_fp(napi_env env, napi_value v) {
+  bool ok = false;
+  void *data = NULL;
+  if (napi_check_object_type_tag(env, v, &FAST_TAG, &ok) != napi_ok || !ok ||
+      napi_unwrap(env, v, &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a fast path handle");
+    return NULL;
+  }
+  return data;
+}
+
+static bool get_u32(napi_env env, napi_value v, uint32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_uint32(env, v, out) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected an unsigned 32-bit integer");
+    return false;
+  }
+  return true;
+}
+
+static napi_value fast_create(napi_env env, napi_callback_info info) {
+  napi_value argv[2], obj;
+  uint32_t role, mtu;
+  if (!args(env, info, 2, argv, "create(role, mtu)")) return NULL;
+  if (!get_u32(env, argv[0], &role) || !get_u32(env, argv[1], &mtu)) return NULL;
+  if (role > ROLE_CLIENT || mtu < MIN_MTU || mtu > MAX_MTU) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "create: role must be 0 or 1, mtu 68 to 65535");
+    return NULL;
+  }
+  fast_path *fp = calloc(1, sizeof *fp);
+  if (fp == NULL) {
+    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+    return NULL;
+  }
+  fp->env = env;
+  fp->role = (int)role;
+  fp->mtu = mtu;
+  if (!rebuild(fp) || napi_create_object(env, &obj) != napi_ok ||
+      napi_type_tag_object(env, obj, &FAST_TAG) != napi_ok ||
+      napi_wrap(env, obj, fp, on_finalize, NULL, NULL) != napi_ok) {
+    on_finalize(env, fp, NULL);
+    throw_code(env, "ERR_AGENT_FAST_NAPI", "cannot create the fast path");
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value fast_attach(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!args(env, info, 3, argv, "attach(handle, tun, socket)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL) return NULL;
+  poller *tun = tun_poller(env, argv[1]);
+  if (tun == NULL) return NULL;
+  poller *sock = net_poller(env, argv[2]);
+  if (sock == NULL) return NULL;
+  if (fp->closed || fp->tun != NULL) {
+    throw_code(env, "ERR_AGENT_FAST_STATE", "the fast path is closed or attached already");
+    return NULL;
+  }
+  if (tun->filter != NULL || sock->filter != NULL) {
+    throw_code(env, "ERR_AGENT_FAST_STATE", "another fast path is attached to this TUN device or socket");
+    return NULL;
+  }
+  /* Strong references: the pollers stay allocated while they can call us. */
+  NAPI_OK(env, napi_create_reference(env, argv[1], 1, &fp->tun_ref));
+  NAPI_OK(env, napi_create_reference(env, argv[2], 1, &fp->sock_ref));
+  fp->tun = tun;
+  fp->sock = sock;
+  tun->filter = on_tun_batch;
+  tun->filter_ctx = fp;
+  sock->filter = on_net_batch;
+  sock->filter_ctx = fp;
+  return NULL;
+}
+
+static int32_t index_of(const fast_path *fp, uint32_t address) {
+  for (uint32_t i = 0; i < fp->n; i++)
+    if (fp->s[i].address == address) return (int32_t)i;
+  return -1;
+}
+
+static napi_value fast_set(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  uint32_t a[5]; /* address, codec, key, ep_addr, ep_port */
+  if (!args(env, info, 6, argv, "set(handle, address, codec, key, endpointAddr, endpointPort)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL) return NULL;
+  for (int i = 0; i < 5; i++)
+    if (!get_u32(env, argv[i + 1], &a[i])) return NULL;
+  if (a[1] > CODEC_GRE || a[4] > 65535) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "set: codec must be 0 or 1, port 0 to 65535");
+    return NULL;
+  }
+  int32_t i = index_of(fp, a[0]);
+  const bool added = i < 0;
+  fast_session saved;
+  if (added) {
+    if (fp->n == fp->cap) {
+      uint32_t cap = fp->cap ? fp->cap * 2 : 16;
+      fast_session *s = realloc(fp->s, sizeof *s * cap);
+      if (s == NULL) {
+        throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+        return NULL;
+      }
+      fp->s = s;
+      fp->cap = cap;
+    }
+    i = (int32_t)fp->n++;
+    memset(&fp->s[i], 0, sizeof fp->s[i]);
+    memset(&saved, 0, sizeof saved);
+  } else {
+    saved = fp->s[i];
+  }
+  fast_session *s = &fp->s[i];
+  s->address = a[0];
+  s->codec = (uint8_t)a[1];
+  s->key = a[2];
+  s->ep_addr = a[3];
+  s->ep_port = (uint16_t)a[4];
+  if (!rebuild(fp)) {
+    if (added) fp->n--;
+    else *s = saved;
+    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+    return NULL;
+  }
+  return NULL;
+}
+
+static napi_value fast_remove(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint32_t address;
+  if (!args(env, info, 2, argv, "remove(handle, address)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  int32_t i = index_of(fp, address);
+  if (i < 0) return NULL;
+  fast_session gone = fp->s[i];
+  fp->s[i] = fp->s[fp->n - 1];
+  fp->n--;
+  if (!rebuild(fp)) {
+    /* Cannot happen for a smaller table unless malloc fails; fall back to an empty one, which
+     * sends everything to JS rather than to a session that is gone. */
+    (void)gone;
+    fp->n = 0;
+    free(fp->by_addr.e);
+    free(fp->by_key.e);
+    free(fp->by_ep.e);
+    fp->by_addr.e = fp->by_key.e = fp->by_ep.e = NULL;
+  }
+  return NULL;
+}
+
+static napi_value fast_take(napi_env env, napi_callback_info info) {
+  napi_value argv[3], result;
+  uint32_t address;
+  napi_typedarray_type type;
+  size_t count;
+  void *data;
+  if (!args(env, info, 3, argv, "take(handle, address, out)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  if (napi_get_typedarray_info(env, argv[2], &type, &count, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || count < 5) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "take: out must be a Float64Array of 5");
+    return NULL;
+  }
+  int32_t i = index_of(fp, address);
+  double *out = data;
+  if (i >= 0) {
+    fast_session *s = &fp->s[i];
+    out[0] = (double)s->tx_packets;
+    out[1] = (double)s->tx_bytes;
+    out[2] = (double)s->rx_packets;
+    out[3] = (double)s->rx_bytes;
+    out[4] = s->last_rx_ms;
+    s->tx_packets = s->tx_bytes = s->rx_packets = s->rx_bytes = 0;
+    s->last_rx_ms = 0;
+  }
+  NAPI_OK(env, napi_get_boolean(env, i >= 0, &result));
+  return result;
+}
+
+static napi_status set_count(napi_env env, napi_value obj, const char *key, uint64_t v) {
+  napi_value n;
+  napi_status s = napi_create_double(env, (double)v, &n);
+  return s == napi_ok ? napi_set_named_property(env, obj, key, n) : s;
+}
+
+static napi_value fast_stats(napi_env env, napi_callback_info info) {
+  napi_value argv[1], obj;
+  if (!args(env, info, 1, argv, "stats(handle)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL) return NULL;
+  NAPI_OK(env, napi_create_object(env, &obj));
+  NAPI_OK(env, set_count(env, obj, "sessions", fp->n));
+  NAPI_OK(env, set_count(env, obj, "txPackets", fp->tx_packets));
+  NAPI_OK(env, set_count(env, obj, "rxPackets", fp->rx_packets));
+  NAPI_OK(env, set_count(env, obj, "sendDrops", fp->send_drops));
+  NAPI_OK(env, set_count(env, obj, "tunWriteDrops", fp->tun_write_drops));
+  return obj;
+}
+
+static napi_value fast_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args(env, info, 1, argv, "close(handle)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL) return NULL;
+  fp->closed = true;
+  detach(fp);
+  return NULL;
+}
+
+napi_value fast_init(napi_env env, napi_value exports) {
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } fns[] = {
+      {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"remove", fast_remove},
+      {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    NAPI_OK(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
+    NAPI_OK(env, napi_set_named_property(env, exports, fns[i].name, f));
+  }
+  return exports;
+}

@@ -1,0 +1,22 @@
+/* agent_native's module: exports {tun, net, fast}, each an object of functions (see agent.h). */
+#define _GNU_SOURCE
+#include <node_api.h>
+
+#include "agent.h"
+
+static napi_value part(napi_env env, napi_value exports, const char *name,
+                       napi_value (*init)(napi_env, napi_value)) {
+  napi_value obj;
+  if (napi_create_object(env, &obj) != napi_ok) return NULL;
+  if (init(env, obj) == NULL) return NULL;
+  if (napi_set_named_property(env, exports, name, obj) != napi_ok) return NULL;
+  return obj;
+}
+
+NAPI_MODULE_INIT() {
+  if (part(env, exports, "tun", tun_init) == NULL || part(env, exports, "net", net_init) == NULL ||
+      part(env, exports, "fast", fast_init) == NULL) {
+    return NULL;
+  }
+  return exports;
+}

@@ -1,0 +1,13 @@
+/**
+ * The one native addon, agent_native (binding.gyp, src/core/native/agent.h): the TUN device,
+ * the carrier sockets and the fast path over both, in one .node so the fast path can reach the
+ * other two. Each wrapper types its own part.
+ */
+import {addonLoader} from './load.js'
+
+export const loadAgentNative = addonLoader<{tun: unknown; net: unknown; fast: unknown}>({
+  from: import.meta.url,
+  name: 'agent_native',
+  what: 'the native addon',
+  code: 'ERR_AGENT_NATIVE_ADDON',
+})

@@ -1,0 +1,100 @@
+/**
+ * The native fast path (src/core/device/native/fastpath.c) with the real binary: it carries
+ * gre and ipip traffic both ways without JavaScript, counts it per peer, still refuses a
+ * client's spoofed inner source (which it leaves to JavaScript to drop and count), and
+ * AGENT_FAST_PATH=off puts everything back on the JavaScript path, which still works.
+ */
+import {afterAll, describe, expect, inject, it} from 'vitest'
+import {type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+import {peers as peersOf, pingOk, sleep} from './datagram-helpers.js'
+
+interface Status {
+  counters: Record<string, number>
+  peers: {name: string; rxPackets: number; txPackets: number; drops: Record<string, number>}[]
+}
+
+async function status(fleet: Fleet, ns: string): Promise<Status> {
+  const r = await fleet.cli(ns, ['status', '--json'])
+  expect(r.code, r.stderr).toBe(0)
+  return JSON.parse(r.stdout)[0]
+}
+
+/**
+ * From `ns`, through its routes (so into the client's TUN), `count` UDP packets to `dst` with
+ * the inner source address `src`: what a client would send to speak for another one.
+ */
+async function sendWithSource(fleet: Fleet, ns: string, src: string, dst: string, count: number): Promise<void> {
+  const script = `
+import socket, struct, sys
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def csum(b):
+    s = sum(struct.unpack('!10H', b))
+    while s > 0xffff: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+udp = struct.pack('!HHHH', 40000, 9, 12, 0) + b'spoof'[:4]
+hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+hdr = hdr[:10] + struct.pack('!H', csum(hdr)) + hdr[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(count): s.sendto(hdr + udp, (dst, 0))
+`
+  const r = await fleet.tb.exec(ns, 'python3', ['-c', script, src, dst, String(count)])
+  expect(r.code, r.stderr).toBe(0)
+}
+
+const fleets: Fleet[] = []
+afterAll(async () => {
+  await Promise.all(fleets.map((f) => f.tb.destroy()))
+})
+
+describe.each(['gre', 'ipip'])('fast path: %s', (transport) => {
+  it('carries traffic both ways natively, counted per peer, and still drops a spoofed inner source', async () => {
+    const fleet = await createFleet({prefix: `fp${transport}`, clients: 1, transport, dataDir: inject('agentDataDir')})
+    fleets.push(fleet)
+    const {tb} = fleet
+    const echo = await startEchoServer(tb, tb.names.target)
+    await fleet.startNode()
+    await fleet.startClient('alice', 0)
+    await pingOk(fleet, tb.names.client[0], 20)
+    const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
+    expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+
+    const node = await status(fleet, tb.names.node)
+    const client = await status(fleet, tb.names.client[0])
+    for (const s of [node, client]) {
+      expect(s.counters.fastPathSessions).toBe(1)
+      // 20 pings and a TCP exchange each way at least, none of it through JavaScript's encap.
+      expect(s.counters.fastPathTxPackets).toBeGreaterThanOrEqual(20)
+      expect(s.counters.fastPathRxPackets).toBeGreaterThanOrEqual(20)
+      // The peer's counters include what the fast path carried.
+      expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(s.counters.fastPathRxPackets)
+      expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(s.counters.fastPathTxPackets)
+    }
+
+    // alice sends as bob (10.99.0.50) through her own, authenticated session: the node must
+    // neither forward it natively nor in JavaScript.
+    const before = node.peers[0].drops.source ?? 0
+    await sendWithSource(fleet, tb.names.client[0], '10.99.0.50', tb.addr.target, 5)
+    await sleep(500)
+    const after = (await peersOf(fleet, tb.names.node))[0]
+    expect((after.drops.source ?? 0) - before).toBe(5)
+  })
+})
+
+describe('fast path: AGENT_FAST_PATH=off', () => {
+  it('carries gre through JavaScript alone, with no fast path counters', async () => {
+    const fleet = await createFleet({prefix: 'fpoff', clients: 1, transport: 'gre', dataDir: inject('agentDataDir'), env: {AGENT_FAST_PATH: 'off'}})
+    fleets.push(fleet)
+    const {tb} = fleet
+    const echo = await startEchoServer(tb, tb.names.target)
+    await fleet.startNode()
+    await fleet.startClient('alice', 0)
+    await pingOk(fleet, tb.names.client[0], 5)
+    expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
+    for (const ns of [tb.names.node, tb.names.client[0]]) {
+      const s = await status(fleet, ns)
+      expect(s.counters.fastPathSessions).toBeUndefined()
+      expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(5)
+      expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(5)
+    }
+  })
+})
