@@ -25,7 +25,8 @@
           "src/core/native/poller.c",
           "src/core/tun/native/tun.c",
           "src/core/carrier/native/net.c",
-          "src/core/device/native/fastpath.c"
+          "src/core/device/native/fastpath.c",
+          "src/core/device/native/esp.c"
         ]}]
       ]
     }

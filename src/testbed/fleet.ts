@@ -73,8 +73,9 @@ export interface Fleet {
   foreignPki: string
   nodeConfig: string
   clientConfig(name: string, opts?: {transport?: string; index?: number; routes?: string[]}): string
-  startNode(opts?: {args?: string[]; config?: string}): Promise<AgentProcess>
-  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]}): Promise<AgentProcess>
+  /** env: more environment for this process only (over FleetOptions.env). */
+  startNode(opts?: {args?: string[]; config?: string; env?: Record<string, string>}): Promise<AgentProcess>
+  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]; env?: Record<string, string>}): Promise<AgentProcess>
   /** Run the agent CLI inside a namespace with that namespace's run dir. */
   cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
   runDir(ns: string): string
@@ -183,8 +184,8 @@ transports:
     return file
   }
 
-  const spawnAgent = (ns: string, args: string[]) =>
-    new AgentProcess(tb.spawn(ns, process.execPath, [...(opts.nodeFlags ?? []), BIN, ...args], {env: {...agentEnv(runDir(ns), dataDir), ...opts.env}, stdio: ['ignore', 'pipe', 'pipe']}))
+  const spawnAgent = (ns: string, args: string[], env?: Record<string, string>) =>
+    new AgentProcess(tb.spawn(ns, process.execPath, [...(opts.nodeFlags ?? []), BIN, ...args], {env: {...agentEnv(runDir(ns), dataDir), ...opts.env, ...env}, stdio: ['ignore', 'pipe', 'pipe']}))
 
   return {
     tb,
@@ -196,12 +197,12 @@ transports:
     clientConfig,
     runDir,
     async startNode(o = {}) {
-      const p = spawnAgent(tb.names.node, ['up', '--config', o.config ?? nodeConfig, ...(o.args ?? [])])
+      const p = spawnAgent(tb.names.node, ['up', '--config', o.config ?? nodeConfig, ...(o.args ?? [])], o.env)
       await p.waitFor(/node node1 up/)
       return p
     },
     async startClient(name, index = 0, o = {}) {
-      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes}), ...(o.args ?? [])])
+      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes}), ...(o.args ?? [])], o.env)
       if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
       return p
     },

@@ -142,5 +142,12 @@ describe('ipsec-over-gre rekeying', () => {
     await tb.exec(tb.names.client[0], process.execPath, ['-e', script, tb.addr.nodeWan, String(before.sessionId)], {check: true})
     await sleep(300)
     expect((await counters()).unknownSession - unknownBefore).toBe(1)
+    // The native fast path follows the rekey: traffic under the new SAs is its, both ways.
+    const fastRx = async (ns: string) => JSON.parse((await rekeyFleet.cli(ns, ['status', '--json'])).stdout)[0].counters.fastPathRxPackets as number
+    const [nodeRx, clientRx] = [await fastRx(tb.names.node), await fastRx(tb.names.client[0])]
+    const ping = await tb.exec(tb.names.client[0], 'ping', ['-c', '20', '-i', '0.05', '-W', '2', tb.addr.target])
+    expect(ping.code, ping.stdout).toBe(0)
+    expect((await fastRx(tb.names.node)) - nodeRx).toBeGreaterThanOrEqual(20)
+    expect((await fastRx(tb.names.client[0])) - clientRx).toBeGreaterThanOrEqual(20)
   }, 90_000)
 })

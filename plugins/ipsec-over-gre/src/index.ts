@@ -19,6 +19,7 @@ import type {
   CarrierSpec,
   CoreApi,
   Drop,
+  FastCodec,
   NodeSession,
   Session,
   SessionContext,
@@ -88,6 +89,7 @@ class IpsecOverGreSession implements NodeSession {
   private epochStarted = Date.now()
   private pendingEpoch: number | null = null
   private retire: {spi: number; at: number} | null = null
+  private fast: FastCodec | undefined = undefined
 
   constructor(
     private readonly gre: GreCodec,
@@ -101,6 +103,24 @@ class IpsecOverGreSession implements NodeSession {
     this.current = inboundSpi
     this.params = {spi: inboundSpi}
     this.addInbound(inboundSpi, 0)
+  }
+
+  /**
+   * The core carries the common packet natively with these very SAs (and their counter and
+   * replay windows, which are shared, not copied). Rebuilt whenever an SA comes or goes.
+   */
+  get fastPath(): FastCodec | undefined {
+    return this.fast
+  }
+
+  private fastPathChanged(): void {
+    const s = this.sealer
+    this.fast = {
+      kind: 'esp-gcm-in-gre',
+      outbound: s === null ? null : {spi: s.sa.spi, keyMaterial: s.sa.keyMaterial, counter: s.counter, src: s.src, dst: s.dst},
+      inbound: [...this.openers.values()].map((o) => ({spi: o.sa.spi, keyMaterial: o.sa.keyMaterial, window: o.replay.state, windowSize: o.replay.size})),
+    }
+    this.ctx.fastPathChanged()
   }
 
   /** The SPI this end receives on now (shown by `agent status`). */
@@ -120,6 +140,7 @@ class IpsecOverGreSession implements NodeSession {
     const key = this.ctx.exportKey(this.inboundLabel, ESP_KEY_MATERIAL_LENGTH, epochContext(epoch))
     this.openers.set(spi, new EspOpener(new EspSa({spi, key, esn: true}), new ReplayWindow()))
     key.fill(0)
+    this.fastPathChanged()
   }
 
   /** Seal towards the other end's SPI, under the key of `epoch`. */
@@ -129,6 +150,7 @@ class IpsecOverGreSession implements NodeSession {
     this.sealer = new EspSealer(new EspSa({spi, key, esn: true}), ipv4ToUint32(local), ipv4ToUint32(remote))
     key.fill(0)
     this.txKey = spi
+    this.fastPathChanged()
   }
 
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean {
@@ -152,9 +174,11 @@ class IpsecOverGreSession implements NodeSession {
 
   tick(now: number): void {
     if (this.retire !== null && now >= this.retire.at) {
+      this.openers.get(this.retire.spi)?.sa.destroy()
       this.openers.delete(this.retire.spi)
       if (this.ctx.role === 'node') this.ctx.unbindId(this.retire.spi)
       this.retire = null
+      this.fastPathChanged()
     }
     if (this.ctx.role !== 'node' || this.pendingEpoch !== null || this.retire !== null || this.sealer === null) return
     const due = now - this.epochStarted >= this.rekeyMs || (this.sealer.sequence ?? 0n) >= REKEY_AFTER_PACKETS
@@ -199,8 +223,12 @@ class IpsecOverGreSession implements NodeSession {
   }
 
   close(): void {
+    this.sealer?.sa.destroy()
     this.sealer = null
+    for (const o of this.openers.values()) o.sa.destroy()
     this.openers.clear()
+    this.fast = undefined
+    this.ctx.fastPathChanged()
   }
 }
 

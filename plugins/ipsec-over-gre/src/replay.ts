@@ -37,11 +37,14 @@ export class ReplayWindow {
   readonly size: number
   /** Number of 64-bit blocks in the ring (a power of two, at least ceil(size / 64) + 1). */
   readonly blocks: number
+  /**
+   * All mutable state in one array, so the core's native fast path can share it (FastCodec
+   * esp-gcm-in-gre): [top high half, top low half, then the ring of 2 * blocks 32-bit words].
+   */
+  readonly state: Uint32Array
   private readonly words: Uint32Array
   private readonly wordMask: number
   private readonly blockMask: number
-  private topHi = 0
-  private topLo = 0
   private droppedCount = 0
   private tooOldCount = 0
 
@@ -57,7 +60,8 @@ export class ReplayWindow {
     let blocks = 1
     while (blocks < needed) blocks <<= 1
     this.blocks = blocks
-    this.words = new Uint32Array(blocks * 2)
+    this.state = new Uint32Array(2 + blocks * 2)
+    this.words = this.state.subarray(2)
     this.wordMask = blocks * 2 - 1
     this.blockMask = blocks - 1
     this.words[0] = 1 // sequence number 0 counts as seen
@@ -75,7 +79,7 @@ export class ReplayWindow {
 
   /** The highest sequence number authenticated so far (0 before the first). Not for the hot path. */
   get top(): bigint {
-    return (BigInt(this.topHi) << 32n) | BigInt(this.topLo)
+    return (BigInt(this.state[0]) << 32n) | BigInt(this.state[1])
   }
 
   /**
@@ -89,10 +93,10 @@ export class ReplayWindow {
    */
   inferHigh(lo: number): number {
     lo >>>= 0
-    const tl = this.topLo
+    const tl = this.state[1]
     const w = this.size
-    if (tl >= w - 1) return lo >= tl - w + 1 ? this.topHi : this.topHi + 1
-    return lo >= tl - w + 1 + TWO_32 ? this.topHi - 1 : this.topHi
+    if (tl >= w - 1) return lo >= tl - w + 1 ? this.state[0] : this.state[0] + 1
+    return lo >= tl - w + 1 + TWO_32 ? this.state[0] - 1 : this.state[0]
   }
 
   /**
@@ -100,8 +104,8 @@ export class ReplayWindow {
    * counted in `dropped`, otherwise. Changes nothing else. hi and lo must be uint32 values.
    */
   checkHL(hi: number, lo: number): boolean {
-    const th = this.topHi
-    const tl = this.topLo
+    const th = this.state[0]
+    const tl = this.state[1]
     if (hi > th || (hi === th && lo > tl)) return true
     // At or below top: distance = top - seq, exact in a double while the high halves are close.
     const dHi = th - hi
@@ -123,8 +127,8 @@ export class ReplayWindow {
    * true. Returns false (and changes nothing) if hi:lo is too old or was already marked.
    */
   updateHL(hi: number, lo: number): boolean {
-    const th = this.topHi
-    const tl = this.topLo
+    const th = this.state[0]
+    const tl = this.state[1]
     const words = this.words
     if (hi > th || (hi === th && lo > tl)) {
       const dHi = hi - th
@@ -141,8 +145,8 @@ export class ReplayWindow {
           words[b + 1] = 0
         }
       }
-      this.topHi = hi
-      this.topLo = lo
+      this.state[0] = hi
+      this.state[1] = lo
       words[(lo >>> 5) & this.wordMask] |= 1 << (lo & 31)
       return true
     }
@@ -180,8 +184,8 @@ export class ReplayWindow {
   reset(): void {
     this.words.fill(0)
     this.words[0] = 1
-    this.topHi = 0
-    this.topLo = 0
+    this.state[0] = 0
+    this.state[1] = 0
   }
 }
 

@@ -202,8 +202,14 @@ export class ClientAgent {
       options: this.transportOptions(),
       mtu: w.mtu,
       conn,
+      // A change while the session is being opened is read when its peer is added.
+      fastPathChanged: () => {
+        if (this.peer !== null && this.peer.session === opened) this.datapath?.refreshFastPath(this.peer)
+      },
     })
+    let opened: Session | null = null
     const session: Session = this.transport.openClientSession(ctx, w.params)
+    opened = session
     checkSessionRoom(this.transport.name, session)
     this.datapath!.localAddress = ipv4ToNumber(w.address)
     const datagrams = w.carrier.kind === 'stream' ? null : this.datagramsFor(w.carrier)

@@ -103,15 +103,24 @@ export class DataPath {
     return this.fast?.stats() ?? null
   }
 
+  /** The session of `peer` says its fastPath changed (a rekey): the table follows. */
+  refreshFastPath(peer: Peer): void {
+    if (this.byAddress.get(peer.address) === peer) this.refast(peer)
+  }
+
   /** Puts `peer` in the fast path's table as it is now (endpoint included), if it can go there. */
   private refast(peer: Peer): void {
     const fast = this.fast
-    const codec = peer.session.fastPath
     const link = peer.link
-    if (fast === null || codec === undefined || !(link instanceof DatagramLink)) return
+    if (fast === null || !(link instanceof DatagramLink)) return
+    const codec = peer.session.fastPath
+    if (codec === undefined) {
+      this.unfast(peer)
+      return
+    }
     fast.set(peer.address, codec, link.addr, link.port)
     link.onMove = () => {
-      if (this.byAddress.get(peer.address) === peer && this.fast === fast) fast.set(peer.address, codec, link.addr, link.port)
+      if (this.byAddress.get(peer.address) === peer && this.fast === fast) this.refast(peer)
     }
     peer.stats.sync = () => fast.take(peer.address, peer.stats)
   }

@@ -19,6 +19,7 @@ interface NativeFast {
   create(role: number, mtu: number): Handle
   attach(handle: Handle, tun: object, socket: object): void
   set(handle: Handle, address: number, codec: number, key: number, endpointAddr: number, endpointPort: number): void
+  setEsp(handle: Handle, address: number, endpointAddr: number, endpointPort: number, codec: FastCodec): void
   remove(handle: Handle, address: number): void
   take(handle: Handle, address: number, out: Float64Array): boolean
   stats(handle: Handle): FastPathStats
@@ -68,7 +69,8 @@ export class FastPath {
 
   /** Carries the session at tunnel `address` natively, to and from endpoint addr:port (0: not yet). */
   set(address: number, codec: FastCodec, addr: number, port: number): void {
-    this.native.set(this.handle, address, CODEC[codec.kind], codec.kind === 'gre' ? codec.key : 0, addr, port)
+    if (codec.kind === 'esp-gcm-in-gre') this.native.setEsp(this.handle, address, addr, port, codec)
+    else this.native.set(this.handle, address, CODEC[codec.kind], codec.kind === 'gre' ? codec.key : 0, addr, port)
   }
 
   /** Folds what the fast path counted for `address` since the last call into `stats`. */

@@ -306,6 +306,9 @@ export class NodeAgent {
           if (client.peer !== null) this.datagrams?.unbindId(id, client.peer)
         },
       },
+      fastPathChanged: () => {
+        if (client.peer !== null) this.datapath?.refreshFastPath(client.peer)
+      },
     })
     // A session refused after it opened must give back what it took: its ids, its bindings.
     const discard = (s: NodeSession | null, peer: Peer | null, why: string) => {

@@ -92,6 +92,8 @@ export interface SessionContext {
    * (a rekey, an acknowledgement); it arrives in that session's onControl. Small, flat values.
    */
   sendControl(message: SessionParams): void
+  /** The session's `fastPath` changed (a rekey): the core reads it again. */
+  fastPathChanged(): void
 }
 
 /**
@@ -105,6 +107,40 @@ export type FastCodec =
   | {readonly kind: 'identity'}
   /** An 8-byte GRE header with only the key (RFC 2890): flags 0x2000, protocol 0x0800. */
   | {readonly kind: 'gre'; readonly key: number}
+  /**
+   * ESP tunnel mode (RFC 4303) with AES-256-GCM (RFC 4106) and extended sequence numbers, the
+   * outer IPv4 header between the tunnel addresses, in that GRE header keyed with the
+   * receiver's SPI: ipsec-over-gre's wire format (docs/esp-wire.md). The state arrays are the
+   * session's own, shared, not copies: the core seals from the same counter and checks the same
+   * replay window as the session's encap and decap do.
+   */
+  | {
+      readonly kind: 'esp-gcm-in-gre'
+      /** Sealing; null until the other end's SPI is known. */
+      readonly outbound: (FastEspSa & {
+        /** [high half, low half] of the last sequence number used. */
+        readonly counter: Uint32Array
+        /** The outer IPv4 source and destination (uint32). */
+        readonly src: number
+        readonly dst: number
+      }) | null
+      /** Opening: the current SA and, during a rekey, the previous ones (at most 4). */
+      readonly inbound: readonly (FastEspSa & {
+        /**
+         * The RFC 6479 window: [top high half, top low half], then a ring of 2 * blocks 32-bit
+         * words, blocks the smallest power of two >= ceil(windowSize / 64) + 1.
+         */
+        readonly window: Uint32Array
+        readonly windowSize: number
+      })[]
+    }
+
+/** One ESP security association, as the fast path needs it. */
+export interface FastEspSa {
+  readonly spi: number
+  /** RFC 4106 8.1 key material: the 32-byte AES-256 key, then the 4-byte salt. */
+  readonly keyMaterial: Uint8Array
+}
 
 /** One peer's session: stateful encap/decap in place, no allocation per packet. */
 export interface Session {

@@ -24,6 +24,8 @@ export interface SessionContextInput {
   conn: ControlConnection
   /** Node only: a client's session gets its ids from the node's welcome. */
   ids?: SessionIds
+  /** The session's fastPath changed: the data path reads it again (once the peer exists). */
+  fastPathChanged: () => void
 }
 
 const NO_CONTEXT = Buffer.alloc(0)
@@ -51,5 +53,6 @@ export function sessionContext(i: SessionContextInput): SessionContext {
     bindId: i.ids ? (id) => i.ids!.bind(id) : nodeOnly('bindId'),
     unbindId: i.ids ? (id) => i.ids!.unbind(id) : nodeOnly('unbindId'),
     sendControl: (message: SessionParams) => i.conn.send({type: 'transport', body: message}),
+    fastPathChanged: i.fastPathChanged,
   }
 }

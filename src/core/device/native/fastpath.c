@@ -18,13 +18,16 @@
  * counter for the unusual packet. JS owns the session table's contents (set/remove) and reads
  * the counters (take). Everything runs on the main thread, so nothing here needs a lock.
  *
- * Codecs: identity (ipip: the payload is the inner packet) and gre (RFC 2784 with the RFC 2890
- * key, no checksum, no sequence number: 8 bytes).
+ * Codecs: identity (ipip: the payload is the inner packet), gre (RFC 2784 with the RFC 2890
+ * key, no checksum, no sequence number: 8 bytes) and esp-gcm-in-gre (ipsec-over-gre: ESP with
+ * AES-256-GCM in esp.c, in that GRE header keyed with the receiver's SPI).
  *
  * JS API:
  *   create(role, mtu) -> handle                role: 0 node, 1 client
  *   attach(handle, tunHandle, socketHandle)    the fast path runs on their batches from now on
  *   set(handle, address, codec, key, endpointAddr, endpointPort)   add or update a session
+ *   setEsp(handle, address, endpointAddr, endpointPort, {outbound, inbound})   an esp session
+ *        (see FastCodec esp-gcm-in-gre in src/core/transport/contract.ts)
  *   remove(handle, address)
  *   take(handle, address, Float64Array(5)) -> boolean
  *        [txPackets, txBytes, rxPackets, rxBytes] since the last take, then the time of the
@@ -39,6 +42,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -46,10 +50,13 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "esp.h"
 #include "poller.h"
 
 enum { ROLE_NODE = 0, ROLE_CLIENT = 1 };
-enum { CODEC_IDENTITY = 0, CODEC_GRE = 1 };
+enum { CODEC_IDENTITY = 0, CODEC_GRE = 1, CODEC_ESP = 2 };
+/* Inbound SAs one esp session may have at once: the current one and those of recent rekeys. */
+#define ESP_MAX_INBOUND 4
 
 #define GRE_HEADER 8          /* flags+version, protocol type, key */
 #define KEEPALIVE_PROTOCOL 253 /* src/core/nat/keepalive.ts: always JS's */
@@ -57,12 +64,24 @@ enum { CODEC_IDENTITY = 0, CODEC_GRE = 1 };
 #define MIN_MTU 68
 #define MAX_MTU 65535
 
+/* esp-gcm-in-gre: ESP sealed under `out`, carried in GRE keyed with the receiver's SPI. */
+typedef struct esp_codec {
+  bool has_out;
+  esp_sa out;
+  uint32_t src, dst; /* the outer IPv4 header's: the tunnel addresses */
+  napi_ref out_ref;  /* the counter's typed array */
+  uint32_t n_in;
+  esp_sa in[ESP_MAX_INBOUND];
+  napi_ref in_ref[ESP_MAX_INBOUND]; /* each window's typed array */
+} esp_codec;
+
 typedef struct fast_session {
   uint32_t address; /* tunnel address, host order */
   uint32_t key;     /* gre: the session's key */
   uint32_t ep_addr; /* 0: endpoint not learned yet (everything goes to JS) */
   uint16_t ep_port;
   uint8_t codec;
+  esp_codec *esp; /* CODEC_ESP only */
   /* Since the last take(). */
   uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
   double last_rx_ms;
@@ -187,6 +206,9 @@ static bool rebuild(fast_path *fp) {
     if (s->codec == CODEC_GRE) {
       fp->n_gre++;
       insert(&k, s->key, (int32_t)i);
+    } else if (s->codec == CODEC_ESP) {
+      fp->n_gre++; /* found by GRE key, which is the SPI of one of its inbound SAs */
+      for (uint32_t j = 0; j < s->esp->n_in; j++) insert(&k, s->esp->in[j].spi, (int32_t)i);
     } else {
       fp->n_identity++;
       if (s->ep_addr != 0) insert(&e, endpoint_key(s->ep_addr, s->ep_port), (int32_t)i);
@@ -251,6 +273,18 @@ static void send_all(fast_path *fp, uint32_t n) {
   }
 }
 
+/* A GRE header with only the key: no checksum, no sequence number, version 0, IPv4 inside. */
+static void write_gre(uint8_t *h, uint32_t key) {
+  h[0] = 0x20;
+  h[1] = 0x00;
+  h[2] = 0x08;
+  h[3] = 0x00;
+  h[4] = (uint8_t)(key >> 24);
+  h[5] = (uint8_t)(key >> 16);
+  h[6] = (uint8_t)(key >> 8);
+  h[7] = (uint8_t)key;
+}
+
 static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
   fast_path *fp = ctx;
   if (fp->closed || fp->n == 0 || fp->sock == NULL || fp->sock->closed) return count;
@@ -267,18 +301,19 @@ static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
     if (s == NULL || s->ep_addr == 0) continue;
     uint8_t *out = pkt;
     uint32_t olen = len;
-    if (s->codec == CODEC_GRE) {
-      if (p->headroom < GRE_HEADER) continue;
+    if (s->codec == CODEC_ESP) {
+      esp_codec *e = s->esp;
+      const uint8_t *slot_end = p->ring + (size_t)(i + 1) * p->slot_size;
+      if (!e->has_out || p->headroom < GRE_HEADER + ESP_HEADROOM || pkt + len + ESP_TAILROOM > slot_end) continue;
+      if (!esp_seal(&e->out, e->src, e->dst, pkt, len, &out, &olen)) continue;
+      write_gre(out - GRE_HEADER, e->out.spi);
       out -= GRE_HEADER;
       olen += GRE_HEADER;
-      out[0] = 0x20; /* K: a key follows; no checksum, no sequence number, version 0 */
-      out[1] = 0x00;
-      out[2] = 0x08; /* protocol type: IPv4 */
-      out[3] = 0x00;
-      out[4] = (uint8_t)(s->key >> 24);
-      out[5] = (uint8_t)(s->key >> 16);
-      out[6] = (uint8_t)(s->key >> 8);
-      out[7] = (uint8_t)s->key;
+    } else if (s->codec == CODEC_GRE) {
+      if (p->headroom < GRE_HEADER) continue;
+      write_gre(out - GRE_HEADER, s->key);
+      out -= GRE_HEADER;
+      olen += GRE_HEADER;
     }
     struct sockaddr_in *a = &fp->names[nsend];
     memset(a, 0, sizeof *a);
@@ -318,7 +353,13 @@ static bool gre_plain(const uint8_t *d, uint32_t len) {
 }
 
 /* Delivers one datagram to the TUN if it is the common case; false leaves it to JS. */
-static bool receive_one(fast_path *fp, const uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now) {
+static esp_sa *inbound_sa(esp_codec *e, uint32_t spi) {
+  for (uint32_t i = 0; i < e->n_in; i++)
+    if (e->in[i].spi == spi) return &e->in[i];
+  return NULL;
+}
+
+static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now) {
   fast_session *s = NULL;
   if (fp->role == ROLE_CLIENT) {
     if (fp->n == 1) s = &fp->s[0];
@@ -332,14 +373,25 @@ static bool receive_one(fast_path *fp, const uint8_t *d, uint32_t len, uint32_t 
   if (s == NULL || s->ep_addr == 0 || addr != s->ep_addr || port != s->ep_port) return false;
   const uint8_t *inner = d;
   uint32_t ilen = len;
+  esp_sa *sa = NULL;
+  esp_opened opened;
   if (s->codec == CODEC_GRE) {
     if (!gre_plain(d, len) || be32(d + 4) != s->key) return false;
     inner += GRE_HEADER;
     ilen -= GRE_HEADER;
+  } else if (s->codec == CODEC_ESP) {
+    if (!gre_plain(d, len) || (sa = inbound_sa(s->esp, be32(d + 4))) == NULL) return false;
+    if (!esp_open(sa, d + GRE_HEADER, len - GRE_HEADER, &opened)) return false;
+    inner = opened.inner;
+    ilen = opened.inner_len;
   }
-  if (ilen > fp->mtu || !ipv4_ok(inner, ilen) || inner[9] == KEEPALIVE_PROTOCOL) return false;
   /* A client may only speak for its own tunnel address. */
-  if (fp->role == ROLE_NODE && be32(inner + 12) != s->address) return false;
+  if (ilen > fp->mtu || !ipv4_ok(inner, ilen) || inner[9] == KEEPALIVE_PROTOCOL ||
+      (fp->role == ROLE_NODE && be32(inner + 12) != s->address)) {
+    if (sa != NULL) esp_reject(sa, &opened); /* JS gets the packet as it arrived */
+    return false;
+  }
+  if (sa != NULL) esp_accept(sa, &opened);
   ssize_t w;
   do {
     w = write(fp->tun->fd, inner, ilen);
@@ -377,6 +429,17 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
 
 /* ---------- lifetime ---------- */
 
+static void free_esp(napi_env env, esp_codec *e) {
+  if (e == NULL) return;
+  if (e->has_out) esp_sa_free(&e->out);
+  if (e->out_ref != NULL) napi_delete_reference(env, e->out_ref);
+  for (uint32_t i = 0; i < e->n_in; i++) {
+    esp_sa_free(&e->in[i]);
+    if (e->in_ref[i] != NULL) napi_delete_reference(env, e->in_ref[i]);
+  }
+  free(e);
+}
+
 static void detach(fast_path *fp) {
   if (fp->tun != NULL && fp->tun->filter_ctx == fp) {
     fp->tun->filter = NULL;
@@ -397,6 +460,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   fast_path *fp = data;
   detach(fp);
+  for (uint32_t i = 0; i < fp->n; i++) free_esp(env, fp->s[i].esp);
   free(fp->s);
   free(fp->by_addr.e);
   free(fp->by_key.e);
@@ -545,6 +609,7 @@ static napi_value fast_set(napi_env env, napi_callback_info info) {
   }
   fast_session *s = &fp->s[i];
   s->address = a[0];
+  s->esp = NULL;
   s->codec = (uint8_t)a[1];
   s->key = a[2];
   s->ep_addr = a[3];
@@ -555,6 +620,158 @@ static napi_value fast_set(napi_env env, napi_callback_info info) {
     throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
     return NULL;
   }
+  if (!added) free_esp(env, saved.esp);
+  return NULL;
+}
+
+/* obj[name] as a uint32; false (exception pending) otherwise. */
+static bool prop_u32(napi_env env, napi_value obj, const char *name, uint32_t *out) {
+  napi_value v;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok) return false;
+  if (!get_u32(env, v, out)) return false;
+  return true;
+}
+
+/* obj[name] as a typed array of `type` with at least `min` elements; its value in *arr. */
+static bool prop_typed(napi_env env, napi_value obj, const char *name, napi_typedarray_type type, size_t min,
+                       void **data, size_t *count, napi_value *arr) {
+  napi_typedarray_type t;
+  bool is = false;
+  if (napi_get_named_property(env, obj, name, arr) != napi_ok || napi_is_typedarray(env, *arr, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, *arr, &t, count, data, NULL, NULL) != napi_ok || t != type || *count < min ||
+      *data == NULL) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "setEsp: %s must be a typed array of the right type and size", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return false;
+  }
+  return true;
+}
+
+/* Reads one SA of the descriptor: spi, keyMaterial (36 bytes), and its state array. */
+static bool read_sa(napi_env env, napi_value obj, bool outbound, esp_sa *sa, napi_ref *ref) {
+  uint32_t spi, window = 0;
+  void *key, *state;
+  size_t key_len, state_len;
+  napi_value key_arr, state_arr;
+  if (!prop_u32(env, obj, "spi", &spi) ||
+      !prop_typed(env, obj, "keyMaterial", napi_uint8_array, ESP_KEY_MATERIAL, &key, &key_len, &key_arr)) {
+    return false;
+  }
+  if (outbound) {
+    if (!prop_typed(env, obj, "counter", napi_uint32_array, 2, &state, &state_len, &state_arr)) return false;
+  } else {
+    if (!prop_u32(env, obj, "windowSize", &window)) return false;
+    if (window < 32 || window > (1u << 20)) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "setEsp: windowSize must be 32 to 2^20");
+      return false;
+    }
+    if (!prop_typed(env, obj, "window", napi_uint32_array, 2 + 2 * (size_t)esp_window_blocks(window), &state,
+                    &state_len, &state_arr)) {
+      return false;
+    }
+  }
+  if (!esp_sa_init(sa, spi, key, outbound)) {
+    throw_code(env, "ERR_AGENT_FAST_CRYPTO", "setEsp: OpenSSL refused the AES-256-GCM key");
+    return false;
+  }
+  sa->state = state;
+  sa->window_size = window;
+  sa->blocks = outbound ? 0 : esp_window_blocks(window);
+  if (napi_create_reference(env, state_arr, 1, ref) != napi_ok) {
+    esp_sa_free(sa);
+    throw_code(env, "ERR_AGENT_FAST_NAPI", "setEsp: cannot reference the state array");
+    return false;
+  }
+  return true;
+}
+
+/* The descriptor {outbound: {spi, keyMaterial, counter, src, dst} | null, inbound: [{spi, keyMaterial, window, windowSize}]}. */
+static esp_codec *read_esp(napi_env env, napi_value desc) {
+  esp_codec *e = calloc(1, sizeof *e);
+  napi_value out, in, sa;
+  napi_valuetype t;
+  uint32_t n;
+  bool is_array = false;
+  if (e == NULL) {
+    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+    return NULL;
+  }
+  if (napi_get_named_property(env, desc, "outbound", &out) != napi_ok || napi_typeof(env, out, &t) != napi_ok) goto fail;
+  if (t == napi_object) {
+    if (!read_sa(env, out, true, &e->out, &e->out_ref)) goto fail;
+    e->has_out = true;
+    if (!prop_u32(env, out, "src", &e->src) || !prop_u32(env, out, "dst", &e->dst)) goto fail;
+  }
+  if (napi_get_named_property(env, desc, "inbound", &in) != napi_ok || napi_is_array(env, in, &is_array) != napi_ok ||
+      !is_array || napi_get_array_length(env, in, &n) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "setEsp: inbound must be an array");
+    goto fail;
+  }
+  if (n > ESP_MAX_INBOUND) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "setEsp: more inbound SAs than the fast path keeps");
+    goto fail;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    if (napi_get_element(env, in, i, &sa) != napi_ok || !read_sa(env, sa, false, &e->in[i], &e->in_ref[i])) goto fail;
+    e->n_in = i + 1;
+  }
+  return e;
+fail:
+  free_esp(env, e);
+  return NULL;
+}
+
+static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  uint32_t a[3]; /* address, ep_addr, ep_port */
+  if (!args(env, info, 5, argv, "setEsp(handle, address, endpointAddr, endpointPort, descriptor)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL) return NULL;
+  for (int i = 0; i < 3; i++)
+    if (!get_u32(env, argv[i + 1], &a[i])) return NULL;
+  if (a[2] > 65535) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "setEsp: port must be 0 to 65535");
+    return NULL;
+  }
+  esp_codec *e = read_esp(env, argv[4]);
+  if (e == NULL) return NULL;
+  int32_t i = index_of(fp, a[0]);
+  const bool added = i < 0;
+  fast_session saved;
+  if (added) {
+    if (fp->n == fp->cap) {
+      uint32_t cap = fp->cap ? fp->cap * 2 : 16;
+      fast_session *grown = realloc(fp->s, sizeof *grown * cap);
+      if (grown == NULL) {
+        free_esp(env, e);
+        throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+        return NULL;
+      }
+      fp->s = grown;
+      fp->cap = cap;
+    }
+    i = (int32_t)fp->n++;
+    memset(&fp->s[i], 0, sizeof fp->s[i]);
+    memset(&saved, 0, sizeof saved);
+  } else {
+    saved = fp->s[i];
+  }
+  fast_session *s = &fp->s[i];
+  s->address = a[0];
+  s->codec = CODEC_ESP;
+  s->esp = e;
+  s->key = 0;
+  s->ep_addr = a[1];
+  s->ep_port = (uint16_t)a[2];
+  if (!rebuild(fp)) {
+    if (added) fp->n--;
+    else *s = saved;
+    free_esp(env, e);
+    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+    return NULL;
+  }
+  if (!added) free_esp(env, saved.esp);
   return NULL;
 }
 
@@ -567,6 +784,7 @@ static napi_value fast_remove(napi_env env, napi_callback_info info) {
   int32_t i = index_of(fp, address);
   if (i < 0) return NULL;
   fast_session gone = fp->s[i];
+  free_esp(env, gone.esp);
   fp->s[i] = fp->s[fp->n - 1];
   fp->n--;
   if (!rebuild(fp)) {
@@ -647,7 +865,7 @@ napi_value fast_init(napi_env env, napi_value exports) {
     const char *name;
     napi_callback fn;
   } fns[] = {
-      {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"remove", fast_remove},
+      {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"setEsp", fast_set_esp}, {"remove", fast_remove},
       {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
