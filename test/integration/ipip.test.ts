@@ -102,14 +102,27 @@ describe('ipip transport', () => {
     node = await fleet.startNode({config: ipConfig})
     expect(node.output).toMatch(/and ip protocol 4,/)
     alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
-    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 4', ['ip.src', 'ip.dst', 'ip.proto', 'ip.ttl'], 4)
+    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 4', ['ip.src', 'ip.dst', 'ip.proto', 'ip.ttl', 'ip.flags.df', 'ip.dsfield'], 6)
     await sleep(1500)
     await pingOk(tb.names.publicClient[0])
     const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    // Two marked pings: DF set and TOS 0x28, then DF clear and TOS 0x48.
+    for (const [df, tos] of [['do', '0x28'], ['dont', '0x48']]) {
+      const r = await tb.exec(tb.names.publicClient[0], 'ping', ['-c', '2', '-i', '0.2', '-W', '2', '-M', df, '-Q', tos, tb.addr.target])
+      expect(r.code, r.stdout).toBe(0)
+    }
     const lines = await wire
     // RFC 2003: outer protocol 4 around the untouched inner packet; the outer TTL is fresh (64).
     expect(lines.some((l) => l.startsWith(`${tb.addr.publicClient[0]},10.99.0.2\t${tb.addr.nodeWan},${tb.addr.target}\t4,1\t64,`))).toBe(true)
+    // RFC 2003 3.1: the outer header copies the inner TOS and DF (the client's requests here).
+    const requests = lines.map((l) => l.split('\t')).filter((f) => f[0] === `${tb.addr.publicClient[0]},10.99.0.2`)
+    const yes = (v: string) => v === '1' || v === 'True'
+    const marked = (tos: string) => requests.filter((f) => f[5] === `${tos},${tos}`)
+    expect(marked('0x28').length).toBeGreaterThanOrEqual(2)
+    expect(marked('0x48').length).toBeGreaterThanOrEqual(2)
+    for (const f of marked('0x28')) expect(f[4].split(',').map(yes)).toEqual([true, true])
+    for (const f of marked('0x48')) expect(f[4].split(',').map(yes)).toEqual([false, false])
     alice.child.kill('SIGTERM')
     node.child.kill('SIGTERM')
     expect(await alice.exited).toBe(0)

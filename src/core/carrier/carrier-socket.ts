@@ -19,5 +19,5 @@ export function openCarrierSocket(carrier: CarrierSpec, mtu: number, address: st
     recvBufferBytes: SOCKET_BUFFER_BYTES,
     sendBufferBytes: SOCKET_BUFFER_BYTES,
   }
-  return carrier.kind === 'udp' ? openUdp({...common, port}) : openRawIp({...common, protocol: carrier.ipProtocol!})
+  return carrier.kind === 'udp' ? openUdp({...common, port}) : openRawIp({...common, protocol: carrier.ipProtocol!, copyDfFromInner: carrier.copyDfFromInner === true})
 }

@@ -119,4 +119,9 @@ export interface UdpOptions extends DatagramOptions {
 export interface RawIpOptions extends DatagramOptions {
   /** IP protocol number: 47 GRE, 4 IPIP (1 to 254). */
   protocol: number
+  /**
+   * Write the outer IPv4 header ourselves (IP_HDRINCL): TOS and DF copied from the payload when
+   * it is an IPv4 packet (RFC 2003 3.1), TTL 64. Default false: the kernel writes it, DF set.
+   */
+  copyDfFromInner?: boolean
 }

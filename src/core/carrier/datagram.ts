@@ -67,7 +67,7 @@ interface NativeStats {
 
 interface NativeNet {
   openUdp(addr: number, port: number, batch: number, rcvbuf: number, sndbuf: number): NativeHandle
-  openRaw(protocol: number, addr: number, batch: number, rcvbuf: number, sndbuf: number): NativeHandle
+  openRaw(protocol: number, addr: number, batch: number, rcvbuf: number, sndbuf: number, writeHeader: number): NativeHandle
   info(handle: NativeHandle): NativeInfo
   start(
     handle: NativeHandle,
@@ -111,13 +111,13 @@ export function openUdp(opts: UdpOptions): DatagramSocket {
  * Opens a raw IPv4 socket for opts.protocol (needs root or CAP_NET_RAW). It receives every
  * packet of that protocol addressed to this host (to opts.address only, when given), with the
  * IPv4 header stripped; on send the kernel writes the header (DF set), from opts.address or the
- * route's source address.
+ * route's source address, unless opts.copyDfFromInner asks us to (RFC 2003's TOS and DF).
  */
 export function openRawIp(opts: RawIpOptions): DatagramSocket {
   checkInt('raw IP socket protocol', opts.protocol, 1, 254)
   const c = common('raw IP', opts, MAX_RAW_PAYLOAD)
   const native = loadNative()
-  const handle = native.openRaw(opts.protocol, c.address, c.batchSize, c.recvBufferBytes, c.sendBufferBytes)
+  const handle = native.openRaw(opts.protocol, c.address, c.batchSize, c.recvBufferBytes, c.sendBufferBytes, opts.copyDfFromInner === true ? 1 : 0)
   return new NativeDatagramSocket(native, handle, opts.protocol, makeRing(c), opts.onError)
 }
 

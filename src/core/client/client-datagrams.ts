@@ -49,7 +49,7 @@ export class ClientDatagrams {
 
   /** Whether this socket still fits what the node now says (a node reconfigured between sessions). */
   fits(carrier: CarrierSpec): boolean {
-    return carrier.kind === this.carrier.kind && carrier.ipProtocol === this.carrier.ipProtocol
+    return carrier.kind === this.carrier.kind && carrier.ipProtocol === this.carrier.ipProtocol && carrier.copyDfFromInner === this.carrier.copyDfFromInner
   }
 
   get local(): string {

@@ -8,8 +8,11 @@
 #ifndef AGENT_NATIVE_H
 #define AGENT_NATIVE_H
 
+#include <netinet/in.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "poller.h"
 
@@ -23,5 +26,12 @@ poller *tun_poller(napi_env env, napi_value handle);
 poller *net_poller(napi_env env, napi_value handle);
 /* A socket's views of the current batch: the sender's address and port per slot (host order). */
 void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
+/*
+ * Fills message m to send payload[0, len) to addr:port on socket p, with iov[0..1] and, for a
+ * socket that writes its own outer IPv4 header, hdr[0..19] (net.c says how). Every send of a
+ * carrier socket goes through it, the fast path's included.
+ */
+void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[20], struct sockaddr_in *sa,
+                      const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port);
 
 #endif

@@ -30,6 +30,11 @@ export interface CarrierSpec {
   port?: number
   /** ip: the IP protocol number (47 for GRE, 4 for IPIP). */
   ipProtocol?: number
+  /**
+   * ip: the payload is an IPv4 packet whose TOS and DF the outer header copies, with a fresh
+   * TTL (RFC 2003 3.1, IP-in-IP). Otherwise the outer header always carries DF.
+   */
+  copyDfFromInner?: boolean
 }
 
 /** Plugin-specific options from the config file (`transports.<name>`), already validated. */

@@ -30,7 +30,8 @@
  *
  * JS API (all but open* take the handle returned by open*):
  *   openUdp(addr, port, batch, rcvbuf, sndbuf) -> handle        (addr: uint32, host order)
- *   openRaw(protocol, addr, batch, rcvbuf, sndbuf) -> handle
+ *   openRaw(protocol, addr, batch, rcvbuf, sndbuf, writeHeader) -> handle
+ *        (writeHeader: IP_HDRINCL, the outer header's TOS and DF copied from the inner IPv4)
  *   info(handle) -> {address, port, recvBufferBytes, sendBufferBytes}
  *   start(handle, ring, meta, slotSize, headroom, maxPayload, slots, onBatch(count), onError(err))
  *   send(handle, buf, offset, length, addr, port) -> boolean     (false: dropped, counted)
@@ -77,6 +78,10 @@ typedef struct net_sock {
              * "raw IP socket for protocol 47"; p.lengths is a view into meta */
   sock_kind kind;
   uint32_t batch; /* capacity of the message arrays below */
+  /* Raw only, with IP_HDRINCL: we write the outer IPv4 header (see net_prepare_send). */
+  bool hdrincl;
+  uint8_t protocol;
+  uint32_t bound; /* the address bound to, host order; 0: the kernel picks the source */
 
   /* Receive side, allocated at open, pointed at the ring by point_iovecs. */
   struct mmsghdr *rmsgs;
@@ -85,8 +90,9 @@ typedef struct net_sock {
   uint8_t *rhdr; /* raw only: IPV4_HEADER bytes per slot */
   /* Send side, allocated at open; sendBatch fills them per call. */
   struct mmsghdr *smsgs;
-  struct iovec *siov;
+  struct iovec *siov; /* 2 per slot: the outer header (hdrincl only), the payload */
   struct sockaddr_in *sname;
+  uint8_t *shdr; /* hdrincl only: IPV4_HEADER bytes per slot */
 
   /* Set with p.ring and p.lengths by resolve_ring, on every wakeup: views into meta. */
   uint32_t *addrs;
@@ -169,6 +175,7 @@ static void sock_free(poller *p) {
   free(s->smsgs);
   free(s->siov);
   free(s->sname);
+  free(s->shdr);
   free(s);
 }
 
@@ -226,10 +233,11 @@ static bool alloc_arrays(net_sock *s, uint32_t batch) {
   s->rname = calloc(batch, sizeof *s->rname);
   s->rhdr = s->kind == KIND_RAW ? calloc(batch, IPV4_HEADER) : NULL;
   s->smsgs = calloc(batch, sizeof *s->smsgs);
-  s->siov = calloc(batch, sizeof *s->siov);
+  s->siov = calloc((size_t)batch * 2, sizeof *s->siov);
   s->sname = calloc(batch, sizeof *s->sname);
-  if (!s->rmsgs || !s->riov || !s->rname || (s->kind == KIND_RAW && !s->rhdr) || !s->smsgs || !s->siov ||
-      !s->sname) {
+  s->shdr = s->kind == KIND_RAW ? calloc(batch, IPV4_HEADER) : NULL;
+  if (!s->rmsgs || !s->riov || !s->rname || (s->kind == KIND_RAW && (!s->rhdr || !s->shdr)) || !s->smsgs ||
+      !s->siov || !s->sname) {
     return false;
   }
   /* Everything but the ring pointers is fixed: set it once. */
@@ -246,14 +254,49 @@ static bool alloc_arrays(net_sock *s, uint32_t batch) {
       m->msg_iov = &s->riov[i];
       m->msg_iovlen = 1;
     }
-    m = &s->smsgs[i].msg_hdr;
-    m->msg_name = &s->sname[i];
-    m->msg_namelen = sizeof s->sname[i];
-    m->msg_iov = &s->siov[i];
-    m->msg_iovlen = 1;
     s->sname[i].sin_family = AF_INET;
   }
   return true;
+}
+
+/*
+ * Points message m at payload[0, len) for addr:port (port ignored for raw IP). A raw socket with
+ * IP_HDRINCL (ipip over IP) gets its outer IPv4 header written into hdr and sent first, with
+ * the TOS and DF of the inner IPv4 packet copied as RFC 2003 3.1 asks and a fresh TTL; the
+ * kernel fills in the length, the id, the checksum and (bound to none) the source. It never
+ * fragments such a packet: too large for the route fails with EMSGSIZE, as with DF.
+ */
+void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[IPV4_HEADER], struct sockaddr_in *sa,
+                      const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port) {
+  const net_sock *s = (const net_sock *)p;
+  memset(sa, 0, sizeof *sa);
+  sa->sin_family = AF_INET;
+  sa->sin_addr.s_addr = htonl(addr);
+  sa->sin_port = s->kind == KIND_UDP ? htons(port) : 0;
+  memset(m, 0, sizeof *m);
+  m->msg_name = sa;
+  m->msg_namelen = sizeof *sa;
+  iov[1].iov_base = (void *)payload;
+  iov[1].iov_len = len;
+  if (!s->hdrincl) {
+    m->msg_iov = &iov[1];
+    m->msg_iovlen = 1;
+    return;
+  }
+  const bool inner4 = len >= IPV4_HEADER && payload[0] >> 4 == 4;
+  memset(hdr, 0, IPV4_HEADER);
+  hdr[0] = 0x45;
+  hdr[1] = inner4 ? payload[1] : 0;                    /* TOS */
+  hdr[6] = inner4 ? (uint8_t)(payload[6] & 0x40) : 0x40; /* DF: the inner's, else set */
+  hdr[8] = 64;                                          /* TTL, fresh */
+  hdr[9] = s->protocol;
+  uint32_t src = htonl(s->bound), dst = htonl(addr);
+  memcpy(hdr + 12, &src, 4);
+  memcpy(hdr + 16, &dst, 4);
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = IPV4_HEADER;
+  m->msg_iov = iov;
+  m->msg_iovlen = 2;
 }
 
 /* Reads uint32 arguments; false (with a JS exception pending) if one is not a number. */
@@ -340,12 +383,12 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
 }
 
 static napi_value net_open_raw(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  uint32_t a[5]; /* protocol, addr, batch, rcvbuf, sndbuf */
+  napi_value argv[6];
+  uint32_t a[6]; /* protocol, addr, batch, rcvbuf, sndbuf, writeHeader */
   char where[32], msg[256], name[32], label[64];
 
-  if (!poller_args(&NET, env, info, 5, argv, "openRaw(protocol, addr, batch, rcvbuf, sndbuf)")) return NULL;
-  if (!get_u32s(env, argv, a, 5)) return NULL;
+  if (!poller_args(&NET, env, info, 6, argv, "openRaw(protocol, addr, batch, rcvbuf, sndbuf, writeHeader)")) return NULL;
+  if (!get_u32s(env, argv, a, 6)) return NULL;
   /* 0 is not a protocol a raw socket can receive, and 255 (IPPROTO_RAW) implies IP_HDRINCL. */
   if (a[0] == 0 || a[0] >= IPPROTO_RAW || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 ||
       a[4] > INT32_MAX / 2) {
@@ -369,6 +412,11 @@ static napi_value net_open_raw(napi_env env, napi_callback_info info) {
   }
   const char *what;
   int err = set_options(fd, a[3], a[4], &what);
+  int on = 1;
+  if (err == 0 && a[5] != 0 && setsockopt(fd, IPPROTO_IP, IP_HDRINCL, &on, sizeof on) != 0) {
+    err = errno;
+    what = "setsockopt(IP_HDRINCL)";
+  }
   if (err != 0) {
     close(fd);
     snprintf(msg, sizeof msg, "cannot set up %s: %s", label, what);
@@ -394,6 +442,9 @@ static napi_value net_open_raw(napi_env env, napi_callback_info info) {
 
   net_sock *s = new_sock(env, KIND_RAW, fd, a[2]);
   if (s == NULL) return NULL;
+  s->hdrincl = a[5] != 0;
+  s->protocol = (uint8_t)a[0];
+  s->bound = a[1];
   memcpy(s->p.label, label, sizeof label);
   return poller_wrap(&s->p);
 }
@@ -687,11 +738,14 @@ static void throw_send_error(napi_env env, net_sock *s, int err) {
  * still goes out. A synchronous error of the same kind (EMSGSIZE, no route) fails again.
  */
 static int send_one(net_sock *s, const uint8_t *p, size_t len, uint32_t addr, uint32_t port) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(addr);
+  struct sockaddr_in sa;
+  struct msghdr m;
+  struct iovec iov[2];
+  uint8_t hdr[IPV4_HEADER];
+  net_prepare_send(&s->p, &m, iov, hdr, &sa, p, (uint32_t)len, addr, (uint16_t)port);
   bool retried = false;
   for (;;) {
-    if (sendto(s->p.fd, p, len, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof sa) >= 0) return 0;
+    if (sendmsg(s->p.fd, &m, MSG_DONTWAIT) >= 0) return 0;
     int err = errno;
     if (err == EINTR) continue;
     if (!retried && is_icmp_error(err)) {
@@ -837,10 +891,8 @@ static napi_value net_send_batch(napi_env env, napi_callback_info info) {
       uint32_t n = count - base < s->batch ? count - base : s->batch;
       for (uint32_t k = 0; k < n; k++) {
         uint32_t i = base + k;
-        s->siov[k].iov_base = (uint8_t *)data + o[i];
-        s->siov[k].iov_len = l[i];
-        s->sname[k].sin_addr.s_addr = htonl(ad[i]);
-        s->sname[k].sin_port = htons(p16 != NULL ? p16[i] : (uint16_t)p32[i]);
+        net_prepare_send(&s->p, &s->smsgs[k].msg_hdr, &s->siov[2 * k], s->shdr + (size_t)k * IPV4_HEADER, &s->sname[k],
+                         (const uint8_t *)data + o[i], l[i], ad[i], p16 != NULL ? p16[i] : (uint16_t)p32[i]);
       }
       chunk_end end = send_chunk(env, s, n, &sent);
       if (end == CHUNK_THROWN) return NULL;

@@ -114,7 +114,8 @@ typedef struct fast_path {
 
   /* For one TUN batch: the datagrams to send, and which slots stay for JS. */
   struct mmsghdr *msgs;
-  struct iovec *iov;
+  struct iovec *iov;     /* 2 per datagram (see net_prepare_send) */
+  uint8_t *hdr;          /* 20 per datagram */
   struct sockaddr_in *names;
   uint8_t *slow;
   uint32_t batch_cap;
@@ -229,13 +230,15 @@ static bool ensure_batch(fast_path *fp, uint32_t slots) {
   if (slots <= fp->batch_cap) return true;
   struct mmsghdr *m = realloc(fp->msgs, sizeof *m * slots);
   if (m != NULL) fp->msgs = m;
-  struct iovec *v = realloc(fp->iov, sizeof *v * slots);
+  struct iovec *v = realloc(fp->iov, sizeof *v * slots * 2);
   if (v != NULL) fp->iov = v;
+  uint8_t *h = realloc(fp->hdr, (size_t)slots * 20);
+  if (h != NULL) fp->hdr = h;
   struct sockaddr_in *a = realloc(fp->names, sizeof *a * slots);
   if (a != NULL) fp->names = a;
   uint8_t *f = realloc(fp->slow, slots);
   if (f != NULL) fp->slow = f;
-  if (m == NULL || v == NULL || a == NULL || f == NULL) return false;
+  if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL) return false;
   fp->batch_cap = slots;
   return true;
 }
@@ -315,14 +318,8 @@ static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
       out -= GRE_HEADER;
       olen += GRE_HEADER;
     }
-    struct sockaddr_in *a = &fp->names[nsend];
-    memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(s->ep_addr);
-    a->sin_port = htons(s->ep_port);
-    fp->iov[nsend] = (struct iovec){.iov_base = out, .iov_len = olen};
-    fp->msgs[nsend].msg_hdr = (struct msghdr){
-        .msg_name = a, .msg_namelen = sizeof *a, .msg_iov = &fp->iov[nsend], .msg_iovlen = 1};
+    net_prepare_send(fp->sock, &fp->msgs[nsend].msg_hdr, &fp->iov[2 * nsend], fp->hdr + (size_t)nsend * 20,
+                     &fp->names[nsend], out, olen, s->ep_addr, s->ep_port);
     nsend++;
     s->tx_packets++;
     s->tx_bytes += len;
@@ -467,6 +464,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   free(fp->by_ep.e);
   free(fp->msgs);
   free(fp->iov);
+  free(fp->hdr);
   free(fp->names);
   free(fp->slow);
   free(fp);
