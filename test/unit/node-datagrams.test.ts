@@ -3,12 +3,12 @@
  * between id-less sessions, and ids released when a (rekeyed) session ends. A real UDP socket
  * on 127.0.0.1 (for the keepalive replies), a fake TUN, and datagrams fed as the socket would.
  */
-import {afterEach, describe, expect, it} from 'vitest'
+import {afterEach, describe, expect, it, vi} from 'vitest'
 import {DataPath} from '../../src/core/device/datapath.js'
 import {Peer} from '../../src/core/device/peer.js'
 import type {DatagramLink} from '../../src/core/carrier/datagram-link.js'
 import type {DatagramRing} from '../../src/core/carrier/datagram.js'
-import {NodeDatagrams} from '../../src/core/node/node-datagrams.js'
+import {KEEPALIVE_VERIFY_BURST, KEEPALIVE_VERIFY_PER_SECOND, NodeDatagrams} from '../../src/core/node/node-datagrams.js'
 import {KEEPALIVE_PACKET, KeepaliveKind, makeKeepalive} from '../../src/core/nat/keepalive.js'
 import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 import {createLogger} from '../../src/core/log.js'
@@ -119,6 +119,7 @@ function setup(withIds: boolean) {
 
 afterEach(() => {
   for (const nd of open.splice(0)) nd.close()
+  vi.useRealTimers()
 })
 
 describe('node datagrams', () => {
@@ -151,6 +152,25 @@ describe('node datagrams', () => {
     feed([forged, '198.51.100.66', 1000])
     expect((alice.link as DatagramLink).endpoint).toBe('192.0.2.1:1000')
     expect(alice.stats.dropsSnapshot()).toEqual({authentication: 2})
+  })
+
+  it('verifies at most a burst of keepalive MACs per session, then a steady rate, counting the rest', () => {
+    vi.useFakeTimers({toFake: ['Date']})
+    vi.setSystemTime(1_000_000)
+    const {add, feed, keepalive} = setup(false)
+    const alice = add('alice', '10.8.0.2')
+    feed([keepalive('10.8.0.2'), '192.0.2.1', 1000])
+    // A stranger who knows alice's tunnel address floods forged keepalives.
+    const forged = Buffer.from(keepalive('10.8.0.2'))
+    forged[KEEPALIVE_PACKET - 1] ^= 1
+    const flood = 3 * KEEPALIVE_VERIFY_BURST
+    feed(...Array.from({length: flood}, () => [forged, '198.51.100.66', 999] as [Buffer, string, number]))
+    // The burst (less alice's own keepalive) is verified and refused; the rest never costs a MAC.
+    expect(alice.stats.dropsSnapshot()).toEqual({authentication: KEEPALIVE_VERIFY_BURST - 1, 'keepalive-rate': flood - KEEPALIVE_VERIFY_BURST + 1})
+    // Alice's own next keepalive, after a second's worth of budget came back, still moves her.
+    vi.setSystemTime(1_000_000 + Math.ceil(1000 / KEEPALIVE_VERIFY_PER_SECOND))
+    feed([keepalive('10.8.0.2'), '192.0.2.1', 3000])
+    expect((alice.link as DatagramLink).endpoint).toBe('192.0.2.1:3000')
   })
 
   it('releases every id a session was bound under when it ends, including one it no longer uses', () => {

@@ -21,7 +21,7 @@ export interface PeerLink {
   accepts(addr: number, port: number): boolean
 }
 
-export type DropCounter = Drop | PacketError | 'source' | 'no-peer' | 'queue-full' | 'encap' | 'endpoint' | 'no-endpoint'
+export type DropCounter = Drop | PacketError | 'source' | 'no-peer' | 'queue-full' | 'encap' | 'endpoint' | 'no-endpoint' | 'keepalive-rate'
 
 export class PeerStats {
   rxPackets = 0

@@ -26,6 +26,28 @@ function endpointKey(addr: number, port: number): number {
   return addr * 65536 + port
 }
 
+/**
+ * Keepalive MACs verified per session at most: a steady rate and a burst (tokens). A client
+ * sends one a second while probing and one per interval after; anyone who knows a session's
+ * GRE key or tunnel address can send more, and each costs the node an HMAC on its main
+ * thread. Past the limit they are dropped unverified and counted (`keepalive-rate`).
+ */
+export const KEEPALIVE_VERIFY_PER_SECOND = 10
+export const KEEPALIVE_VERIFY_BURST = 20
+
+class VerifyBudget {
+  private tokens = KEEPALIVE_VERIFY_BURST
+  private last = Date.now()
+
+  take(now: number): boolean {
+    this.tokens = Math.min(KEEPALIVE_VERIFY_BURST, this.tokens + ((now - this.last) / 1000) * KEEPALIVE_VERIFY_PER_SECOND)
+    this.last = now
+    if (this.tokens < 1) return false
+    this.tokens--
+    return true
+  }
+}
+
 
 export class NodeDatagrams {
   private readonly byId = new Map<number, Peer>()
@@ -35,6 +57,7 @@ export class NodeDatagrams {
   private readonly byEndpoint = new Map<number, Peer>()
   private readonly inner = {offset: 0, length: 0}
   private readonly keepalives = new Map<Peer, KeepaliveState>()
+  private readonly budgets = new Map<Peer, VerifyBudget>()
   private readonly socket: DatagramSocket
   readonly queue: SendQueue
   readonly counters = {unknownSession: 0}
@@ -78,6 +101,7 @@ export class NodeDatagrams {
       throw new Error(`transport "${this.transport.name}" has neither session ids nor innerOf: its datagrams cannot be placed`)
     }
     this.keepalives.set(peer, new KeepaliveState(keys.receive, keys.send))
+    this.budgets.set(peer, new VerifyBudget())
   }
 
   /** What the client is told in its welcome: where to send. */
@@ -109,6 +133,7 @@ export class NodeDatagrams {
     const at = endpointKey(link.addr, link.port)
     if (this.byEndpoint.get(at) === peer) this.byEndpoint.delete(at)
     this.keepalives.delete(peer)
+    this.budgets.delete(peer)
   }
 
   close(): void {
@@ -157,6 +182,10 @@ export class NodeDatagrams {
 
   private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number): void => {
     const state = this.keepalives.get(peer)
+    if (this.budgets.get(peer)?.take(Date.now()) === false) {
+      peer.stats.drop('keepalive-rate')
+      return
+    }
     if (state === undefined || !state.accept(buf, offset, KeepaliveKind.Request)) {
       peer.stats.drop('authentication')
       return
