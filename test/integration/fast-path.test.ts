@@ -73,6 +73,17 @@ describe.each(TRANSPORTS)('fast path: %s', (transport) => {
       expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(s.counters.fastPathTxPackets)
     }
 
+    // Oversize, as a router answers it: the tunnel MTU leaves room for the transport's overhead
+    // on a 1500-byte path, a DF packet over it is refused with the MTU (never sent as an
+    // outer fragment), and one without DF is fragmented before the tunnel and still arrives.
+    const mtu = Number(/mtu (\d+)/.exec((await tb.exec(tb.names.client[0], 'ip', ['link', 'show', 'agtun0'])).stdout)?.[1])
+    expect(mtu).toBe(transport === 'gre' ? 1464 : transport === 'ipip' ? 1472 : 1500 - 28 - 8 - 57)
+    const big = await tb.exec(tb.names.client[0], 'ping', ['-c', '1', '-W', '2', '-M', 'do', '-s', String(mtu - 28 + 1), tb.addr.target])
+    expect(big.code).not.toBe(0)
+    expect(big.stdout + big.stderr).toMatch(new RegExp(`mtu ?= ?${mtu}`))
+    const frag = await tb.exec(tb.names.client[0], 'ping', ['-c', '2', '-i', '0.2', '-W', '2', '-M', 'dont', '-s', '2000', tb.addr.target])
+    expect(frag.code, frag.stdout).toBe(0)
+
     // alice sends as bob (10.99.0.50) through her own, authenticated session: the node must
     // neither forward it natively nor in JavaScript.
     const before = node.peers[0].drops.source ?? 0
