@@ -18,12 +18,13 @@ import {hostBusyOver, iperf, pingRtt, startIperfServer, txBytes} from './lib/mea
 import {median} from './lib/stats.mjs'
 import direct from './paths/direct.mjs'
 import {openvpnTcp, openvpnUdp} from './paths/openvpn.mjs'
+import {wireguardGo} from './paths/wireguard.mjs'
 import {agentGre, agentGreIp, agentIpip, agentIpipIp, agentIpsec, agentTls} from './paths/agent.mjs'
 
 /** @typedef {import('./paths/types.mjs').BenchPath} BenchPath */
 
 /** Reference paths: the ceiling and the OpenVPN baselines agent transports are compared with. */
-const BASELINE_PATHS = [direct, openvpnTcp, openvpnUdp]
+const BASELINE_PATHS = [direct, openvpnTcp, openvpnUdp, wireguardGo]
 
 // Agent transports: each compared with the OpenVPN of the same carrier, in the same run.
 /** @type {BenchPath[]} */

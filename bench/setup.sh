@@ -7,6 +7,8 @@ need=""
 have() { command -v "$1" >/dev/null 2>&1; }
 have iperf3   || need="$need iperf3"
 have openvpn  || need="$need openvpn"
+have wireguard-go || need="$need wireguard-go"
+have wg || need="$need wireguard-tools"
 have ip       || need="$need iproute2"
 have iptables || need="$need iptables"
 have ping     || need="$need iputils-ping"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
-# drive (iproute2, iptables, conntrack, ping, iperf3, tshark, openvpn as the benchmark's
+# drive (iproute2, iptables, conntrack, ping, iperf3, tshark, openvpn and wireguard-go as the benchmark's
 # baseline, python3-cryptography for the ESP interop test), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
 # Idempotent: installs only what is missing. Needs root, as the agent itself does.
 set -euo pipefail
@@ -23,6 +23,8 @@ have sysctl || need+=(procps)
 have iperf3 || need+=(iperf3)
 have tshark || need+=(tshark)
 have openvpn || need+=(openvpn)
+have wireguard-go || need+=(wireguard-go)
+have wg || need+=(wireguard-tools)
 have openssl || need+=(openssl)
 have make || need+=(make)
 have g++ || need+=(g++)

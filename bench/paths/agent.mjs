@@ -1,6 +1,7 @@
 // agent itself, one path per transport: the real binary brought up from config files on the
 // node and client namespaces, exactly as an operator runs it (fleet PKI from `agent pki`, the
 // plugin from `agent plugins install`).
+import {udpErrors, udpErrorsLine} from '../lib/udp-errors.mjs'
 import {prepareFleet} from '../../dist/testbed/index.js'
 
 /**
@@ -9,7 +10,7 @@ import {prepareFleet} from '../../dist/testbed/index.js'
  * @returns {import('./types.mjs').BenchPath}
  */
 export function agentPath(transport, how) {
-  /** @type {{node?: {child: import('node:child_process').ChildProcess}, client?: {child: import('node:child_process').ChildProcess}, mtu?: string}} */
+  /** @type {{node?: {child: import('node:child_process').ChildProcess}, client?: {child: import('node:child_process').ChildProcess}, mtu?: string, udp?: {rcvbufErrors: number, inErrors: number}}} */
   const st = {}
   return {
     name: how.name ?? `agent-${transport}`,
@@ -26,11 +27,12 @@ export function agentPath(transport, how) {
       ctx.log(`agent-${transport}: node pid ${st.node.pid}, client pid ${st.client.pid}, tunnel mtu ${st.mtu}`)
     },
     async teardown(tb) {
+      if (how.carrier === 'udp') st.udp = await udpErrors(tb, tb.names.node)
       if (st.client) await tb.stop(st.client.child)
       if (st.node) await tb.stop(st.node.child)
     },
     pids: () => [st.node?.child.pid, st.client?.child.pid].filter((p) => p !== undefined),
-    info: () => [`agent-${transport}: tunnel mtu ${st.mtu ?? '?'}`],
+    info: () => [`${how.name ?? `agent-${transport}`}: tunnel mtu ${st.mtu ?? '?'}`, ...(how.carrier === 'udp' ? [udpErrorsLine(how.name ?? `agent-${transport}`, 'node', st.udp)] : [])],
   }
 }
 

@@ -8,6 +8,7 @@
 //   socket buffers are printed from the log under the table.
 // - The client uses --route-nopull and routes only the target /32 into the tunnel.
 // - The node forwards and masquerades the tunnel subnet out of its egress (set here; OpenVPN does not).
+import {udpErrors, udpErrorsLine} from '../lib/udp-errors.mjs'
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {makeTestPki} from '../lib/pki.mjs'
@@ -22,7 +23,7 @@ const SUBNET = ['10.99.0.0', '255.255.255.0']
  * @returns {import('./types.mjs').BenchPath}
  */
 export function openvpnPath(proto) {
-  /** @type {{server?: import('node:child_process').ChildProcess, client?: import('node:child_process').ChildProcess, logs: string[]}} */
+  /** @type {{server?: import('node:child_process').ChildProcess, client?: import('node:child_process').ChildProcess, logs: string[], udp?: {rcvbufErrors: number, inErrors: number}}} */
   const st = {logs: []}
   const name = `openvpn-${proto}`
   const common = ['--dev', TUN, '--dev-type', 'tun', '--data-ciphers', 'AES-256-GCM', '--cipher', 'AES-256-GCM', '--disable-dco', '--verb', '3']
@@ -75,6 +76,7 @@ export function openvpnPath(proto) {
       ctx.log(`${name}: server pid ${st.server.pid}, client pid ${st.client.pid}`)
     },
     async teardown(tb) {
+      if (proto === 'udp') st.udp = await udpErrors(tb, tb.names.node)
       if (st.client) await tb.stop(st.client)
       if (st.server) await tb.stop(st.server)
     },
@@ -86,7 +88,7 @@ export function openvpnPath(proto) {
         const pick = (re) => (text.match(re) ?? []).slice(0, 1).map((l) => `${name} ${who}: ${l.replace(/^.*?(?=[A-Z])/, '')}`)
         return [...pick(/^.*Socket Buffers.*$/m), ...pick(/^.*Data Channel: cipher.*$/m)]
       })
-      return [...new Set(lines)]
+      return [...new Set(lines), ...(proto === 'udp' ? [udpErrorsLine(name, 'server', st.udp)] : [])]
     },
   }
 }
