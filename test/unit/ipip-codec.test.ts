@@ -65,7 +65,8 @@ describe('ipip codec (RFC 2003)', () => {
 
   it('rides UDP port 4755 by default, or bare IP protocol 4', () => {
     expect(ipipTransport.carrier({})).toEqual({kind: 'udp', port: 4755})
-    expect(ipipTransport.carrier({carrier: 'ip'})).toEqual({kind: 'ip', ipProtocol: 4})
+    // Over bare IP the outer header copies the inner TOS and DF (RFC 2003 3.1).
+    expect(ipipTransport.carrier({carrier: 'ip'})).toEqual({kind: 'ip', ipProtocol: 4, copyDfFromInner: true})
   })
 
   it('shows the core the inner packet without a session, for IPv4 payloads only', () => {
