@@ -26,7 +26,8 @@
           "src/core/tun/native/tun.c",
           "src/core/carrier/native/net.c",
           "src/core/device/native/fastpath.c",
-          "src/core/device/native/esp.c"
+          "src/core/device/native/esp.c",
+          "src/core/device/native/coalesce.c"
         ]}]
       ]
     }

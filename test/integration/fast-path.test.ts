@@ -6,7 +6,8 @@
  * AGENT_FAST_PATH=off puts everything back on the JavaScript path, which still works.
  */
 import {afterAll, describe, expect, inject, it} from 'vitest'
-import {type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+import {join} from 'node:path'
+import {type Fleet, createFleet, probeEcho, startEchoServer, waitForOutput} from '../../src/testbed/index.js'
 import {peers as peersOf, pingOk, sleep} from './datagram-helpers.js'
 
 interface Status {
@@ -42,6 +43,24 @@ for _ in range(count): s.sendto(hdr + udp, (dst, 0))
   expect(r.code, r.stderr).toBe(0)
 }
 
+const TRANSFER = join(import.meta.dirname, '..', 'fixtures', 'tcp', 'transfer.mjs')
+const TRANSFER_PORT = 5201
+
+/** 8 MiB each way through the tunnel over TCP, every byte checked at the other end. */
+async function bulkBothWays(fleet: Fleet): Promise<void> {
+  const {tb} = fleet
+  const server = tb.spawn(tb.names.target, process.execPath, [TRANSFER, 'server', String(TRANSFER_PORT)], {stdio: ['ignore', 'pipe', 'pipe']})
+  try {
+    await waitForOutput(server, /listening/, 10_000)
+    for (const dir of ['up', 'down']) {
+      const r = await tb.exec(tb.names.client[0], process.execPath, [TRANSFER, 'client', tb.addr.target, String(TRANSFER_PORT), dir, String(8 << 20)], {timeoutMs: 90_000})
+      expect(JSON.parse(r.stdout), `${dir}: ${r.stdout}${r.stderr}`).toMatchObject({ok: true, bytes: 8 << 20})
+    }
+  } finally {
+    await tb.stop(server)
+  }
+}
+
 const fleets: Fleet[] = []
 afterAll(async () => {
   await Promise.all(fleets.map((f) => f.tb.destroy()))
@@ -71,6 +90,15 @@ describe.each(TRANSPORTS)('fast path: %s', (transport) => {
       // The peer's counters include what the fast path carried.
       expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(s.counters.fastPathRxPackets)
       expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(s.counters.fastPathTxPackets)
+    }
+
+    // Bulk TCP both ways arrives byte for byte, and the receiving ends wrote runs of segments
+    // to their TUN as single GSO packets (the node uploads' runs, the client downloads').
+    await bulkBothWays(fleet)
+    for (const ns of [tb.names.node, tb.names.client[0]]) {
+      const c = (await status(fleet, ns)).counters
+      expect(c.fastPathTunGsoPackets, ns).toBeGreaterThan(0)
+      expect(c.fastPathTunGsoSegments).toBeGreaterThan(2 * c.fastPathTunGsoPackets)
     }
 
     // Oversize, as a router answers it: the tunnel MTU leaves room for the transport's overhead
@@ -112,6 +140,7 @@ describe.each(TRANSPORTS)('fast path against JavaScript: %s', (transport) => {
     await fleet.startClient('alice', 0, {env: native === 'client' ? {} : off})
     await pingOk(fleet, tb.names.client[0], 10)
     expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
+    await bulkBothWays(fleet)
     const nativeNs = native === 'node' ? tb.names.node : tb.names.client[0]
     const jsNs = native === 'node' ? tb.names.client[0] : tb.names.node
     const n = await status(fleet, nativeNs)
@@ -135,6 +164,7 @@ describe('fast path: AGENT_FAST_PATH=off', () => {
     await fleet.startClient('alice', 0)
     await pingOk(fleet, tb.names.client[0], 5)
     expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
+    await bulkBothWays(fleet)
     for (const ns of [tb.names.node, tb.names.client[0]]) {
       const s = await status(fleet, ns)
       expect(s.counters.fastPathSessions).toBeUndefined()

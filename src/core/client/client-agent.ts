@@ -16,6 +16,7 @@ import {type Credentials, loadCredentials, tlsClientOptions} from '../pki/index.
 import {ControlConnection} from '../control/connection.js'
 import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
+import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
@@ -253,7 +254,7 @@ export class ClientAgent {
     const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
     if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
     this.mtu = Math.min(wanted, w.mtu)
-    this.tun = openTun({name: ifname, mtu: this.mtu, onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+    this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
     await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
     this.address = w.address
     // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.

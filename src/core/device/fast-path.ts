@@ -5,7 +5,8 @@
  * step with its peers; whatever the table cannot carry reaches DataPath's JavaScript as before.
  *
  * AGENT_FAST_PATH=off in the environment turns it off (everything through JavaScript), to
- * compare the two or to rule the native path out when chasing a problem.
+ * compare the two or to rule the native path out when chasing a problem; AGENT_TUN_OFFLOAD=off
+ * keeps it but writes every packet to the TUN on its own (no TCP coalescing).
  */
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import type {TunDevice} from '../tun/device.js'
@@ -36,12 +37,23 @@ export interface FastPathStats {
   sendDrops: number
   /** Packets the kernel refused on TUN write (queue full). */
   tunWriteDrops: number
+  /** Runs of TCP segments written to the TUN as one GSO packet, and the segments in them. */
+  tunGsoPackets: number
+  tunGsoSegments: number
 }
 
 const CODEC = {identity: 0, gre: 1} as const
 
 export function fastPathDisabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.AGENT_FAST_PATH === 'off' || env.AGENT_FAST_PATH === '0'
+}
+
+/**
+ * Whether the TUN device should carry a virtio_net_hdr, so the fast path can write runs of TCP
+ * segments as one GSO packet. AGENT_TUN_OFFLOAD=off turns that alone off.
+ */
+export function tunOffload(env: NodeJS.ProcessEnv = process.env): boolean {
+  return !fastPathDisabled(env) && env.AGENT_TUN_OFFLOAD !== 'off' && env.AGENT_TUN_OFFLOAD !== '0'
 }
 
 export class FastPath {

@@ -29,5 +29,7 @@ export function fastPathCounters(stats: FastPathStats | null | undefined): Recor
     fastPathRxPackets: stats.rxPackets,
     fastPathSendDrops: stats.sendDrops,
     fastPathTunWriteDrops: stats.tunWriteDrops,
+    fastPathTunGsoPackets: stats.tunGsoPackets,
+    fastPathTunGsoSegments: stats.tunGsoSegments,
   }
 }

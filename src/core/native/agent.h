@@ -9,6 +9,7 @@
 #define AGENT_NATIVE_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -20,6 +21,11 @@
 napi_value tun_init(napi_env env, napi_value exports);
 napi_value net_init(napi_env env, napi_value exports);
 napi_value fast_init(napi_env env, napi_value exports);
+
+/* Bytes of struct virtio_net_hdr before each packet of a TUN device opened with vnetHdr. */
+#define TUN_VNET_HDR 10
+/* Whether the TUN device was opened with IFF_VNET_HDR. */
+bool tun_vnet(poller *p);
 
 /* The poller behind a TUN device or a socket handle; NULL (exception pending) for anything else. */
 poller *tun_poller(napi_env env, napi_value handle);

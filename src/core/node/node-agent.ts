@@ -17,6 +17,7 @@ import {ControlConnection} from '../control/connection.js'
 import type {ControlMessage, Hello} from '../control/messages.js'
 import {PROTOCOL_VERSION} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
+import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
@@ -137,7 +138,7 @@ export class NodeAgent {
     try {
       this.checkNotStopped()
       const {interface: ifname, address, subnet} = this.config.tunnel
-      this.tun = openTun({name: ifname, mtu: this.mtu, onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
 

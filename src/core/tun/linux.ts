@@ -29,6 +29,12 @@ export interface LinuxTunOptions extends TunOptions {
   /** IFF_MULTI_QUEUE: several descriptors (one per worker) may open the same name. */
   multiQueue?: boolean
   /**
+   * IFF_VNET_HDR: lets the native fast path write a run of TCP segments as one GSO packet
+   * (src/core/device/native/coalesce.c). Transparent to everything else: reads strip the
+   * header, writes add an empty one.
+   */
+  vnetHdr?: boolean
+  /**
    * Called when reading fails for good (e.g. the interface was deleted); the device is closed
    * first. Without it the error is thrown as an uncaught exception, so it cannot go unnoticed.
    */
@@ -49,7 +55,7 @@ export interface LinuxTunDevice extends TunDevice {
 type NativeHandle = {readonly __brand: 'agent_tun'}
 
 interface NativeTun {
-  open(name: string, multiQueue: boolean): NativeHandle
+  open(name: string, multiQueue: boolean, vnetHdr: boolean): NativeHandle
   start(
     handle: NativeHandle,
     ring: Buffer,
@@ -101,7 +107,7 @@ export function openTun(opts: LinuxTunOptions): LinuxTunDevice {
   checkInt('TUN mtu', opts.mtu, MIN_MTU, MAX_MTU)
 
   const native = loadNative()
-  const handle = native.open(opts.name, opts.multiQueue ?? false)
+  const handle = native.open(opts.name, opts.multiQueue ?? false, opts.vnetHdr ?? false)
   const slotSize = slotSizeFor(opts.mtu)
   const ring: PacketRing = {
     buf: Buffer.alloc(batchSize * slotSize),

@@ -32,7 +32,7 @@
  *   take(handle, address, Float64Array(5)) -> boolean
  *        [txPackets, txBytes, rxPackets, rxBytes] since the last take, then the time of the
  *        last payload received in ms since the epoch (0: none since)
- *   stats(handle) -> {txPackets, rxPackets, sendDrops, tunWriteDrops}
+ *   stats(handle) -> {sessions, txPackets, rxPackets, sendDrops, tunWriteDrops, tunGsoPackets, tunGsoSegments}
  *   close(handle)                              detaches; idempotent
  */
 #define _GNU_SOURCE
@@ -50,6 +50,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "coalesce.h"
 #include "esp.h"
 #include "poller.h"
 
@@ -118,9 +119,11 @@ typedef struct fast_path {
   uint8_t *hdr;          /* 20 per datagram */
   struct sockaddr_in *names;
   uint8_t *slow;
+  inner_packet *pending; /* for one socket batch: the inner packets to write */
   uint32_t batch_cap;
 
   uint64_t tx_packets, rx_packets, send_drops, tun_write_drops;
+  uint64_t gso_packets, gso_segments; /* TCP runs written to the TUN as one packet (coalesce.c) */
 } fast_path;
 
 static const napi_type_tag FAST_TAG = {0x6167656e745f6661ULL, 0x73745f7061746821ULL};
@@ -238,7 +241,9 @@ static bool ensure_batch(fast_path *fp, uint32_t slots) {
   if (a != NULL) fp->names = a;
   uint8_t *f = realloc(fp->slow, slots);
   if (f != NULL) fp->slow = f;
-  if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL) return false;
+  inner_packet *q = realloc(fp->pending, sizeof *q * slots);
+  if (q != NULL) fp->pending = q;
+  if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL || q == NULL) return false;
   fp->batch_cap = slots;
   return true;
 }
@@ -356,7 +361,9 @@ static esp_sa *inbound_sa(esp_codec *e, uint32_t spi) {
   return NULL;
 }
 
-static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now) {
+/* Takes one datagram if it is the common case: *out is then its inner packet, for the TUN. */
+static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now,
+                        inner_packet *out) {
   fast_session *s = NULL;
   if (fp->role == ROLE_CLIENT) {
     if (fp->n == 1) s = &fp->s[0];
@@ -389,11 +396,8 @@ static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, 
     return false;
   }
   if (sa != NULL) esp_accept(sa, &opened);
-  ssize_t w;
-  do {
-    w = write(fp->tun->fd, inner, ilen);
-  } while (w < 0 && errno == EINTR);
-  if (w < 0) fp->tun_write_drops++; /* queue full or device gone: dropped, as a router would */
+  out->p = inner;
+  out->len = ilen;
   s->rx_packets++;
   s->rx_bytes += ilen;
   s->last_rx_ms = now;
@@ -407,12 +411,21 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
   uint32_t *addrs;
   uint16_t *ports;
   net_batch_meta(p, &addrs, &ports);
+  if (!ensure_batch(fp, count)) return count;
   const double now = now_ms();
-  uint32_t left = 0;
+  uint32_t left = 0, taken = 0;
   for (uint32_t j = 0; j < count; j++) {
     uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
+    fp->slow[j] = !receive_one(fp, d, p->lengths[j], addrs[j], ports[j], now, &fp->pending[taken]);
+    if (!fp->slow[j]) taken++;
+  }
+  /* Written before the slow ones move down over the slots they were in. Queue full or device
+   * gone: dropped and counted, as a router would. */
+  if (taken > 0) fp->tun_write_drops += tun_write_packets(fp->tun->fd, tun_vnet(fp->tun), fp->pending, taken, &fp->gso_packets, &fp->gso_segments);
+  for (uint32_t j = 0; j < count; j++) {
+    if (!fp->slow[j]) continue;
+    uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
     uint32_t len = p->lengths[j];
-    if (receive_one(fp, d, len, addrs[j], ports[j], now)) continue;
     if (left != j) {
       memmove(p->ring + (size_t)left * p->slot_size + p->headroom, d, len);
       p->lengths[left] = len;
@@ -467,6 +480,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   free(fp->hdr);
   free(fp->names);
   free(fp->slow);
+  free(fp->pending);
   free(fp);
 }
 
@@ -845,6 +859,8 @@ static napi_value fast_stats(napi_env env, napi_callback_info info) {
   NAPI_OK(env, set_count(env, obj, "rxPackets", fp->rx_packets));
   NAPI_OK(env, set_count(env, obj, "sendDrops", fp->send_drops));
   NAPI_OK(env, set_count(env, obj, "tunWriteDrops", fp->tun_write_drops));
+  NAPI_OK(env, set_count(env, obj, "tunGsoPackets", fp->gso_packets));
+  NAPI_OK(env, set_count(env, obj, "tunGsoSegments", fp->gso_segments));
   return obj;
 }
 

@@ -12,7 +12,7 @@
  * packet's length.
  *
  * JS API (all take the handle returned by open):
- *   open(name, multiQueue) -> handle
+ *   open(name, multiQueue, vnetHdr) -> handle
  *   start(handle, ring, lengths, slotSize, headroom, slots, onBatch(count), onError(err))
  *   write(handle, buf, offset, length) -> boolean        (false: the kernel dropped it)
  *   writeBatch(handle, buf, offsets, lengths, count) -> number written
@@ -32,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/virtio_net.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -41,6 +43,11 @@
 
 typedef struct tun_dev {
   poller p; /* first: a poller pointer is a tun_dev pointer; p.label is "TUN device <name>" */
+  /* IFF_VNET_HDR: every packet is preceded by a struct virtio_net_hdr (TUN_VNET_HDR bytes), so
+   * the fast path can hand the kernel a run of TCP segments as one GSO packet (coalesce.c).
+   * Reads strip it (no offloads are enabled, so it never asks anything of us); plain writes
+   * prepend a zeroed one. */
+  bool vnet;
 } tun_dev;
 
 /* errno's symbolic name ("EPERM"), as Node's own system errors use for err.code. */
@@ -108,12 +115,12 @@ static void throw_open_error(napi_env env, const char *name, int err, bool openi
 }
 
 static napi_value tun_open(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
+  napi_value argv[3];
   char name[IFNAMSIZ + 1];
   size_t len = 0;
-  bool multi_queue = false;
+  bool multi_queue = false, vnet = false;
 
-  if (!poller_args(&TUN, env, info, 2, argv, "open(name, multiQueue)")) return NULL;
+  if (!poller_args(&TUN, env, info, 3, argv, "open(name, multiQueue, vnetHdr)")) return NULL;
   NAPI_OK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &len));
   if (len == 0 || len >= IFNAMSIZ) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "TUN device name must be 1 to 15 bytes");
@@ -121,6 +128,7 @@ static napi_value tun_open(napi_env env, napi_callback_info info) {
   }
   NAPI_OK(env, napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len));
   NAPI_OK(env, napi_get_value_bool(env, argv[1], &multi_queue));
+  NAPI_OK(env, napi_get_value_bool(env, argv[2], &vnet));
 
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
@@ -130,7 +138,7 @@ static napi_value tun_open(napi_env env, napi_callback_info info) {
 
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multi_queue ? IFF_MULTI_QUEUE : 0);
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multi_queue ? IFF_MULTI_QUEUE : 0) | (vnet ? IFF_VNET_HDR : 0);
   memcpy(ifr.ifr_name, name, len); /* len < IFNAMSIZ: stays NUL-terminated */
   if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
     int err = errno;
@@ -146,6 +154,7 @@ static napi_value tun_open(napi_env env, napi_callback_info info) {
     return NULL;
   }
   poller_init(&d->p, &TUN, env, fd);
+  d->vnet = vnet;
   ifr.ifr_name[IFNAMSIZ - 1] = '\0';
   snprintf(d->p.label, sizeof d->p.label, "TUN device %s", ifr.ifr_name);
   return poller_wrap(&d->p);
@@ -211,9 +220,17 @@ static uint32_t drain(tun_dev *d, int *err) {
   uint32_t count = 0;
   const size_t room = p->slot_size - p->headroom;
   *err = 0;
+  const size_t vnet = d->vnet ? TUN_VNET_HDR : 0; /* read in front of the packet, in the headroom */
   while (count < p->slots) {
     uint8_t *slot = p->ring + (size_t)count * p->slot_size + p->headroom;
-    ssize_t n = read(p->fd, slot, room);
+    ssize_t n = read(p->fd, slot - vnet, room + vnet);
+    if (n > 0 && vnet) {
+      struct virtio_net_hdr h;
+      memcpy(&h, slot - vnet, sizeof h);
+      /* Without offloads the kernel never sends GSO or partial checksums; if it did, drop. */
+      if ((size_t)n <= vnet || h.gso_type != VIRTIO_NET_HDR_GSO_NONE || (h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) continue;
+      n -= (ssize_t)vnet;
+    }
     if (n > 0) {
       /* Larger than a slot (the MTU was raised behind our back): drop, like a router would. */
       if ((size_t)n == room && truncated(slot, room)) continue;
@@ -269,7 +286,7 @@ static napi_value tun_start(napi_env env, napi_callback_info info) {
   NAPI_OK(env, napi_get_value_uint32(env, argv[3], &slot_size));
   NAPI_OK(env, napi_get_value_uint32(env, argv[4], &headroom));
   NAPI_OK(env, napi_get_value_uint32(env, argv[5], &slots));
-  if (ltype != napi_uint32_array || slots == 0 || headroom >= slot_size || lcount < slots ||
+  if (ltype != napi_uint32_array || slots == 0 || headroom >= slot_size || lcount < slots || (d->vnet && headroom < TUN_VNET_HDR) ||
       (uint64_t)slots * slot_size > ring_len) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "ring does not match slotSize/headroom/slots");
     return NULL;
@@ -290,12 +307,18 @@ static bool is_drop(int err) {
 }
 
 /* 0 on success, else the errno. */
-static int write_packet(int fd, const uint8_t *p, size_t len) {
+static int write_packet(const tun_dev *d, const uint8_t *p, size_t len) {
+  static const struct virtio_net_hdr none; /* no GSO, checksums complete */
+  struct iovec iov[2] = {{(void *)&none, TUN_VNET_HDR}, {(void *)p, len}};
   for (;;) {
-    ssize_t n = write(fd, p, len);
+    ssize_t n = d->vnet ? writev(d->p.fd, iov, 2) : write(d->p.fd, p, len);
     if (n >= 0) return 0; /* TUN writes are whole-packet */
     if (errno != EINTR) return errno;
   }
+}
+
+bool tun_vnet(poller *p) {
+  return ((tun_dev *)p)->vnet;
 }
 
 static void throw_write_error(napi_env env, tun_dev *d, int err) {
@@ -325,7 +348,7 @@ static napi_value tun_write(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (d->p.closed) return poller_bool(&TUN, env, false);
-  int err = write_packet(d->p.fd, (const uint8_t *)data + offset, length);
+  int err = write_packet(d, (const uint8_t *)data + offset, length);
   if (err == 0) return poller_bool(&TUN, env, true);
   if (is_drop(err)) return poller_bool(&TUN, env, false);
   throw_write_error(env, d, err);
@@ -362,7 +385,7 @@ static napi_value tun_write_batch(napi_env env, napi_callback_info info) {
 
   uint32_t written = 0;
   for (uint32_t i = 0; i < count && !d->p.closed; i++) {
-    int err = write_packet(d->p.fd, (const uint8_t *)data + o[i], l[i]);
+    int err = write_packet(d, (const uint8_t *)data + o[i], l[i]);
     if (err == 0) {
       written++;
     } else if (!is_drop(err)) {
