@@ -254,7 +254,8 @@ export class ClientAgent {
     const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
     if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
     this.mtu = Math.min(wanted, w.mtu)
-    this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+    // The virtio header only pays with the fast path, which carries datagram transports.
+    this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: w.carrier.kind !== 'stream' && tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
     await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
     this.address = w.address
     // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.

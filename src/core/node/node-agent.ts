@@ -138,7 +138,8 @@ export class NodeAgent {
     try {
       this.checkNotStopped()
       const {interface: ifname, address, subnet} = this.config.tunnel
-      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      // The virtio header only pays with the fast path, which carries datagram transports.
+      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: carrier.kind !== 'stream' && tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
 
