@@ -102,6 +102,8 @@ export interface FleetOptions {
   nodeFlags?: string[]
   /** More environment for every agent process, e.g. {AGENT_FAST_PATH: 'off'}. */
   env?: Record<string, string>
+  /** More authorized clients beside alice and bob (the benchmark's 4 clients). */
+  extraClients?: string[]
 }
 
 /**
@@ -134,7 +136,8 @@ export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix
   }
   await must(['pki', 'init', '--dir', pki])
   await must(['pki', 'issue', 'node1', '--node', '--dir', pki])
-  for (const c of ['alice', 'bob', 'mallory']) await must(['pki', 'issue', c, '--dir', pki])
+  const extra = opts.extraClients ?? []
+  for (const c of ['alice', 'bob', 'mallory', ...extra]) await must(['pki', 'issue', c, '--dir', pki])
   await must(['pki', 'init', '--dir', foreignPki])
   await must(['pki', 'issue', 'alice', '--dir', foreignPki])
   const dataDir = opts.dataDir ?? join(tb.dir, 'data')
@@ -159,7 +162,7 @@ clients:
   - name: alice
   - name: bob
     address: 10.99.0.50
-transports:
+${extra.map((n) => `  - name: ${n}\n`).join('')}transports:
   ${transport}: {${nodeTransportOptions}}
 ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}`,
   )
