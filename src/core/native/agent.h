@@ -30,6 +30,8 @@ bool tun_vnet(poller *p);
 /* The poller behind a TUN device or a socket handle; NULL (exception pending) for anything else. */
 poller *tun_poller(napi_env env, napi_value handle);
 poller *net_poller(napi_env env, napi_value handle);
+/* Whether a send failed only because an earlier datagram's ICMP error was pending (retry once). */
+bool net_is_icmp_error(int err);
 /* A socket's views of the current batch: the sender's address and port per slot (host order). */
 void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
 /*

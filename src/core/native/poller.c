@@ -90,7 +90,9 @@ napi_value poller_bool(const poller_class *cls, napi_env env, bool v) {
 /* ---------- lifetime ---------- */
 
 static void poller_unref(poller *p) {
-  if (--p->refs == 0) p->cls->free(p);
+  if (--p->refs != 0) return;
+  if (p->filter_release != NULL) p->filter_release(p->filter_ctx, p);
+  p->cls->free(p);
 }
 
 static void delete_ref(napi_env env, napi_ref *ref) {

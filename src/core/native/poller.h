@@ -81,6 +81,9 @@ struct poller {
   /* Set by the fast path while it is attached to this fd (see poller_filter). */
   poller_filter filter;
   void *filter_ctx;
+  /* Called just before the poller is freed, so the filter's owner forgets it (at environment
+   * teardown finalizers run in no particular order). */
+  void (*filter_release)(void *ctx, poller *p);
 };
 
 /* ---------- errors (all leave a JS exception pending) ---------- */

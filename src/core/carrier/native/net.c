@@ -138,7 +138,7 @@ static void format_addr(uint32_t addr, char *buf, size_t len) {
  * The errors an ICMP message turns into (the kernel's icmp_err_convert, plus time exceeded
  * and parameter problem): pending on the socket, they fail whichever call comes next.
  */
-static bool is_icmp_error(int err) {
+bool net_is_icmp_error(int err) {
   switch (err) {
     case ECONNREFUSED: /* port unreachable */
     case EHOSTUNREACH: /* host unreachable, administratively prohibited, time exceeded */
@@ -577,7 +577,7 @@ static uint32_t drain(net_sock *s, int *err, bool *icmp) {
       int e = errno;
       if (e == EINTR) continue;
       if (e == EAGAIN || e == EWOULDBLOCK) break;
-      if (is_icmp_error(e)) { /* the call consumed the pending error; the data is still there */
+      if (net_is_icmp_error(e)) { /* the call consumed the pending error; the data is still there */
         *icmp = true;
         continue;
       }
@@ -649,7 +649,7 @@ static bool recover_pollerr(net_sock *s, bool icmp_seen) {
   int soerr = 0;
   socklen_t len = sizeof soerr;
   if (getsockopt(s->p.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno; /* clears it */
-  if (soerr != 0 && !is_icmp_error(soerr)) {
+  if (soerr != 0 && !net_is_icmp_error(soerr)) {
     deliver_errno(s, soerr, "receive");
     return false;
   }
@@ -748,7 +748,7 @@ static int send_one(net_sock *s, const uint8_t *p, size_t len, uint32_t addr, ui
     if (sendmsg(s->p.fd, &m, MSG_DONTWAIT) >= 0) return 0;
     int err = errno;
     if (err == EINTR) continue;
-    if (!retried && is_icmp_error(err)) {
+    if (!retried && net_is_icmp_error(err)) {
       retried = true;
       continue;
     }
@@ -832,7 +832,7 @@ static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sen
       throw_send_error(env, s, err);
       return CHUNK_THROWN;
     }
-    if (!retried && is_icmp_error(err)) { /* see send_one */
+    if (!retried && net_is_icmp_error(err)) { /* see send_one */
       retried = true;
       continue;
     }

@@ -27,15 +27,49 @@ static uint32_t be32(const uint8_t *p) {
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+/* One's complement sum of b[0, n) as big-endian 16-bit words, not folded. */
+static uint64_t sum16(const uint8_t *b, uint32_t n, uint64_t acc) {
+  while (n >= 8) {
+    acc += ((uint32_t)b[0] << 8 | b[1]) + ((uint32_t)b[2] << 8 | b[3]) + ((uint32_t)b[4] << 8 | b[5]) +
+           ((uint32_t)b[6] << 8 | b[7]);
+    b += 8;
+    n -= 8;
+  }
+  while (n >= 2) {
+    acc += (uint32_t)b[0] << 8 | b[1];
+    b += 2;
+    n -= 2;
+  }
+  if (n) acc += (uint32_t)b[0] << 8;
+  return acc;
+}
+
+static uint32_t fold64(uint64_t acc) {
+  while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+  return (uint32_t)acc;
+}
+
+/*
+ * Both checksums of a segment verify. Needed because the merged packet gets fresh ones: a
+ * segment damaged on the way (gre and ipip have no integrity check of their own) must reach
+ * the kernel as it is, to be dropped there, not be made valid by us.
+ */
+static bool checksums_ok(const uint8_t *p, uint32_t len) {
+  if (fold64(sum16(p, IPV4_HEADER, 0)) != 0xffff) return false;
+  uint64_t acc = sum16(p + 12, 8, 6 + (len - IPV4_HEADER)); /* pseudo header: addresses, protocol, length */
+  return fold64(sum16(p + IPV4_HEADER, len - IPV4_HEADER, acc)) == 0xffff;
+}
+
 static bool as_segment(const inner_packet *q, segment *s) {
   const uint8_t *p = q->p;
   if (q->len < IPV4_HEADER + 20 || p[0] != 0x45 || p[9] != 6) return false;
-  if ((p[6] & 0x3f) != 0 || p[7] != 0) return false; /* MF or an offset: a fragment */
+  if ((p[6] & 0xbf) != 0 || p[7] != 0) return false; /* MF, an offset (a fragment) or the reserved bit */
   const uint8_t *t = p + IPV4_HEADER;
   const uint32_t thl = (uint32_t)(t[12] >> 4) * 4;
   if (thl < 20 || IPV4_HEADER + thl >= q->len) return false; /* no payload: nothing to merge */
   if ((t[12] & 0x0f) != 0 || (t[13] & ~(TCP_ACK | TCP_PSH)) != 0 || (t[13] & TCP_ACK) == 0) return false;
   if (t[18] != 0 || t[19] != 0) return false; /* urgent pointer */
+  if (!checksums_ok(p, q->len)) return false;
   s->ip = p;
   s->tcp = t;
   s->thl = thl;

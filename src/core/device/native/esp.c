@@ -58,13 +58,14 @@ static void nonce_and_aad(const esp_sa *sa, uint32_t hi, uint32_t lo, const uint
   put32(aad + 8, lo);
 }
 
-bool esp_seal(esp_sa *sa, uint32_t src, uint32_t dst, uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t *out_len) {
+esp_seal_result esp_seal(esp_sa *sa, uint32_t src, uint32_t dst, uint8_t *pkt, uint32_t len, uint8_t **out,
+                         uint32_t *out_len) {
   uint32_t *ctr = sa->state;
-  if (ctr[0] == 0xffffffffu && ctr[1] == 0xffffffffu) return false; /* RFC 4303 3.3.3: never wrap */
+  if (ctr[0] == 0xffffffffu && ctr[1] == 0xffffffffu) return ESP_REFUSED; /* RFC 4303 3.3.3: never wrap */
   const uint32_t pad = (4 - ((len + 2) & 3)) & 3;
   const uint32_t pt_len = len + pad + 2;
   const uint32_t total = ESP_HEADROOM + pt_len + ICV;
-  if (total > 0xffff) return false;
+  if (total > 0xffff) return ESP_REFUSED;
   uint32_t lo = ctr[1] + 1, hi = ctr[0] + (lo == 0 ? 1 : 0);
   ctr[0] = hi;
   ctr[1] = lo;
@@ -108,11 +109,11 @@ bool esp_seal(esp_sa *sa, uint32_t src, uint32_t dst, uint8_t *pkt, uint32_t len
   if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(ctx, NULL, &n, aad, 12) != 1 ||
       EVP_EncryptUpdate(ctx, pkt, &n, pkt, (int)pt_len) != 1 || EVP_EncryptFinal_ex(ctx, pkt + pt_len, &n) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ICV, pkt + pt_len) != 1) {
-    return false;
+    return ESP_CONSUMED;
   }
   *out = h;
   *out_len = total;
-  return true;
+  return ESP_SEALED;
 }
 
 /* ---------- the replay window (replay.ts, RFC 6479) ---------- */

@@ -38,13 +38,20 @@ void esp_sa_free(esp_sa *sa);
 /* The replay window's block count for a window size, as ReplayWindow computes it. */
 uint32_t esp_window_blocks(uint32_t size);
 
+typedef enum {
+  ESP_SEALED,    /* *out is the outer packet */
+  ESP_REFUSED,   /* nothing written, no sequence number used: the packet is as it was */
+  ESP_CONSUMED,  /* OpenSSL failed midway: the packet is garbage and its number used; drop it */
+} esp_seal_result;
+
 /*
  * Seals the IPv4 packet pkt[0, len) in place: outer IPv4 (src -> dst) and ESP header into the
  * ESP_HEADROOM bytes before it, trailer and ICV into up to ESP_TAILROOM after it (pkt + len +
- * ESP_TAILROOM must be writable). Sets *out to the outer packet. False, using no sequence number,
- * if the counter is exhausted or the outer packet would exceed 65535 bytes.
+ * ESP_TAILROOM must be writable). Refused if the counter is exhausted or the outer packet would
+ * exceed 65535 bytes.
  */
-bool esp_seal(esp_sa *sa, uint32_t src, uint32_t dst, uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t *out_len);
+esp_seal_result esp_seal(esp_sa *sa, uint32_t src, uint32_t dst, uint8_t *pkt, uint32_t len, uint8_t **out,
+                         uint32_t *out_len);
 
 /* What esp_open found, for esp_accept or esp_reject. */
 typedef struct esp_opened {

@@ -163,15 +163,18 @@ static uint32_t slot_of(const map *m, uint64_t key) {
 
 static fast_session *lookup(const fast_path *fp, const map *m, uint64_t key) {
   if (m->e == NULL) return NULL;
-  for (uint32_t i = slot_of(m, key);; i = (i + 1) & m->mask) {
+  /* The maps are at most half full (rebuild), so a miss ends at an empty slot; the bound is a
+   * safety net, never reached. */
+  for (uint32_t i = slot_of(m, key), probes = 0; probes <= m->mask; i = (i + 1) & m->mask, probes++) {
     const map_entry *e = &m->e[i];
     if (e->idx < 0) return NULL;
     if (e->key == key) return &fp->s[e->idx];
   }
+  return NULL;
 }
 
 static void insert(map *m, uint64_t key, int32_t idx) {
-  for (uint32_t i = slot_of(m, key);; i = (i + 1) & m->mask) {
+  for (uint32_t i = slot_of(m, key), probes = 0; probes <= m->mask; i = (i + 1) & m->mask, probes++) {
     map_entry *e = &m->e[i];
     if (e->idx < 0) {
       e->key = key;
@@ -194,8 +197,13 @@ static bool map_reset(map *m, uint32_t size) {
 
 /* Rebuilds all three maps from the session array; false if out of memory (maps unchanged). */
 static bool rebuild(fast_path *fp) {
+  /* Keys: one address per session, and per ESP session up to ESP_MAX_INBOUND SPIs. Every map
+   * gets room for twice the most keys any of them holds. */
+  uint32_t keys = fp->n;
+  for (uint32_t i = 0; i < fp->n; i++)
+    if (fp->s[i].codec == CODEC_ESP && fp->s[i].esp->n_in > 1) keys += fp->s[i].esp->n_in - 1;
   uint32_t size = 16;
-  while (size < fp->n * 2 + 2) size <<= 1;
+  while (size < keys * 2 + 2) size <<= 1;
   map a = {0}, k = {0}, e = {0};
   if (!map_reset(&a, size) || !map_reset(&k, size) || !map_reset(&e, size)) {
     free(a.e);
@@ -248,11 +256,6 @@ static bool ensure_batch(fast_path *fp, uint32_t slots) {
   return true;
 }
 
-static bool is_icmp_error(int err) {
-  return err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN ||
-         err == ENETDOWN || err == EPROTO || err == ENOPROTOOPT || err == EOPNOTSUPP;
-}
-
 /* sendmmsg over msgs[0, n); what the kernel refuses is counted and dropped, as by a router. */
 static void send_all(fast_path *fp, uint32_t n) {
   uint32_t i = 0;
@@ -271,7 +274,7 @@ static void send_all(fast_path *fp, uint32_t n) {
       return;
     }
     /* An ICMP error queued by an earlier datagram fails one call and is cleared: retry once. */
-    if (!retried && is_icmp_error(err)) {
+    if (!retried && net_is_icmp_error(err)) {
       retried = true;
       continue;
     }
@@ -313,7 +316,13 @@ static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
       esp_codec *e = s->esp;
       const uint8_t *slot_end = p->ring + (size_t)(i + 1) * p->slot_size;
       if (!e->has_out || p->headroom < GRE_HEADER + ESP_HEADROOM || pkt + len + ESP_TAILROOM > slot_end) continue;
-      if (!esp_seal(&e->out, e->src, e->dst, pkt, len, &out, &olen)) continue;
+      const esp_seal_result r = esp_seal(&e->out, e->src, e->dst, pkt, len, &out, &olen);
+      if (r == ESP_REFUSED) continue;
+      if (r == ESP_CONSUMED) { /* neither ours to send nor JS's to seal again: dropped */
+        fp->slow[i] = 0;
+        fp->send_drops++;
+        continue;
+      }
       write_gre(out - GRE_HEADER, e->out.spi);
       out -= GRE_HEADER;
       olen += GRE_HEADER;
@@ -384,7 +393,9 @@ static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, 
     inner += GRE_HEADER;
     ilen -= GRE_HEADER;
   } else if (s->codec == CODEC_ESP) {
-    if (!gre_plain(d, len) || (sa = inbound_sa(s->esp, be32(d + 4))) == NULL) return false;
+    /* As the plugin's decap: an ESP packet at most its overhead over the MTU. */
+    if (!gre_plain(d, len) || len - GRE_HEADER > fp->mtu + ESP_HEADROOM + ESP_TAILROOM) return false;
+    if ((sa = inbound_sa(s->esp, be32(d + 4))) == NULL) return false;
     if (!esp_open(sa, d + GRE_HEADER, len - GRE_HEADER, &opened)) return false;
     inner = opened.inner;
     ilen = opened.inner_len;
@@ -439,6 +450,16 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
 
 /* ---------- lifetime ---------- */
 
+/* A poller is about to be freed (environment teardown): forget it. */
+static void forget_poller(void *ctx, poller *p) {
+  fast_path *fp = ctx;
+  if (fp->tun == p) fp->tun = NULL;
+  if (fp->sock == p) fp->sock = NULL;
+  p->filter = NULL;
+  p->filter_ctx = NULL;
+  p->filter_release = NULL;
+}
+
 static void free_esp(napi_env env, esp_codec *e) {
   if (e == NULL) return;
   if (e->has_out) esp_sa_free(&e->out);
@@ -451,14 +472,8 @@ static void free_esp(napi_env env, esp_codec *e) {
 }
 
 static void detach(fast_path *fp) {
-  if (fp->tun != NULL && fp->tun->filter_ctx == fp) {
-    fp->tun->filter = NULL;
-    fp->tun->filter_ctx = NULL;
-  }
-  if (fp->sock != NULL && fp->sock->filter_ctx == fp) {
-    fp->sock->filter = NULL;
-    fp->sock->filter_ctx = NULL;
-  }
+  if (fp->tun != NULL && fp->tun->filter_ctx == fp) forget_poller(fp, fp->tun);
+  if (fp->sock != NULL && fp->sock->filter_ctx == fp) forget_poller(fp, fp->sock);
   fp->tun = fp->sock = NULL;
   if (fp->tun_ref != NULL) napi_delete_reference(fp->env, fp->tun_ref);
   if (fp->sock_ref != NULL) napi_delete_reference(fp->env, fp->sock_ref);
@@ -576,8 +591,10 @@ static napi_value fast_attach(napi_env env, napi_callback_info info) {
   fp->sock = sock;
   tun->filter = on_tun_batch;
   tun->filter_ctx = fp;
+  tun->filter_release = forget_poller;
   sock->filter = on_net_batch;
   sock->filter_ctx = fp;
+  sock->filter_release = forget_poller;
   return NULL;
 }
 
@@ -803,6 +820,7 @@ static napi_value fast_remove(napi_env env, napi_callback_info info) {
     /* Cannot happen for a smaller table unless malloc fails; fall back to an empty one, which
      * sends everything to JS rather than to a session that is gone. */
     (void)gone;
+    for (uint32_t j = 0; j < fp->n; j++) free_esp(env, fp->s[j].esp);
     fp->n = 0;
     free(fp->by_addr.e);
     free(fp->by_key.e);
