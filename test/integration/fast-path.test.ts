@@ -62,6 +62,16 @@ async function bulkBothWays(fleet: Fleet): Promise<void> {
 }
 
 const fleets: Fleet[] = []
+
+/** A fleet of one client on `transport`, node and alice up, an echo server on the target. */
+async function up(prefix: string, transport: string, o: {env?: Record<string, string>; nodeEnv?: Record<string, string>; clientEnv?: Record<string, string>} = {}) {
+  const fleet = await createFleet({prefix, clients: 1, transport, dataDir: inject('agentDataDir'), env: o.env})
+  fleets.push(fleet)
+  const echo = await startEchoServer(fleet.tb, fleet.tb.names.target)
+  await fleet.startNode({env: o.nodeEnv})
+  await fleet.startClient('alice', 0, {env: o.clientEnv})
+  return {fleet, tb: fleet.tb, echo}
+}
 afterAll(async () => {
   await Promise.all(fleets.map((f) => f.tb.destroy()))
 })
@@ -70,12 +80,7 @@ const TRANSPORTS = ['gre', 'ipip', 'ipsec-over-gre']
 
 describe.each(TRANSPORTS)('fast path: %s', (transport) => {
   it('carries traffic both ways natively, counted per peer, and still drops a spoofed inner source', async () => {
-    const fleet = await createFleet({prefix: `fp${transport.slice(0, 3)}`, clients: 1, transport, dataDir: inject('agentDataDir')})
-    fleets.push(fleet)
-    const {tb} = fleet
-    const echo = await startEchoServer(tb, tb.names.target)
-    await fleet.startNode()
-    await fleet.startClient('alice', 0)
+    const {fleet, tb, echo} = await up(`fp${transport.slice(0, 3)}`, transport)
     await pingOk(fleet, tb.names.client[0], 20)
     const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
@@ -131,13 +136,11 @@ describe.each(TRANSPORTS)('fast path against JavaScript: %s', (transport) => {
     ['node', 'client'],
     ['client', 'node'],
   ])('native %s, JavaScript %s', async (native) => {
-    const fleet = await createFleet({prefix: `fx${transport.slice(0, 3)}${native[0]}`, clients: 1, transport, dataDir: inject('agentDataDir')})
-    fleets.push(fleet)
-    const {tb} = fleet
     const off = {AGENT_FAST_PATH: 'off'}
-    const echo = await startEchoServer(tb, tb.names.target)
-    await fleet.startNode({env: native === 'node' ? {} : off})
-    await fleet.startClient('alice', 0, {env: native === 'client' ? {} : off})
+    const {fleet, tb, echo} = await up(`fx${transport.slice(0, 3)}${native[0]}`, transport, {
+      nodeEnv: native === 'node' ? {} : off,
+      clientEnv: native === 'client' ? {} : off,
+    })
     await pingOk(fleet, tb.names.client[0], 10)
     expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
     await bulkBothWays(fleet)
@@ -156,12 +159,7 @@ describe.each(TRANSPORTS)('fast path against JavaScript: %s', (transport) => {
 
 describe('fast path: AGENT_FAST_PATH=off', () => {
   it('carries gre through JavaScript alone, with no fast path counters', async () => {
-    const fleet = await createFleet({prefix: 'fpoff', clients: 1, transport: 'gre', dataDir: inject('agentDataDir'), env: {AGENT_FAST_PATH: 'off'}})
-    fleets.push(fleet)
-    const {tb} = fleet
-    const echo = await startEchoServer(tb, tb.names.target)
-    await fleet.startNode()
-    await fleet.startClient('alice', 0)
+    const {fleet, tb, echo} = await up('fpoff', 'gre', {env: {AGENT_FAST_PATH: 'off'}})
     await pingOk(fleet, tb.names.client[0], 5)
     expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
     await bulkBothWays(fleet)

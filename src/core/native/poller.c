@@ -81,6 +81,12 @@ poller *poller_get(const poller_class *cls, napi_env env, napi_value handle) {
   return data;
 }
 
+napi_status poller_set_count(napi_env env, napi_value obj, const char *key, uint64_t v) {
+  napi_value n;
+  napi_status st = napi_create_double(env, (double)v, &n);
+  return st == napi_ok ? napi_set_named_property(env, obj, key, n) : st;
+}
+
 napi_value poller_bool(const poller_class *cls, napi_env env, bool v) {
   napi_value r;
   POLLER_NAPI_OK(cls, env, napi_get_boolean(env, v, &r));

@@ -114,6 +114,8 @@ bool poller_args(const poller_class *cls, napi_env env, napi_callback_info info,
                  const char *usage);
 /* The poller behind a JS handle of this class; NULL (exception pending) for anything else. */
 poller *poller_get(const poller_class *cls, napi_env env, napi_value handle);
+/* obj[key] = v as a JS number (counters for stats()). */
+napi_status poller_set_count(napi_env env, napi_value obj, const char *key, uint64_t v);
 /* JS true or false; NULL (exception pending) if that fails. */
 napi_value poller_bool(const poller_class *cls, napi_env env, bool v);
 

@@ -923,12 +923,6 @@ static napi_status errno_counts(napi_env env, const uint64_t *counters, napi_val
   return st;
 }
 
-static napi_status set_count(napi_env env, napi_value obj, const char *key, uint64_t v) {
-  napi_value n;
-  napi_status st = napi_create_double(env, (double)v, &n);
-  return st == napi_ok ? napi_set_named_property(env, obj, key, n) : st;
-}
-
 static napi_value net_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], out, send_errors, icmp_errors;
   net_sock *s;
@@ -955,9 +949,9 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
   NAPI_OK(env, errno_counts(env, s->icmp_errors, &icmp_errors));
   NAPI_OK(env, napi_set_named_property(env, out, "sendErrors", send_errors));
   NAPI_OK(env, napi_set_named_property(env, out, "icmpErrors", icmp_errors));
-  NAPI_OK(env, set_count(env, out, "truncated", s->truncated));
-  NAPI_OK(env, set_count(env, out, "fragments", s->fragments));
-  NAPI_OK(env, set_count(env, out, "malformed", s->malformed));
+  NAPI_OK(env, poller_set_count(env, out, "truncated", s->truncated));
+  NAPI_OK(env, poller_set_count(env, out, "fragments", s->fragments));
+  NAPI_OK(env, poller_set_count(env, out, "malformed", s->malformed));
   NAPI_OK(env, napi_create_double(env, kernel_drops, &drops));
   NAPI_OK(env, napi_set_named_property(env, out, "kernelDrops", drops));
   return out;

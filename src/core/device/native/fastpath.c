@@ -604,6 +604,51 @@ static int32_t index_of(const fast_path *fp, uint32_t address) {
   return -1;
 }
 
+/*
+ * Adds or updates the session at want->address with want's codec, key, endpoint and ESP state
+ * (taken over: freed here on failure); an existing session keeps its counters. False
+ * (exception pending) when out of memory, with the table as it was.
+ */
+static bool upsert(napi_env env, fast_path *fp, const fast_session *want) {
+  int32_t i = index_of(fp, want->address);
+  const bool added = i < 0;
+  fast_session saved;
+  if (added) {
+    if (fp->n == fp->cap) {
+      uint32_t cap = fp->cap ? fp->cap * 2 : 16;
+      fast_session *grown = realloc(fp->s, sizeof *grown * cap);
+      if (grown == NULL) {
+        free_esp(env, want->esp);
+        throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+        return false;
+      }
+      fp->s = grown;
+      fp->cap = cap;
+    }
+    i = (int32_t)fp->n++;
+    memset(&fp->s[i], 0, sizeof fp->s[i]);
+    memset(&saved, 0, sizeof saved);
+  } else {
+    saved = fp->s[i];
+  }
+  fast_session *s = &fp->s[i];
+  s->address = want->address;
+  s->codec = want->codec;
+  s->esp = want->esp;
+  s->key = want->key;
+  s->ep_addr = want->ep_addr;
+  s->ep_port = want->ep_port;
+  if (!rebuild(fp)) {
+    if (added) fp->n--;
+    else *s = saved;
+    free_esp(env, want->esp);
+    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
+    return false;
+  }
+  if (!added) free_esp(env, saved.esp);
+  return true;
+}
+
 static napi_value fast_set(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   uint32_t a[5]; /* address, codec, key, ep_addr, ep_port */
@@ -616,40 +661,9 @@ static napi_value fast_set(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "set: codec must be 0 or 1, port 0 to 65535");
     return NULL;
   }
-  int32_t i = index_of(fp, a[0]);
-  const bool added = i < 0;
-  fast_session saved;
-  if (added) {
-    if (fp->n == fp->cap) {
-      uint32_t cap = fp->cap ? fp->cap * 2 : 16;
-      fast_session *s = realloc(fp->s, sizeof *s * cap);
-      if (s == NULL) {
-        throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
-        return NULL;
-      }
-      fp->s = s;
-      fp->cap = cap;
-    }
-    i = (int32_t)fp->n++;
-    memset(&fp->s[i], 0, sizeof fp->s[i]);
-    memset(&saved, 0, sizeof saved);
-  } else {
-    saved = fp->s[i];
-  }
-  fast_session *s = &fp->s[i];
-  s->address = a[0];
-  s->esp = NULL;
-  s->codec = (uint8_t)a[1];
-  s->key = a[2];
-  s->ep_addr = a[3];
-  s->ep_port = (uint16_t)a[4];
-  if (!rebuild(fp)) {
-    if (added) fp->n--;
-    else *s = saved;
-    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
-    return NULL;
-  }
-  if (!added) free_esp(env, saved.esp);
+  const fast_session want = {
+      .address = a[0], .codec = (uint8_t)a[1], .key = a[2], .ep_addr = a[3], .ep_port = (uint16_t)a[4]};
+  upsert(env, fp, &want);
   return NULL;
 }
 
@@ -765,42 +779,8 @@ static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
   }
   esp_codec *e = read_esp(env, argv[4]);
   if (e == NULL) return NULL;
-  int32_t i = index_of(fp, a[0]);
-  const bool added = i < 0;
-  fast_session saved;
-  if (added) {
-    if (fp->n == fp->cap) {
-      uint32_t cap = fp->cap ? fp->cap * 2 : 16;
-      fast_session *grown = realloc(fp->s, sizeof *grown * cap);
-      if (grown == NULL) {
-        free_esp(env, e);
-        throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
-        return NULL;
-      }
-      fp->s = grown;
-      fp->cap = cap;
-    }
-    i = (int32_t)fp->n++;
-    memset(&fp->s[i], 0, sizeof fp->s[i]);
-    memset(&saved, 0, sizeof saved);
-  } else {
-    saved = fp->s[i];
-  }
-  fast_session *s = &fp->s[i];
-  s->address = a[0];
-  s->codec = CODEC_ESP;
-  s->esp = e;
-  s->key = 0;
-  s->ep_addr = a[1];
-  s->ep_port = (uint16_t)a[2];
-  if (!rebuild(fp)) {
-    if (added) fp->n--;
-    else *s = saved;
-    free_esp(env, e);
-    throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
-    return NULL;
-  }
-  if (!added) free_esp(env, saved.esp);
+  const fast_session want = {.address = a[0], .codec = CODEC_ESP, .esp = e, .ep_addr = a[1], .ep_port = (uint16_t)a[2]};
+  upsert(env, fp, &want);
   return NULL;
 }
 
@@ -860,25 +840,19 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
   return result;
 }
 
-static napi_status set_count(napi_env env, napi_value obj, const char *key, uint64_t v) {
-  napi_value n;
-  napi_status s = napi_create_double(env, (double)v, &n);
-  return s == napi_ok ? napi_set_named_property(env, obj, key, n) : s;
-}
-
 static napi_value fast_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], obj;
   if (!args(env, info, 1, argv, "stats(handle)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   NAPI_OK(env, napi_create_object(env, &obj));
-  NAPI_OK(env, set_count(env, obj, "sessions", fp->n));
-  NAPI_OK(env, set_count(env, obj, "txPackets", fp->tx_packets));
-  NAPI_OK(env, set_count(env, obj, "rxPackets", fp->rx_packets));
-  NAPI_OK(env, set_count(env, obj, "sendDrops", fp->send_drops));
-  NAPI_OK(env, set_count(env, obj, "tunWriteDrops", fp->tun_write_drops));
-  NAPI_OK(env, set_count(env, obj, "tunGsoPackets", fp->gso_packets));
-  NAPI_OK(env, set_count(env, obj, "tunGsoSegments", fp->gso_segments));
+  NAPI_OK(env, poller_set_count(env, obj, "sessions", fp->n));
+  NAPI_OK(env, poller_set_count(env, obj, "txPackets", fp->tx_packets));
+  NAPI_OK(env, poller_set_count(env, obj, "rxPackets", fp->rx_packets));
+  NAPI_OK(env, poller_set_count(env, obj, "sendDrops", fp->send_drops));
+  NAPI_OK(env, poller_set_count(env, obj, "tunWriteDrops", fp->tun_write_drops));
+  NAPI_OK(env, poller_set_count(env, obj, "tunGsoPackets", fp->gso_packets));
+  NAPI_OK(env, poller_set_count(env, obj, "tunGsoSegments", fp->gso_segments));
   return obj;
 }
 
