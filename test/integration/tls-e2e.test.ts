@@ -98,6 +98,31 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(after).toBe(before)
   })
 
+  it('never forwards a client to a denied network, however it routes it', async () => {
+    const {tb} = fleet
+    // The default denies link-local (a cloud metadata service); here the second target too.
+    const denied = fleet.nodeConfig.replace(/\.yaml$/, '-deny.yaml')
+    writeFileSync(denied, readFileSync(fleet.nodeConfig, 'utf8').replace(/egress: \{interface: (\S+)\}/, `egress: {interface: $1, deny: [169.254.0.0/16, ${tb.addr.target2}/32]}`))
+    node.child.kill('SIGTERM')
+    expect(await node.exited).toBe(0)
+    node = await fleet.startNode({config: denied})
+    const bob = await fleet.startClient('bob', 1, {routes: [`${tb.addr.target}/32`, `${tb.addr.target2}/32`]})
+    try {
+      const ok = await tb.exec(tb.names.client[1], 'ping', ['-c', '2', '-i', '0.2', '-W', '2', tb.addr.target])
+      expect(ok.code, ok.stdout).toBe(0)
+      const no = await tb.exec(tb.names.client[1], 'ping', ['-c', '2', '-i', '0.2', '-W', '1', tb.addr.target2])
+      expect(no.code).not.toBe(0)
+      const rules = (await tb.exec(tb.names.node, 'iptables-save', ['-t', 'filter'])).stdout
+      expect(rules).toMatch(new RegExp(`-A AGENT-node1-FWD -d ${tb.addr.target2.replace(/\./g, '\\.')}/32 -i agtun0 -j DROP`))
+      expect(rules).toMatch(/-A AGENT-node1-FWD -d 169\.254\.0\.0\/16 -i agtun0 -j DROP/)
+    } finally {
+      expect(await stop(bob)).toBe(0)
+      node.child.kill('SIGTERM')
+      expect(await node.exited).toBe(0)
+      node = await fleet.startNode()
+    }
+  })
+
   it('resumes by itself after the node restarts', async () => {
     const {tb} = fleet
     expect(await stop(node)).toBe(0)

@@ -125,7 +125,7 @@ describe('loadConfig', () => {
       transport: 'tls',
       listen: {address: '0.0.0.0', port: 443},
       tunnel: {interface: 'agent0', subnet: '10.8.0.0/24', address: '10.8.0.1', pool: {start: '10.8.0.1', end: '10.8.0.254'}},
-      egress: {interface: 'eth0', snat: 'masquerade'},
+      egress: {interface: 'eth0', snat: 'masquerade', deny: ['169.254.0.0/16']},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/n.pem')},
       clients: [],
       session: {idleTimeout: 180},
@@ -245,5 +245,15 @@ describe('YAML details', () => {
   it('says "nothing" for an empty value', () => {
     const issues = issuesOf('role: node\nname: n\ntunnel:\negress: {interface: eth0}\npki: {bundle: a}\n')
     expect(issues).toEqual([{path: 'tunnel', line: 3, column: 1, message: 'must be a mapping (got nothing)'}])
+  })
+})
+
+describe('egress.deny', () => {
+  it('takes networks only, naming the one with host bits', () => {
+    const text = 'role: node\nname: n\ntunnel: {subnet: 10.8.0.0/24}\negress: {interface: eth0, deny: [10.0.0.0/8, 169.254.1.1/16]}\npki: {bundle: a}\n'
+    const issues = issuesOf(text)
+    expect(issues).toHaveLength(1)
+    expect(issues[0].path).toBe('egress.deny[1]')
+    expect(issues[0].message).toMatch(/"169\.254\.1\.1\/16" is not a network address \(did you mean 169\.254\.0\.0\/16\?\)/)
   })
 })

@@ -176,6 +176,20 @@ describe('spec validation', () => {
 })
 
 describe('chain rules', () => {
+  it('drops denied networks from the tunnel before any accept, each once, and refuses one with host bits', () => {
+    expect(chainRules(spec({admitted: ['10.8.0.2'], deny: ['169.254.0.0/16', '10.0.0.0/8', '169.254.0.0/16']}), 'fwd')).toEqual([
+      '-A AGENT-node1-FWD -s 10.8.0.0/24 ! -i tun0 -j DROP',
+      '-A AGENT-node1-FWD -i tun0 -o tun0 -j DROP',
+      '-A AGENT-node1-FWD -d 169.254.0.0/16 -i tun0 -j DROP',
+      '-A AGENT-node1-FWD -d 10.0.0.0/8 -i tun0 -j DROP',
+      '-A AGENT-node1-FWD -s 10.8.0.2/32 -i tun0 -o eth0 -j ACCEPT',
+      '-A AGENT-node1-FWD -d 10.8.0.2/32 -o tun0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+      '-A AGENT-node1-FWD -i tun0 -j DROP',
+      '-A AGENT-node1-FWD -o tun0 -j DROP',
+    ])
+    expect(() => chainRules(spec({admitted: [], deny: ['169.254.1.1/16']}), 'fwd')).toThrow(/host bits set; did you mean 169\.254\.0\.0\/16/)
+  })
+
   it('with no admitted client, drops everything through the tunnel', () => {
     expect(chainRules(spec({admitted: []}), 'fwd')).toEqual([
       '-A AGENT-node1-FWD -s 10.8.0.0/24 ! -i tun0 -j DROP',

@@ -236,6 +236,13 @@ export const nodeConfigSchema = {
           default: 'masquerade',
           description: '"masquerade" (the address of the egress interface), or a fixed IPv4 source address.',
         },
+        deny: {
+          type: 'array',
+          items: {...cidr},
+          default: ['169.254.0.0/16'],
+          description:
+            'Destinations clients may never reach through the node, as IPv4 networks in CIDR notation. The default keeps them off link-local addresses such as a cloud metadata service (169.254.169.254); add private networks the node can reach. [] allows everything the egress route leads to.',
+        },
       },
       required: ['interface'],
       additionalProperties: false,

@@ -123,6 +123,11 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
     if (taken === undefined) addresses.set(address, i)
   }
 
+  for (const [i, network] of (config.egress.deny ?? []).entries()) {
+    const cidr = cidrOf(network)
+    if (!isNetworkAddress(cidr)) add(['egress', 'deny', i], notNetworkMessage(network, cidr))
+  }
+
   return [...issues, ...pkiIssues(config.pki)]
 }
 

@@ -12,6 +12,8 @@
  *   -s <subnet> ! -i tun       DROP   a tunnel source arriving on any other interface is spoofed
  *                                     (it would be forwarded, and NATed, as if from a client)
  *   -i tun -o tun              DROP   clients cannot reach each other through the node
+ *   -d <denied> -i tun         DROP   networks no client may reach (egress.deny: link-local, such
+ *                                     as a cloud metadata service, by default)
  *   -s <client>/32 -i tun -o <egress>  ACCEPT  an admitted client's own traffic, out of the egress
  *                                     interface only (not into docker0, a LAN or another VPN)
  *   -d <client>/32 -o tun RELATED,ESTABLISHED ACCEPT  replies to it, nothing new
@@ -48,11 +50,14 @@ export interface FirewallSpec {
   snat: 'masquerade' | string
   /** Tunnel addresses of the clients allowed through. */
   admitted: readonly string[]
+  /** Networks (CIDR) no client may reach through the node, whatever else allows it. */
+  deny?: readonly string[]
 }
 
 /** A spec checked and put in canonical form (admitted: unique, numerically sorted). */
 export interface NormalizedSpec extends FirewallSpec {
   admitted: string[]
+  deny: string[]
 }
 
 export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
@@ -68,7 +73,13 @@ export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
   if (spec.snat !== 'masquerade' && parseIpv4(spec.snat) === undefined) {
     throw new Error(`invalid snat ${JSON.stringify(spec.snat)}: expected "masquerade" or an IPv4 address`)
   }
-  return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet)}
+  const deny = (spec.deny ?? []).map((d) => {
+    const n = parseCidr(d)
+    if (!n) throw new Error(`invalid denied network ${JSON.stringify(d)}: expected a.b.c.d/n`)
+    if (!isNetworkAddress(n)) throw new Error(`denied network ${d} has host bits set; did you mean ${formatCidr({address: networkAddress(n), prefix: n.prefix})}?`)
+    return formatCidr(n)
+  })
+  return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet), deny: [...new Set(deny)]}
 }
 
 export function normalizeAdmitted(addresses: readonly string[], subnet: string): string[] {
@@ -99,6 +110,7 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
       return [
         `${A} -s ${s.subnet} ! -i ${tun} -j DROP`,
         `${A} -i ${tun} -o ${tun} -j DROP`,
+        ...s.deny.map((d) => `${A} -d ${d} -i ${tun} -j DROP`),
         ...s.admitted.flatMap((a) => [
           `${A} -s ${a}/32 -i ${tun} -o ${s.egressInterface} -j ACCEPT`,
           `${A} -d ${a}/32 -o ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,

@@ -155,6 +155,7 @@ export class NodeAgent {
         egressInterface: this.config.egress.interface,
         snat: this.config.egress.snat,
         admitted: [],
+        deny: this.config.egress.deny,
       })
       await this.firewall.apply()
       this.checkNotStopped()
