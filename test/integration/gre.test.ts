@@ -5,7 +5,7 @@
  */
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {readFileSync, writeFileSync} from 'node:fs'
-import {type AgentProcess, type EchoServer, type Fleet, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
+import {type AgentProcess, type EchoServer, type Fleet, NODE_PORT, createFleet, probeEcho, startEchoServer} from '../../src/testbed/index.js'
 import {capture as captureOn, greHeaderHex, peers as peersOf, pingOk as pingFrom, sendSpoofed, sleep} from './datagram-helpers.js'
 
 let fleet: Fleet
@@ -129,15 +129,26 @@ describe('gre transport', () => {
     const {tb} = fleet
     // The NAT starts dropping UDP while the TLS control connection stays up: only the
     // datagram silence can end the session.
-    const block = ['-I', 'FORWARD', '1', '-p', 'udp', '--dport', '4754', '-j', 'DROP']
+    // New TCP connections are held back too (the established one is not): otherwise the client
+    // reconnects at once when the node closes it, and is rightly admitted again before we look.
+    const blocks = [
+      ['-p', 'udp', '--dport', '4754', '-j', 'DROP'],
+      ['-p', 'tcp', '--dport', String(NODE_PORT), '--syn', '-j', 'DROP'],
+    ]
     const mark = node.output.length
-    await tb.exec(tb.names.nat, 'iptables', ['-w', ...block], {check: true})
+    for (const b of blocks) await tb.exec(tb.names.nat, 'iptables', ['-w', '-I', 'FORWARD', '1', ...b], {check: true})
     try {
       await node.waitFor(/client alice \(10\.99\.0\.2\) disconnected: no packets for 10 s/, 25_000, mark)
-      const rules = await tb.exec(tb.names.node, 'iptables-save', ['-t', 'filter'])
-      expect(rules.stdout).not.toMatch(/-s 10\.99\.0\.2\/32/)
+      // Admission is withdrawn right after (coalesced with other changes): give it a moment.
+      let rules = ''
+      for (let i = 0; i < 20; i++) {
+        rules = (await tb.exec(tb.names.node, 'iptables-save', ['-t', 'filter'])).stdout
+        if (!/-s 10\.99\.0\.2\/32/.test(rules)) break
+        await sleep(100)
+      }
+      expect(rules).not.toMatch(/-s 10\.99\.0\.2\/32/)
     } finally {
-      await tb.exec(tb.names.nat, 'iptables', ['-w', '-D', 'FORWARD', '-p', 'udp', '--dport', '4754', '-j', 'DROP'])
+      for (const b of blocks) await tb.exec(tb.names.nat, 'iptables', ['-w', '-D', 'FORWARD', ...b])
     }
     // Once UDP passes again the client is back by itself (it reconnects and probes).
     await node.waitFor(/client alice reached us from/, 20_000, mark)
