@@ -30,8 +30,12 @@ bool tun_vnet(poller *p);
 /* The poller behind a TUN device or a socket handle; NULL (exception pending) for anything else. */
 poller *tun_poller(napi_env env, napi_value handle);
 poller *net_poller(napi_env env, napi_value handle);
-/* Whether a send failed only because an earlier datagram's ICMP error was pending (retry once). */
-bool net_is_icmp_error(int err);
+/*
+ * sendmmsg of msgs[0, n) on socket p, retrying past a stale ICMP error, counting what the kernel
+ * refused in the socket's send errors; *sent += what it took. 0, EAGAIN (send buffer full, the
+ * rest dropped) or an errno that is not the datagrams' fault (the rest not sent).
+ */
+int net_send_messages(poller *p, struct mmsghdr *msgs, uint32_t n, uint32_t *sent);
 /* A socket's views of the current batch: the sender's address and port per slot (host order). */
 void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
 /*

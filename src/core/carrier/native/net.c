@@ -138,7 +138,7 @@ static void format_addr(uint32_t addr, char *buf, size_t len) {
  * The errors an ICMP message turns into (the kernel's icmp_err_convert, plus time exceeded
  * and parameter problem): pending on the socket, they fail whichever call comes next.
  */
-bool net_is_icmp_error(int err) {
+static bool net_is_icmp_error(int err) {
   switch (err) {
     case ECONNREFUSED: /* port unreachable */
     case EHOSTUNREACH: /* host unreachable, administratively prohibited, time exceeded */
@@ -804,15 +804,17 @@ static bool get_array(napi_env env, napi_value v, napi_typedarray_type t1, napi_
 typedef enum { CHUNK_DONE, CHUNK_FULL, CHUNK_THROWN } chunk_end;
 
 /*
- * sendmmsg over smsgs[0, n): adds how many the kernel took to *sent and counts each datagram
- * it refused. Stops early when the send buffer is full (the rest of the chunk counted as
- * EAGAIN drops) or on an error that is not the datagram's fault (thrown).
+ * sendmmsg over msgs[0, n) on socket p (JS batches and the fast path alike): adds how many the
+ * kernel took to *sent and counts each datagram it refused in the socket's send errors.
+ * Returns 0; EAGAIN when the send buffer filled (the rest counted as EAGAIN drops, as by a
+ * router's full queue); or an error that is not the datagrams' fault (the rest not sent).
  */
-static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sent) {
+int net_send_messages(poller *p, struct mmsghdr *msgs, uint32_t n, uint32_t *sent) {
+  net_sock *s = (net_sock *)p;
   uint32_t i = 0;
   bool retried = false;
   while (i < n) {
-    int r = sendmmsg(s->p.fd, s->smsgs + i, n - i, MSG_DONTWAIT);
+    int r = sendmmsg(p->fd, msgs + i, n - i, MSG_DONTWAIT);
     if (r > 0) {
       /* Fewer than asked: message i + r failed and sendmmsg dropped its error; the next call
        * starts with it and reports it (or, for a cleared ICMP error, sends it). */
@@ -824,14 +826,10 @@ static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sen
     int err = r == 0 ? EAGAIN : errno;
     if (err == EINTR) continue;
     if (err == EAGAIN || err == EWOULDBLOCK) {
-      /* Nothing more goes out now: the rest is dropped, as by a router's full queue. */
       s->send_errors[EAGAIN] += n - i;
-      return CHUNK_FULL;
+      return EAGAIN;
     }
-    if (is_fatal_send_error(err)) {
-      throw_send_error(env, s, err);
-      return CHUNK_THROWN;
-    }
+    if (is_fatal_send_error(err)) return err;
     if (!retried && net_is_icmp_error(err)) { /* see send_one */
       retried = true;
       continue;
@@ -840,7 +838,16 @@ static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sen
     i++;
     retried = false;
   }
-  return CHUNK_DONE;
+  return 0;
+}
+
+/* net_send_messages over the socket's own arrays, for sendBatch: a fatal error is thrown. */
+static chunk_end send_chunk(napi_env env, net_sock *s, uint32_t n, uint32_t *sent) {
+  int err = net_send_messages(&s->p, s->smsgs, n, sent);
+  if (err == 0) return CHUNK_DONE;
+  if (err == EAGAIN) return CHUNK_FULL;
+  throw_send_error(env, s, err);
+  return CHUNK_THROWN;
 }
 
 static napi_value net_send_batch(napi_env env, napi_callback_info info) {

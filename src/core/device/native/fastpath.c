@@ -256,32 +256,12 @@ static bool ensure_batch(fast_path *fp, uint32_t slots) {
   return true;
 }
 
-/* sendmmsg over msgs[0, n); what the kernel refuses is counted and dropped, as by a router. */
+/* Sends msgs[0, n): what the kernel refuses is dropped, as by a router, and counted both in
+ * the socket's send errors (by errno) and here. */
 static void send_all(fast_path *fp, uint32_t n) {
-  uint32_t i = 0;
-  bool retried = false;
-  while (i < n) {
-    int r = sendmmsg(fp->sock->fd, fp->msgs + i, n - i, MSG_DONTWAIT);
-    if (r > 0) {
-      i += (uint32_t)r;
-      retried = false;
-      continue;
-    }
-    int err = r == 0 ? EAGAIN : errno;
-    if (err == EINTR) continue;
-    if (err == EAGAIN || err == EWOULDBLOCK) {
-      fp->send_drops += n - i;
-      return;
-    }
-    /* An ICMP error queued by an earlier datagram fails one call and is cleared: retry once. */
-    if (!retried && net_is_icmp_error(err)) {
-      retried = true;
-      continue;
-    }
-    fp->send_drops++;
-    i++;
-    retried = false;
-  }
+  uint32_t sent = 0;
+  net_send_messages(fp->sock, fp->msgs, n, &sent);
+  fp->send_drops += n - sent;
 }
 
 /* A GRE header with only the key: no checksum, no sequence number, version 0, IPv4 inside. */
