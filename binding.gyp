@@ -1,9 +1,10 @@
 {
   # agent_native: our one N-API addon, plain C against node_api.h, loaded from
-  # build/Release/agent_native.node by src/core/native/load.ts. Three parts (src/core/native/agent.h):
+  # build/Release/agent_native.node by src/core/native/load.ts. Four parts (src/core/native/agent.h):
   #   tun  the Linux TUN device              src/core/tun/native/tun.c
   #   net  UDP and raw IPv4 carrier sockets   src/core/carrier/native/net.c
   #   fast the native fast path over both    src/core/device/native/fastpath.c
+  #   stream the tls data channel's records  src/core/carrier/native/stream.c
   # tun and net share the poll, lifetime, ring and callback code in src/core/native/poller.c.
   "targets": [
     {
@@ -25,6 +26,7 @@
           "src/core/native/poller.c",
           "src/core/tun/native/tun.c",
           "src/core/carrier/native/net.c",
+          "src/core/carrier/native/stream.c",
           "src/core/device/native/fastpath.c",
           "src/core/device/native/esp.c",
           "src/core/device/native/coalesce.c"

@@ -3,7 +3,8 @@
  * gre, ipip and ipsec-over-gre traffic both ways without JavaScript, counts it per peer, still
  * refuses a client's spoofed inner source (which it leaves to JavaScript to drop and count),
  * speaks the same wire format as the JavaScript codecs (one end native, the other not), and
- * AGENT_FAST_PATH=off puts everything back on the JavaScript path, which still works.
+ * AGENT_FAST_PATH=off puts everything back on the JavaScript path, which still works. For tls,
+ * the connection itself moves to native records after the welcome, when both ends can.
  */
 import {afterAll, describe, expect, inject, it} from 'vitest'
 import {join} from 'node:path'
@@ -169,5 +170,54 @@ describe('fast path: AGENT_FAST_PATH=off', () => {
       expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(5)
       expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(5)
     }
+  })
+})
+
+// tls: after the welcome the connection moves from Node's TLS to native records (stream.c,
+// native-records.ts), and the fast path carries the session's packets on it.
+describe('native records: tls', () => {
+  it('carries tls natively both ways, counted per peer, and still drops a spoofed inner source', async () => {
+    const {fleet, tb, echo} = await up('fptls', 'tls')
+    await pingOk(fleet, tb.names.client[0], 20)
+    expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    for (const ns of [tb.names.node, tb.names.client[0]]) {
+      const s = await status(fleet, ns)
+      expect(s.counters.fastPathSessions, ns).toBe(1)
+      expect(s.counters.fastPathTxPackets).toBeGreaterThanOrEqual(20)
+      expect(s.counters.fastPathRxPackets).toBeGreaterThanOrEqual(20)
+      expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(s.counters.fastPathRxPackets)
+    }
+    await bulkBothWays(fleet)
+    for (const ns of [tb.names.node, tb.names.client[0]]) {
+      const c = (await status(fleet, ns)).counters
+      expect(c.fastPathTunGsoPackets, ns).toBeGreaterThan(0)
+    }
+    const node = await status(fleet, tb.names.node)
+    const before = node.peers[0].drops.source ?? 0
+    await sendWithSource(fleet, tb.names.client[0], '10.99.0.50', tb.addr.target, 5)
+    await sleep(500)
+    expect(((await peersOf(fleet, tb.names.node))[0].drops.source ?? 0) - before).toBe(5)
+  })
+
+  // An end that cannot take over (here: turned off) does not ask or agree, and the session
+  // stays in Node's TLS: the same frames, so it works either way round.
+  it.each([
+    ['node', 'client'],
+    ['client', 'node'],
+  ])('native-capable %s with a JavaScript-only %s stays in Node\'s TLS and works', async (capable) => {
+    const off = {AGENT_FAST_PATH: 'off'}
+    const {fleet, tb, echo} = await up(`fxtls${capable[0]}`, 'tls', {
+      nodeEnv: capable === 'node' ? {} : off,
+      clientEnv: capable === 'client' ? {} : off,
+    })
+    await pingOk(fleet, tb.names.client[0], 10)
+    expect(await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})).toMatchObject({ok: true})
+    await bulkBothWays(fleet)
+    for (const ns of [tb.names.node, tb.names.client[0]]) {
+      const s = await status(fleet, ns)
+      expect(s.counters.fastPathSessions ?? 0, ns).toBe(0)
+      expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(10)
+    }
+    await fleet.tb.destroy()
   })
 })

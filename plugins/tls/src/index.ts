@@ -5,7 +5,8 @@
  * client opens the connection and keepalive pings keep the mapping warm.
  *
  * So the transport itself adds no header: the core's stream framing delimits packets and the
- * TLS record layer protects them. Encap and decap only hand the span through.
+ * TLS record layer protects them. Encap and decap only hand the span through, which the
+ * session declares (fastPath identity) so the core's native records can skip them.
  */
 import type {
   CarrierSpec,
@@ -25,6 +26,8 @@ class PassThroughSession implements NodeSession {
   readonly headroom = 0
   readonly tailroom = 0
   readonly params = {}
+  /** Encap and decap are the identity: the core may carry the packets without calling them. */
+  readonly fastPath = {kind: 'identity'} as const
 
   encap(_buf: Buffer, offset: number, length: number, out: Span): boolean {
     out.offset = offset

@@ -20,6 +20,8 @@ import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
+import {NATIVE_MAX_DATA, NativeStreamLink} from '../carrier/native-stream.js'
+import {RECORDS, recordsPossible} from '../control/native-records.js'
 import {ipv4ToNumber} from '../net/ipv4.js'
 import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
 import {readdressInterface} from '../routes/link.js'
@@ -142,6 +144,15 @@ export class ClientAgent {
         if (m.type === 'welcome' && !welcomed) {
           welcomed = true
           clearTimeout(welcomeTimer)
+          // The node's last words through Node's TLS: read nothing more there (native-records.ts).
+          if (m.records !== undefined) {
+            if (!askedRecords || m.records !== RECORDS) return conn.close(`node answered with records ${JSON.stringify(m.records)} we did not ask for`)
+            try {
+              conn.goNative('client')
+            } catch (e) {
+              return conn.close(`cannot move to native records: ${(e as Error).message}`)
+            }
+          }
           // One welcome at a time: a fast reconnect must not set the tunnel up twice at once.
           this.welcoming = this.welcoming
             .then(() => this.onWelcome(conn, m, early))
@@ -172,10 +183,12 @@ export class ClientAgent {
         this.scheduleReconnect(credentials, reason)
       },
     })
+    let askedRecords = false
     socket.once('secureConnect', () => {
       // The timeout guarded the connect; left on, it would cut an idle tunnel every 10 s.
       socket.setTimeout(0)
-      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name})
+      askedRecords = this.transport.carrier(this.transportOptions()).kind === 'stream' && recordsPossible(socket, NATIVE_MAX_DATA)
+      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name, ...(askedRecords ? {records: RECORDS} : {})})
     })
     this.conn = conn
   }
@@ -214,7 +227,9 @@ export class ClientAgent {
     checkSessionRoom(this.transport.name, session)
     this.datapath!.localAddress = ipv4ToNumber(w.address)
     const datagrams = w.carrier.kind === 'stream' ? null : this.datagramsFor(w.carrier)
-    const link = datagrams === null ? new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES) : datagrams.link
+    const native = conn.nativeStream
+    const link =
+      datagrams !== null ? datagrams.link : native !== null ? new NativeStreamLink(native, this.nodeText()) : new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES)
     // The client has one peer, the node, at its tunnel address.
     const peer = new Peer(this.config.node.name, ipv4ToNumber(w.gateway), w.gateway, session, link)
     link.stats = peer.stats
@@ -254,8 +269,8 @@ export class ClientAgent {
     const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
     if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
     this.mtu = Math.min(wanted, w.mtu)
-    // The virtio header only pays with the fast path, which carries datagram transports.
-    this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: w.carrier.kind !== 'stream' && tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+    // The virtio header lets the fast path write runs of TCP segments as one packet.
+    this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
     await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
     this.address = w.address
     // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.
@@ -263,6 +278,9 @@ export class ClientAgent {
     if (outside !== null) this.recordRoute(outside)
     for (const r of await addRoutes(ifname, this.config.routes)) this.recordRoute(r)
     this.datapath = new DataPath(this.tun, 'client')
+    // Stream sessions bring their own connections (native records); datagram carriers enable
+    // the fast path with their socket.
+    if (w.carrier.kind === 'stream') this.datapath.enableFastPath(null, this.mtu)
     this.datapath.start()
     this.log.info(`${ifname} ${w.address}/${w.prefix} up; routes into the tunnel: ${this.config.routes.join(', ')}`)
   }

@@ -2,10 +2,16 @@
  * One control-channel connection (either end): frames in and out of a TLS 1.3 socket,
  * control messages, keepalive pings and the liveness timeout. Data frames are handed to
  * `onData` untouched; what they mean is the data path's business.
+ *
+ * A tls session's connection may move to native records after the welcome (goNative,
+ * native-records.ts): the same frames then go through C, which carries the Data frames it can
+ * itself and hands this class the rest.
  */
 import type {TLSSocket} from 'node:tls'
 import {FrameDecoder, FrameType, encodeFrame} from './framing.js'
 import {type ControlMessage, decodeMessage, encodeMessage} from './messages.js'
+import type {NativeStream} from '../carrier/native-stream.js'
+import {takeOver} from './native-records.js'
 
 export interface ConnectionHandlers {
   onMessage(m: ControlMessage): void
@@ -16,6 +22,7 @@ export interface ConnectionHandlers {
 
 const PING = encodeFrame(FrameType.Ping)
 const PONG = encodeFrame(FrameType.Pong)
+const EMPTY = new Uint8Array(0)
 
 /** Missed keepalive intervals after which the peer is declared gone. */
 export const DEAD_AFTER_INTERVALS = 3
@@ -34,11 +41,12 @@ export class ControlConnection {
   private closed = false
   /** A Ping arrived in the chunk being decoded: answered once, after the whole chunk. */
   private pinged = false
+  private native: NativeStream | null = null
   handlers: ConnectionHandlers
 
   constructor(
     readonly socket: TLSSocket,
-    maxData: number,
+    private readonly maxData: number,
     handlers: ConnectionHandlers,
   ) {
     this.handlers = handlers
@@ -55,7 +63,36 @@ export class ControlConnection {
   }
 
   send(m: ControlMessage): void {
-    if (!this.closed) this.socket.write(encodeFrame(FrameType.Control, encodeMessage(m)))
+    if (this.closed) return
+    if (this.native !== null) this.native.send(FrameType.Control, encodeMessage(m))
+    else this.socket.write(encodeFrame(FrameType.Control, encodeMessage(m)))
+  }
+
+  /** The native records, once goNative() moved this connection to them. */
+  get nativeStream(): NativeStream | null {
+    return this.native
+  }
+
+  /**
+   * From now on frames go through native records (native-records.ts says when each end may
+   * call this). The client then pings at once: its first record lets the node write.
+   */
+  goNative(role: 'node' | 'client'): NativeStream {
+    if (this.closed) throw new Error('the connection is closed')
+    if (this.native !== null) return this.native
+    if (this.decoder.pending > 0) throw new Error('a frame is half-read')
+    this.native = takeOver(this.socket, role, this.maxData, {
+      onFrame: (type, payload) => {
+        this.onFrame(type, payload, 0, payload.length)
+        if (this.pinged && !this.closed) {
+          this.pinged = false
+          this.native?.send(FrameType.Pong, EMPTY)
+        }
+      },
+      onClose: (reason) => this.close(reason),
+    })
+    if (role === 'client') this.native.send(FrameType.Ping, EMPTY)
+    return this.native
   }
 
   /**
@@ -70,14 +107,18 @@ export class ControlConnection {
     const deadMs = DEAD_AFTER_INTERVALS * ms
     if (ping) {
       this.pingTimer = setInterval(() => {
-        if (!this.closed) this.socket.write(PING)
+        if (this.closed) return
+        if (this.native !== null) this.native.send(FrameType.Ping, EMPTY)
+        else this.socket.write(PING)
       }, ms)
       this.pingTimer.unref()
     }
     // A timer due when the deadline would pass if nothing more were heard: re-armed for the
     // rest when something was, so the check costs nothing per chunk and is exact.
     const check = () => {
-      const left = this.lastHeard + deadMs - Date.now()
+      // Native records are read in C, which keeps its own time of the last bytes heard.
+      const heard = Math.max(this.lastHeard, this.native?.lastHeard() ?? 0)
+      const left = heard + deadMs - Date.now()
       if (left > 0) {
         this.deadTimer = setTimeout(check, left)
         this.deadTimer.unref()
@@ -93,6 +134,7 @@ export class ControlConnection {
     if (this.closed) return
     this.closed = true
     this.stopTimers()
+    this.native?.close()
     this.socket.destroy()
     this.handlers.onClose(reason, error)
   }

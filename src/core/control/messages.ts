@@ -3,8 +3,8 @@
  * authenticated TLS 1.3 before any of this is said, so these messages are about what the
  * client gets, not who it is.
  *
- *   client -> node   hello    {transport}
- *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params}
+ *   client -> node   hello    {transport, records?}
+ *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params, records?}
  *                    refused  {reason}               (then the node closes)
  *   either way       transport {body}                (after the welcome: a transport's own message)
  */
@@ -16,6 +16,8 @@ export interface Hello {
   type: 'hello'
   version: number
   transport: string
+  /** The client can move a stream session to native records (native-records.ts). */
+  records?: string
 }
 
 export interface Welcome {
@@ -33,6 +35,8 @@ export interface Welcome {
   /** How the data travels: in this connection (stream) or to the node's udp port / IP protocol. */
   carrier: CarrierSpec
   params: SessionParams
+  /** The node agrees to native records: nothing more comes through Node's TLS. */
+  records?: string
 }
 
 export interface Refused {
@@ -66,6 +70,7 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
     case 'hello':
       need(m, 'version', 'number')
       need(m, 'transport', 'string')
+      optional(m, 'records', 'string')
       return m as unknown as Hello
     case 'welcome':
       for (const k of ['version', 'prefix', 'mtu', 'keepalive'] as const) need(m, k, 'number')
@@ -74,6 +79,7 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
       if (typeof m.carrier !== 'object' || m.carrier === null || !['stream', 'udp', 'ip'].includes((m.carrier as {kind: string}).kind)) {
         throw new Error('welcome.carrier must be {kind: stream|udp|ip}')
       }
+      optional(m, 'records', 'string')
       return m as unknown as Welcome
     case 'refused':
       need(m, 'reason', 'string')
@@ -93,4 +99,8 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
 
 function need(m: Record<string, unknown>, key: string, type: 'string' | 'number'): void {
   if (typeof m[key] !== type) throw new Error(`${String(m.type)}.${key} must be a ${type}`)
+}
+
+function optional(m: Record<string, unknown>, key: string, type: 'string' | 'number'): void {
+  if (m[key] !== undefined) need(m, key, type)
 }

@@ -19,6 +19,7 @@ import {isKeepalive} from '../nat/keepalive.js'
 import type {Peer} from './peer.js'
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import {DatagramLink} from '../carrier/datagram-link.js'
+import {NativeStreamLink} from '../carrier/native-stream.js'
 import {FastPath, type FastPathStats} from './fast-path.js'
 
 /**
@@ -84,7 +85,7 @@ export class DataPath {
    * Lets the native fast path carry, between the TUN device and `socket`, the peers whose
    * sessions allow it (now and as they come). Without our addon behind both, nothing changes.
    */
-  enableFastPath(socket: DatagramSocket, mtu: number): void {
+  enableFastPath(socket: DatagramSocket | null, mtu: number): void {
     this.disableFastPath()
     this.fast = FastPath.open(this.role, mtu, this.tun, socket)
     for (const peer of this.byAddress.values()) this.refast(peer)
@@ -97,6 +98,10 @@ export class DataPath {
     for (const peer of this.byAddress.values()) this.unfast(peer)
     this.fast = null
     fast.close()
+  }
+
+  hasFastPath(): boolean {
+    return this.fast !== null
   }
 
   fastPathStats(): FastPathStats | null {
@@ -112,8 +117,16 @@ export class DataPath {
   private refast(peer: Peer): void {
     const fast = this.fast
     const link = peer.link
-    if (fast === null || !(link instanceof DatagramLink)) return
+    if (fast === null) return
     const codec = peer.session.fastPath
+    if (link instanceof NativeStreamLink) {
+      // The stream carries frames as they are: only a session whose encap is identity can skip JS.
+      if (codec?.kind !== 'identity') return this.unfast(peer)
+      fast.setStream(peer.address, link.stream)
+      peer.stats.sync = () => fast.take(peer.address, peer.stats)
+      return
+    }
+    if (!(link instanceof DatagramLink)) return
     if (codec === undefined) {
       this.unfast(peer)
       return

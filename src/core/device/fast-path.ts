@@ -11,6 +11,7 @@
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import type {TunDevice} from '../tun/device.js'
 import type {FastCodec} from '../transport/contract.js'
+import type {NativeStream} from '../carrier/native-stream.js'
 import {loadAgentNative} from '../native/addon.js'
 import type {PeerStats} from './peer.js'
 
@@ -18,9 +19,10 @@ type Handle = {readonly __brand: 'agent_fast'}
 
 interface NativeFast {
   create(role: number, mtu: number): Handle
-  attach(handle: Handle, tun: object, socket: object): void
+  attach(handle: Handle, tun: object, socket: object | null): void
   set(handle: Handle, address: number, codec: number, key: number, endpointAddr: number, endpointPort: number): void
   setEsp(handle: Handle, address: number, endpointAddr: number, endpointPort: number, codec: FastCodec): void
+  setStream(handle: Handle, address: number, stream: object): void
   remove(handle: Handle, address: number): void
   take(handle: Handle, address: number, out: Float64Array): boolean
   stats(handle: Handle): FastPathStats
@@ -68,10 +70,10 @@ export class FastPath {
    * A fast path over `tun` and `socket`, or null when either is not our addon's (a test double)
    * or the operator turned it off.
    */
-  static open(role: 'node' | 'client', mtu: number, tun: TunDevice, socket: DatagramSocket): FastPath | null {
+  static open(role: 'node' | 'client', mtu: number, tun: TunDevice, socket: DatagramSocket | null): FastPath | null {
     if (fastPathDisabled()) return null
     const t = tun.nativeHandle?.()
-    const s = socket.nativeHandle?.()
+    const s = socket === null ? null : socket.nativeHandle?.()
     if (t === undefined || s === undefined) return null
     const native = loadAgentNative().fast as NativeFast
     const handle = native.create(role === 'node' ? 0 : 1, mtu)
@@ -83,6 +85,11 @@ export class FastPath {
   set(address: number, codec: FastCodec, addr: number, port: number): void {
     if (codec.kind === 'esp-gcm-in-gre') this.native.setEsp(this.handle, address, addr, port, codec)
     else this.native.set(this.handle, address, CODEC[codec.kind], codec.kind === 'gre' ? codec.key : 0, addr, port)
+  }
+
+  /** Carries the tls session at tunnel `address` on its native stream. */
+  setStream(address: number, stream: NativeStream): void {
+    this.native.setStream(this.handle, address, stream.handle)
   }
 
   /** Folds what the fast path counted for `address` since the last call into `stats`. */

@@ -1,4 +1,4 @@
-/* agent_native's module: exports {tun, net, fast}, each an object of functions (see agent.h). */
+/* agent_native's module: exports {tun, net, fast, stream}, each an object of functions (see agent.h). */
 #define _GNU_SOURCE
 #include <node_api.h>
 
@@ -15,7 +15,7 @@ static napi_value part(napi_env env, napi_value exports, const char *name,
 
 NAPI_MODULE_INIT() {
   if (part(env, exports, "tun", tun_init) == NULL || part(env, exports, "net", net_init) == NULL ||
-      part(env, exports, "fast", fast_init) == NULL) {
+      part(env, exports, "fast", fast_init) == NULL || part(env, exports, "stream", stream_init) == NULL) {
     return NULL;
   }
   return exports;

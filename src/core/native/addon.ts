@@ -1,11 +1,11 @@
 /**
  * The one native addon, agent_native (binding.gyp, src/core/native/agent.h): the TUN device,
- * the carrier sockets and the fast path over both, in one .node so the fast path can reach the
+ * the carrier sockets, the fast path over both and the tls records, in one .node so the fast path can reach the
  * other two. Each wrapper types its own part.
  */
 import {addonLoader} from './load.js'
 
-export const loadAgentNative = addonLoader<{tun: unknown; net: unknown; fast: unknown}>({
+export const loadAgentNative = addonLoader<{tun: unknown; net: unknown; fast: unknown; stream: unknown}>({
   from: import.meta.url,
   name: 'agent_native',
   what: 'the native addon',

@@ -1,8 +1,9 @@
 /*
- * agent_native: one addon, three parts (src/core/native/addon.c puts them together):
+ * agent_native: one addon, four parts (src/core/native/addon.c puts them together):
  *   tun   the TUN device (src/core/tun/native/tun.c)
  *   net   the carrier sockets, UDP and raw IPv4 (src/core/carrier/native/net.c)
  *   fast  the native fast path over one of each (src/core/device/native/fastpath.c)
+ *   stream the tls transport's records on its TCP connection (src/core/carrier/native/stream.c)
  * One .node, so the fast path can reach the fds and rings of the other two.
  */
 #ifndef AGENT_NATIVE_H
@@ -21,6 +22,7 @@
 napi_value tun_init(napi_env env, napi_value exports);
 napi_value net_init(napi_env env, napi_value exports);
 napi_value fast_init(napi_env env, napi_value exports);
+napi_value stream_init(napi_env env, napi_value exports);
 
 /* Bytes of struct virtio_net_hdr before each packet of a TUN device opened with vnetHdr. */
 #define TUN_VNET_HDR 10
@@ -45,5 +47,28 @@ void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
  */
 void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[20], struct sockaddr_in *sa,
                       const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port);
+
+/* ---------- between the fast path and the tls data channel (stream.c) ---------- */
+
+typedef struct fast_path fast_path;
+typedef struct tls_stream tls_stream;
+
+/* The stream behind a JS handle; NULL (exception pending) for anything else. */
+tls_stream *stream_get(napi_env env, napi_value handle);
+/* Adds a Data frame for pkt to the stream's open record; false: dropped (closed, queue full). */
+bool stream_queue_data(tls_stream *s, const uint8_t *pkt, uint32_t len);
+/* Whether frames were queued since the last flush. */
+bool stream_dirty(const tls_stream *s);
+/* Seals and writes what was queued: once per TUN batch. */
+void stream_flush(tls_stream *s);
+/* The fast path carrying the stream's session at tunnel address `address`; fp NULL: none. */
+void stream_bind(tls_stream *s, fast_path *fp, uint32_t address);
+/*
+ * A Data frame's payload arrived on the stream of the session at `address`: true if the fast
+ * path takes it (a well-formed packet; on the node from that address), queued for the TUN
+ * until fast_stream_flush, which must come before the bytes behind it change. False: JS's.
+ */
+bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint32_t len);
+void fast_stream_flush(fast_path *fp);
 
 #endif

@@ -21,6 +21,8 @@ import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
+import {NativeStreamLink} from '../carrier/native-stream.js'
+import {RECORDS, recordsPossible} from '../control/native-records.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
 import {configureInterface} from '../routes/index.js'
@@ -138,8 +140,8 @@ export class NodeAgent {
     try {
       this.checkNotStopped()
       const {interface: ifname, address, subnet} = this.config.tunnel
-      // The virtio header only pays with the fast path, which carries datagram transports.
-      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: carrier.kind !== 'stream' && tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      // The virtio header lets the fast path write runs of TCP segments as one packet.
+      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
 
@@ -172,6 +174,9 @@ export class NodeAgent {
         this.datagrams.start()
         this.expiry = setInterval(() => this.expireSilentSessions(), EXPIRY_CHECK_MS)
         this.expiry.unref()
+      } else {
+        // Stream sessions bring their own connections (native records, native-records.ts).
+        this.datapath.enableFastPath(null, this.mtu)
       }
       this.datapath.start()
       this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
@@ -351,6 +356,10 @@ export class NodeAgent {
     this.sessions.set(name, client)
     this.datapath?.addPeer(peer)
     const keepalive = Number(options.keepalive ?? this.transport.nat.keepaliveSeconds)
+    // The client asked for native records and this end can: the welcome is then the last
+    // thing said through Node's TLS (native-records.ts).
+    const records =
+      datagrams === null && hello.records === RECORDS && this.datapath?.hasFastPath() === true && recordsPossible(conn.socket, this.mtu + STREAM_FRAME_SLACK)
     this.updateAdmission()
       .then(() => {
         if (conn.isClosed) return
@@ -365,7 +374,9 @@ export class NodeAgent {
           keepalive,
           carrier: datagrams === null ? {kind: 'stream'} : datagrams.spec,
           params: session.params,
+          ...(records ? {records: RECORDS} : {}),
         })
+        if (records) this.goNative(client, remote)
         conn.keepalive(keepalive, false)
         client.welcomed = true
         this.log.info(`client ${name} connected from ${remote} as ${address}`)
@@ -374,6 +385,23 @@ export class NodeAgent {
         this.log.error(`could not admit ${name}: ${e.message}`)
         conn.close('admission failed')
       })
+  }
+
+  /** Moves a welcomed client's connection, and its peer's packets, to native records. */
+  private goNative(client: ClientSession, remote: string): void {
+    const peer = client.peer
+    if (peer === null) return
+    let stream
+    try {
+      stream = client.conn.goNative('node')
+    } catch (e) {
+      client.conn.close(`cannot move to native records: ${(e as Error).message}`)
+      return
+    }
+    const link = new NativeStreamLink(stream, remote)
+    link.stats = peer.stats
+    peer.link = link
+    this.datapath?.refreshFastPath(peer)
   }
 
   private refuse(client: ClientSession, reason: string): void {

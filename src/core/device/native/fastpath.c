@@ -25,9 +25,13 @@
  * JS API:
  *   create(role, mtu) -> handle                role: 0 node, 1 client
  *   attach(handle, tunHandle, socketHandle)    the fast path runs on their batches from now on
+ *        (socketHandle null: no datagram socket, stream sessions only)
  *   set(handle, address, codec, key, endpointAddr, endpointPort)   add or update a session
  *   setEsp(handle, address, endpointAddr, endpointPort, {outbound, inbound})   an esp session
  *        (see FastCodec esp-gcm-in-gre in src/core/transport/contract.ts)
+ *   setStream(handle, address, stream)   a tls session, carried on its own connection (a handle
+ *        of stream.c): TUN packets to it become Data frames in one record per batch; its Data
+ *        frames come back through fast_stream_take
  *   remove(handle, address)
  *   take(handle, address, Float64Array(5)) -> boolean
  *        [txPackets, txBytes, rxPackets, rxBytes] since the last take, then the time of the
@@ -55,7 +59,7 @@
 #include "poller.h"
 
 enum { ROLE_NODE = 0, ROLE_CLIENT = 1 };
-enum { CODEC_IDENTITY = 0, CODEC_GRE = 1, CODEC_ESP = 2 };
+enum { CODEC_IDENTITY = 0, CODEC_GRE = 1, CODEC_ESP = 2, CODEC_STREAM = 3 };
 /* Inbound SAs one esp session may have at once: the current one and those of recent rekeys. */
 #define ESP_MAX_INBOUND 4
 
@@ -83,6 +87,8 @@ typedef struct fast_session {
   uint16_t ep_port;
   uint8_t codec;
   esp_codec *esp; /* CODEC_ESP only */
+  tls_stream *stream; /* CODEC_STREAM only: the tls session's connection (stream.c) */
+  napi_ref stream_ref;
   /* Since the last take(). */
   uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
   double last_rx_ms;
@@ -120,7 +126,12 @@ typedef struct fast_path {
   struct sockaddr_in *names;
   uint8_t *slow;
   inner_packet *pending; /* for one socket batch: the inner packets to write */
+  tls_stream **dirty;    /* for one TUN batch: the streams to flush */
   uint32_t batch_cap;
+  /* From the streams' reads: inner packets taken, not yet written to the TUN. */
+  inner_packet stream_in[256];
+  uint32_t n_stream_in;
+  double stream_now;
 
   uint64_t tx_packets, rx_packets, send_drops, tun_write_drops;
   uint64_t gso_packets, gso_segments; /* TCP runs written to the TUN as one packet (coalesce.c) */
@@ -221,6 +232,8 @@ static bool rebuild(fast_path *fp) {
     } else if (s->codec == CODEC_ESP) {
       fp->n_gre++; /* found by GRE key, which is the SPI of one of its inbound SAs */
       for (uint32_t j = 0; j < s->esp->n_in; j++) insert(&k, s->esp->in[j].spi, (int32_t)i);
+    } else if (s->codec == CODEC_STREAM) {
+      /* found by address only: its packets come on its own connection */
     } else {
       fp->n_identity++;
       if (s->ep_addr != 0) insert(&e, endpoint_key(s->ep_addr, s->ep_port), (int32_t)i);
@@ -251,7 +264,9 @@ static bool ensure_batch(fast_path *fp, uint32_t slots) {
   if (f != NULL) fp->slow = f;
   inner_packet *q = realloc(fp->pending, sizeof *q * slots);
   if (q != NULL) fp->pending = q;
-  if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL || q == NULL) return false;
+  tls_stream **d = realloc(fp->dirty, sizeof *d * slots);
+  if (d != NULL) fp->dirty = d;
+  if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL || q == NULL || d == NULL) return false;
   fp->batch_cap = slots;
   return true;
 }
@@ -278,18 +293,35 @@ static void write_gre(uint8_t *h, uint32_t key) {
 
 static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
   fast_path *fp = ctx;
-  if (fp->closed || fp->n == 0 || fp->sock == NULL || fp->sock->closed) return count;
+  if (fp->closed || fp->n == 0) return count;
   if (!ensure_batch(fp, count)) return count;
   const bool client = fp->role == ROLE_CLIENT;
+  const bool can_send = fp->sock != NULL && !fp->sock->closed;
   fast_session *only = client && fp->n == 1 ? &fp->s[0] : NULL;
-  uint32_t nsend = 0, left = 0;
+  uint32_t nsend = 0, left = 0, ndirty = 0;
   for (uint32_t i = 0; i < count; i++) {
     uint8_t *pkt = p->ring + (size_t)i * p->slot_size + p->headroom;
     uint32_t len = p->lengths[i];
     fp->slow[i] = 1;
     if (len > fp->mtu || !ipv4_ok(pkt, len)) continue;
     fast_session *s = client ? only : lookup(fp, &fp->by_addr, be32(pkt + 16));
-    if (s == NULL || s->ep_addr == 0) continue;
+    if (s == NULL) continue;
+    if (s->codec == CODEC_STREAM) {
+      /* One record per stream per batch: flushed below. A closed stream or a full queue drops. */
+      tls_stream *st = s->stream;
+      const bool was_dirty = stream_dirty(st);
+      fp->slow[i] = 0;
+      if (!stream_queue_data(st, pkt, len)) {
+        fp->send_drops++;
+        continue;
+      }
+      if (!was_dirty) fp->dirty[ndirty++] = st;
+      s->tx_packets++;
+      s->tx_bytes += len;
+      fp->tx_packets++;
+      continue;
+    }
+    if (!can_send || s->ep_addr == 0) continue;
     uint8_t *out = pkt;
     uint32_t olen = len;
     if (s->codec == CODEC_ESP) {
@@ -323,6 +355,7 @@ static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
     send_all(fp, nsend);
     fp->tx_packets += nsend;
   }
+  for (uint32_t j = 0; j < ndirty; j++) stream_flush(fp->dirty[j]);
   /* Only now (the datagrams pointed into the slots) move what JS must see to the front. */
   for (uint32_t i = 0; i < count; i++) {
     if (!fp->slow[i]) continue;
@@ -428,6 +461,35 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
   return left;
 }
 
+/* ---------- a tls session's connection -> TUN (called by stream.c) ---------- */
+
+void fast_stream_flush(fast_path *fp) {
+  const uint32_t n = fp->n_stream_in;
+  fp->n_stream_in = 0;
+  if (n == 0 || fp->tun == NULL || fp->tun->closed) return;
+  fp->tun_write_drops += tun_write_packets(fp->tun->fd, tun_vnet(fp->tun), fp->stream_in, n, &fp->gso_packets, &fp->gso_segments);
+}
+
+bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint32_t len) {
+  if (fp->closed || fp->tun == NULL || fp->tun->closed) return false;
+  fast_session *s = lookup(fp, &fp->by_addr, address);
+  /* A client may only speak for its own tunnel address. */
+  if (s == NULL || s->codec != CODEC_STREAM || len > fp->mtu || !ipv4_ok(pkt, len) || pkt[9] == KEEPALIVE_PROTOCOL ||
+      (fp->role == ROLE_NODE && be32(pkt + 12) != s->address)) {
+    return false;
+  }
+  if (fp->n_stream_in == sizeof fp->stream_in / sizeof fp->stream_in[0]) fast_stream_flush(fp);
+  if (fp->n_stream_in == 0) fp->stream_now = now_ms();
+  fp->stream_in[fp->n_stream_in].p = pkt;
+  fp->stream_in[fp->n_stream_in].len = len;
+  fp->n_stream_in++;
+  s->rx_packets++;
+  s->rx_bytes += len;
+  s->last_rx_ms = fp->stream_now;
+  fp->rx_packets++;
+  return true;
+}
+
 /* ---------- lifetime ---------- */
 
 /* A poller is about to be freed (environment teardown): forget it. */
@@ -451,6 +513,16 @@ static void free_esp(napi_env env, esp_codec *e) {
   free(e);
 }
 
+/* What a session holds beyond its struct: ESP state, or its stream (unbound, let go). */
+static void free_extras(napi_env env, fast_session *s) {
+  free_esp(env, s->esp);
+  s->esp = NULL;
+  if (s->stream != NULL) stream_bind(s->stream, NULL, 0);
+  if (s->stream_ref != NULL) napi_delete_reference(env, s->stream_ref);
+  s->stream = NULL;
+  s->stream_ref = NULL;
+}
+
 static void detach(fast_path *fp) {
   if (fp->tun != NULL && fp->tun->filter_ctx == fp) forget_poller(fp, fp->tun);
   if (fp->sock != NULL && fp->sock->filter_ctx == fp) forget_poller(fp, fp->sock);
@@ -465,7 +537,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   fast_path *fp = data;
   detach(fp);
-  for (uint32_t i = 0; i < fp->n; i++) free_esp(env, fp->s[i].esp);
+  for (uint32_t i = 0; i < fp->n; i++) free_extras(env, &fp->s[i]);
   free(fp->s);
   free(fp->by_addr.e);
   free(fp->by_key.e);
@@ -476,6 +548,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   free(fp->names);
   free(fp->slow);
   free(fp->pending);
+  free(fp->dirty);
   free(fp);
 }
 
@@ -549,32 +622,38 @@ static napi_value fast_create(napi_env env, napi_callback_info info) {
 
 static napi_value fast_attach(napi_env env, napi_callback_info info) {
   napi_value argv[3];
+  napi_valuetype st;
   if (!args(env, info, 3, argv, "attach(handle, tun, socket)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   poller *tun = tun_poller(env, argv[1]);
   if (tun == NULL) return NULL;
-  poller *sock = net_poller(env, argv[2]);
-  if (sock == NULL) return NULL;
+  /* No socket (null): only stream sessions, which bring their own connections. */
+  NAPI_OK(env, napi_typeof(env, argv[2], &st));
+  const bool no_socket = st == napi_null || st == napi_undefined;
+  poller *sock = no_socket ? NULL : net_poller(env, argv[2]);
+  if (sock == NULL && !no_socket) return NULL;
   if (fp->closed || fp->tun != NULL) {
     throw_code(env, "ERR_AGENT_FAST_STATE", "the fast path is closed or attached already");
     return NULL;
   }
-  if (tun->filter != NULL || sock->filter != NULL) {
+  if (tun->filter != NULL || (sock != NULL && sock->filter != NULL)) {
     throw_code(env, "ERR_AGENT_FAST_STATE", "another fast path is attached to this TUN device or socket");
     return NULL;
   }
   /* Strong references: the pollers stay allocated while they can call us. */
   NAPI_OK(env, napi_create_reference(env, argv[1], 1, &fp->tun_ref));
-  NAPI_OK(env, napi_create_reference(env, argv[2], 1, &fp->sock_ref));
+  if (sock != NULL) NAPI_OK(env, napi_create_reference(env, argv[2], 1, &fp->sock_ref));
   fp->tun = tun;
   fp->sock = sock;
   tun->filter = on_tun_batch;
   tun->filter_ctx = fp;
   tun->filter_release = forget_poller;
-  sock->filter = on_net_batch;
-  sock->filter_ctx = fp;
-  sock->filter_release = forget_poller;
+  if (sock != NULL) {
+    sock->filter = on_net_batch;
+    sock->filter_ctx = fp;
+    sock->filter_release = forget_poller;
+  }
   return NULL;
 }
 
@@ -589,7 +668,7 @@ static int32_t index_of(const fast_path *fp, uint32_t address) {
  * (taken over: freed here on failure); an existing session keeps its counters. False
  * (exception pending) when out of memory, with the table as it was.
  */
-static bool upsert(napi_env env, fast_path *fp, const fast_session *want) {
+static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
   int32_t i = index_of(fp, want->address);
   const bool added = i < 0;
   fast_session saved;
@@ -598,7 +677,7 @@ static bool upsert(napi_env env, fast_path *fp, const fast_session *want) {
       uint32_t cap = fp->cap ? fp->cap * 2 : 16;
       fast_session *grown = realloc(fp->s, sizeof *grown * cap);
       if (grown == NULL) {
-        free_esp(env, want->esp);
+        free_extras(env, want);
         throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
         return false;
       }
@@ -615,17 +694,20 @@ static bool upsert(napi_env env, fast_path *fp, const fast_session *want) {
   s->address = want->address;
   s->codec = want->codec;
   s->esp = want->esp;
+  s->stream = want->stream;
+  s->stream_ref = want->stream_ref;
   s->key = want->key;
   s->ep_addr = want->ep_addr;
   s->ep_port = want->ep_port;
   if (!rebuild(fp)) {
     if (added) fp->n--;
     else *s = saved;
-    free_esp(env, want->esp);
+    free_extras(env, want);
     throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
     return false;
   }
-  if (!added) free_esp(env, saved.esp);
+  if (!added) free_extras(env, &saved);
+  if (s->stream != NULL) stream_bind(s->stream, fp, s->address);
   return true;
 }
 
@@ -641,7 +723,7 @@ static napi_value fast_set(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "set: codec must be 0 or 1, port 0 to 65535");
     return NULL;
   }
-  const fast_session want = {
+  fast_session want = {
       .address = a[0], .codec = (uint8_t)a[1], .key = a[2], .ep_addr = a[3], .ep_port = (uint16_t)a[4]};
   upsert(env, fp, &want);
   return NULL;
@@ -759,7 +841,22 @@ static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
   }
   esp_codec *e = read_esp(env, argv[4]);
   if (e == NULL) return NULL;
-  const fast_session want = {.address = a[0], .codec = CODEC_ESP, .esp = e, .ep_addr = a[1], .ep_port = (uint16_t)a[2]};
+  fast_session want = {.address = a[0], .codec = CODEC_ESP, .esp = e, .ep_addr = a[1], .ep_port = (uint16_t)a[2]};
+  upsert(env, fp, &want);
+  return NULL;
+}
+
+static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint32_t address;
+  if (!args(env, info, 3, argv, "setStream(handle, address, stream)")) return NULL;
+  fast_path *fp = get_fp(env, argv[0]);
+  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  tls_stream *st = stream_get(env, argv[2]);
+  if (st == NULL) return NULL;
+  fast_session want = {.address = address, .codec = CODEC_STREAM, .stream = st};
+  /* Strong: the stream stays allocated while the table can reach it. */
+  NAPI_OK(env, napi_create_reference(env, argv[2], 1, &want.stream_ref));
   upsert(env, fp, &want);
   return NULL;
 }
@@ -773,14 +870,14 @@ static napi_value fast_remove(napi_env env, napi_callback_info info) {
   int32_t i = index_of(fp, address);
   if (i < 0) return NULL;
   fast_session gone = fp->s[i];
-  free_esp(env, gone.esp);
+  free_extras(env, &gone);
   fp->s[i] = fp->s[fp->n - 1];
   fp->n--;
   if (!rebuild(fp)) {
     /* Cannot happen for a smaller table unless malloc fails; fall back to an empty one, which
      * sends everything to JS rather than to a session that is gone. */
     (void)gone;
-    for (uint32_t j = 0; j < fp->n; j++) free_esp(env, fp->s[j].esp);
+    for (uint32_t j = 0; j < fp->n; j++) free_extras(env, &fp->s[j]);
     fp->n = 0;
     free(fp->by_addr.e);
     free(fp->by_key.e);
@@ -851,7 +948,7 @@ napi_value fast_init(napi_env env, napi_value exports) {
     const char *name;
     napi_callback fn;
   } fns[] = {
-      {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"setEsp", fast_set_esp}, {"remove", fast_remove},
+      {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"setEsp", fast_set_esp}, {"setStream", fast_set_stream}, {"remove", fast_remove},
       {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {

@@ -1,0 +1,119 @@
+/**
+ * The tls transport's data channel in C (src/core/carrier/native/stream.c): TLS 1.3 records on
+ * the control connection's TCP socket after the take-over (control/native-records.ts), so the
+ * session's packets go between the TUN device and the socket without entering JavaScript.
+ * JavaScript still gets every frame C does not take (control, ping, pong, unusual packets).
+ */
+import {loadAgentNative} from '../native/addon.js'
+import {FrameType} from '../control/framing.js'
+import type {PeerLink, PeerStats} from '../device/peer.js'
+
+type Handle = {readonly __brand: 'agent_stream'}
+
+interface NativeStreamApi {
+  open(
+    fd: number,
+    role: number,
+    txKey: Uint8Array,
+    rxKey: Uint8Array,
+    maxData: number,
+    onFrame: (type: number, payload: Buffer) => void,
+    onClose: (reason: string) => void,
+  ): Handle
+  send(handle: Handle, type: number, payload: Uint8Array): boolean
+  lastHeard(handle: Handle): number
+  stats(handle: Handle): NativeStreamStats
+  close(handle: Handle): void
+}
+
+export interface NativeStreamStats {
+  recordsIn: number
+  recordsOut: number
+  /** Sealed bytes the socket has not taken yet. */
+  queuedBytes: number
+  /** Frames dropped on send: queue full, or the stream closed. */
+  sendDrops: number
+}
+
+/** Bytes of one direction's key material: an AES-256-GCM key, then a 12-byte IV. */
+export const RECORD_KEY_BYTES = 44
+/** The largest Data payload one record can carry with its frame header (2^14 - 3). */
+export const NATIVE_MAX_DATA = 16381
+
+export interface NativeStreamHandlers {
+  /** A frame C did not take: control, ping, pong, or a Data frame for JS's checks. */
+  onFrame(type: FrameType, payload: Buffer): void
+  /** The peer or the socket ended the stream (not called after close()). */
+  onClose(reason: string): void
+}
+
+export class NativeStream {
+  private closed = false
+
+  private constructor(
+    private readonly api: NativeStreamApi,
+    readonly handle: Handle,
+  ) {}
+
+  /**
+   * Takes over connection `fd` (dup'ed: the caller keeps and closes its own). The node holds
+   * its writes until the client's first record arrives.
+   */
+  static open(fd: number, role: 'node' | 'client', txKey: Uint8Array, rxKey: Uint8Array, maxData: number, handlers: NativeStreamHandlers): NativeStream {
+    const api = loadAgentNative().stream as NativeStreamApi
+    const handle = api.open(
+      fd,
+      role === 'node' ? 0 : 1,
+      txKey,
+      rxKey,
+      maxData,
+      (type, payload) => handlers.onFrame(type as FrameType, payload),
+      (reason) => handlers.onClose(reason),
+    )
+    return new NativeStream(api, handle)
+  }
+
+  /** Seals and writes one frame now; false if it was dropped (queue full, or closed). */
+  send(type: FrameType, payload: Uint8Array): boolean {
+    if (this.closed) return false
+    return this.api.send(this.handle, type, payload)
+  }
+
+  /** ms since the epoch when bytes last arrived (0: never). */
+  lastHeard(): number {
+    return this.closed ? 0 : this.api.lastHeard(this.handle)
+  }
+
+  stats(): NativeStreamStats {
+    return this.api.stats(this.handle)
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.api.close(this.handle)
+  }
+}
+
+/**
+ * A tls peer's link once its connection is native: the fast path carries its packets, so what
+ * reaches send() is the rare packet JavaScript handles itself.
+ */
+export class NativeStreamLink implements PeerLink {
+  stats: PeerStats | null = null
+
+  constructor(
+    readonly stream: NativeStream,
+    readonly endpoint: string,
+  ) {}
+
+  send(buf: Buffer, offset: number, length: number): void {
+    if (!this.stream.send(FrameType.Data, buf.subarray(offset, offset + length))) this.stats?.drop('queue-full')
+  }
+
+  flush(): void {}
+
+  accepts(): boolean {
+    return true
+  }
+}

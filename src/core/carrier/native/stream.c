@@ -1,0 +1,792 @@
+/*
+ * The tls transport's data channel in C: TLS 1.3 record protection (RFC 8446 5.2-5.3) on the
+ * control connection's own TCP socket, once the handshake and the welcome are done, so that a
+ * packet of a tls session never enters JavaScript (as for the datagram transports).
+ *
+ * Why: with Node's TLS stream every packet entered JavaScript at both ends, and entering JS on
+ * an idle process costs 30-50 us (npm run bench:wakeup); four such wakeups per round trip put
+ * the tls transport's RTT at twice OpenVPN's.
+ *
+ * The records: AES-256-GCM under keys the TLS exporter derives from the handshake (RFC 8446
+ * 7.5), one key and IV per direction; each looks like TLS 1.3 application data on the wire
+ * (type 23, version 0x0303, length), with the real content type inside, the nonce the IV xor
+ * the 64-bit record number, and the 5-byte header as additional data. Inside: whole frames of
+ * control/framing.ts, never one frame split across records (this file writes both ends).
+ * The take-over (when Node's TLS stops and this starts, and why nothing is lost or read twice)
+ * is in src/core/control/native-records.ts.
+ *
+ * What this does with a frame:
+ *   in:  Data of a session the fast path carries -> fastpath.c (checks, TUN); anything else
+ *        (control, ping, pong, an unusual Data frame) -> onFrame(type, Buffer) in JS
+ *   out: the fast path queues Data frames per TUN batch and flushes once (one record, one
+ *        write); JS sends its frames with send()
+ * A byte that is not a valid record ends the connection: past it nothing can be trusted.
+ *
+ * JS API:
+ *   open(fd, role, txKey, rxKey, maxData, onFrame, onClose) -> handle
+ *        fd is dup'ed (Node keeps its own); role 0 (node) holds its writes until the first
+ *        record has arrived, 1 (client) writes at once; keys are 44 bytes (key, then IV)
+ *   send(handle, type, payload) -> boolean       false: dropped (queue full or closed)
+ *   lastHeard(handle) -> ms since the epoch of the last bytes received (0: none)
+ *   stats(handle) -> {recordsIn, recordsOut, queuedBytes, sendDrops}
+ *   close(handle)                                idempotent; onClose is not called
+ * onClose(reason) is called once, when the peer or the socket ends the stream.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <openssl/evp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "agent.h"
+
+#define REC_HDR 5
+#define REC_TAG 16
+#define REC_CONTENT_MAX 16384              /* RFC 8446 5.1: 2^14 bytes of content per record */
+#define REC_CIPHER_MAX (REC_CONTENT_MAX + 256) /* 5.2: the most a peer may send */
+#define FRAME_HDR 3
+#define FRAME_DATA 0
+#define FRAME_MAX_TYPE 3
+#define CONTROL_MAX 16384 /* MAX_CONTROL_PAYLOAD in framing.ts */
+#define CT_ALERT 21
+#define CT_APPLICATION 23
+#define KEY_BYTES 32
+#define IV_BYTES 12
+/* Records under one key (RFC 8446 5.5 allows 2^24.5 full-size ones for AES-GCM); past that the
+ * stream ends and the client reconnects with fresh keys. */
+#define RECORD_LIMIT (1ULL << 24)
+/* Bytes the socket has not taken yet past which new frames are dropped, as a router's queue
+ * would: TCP retransmits for us, so a longer queue would only add latency (STREAM_QUEUE_LIMIT). */
+#define QUEUE_LIMIT (1024u * 1024u)
+/* Records built per flush: four full ones. */
+#define REC_FULL (REC_HDR + REC_CONTENT_MAX + 1 + REC_TAG)
+#define OUT_CAP (4u * REC_FULL)
+#define READ_BYTES 65536u
+#define READS_PER_WAKEUP 16
+
+enum { ROLE_NODE = 0, ROLE_CLIENT = 1 };
+
+struct tls_stream {
+  napi_env env;
+  int fd;
+  int refs;      /* 1 for the JS handle, +1 while the poll handle is open */
+  int depth;     /* > 0 while JS is being called from here */
+  bool closed;
+  bool poll_open;
+  bool held;     /* node: writes wait for the client's first record */
+  bool writing;  /* the poll also waits for writability (queue not empty) */
+  bool js_released;
+  uv_poll_t poll;
+
+  EVP_CIPHER_CTX *tx, *rx;
+  uint8_t tx_iv[IV_BYTES], rx_iv[IV_BYTES];
+  uint64_t tx_seq, rx_seq;
+  uint32_t max_data;
+
+  /* Out: records being built (out), and bytes the socket has not taken yet (queue). */
+  uint8_t *out; /* allocated on the first Data frame: an idle session never needs it */
+  uint32_t out_cap, out_len, rec_start;
+  bool rec_open;
+  uint8_t *queue;
+  uint32_t queue_off, queue_len, queue_cap;
+  const char *deferred; /* why to end the stream, found where JS may not be called */
+
+  /* In: the start of a record that straddles reads. */
+  uint8_t *partial;
+  uint32_t partial_len;
+  double last_rx_ms;
+
+  /* The fast path carrying this stream's session, at that tunnel address (stream_bind). */
+  fast_path *fp;
+  uint32_t address;
+
+  napi_ref on_frame_ref, on_close_ref, self_ref;
+  napi_async_context async_ctx;
+  napi_async_cleanup_hook_handle cleanup_hook;
+
+  uint64_t records_in, records_out, send_drops;
+  bool dirty; /* for the fast path: has frames queued in the current TUN batch */
+};
+
+static const napi_type_tag STREAM_TAG = {0x6167656e745f7374ULL, 0x7265616d5f746c73ULL};
+
+/* One read buffer per thread (a worker's addon instance has its own): streams share it, since
+ * a read is consumed before the next one starts. */
+static _Thread_local uint8_t *read_buf;
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000);
+}
+
+static void nonce_for(const uint8_t iv[IV_BYTES], uint64_t seq, uint8_t nonce[IV_BYTES]) {
+  memcpy(nonce, iv, IV_BYTES);
+  for (int i = 0; i < 8; i++) nonce[IV_BYTES - 1 - i] ^= (uint8_t)(seq >> (8 * i));
+}
+
+/* ---------- lifetime ---------- */
+
+static void free_stream(tls_stream *s) {
+  if (s->tx != NULL) EVP_CIPHER_CTX_free(s->tx); /* also wipes the key schedule */
+  if (s->rx != NULL) EVP_CIPHER_CTX_free(s->rx);
+  memset(s->tx_iv, 0, sizeof s->tx_iv);
+  memset(s->rx_iv, 0, sizeof s->rx_iv);
+  free(s->out);
+  free(s->queue);
+  free(s->partial);
+  free(s);
+}
+
+static void unref(tls_stream *s) {
+  if (--s->refs == 0) free_stream(s);
+}
+
+static void release_js(tls_stream *s) {
+  if (s->js_released || s->depth > 0) return; /* not while JS runs on our async context */
+  s->js_released = true;
+  napi_env env = s->env;
+  if (s->on_frame_ref != NULL) napi_delete_reference(env, s->on_frame_ref);
+  if (s->on_close_ref != NULL) napi_delete_reference(env, s->on_close_ref);
+  if (s->self_ref != NULL) napi_delete_reference(env, s->self_ref);
+  s->on_frame_ref = s->on_close_ref = s->self_ref = NULL;
+  if (s->async_ctx != NULL) napi_async_destroy(env, s->async_ctx);
+  s->async_ctx = NULL;
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  tls_stream *s = h->data;
+  if (s->cleanup_hook != NULL) {
+    napi_remove_async_cleanup_hook(s->cleanup_hook);
+    s->cleanup_hook = NULL;
+  }
+  unref(s);
+}
+
+/* Stops polling and closes our fd (Node closes its own). Buffers stay until the last ref. */
+static void shut(tls_stream *s) {
+  if (s->closed) return;
+  s->closed = true;
+  if (s->poll_open) {
+    s->poll_open = false;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+  }
+  if (s->fd >= 0) (void)close(s->fd);
+  s->fd = -1;
+  s->fp = NULL;
+}
+
+static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
+  (void)handle;
+  tls_stream *s = arg;
+  shut(s);
+  release_js(s);
+}
+
+static void on_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  tls_stream *s = data;
+  shut(s);
+  release_js(s);
+  unref(s);
+}
+
+/* ---------- calling JS ---------- */
+
+static void call_js(tls_stream *s, napi_ref fn_ref, size_t argc, napi_value *argv) {
+  napi_env env = s->env;
+  napi_value fn, recv, result;
+  bool pending = false;
+  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
+  if (napi_get_global(env, &recv) != napi_ok) return;
+  s->depth++;
+  napi_status st = napi_make_callback(env, s->async_ctx, recv, fn, argc, argv, &result);
+  s->depth--;
+  if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value exc;
+    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+  }
+  if (s->closed) release_js(s); /* JS closed us meanwhile */
+}
+
+/* Ends the stream and tells JS why, once. Only where JS may run (not inside a TUN batch). */
+static void fail(tls_stream *s, const char *reason) {
+  if (s->closed) return;
+  shut(s);
+  napi_handle_scope scope;
+  napi_value msg;
+  if (napi_open_handle_scope(s->env, &scope) == napi_ok) {
+    if (napi_create_string_utf8(s->env, reason, NAPI_AUTO_LENGTH, &msg) == napi_ok) call_js(s, s->on_close_ref, 1, &msg);
+    napi_close_handle_scope(s->env, scope);
+  }
+  release_js(s);
+}
+
+static void fail_errno(tls_stream *s, const char *what, int err) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  fail(s, msg);
+}
+
+/* ---------- out ---------- */
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void set_poll(tls_stream *s) {
+  if (!s->poll_open) return;
+  const bool want = s->queue_len > s->queue_off && !s->held;
+  if (want == s->writing && s->deferred == NULL) return;
+  s->writing = want;
+  /* A deferred failure asks for UV_WRITABLE too: the next wakeup reports it. */
+  (void)uv_poll_start(&s->poll, UV_READABLE | UV_DISCONNECT | (want || s->deferred != NULL ? UV_WRITABLE : 0), on_poll);
+}
+
+static void defer_fail(tls_stream *s, const char *reason) {
+  if (s->deferred == NULL) s->deferred = reason;
+  set_poll(s);
+}
+
+/* Seals the open record in place: content type, encryption, tag, header. */
+static void seal(tls_stream *s) {
+  uint8_t *h = s->out + s->rec_start;
+  uint32_t plen = s->out_len - s->rec_start - REC_HDR;
+  h[REC_HDR + plen++] = CT_APPLICATION;
+  const uint32_t clen = plen + REC_TAG;
+  h[0] = CT_APPLICATION;
+  h[1] = 3;
+  h[2] = 3;
+  h[3] = (uint8_t)(clen >> 8);
+  h[4] = (uint8_t)clen;
+  uint8_t nonce[IV_BYTES];
+  nonce_for(s->tx_iv, s->tx_seq++, nonce);
+  int n;
+  EVP_CIPHER_CTX *c = s->tx;
+  if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(c, NULL, &n, h, REC_HDR) != 1 ||
+      EVP_EncryptUpdate(c, h + REC_HDR, &n, h + REC_HDR, (int)plen) != 1 ||
+      EVP_EncryptFinal_ex(c, h + REC_HDR + plen, &n) != 1 ||
+      EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, REC_TAG, h + REC_HDR + plen) != 1) {
+    /* The record number is spent: the peer could not read past a gap, so the stream ends. */
+    defer_fail(s, "OpenSSL failed to seal a record");
+  }
+  s->out_len = s->rec_start + REC_HDR + clen;
+  s->rec_open = false;
+  s->records_out++;
+  if (s->tx_seq >= RECORD_LIMIT) defer_fail(s, "the record limit of this key was reached; reconnect for fresh keys");
+}
+
+static bool queue_append(tls_stream *s, const uint8_t *p, uint32_t len) {
+  if (s->queue_off > 0 && s->queue_off == s->queue_len) s->queue_off = s->queue_len = 0;
+  if (s->queue_len + len > s->queue_cap) {
+    if (s->queue_off > 0) { /* move what is left to the front first */
+      memmove(s->queue, s->queue + s->queue_off, s->queue_len - s->queue_off);
+      s->queue_len -= s->queue_off;
+      s->queue_off = 0;
+    }
+    if (s->queue_len + len > s->queue_cap) {
+      uint32_t cap = s->queue_cap ? s->queue_cap : 65536;
+      while (cap < s->queue_len + len) cap *= 2;
+      uint8_t *q = realloc(s->queue, cap);
+      if (q == NULL) return false;
+      s->queue = q;
+      s->queue_cap = cap;
+    }
+  }
+  memcpy(s->queue + s->queue_len, p, len);
+  s->queue_len += len;
+  return true;
+}
+
+/* Writes what the socket takes of the queue. */
+static void drain(tls_stream *s) {
+  while (!s->closed && !s->held && s->queue_len > s->queue_off) {
+    ssize_t n = write(s->fd, s->queue + s->queue_off, s->queue_len - s->queue_off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) defer_fail(s, "the connection failed on write");
+      break;
+    }
+    s->queue_off += (uint32_t)n;
+  }
+  if (s->queue_off == s->queue_len) s->queue_off = s->queue_len = 0;
+  set_poll(s);
+}
+
+/* Seals what is open and writes the records built so far (what the socket does not take waits
+ * in the queue, in order). */
+static void write_out(tls_stream *s) {
+  if (s->rec_open) seal(s);
+  if (s->out_len == 0 || s->closed) {
+    s->out_len = 0;
+    return;
+  }
+  uint32_t done = 0;
+  if (!s->held && s->queue_len == s->queue_off) {
+    while (done < s->out_len) {
+      ssize_t n = write(s->fd, s->out + done, s->out_len - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) defer_fail(s, "the connection failed on write");
+        break;
+      }
+      done += (uint32_t)n;
+    }
+  }
+  /* Sealed records cannot be dropped (the peer expects every number): what is left waits. */
+  if (done < s->out_len && !queue_append(s, s->out + done, s->out_len - done)) defer_fail(s, "out of memory");
+  s->out_len = 0;
+  set_poll(s);
+}
+
+/* Adds a frame to the open record (opening one if needed); false if it is dropped. */
+static bool queue_frame(tls_stream *s, uint8_t type, const uint8_t *payload, uint32_t len) {
+  if (s->closed || s->deferred != NULL || FRAME_HDR + len > REC_CONTENT_MAX ||
+      s->queue_len - s->queue_off > QUEUE_LIMIT) {
+    s->send_drops++;
+    return false;
+  }
+  if (s->out == NULL) {
+    if ((s->out = malloc(OUT_CAP)) == NULL) {
+      s->send_drops++;
+      return false;
+    }
+    s->out_cap = OUT_CAP;
+  }
+  if (s->rec_open && s->out_len - s->rec_start - REC_HDR + FRAME_HDR + len > REC_CONTENT_MAX) seal(s);
+  if (!s->rec_open) {
+    /* Room for a whole record: frames are added to it until it holds REC_CONTENT_MAX. */
+    if (s->out_len + REC_FULL > s->out_cap) write_out(s);
+    s->rec_start = s->out_len;
+    s->out_len += REC_HDR;
+    s->rec_open = true;
+  }
+  uint8_t *f = s->out + s->out_len;
+  f[0] = type;
+  f[1] = (uint8_t)(len >> 8);
+  f[2] = (uint8_t)len;
+  memcpy(f + FRAME_HDR, payload, len);
+  s->out_len += FRAME_HDR + len;
+  return true;
+}
+
+/* ---------- for the fast path (agent.h) ---------- */
+
+bool stream_queue_data(tls_stream *s, const uint8_t *pkt, uint32_t len) {
+  if (!queue_frame(s, FRAME_DATA, pkt, len)) return false;
+  s->dirty = true;
+  return true;
+}
+
+void stream_flush(tls_stream *s) {
+  s->dirty = false;
+  write_out(s);
+}
+
+bool stream_dirty(const tls_stream *s) {
+  return s->dirty;
+}
+
+void stream_bind(tls_stream *s, fast_path *fp, uint32_t address) {
+  s->fp = s->closed ? NULL : fp;
+  s->address = address;
+}
+
+/* ---------- in ---------- */
+
+static void deliver_frame(tls_stream *s, uint8_t type, const uint8_t *p, uint32_t len) {
+  napi_handle_scope scope;
+  napi_value argv[2];
+  void *data;
+  if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  if (napi_create_uint32(s->env, type, &argv[0]) == napi_ok &&
+      napi_create_buffer_copy(s->env, len, p, &data, &argv[1]) == napi_ok) {
+    call_js(s, s->on_frame_ref, 2, argv);
+  }
+  napi_close_handle_scope(s->env, scope);
+}
+
+static bool header_ok(tls_stream *s, const uint8_t *h) {
+  const uint32_t len = ((uint32_t)h[3] << 8) | h[4];
+  if (h[0] != CT_APPLICATION || h[1] != 3 || h[2] != 3) {
+    fail(s, "protocol error: not a TLS application data record");
+    return false;
+  }
+  if (len < 1 + REC_TAG || len > REC_CIPHER_MAX) {
+    fail(s, "protocol error: record length out of range");
+    return false;
+  }
+  return true;
+}
+
+/* Decrypts one whole record in place and handles its frames; false once the stream ended. */
+static bool open_record(tls_stream *s, uint8_t *rec, uint32_t total) {
+  const uint32_t clen = total - REC_HDR - REC_TAG;
+  uint8_t *p = rec + REC_HDR;
+  uint8_t nonce[IV_BYTES];
+  nonce_for(s->rx_iv, s->rx_seq++, nonce);
+  int n;
+  EVP_CIPHER_CTX *c = s->rx;
+  if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, nonce) != 1 || EVP_DecryptUpdate(c, NULL, &n, rec, REC_HDR) != 1 ||
+      EVP_DecryptUpdate(c, p, &n, p, (int)clen) != 1 ||
+      EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, REC_TAG, p + clen) != 1 || EVP_DecryptFinal_ex(c, p + clen, &n) != 1) {
+    fail(s, "a record failed authentication");
+    return false;
+  }
+  s->records_in++;
+  if (s->held) { /* the client reads records now: the node may write */
+    s->held = false;
+    drain(s);
+  }
+  uint32_t plen = clen;
+  while (plen > 0 && p[plen - 1] == 0) plen--; /* RFC 8446 5.4: padding */
+  if (plen == 0) {
+    fail(s, "protocol error: a record without a content type");
+    return false;
+  }
+  const uint8_t type = p[--plen];
+  if (type == CT_ALERT) {
+    fail(s, "the peer sent a TLS alert");
+    return false;
+  }
+  if (type != CT_APPLICATION) {
+    fail(s, "protocol error: unexpected record content type (key updates are not supported)");
+    return false;
+  }
+  for (uint32_t off = 0; off < plen;) {
+    if (plen - off < FRAME_HDR) {
+      fail(s, "protocol error: a frame split across records");
+      return false;
+    }
+    const uint8_t ft = p[off];
+    const uint32_t fl = ((uint32_t)p[off + 1] << 8) | p[off + 2];
+    const uint8_t *payload = p + off + FRAME_HDR;
+    if (fl > plen - off - FRAME_HDR) {
+      fail(s, "protocol error: a frame split across records");
+      return false;
+    }
+    if (ft > FRAME_MAX_TYPE || fl > (ft == FRAME_DATA ? s->max_data : CONTROL_MAX)) {
+      fail(s, ft > FRAME_MAX_TYPE ? "protocol error: unknown frame type" : "protocol error: frame too large for its type");
+      return false;
+    }
+    off += FRAME_HDR + fl;
+    if (ft == FRAME_DATA && s->fp != NULL && fast_stream_take(s->fp, s->address, payload, fl)) continue;
+    /* JS's: written in order after what the fast path took so far. */
+    if (s->fp != NULL) fast_stream_flush(s->fp);
+    deliver_frame(s, ft, payload, fl);
+    if (s->closed) return false;
+  }
+  return true;
+}
+
+/* Consumes n bytes read from the socket; false once the stream ended. */
+static bool consume(tls_stream *s, uint8_t *d, uint32_t n) {
+  uint32_t off = 0;
+  if (s->partial_len > 0) {
+    uint8_t *r = s->partial;
+    if (s->partial_len < REC_HDR) {
+      const uint32_t take = REC_HDR - s->partial_len < n ? REC_HDR - s->partial_len : n;
+      memcpy(r + s->partial_len, d, take);
+      s->partial_len += take;
+      off = take;
+      if (s->partial_len < REC_HDR) return true;
+      if (!header_ok(s, r)) return false;
+    }
+    const uint32_t total = REC_HDR + (((uint32_t)r[3] << 8) | r[4]);
+    const uint32_t take = total - s->partial_len < n - off ? total - s->partial_len : n - off;
+    memcpy(r + s->partial_len, d + off, take);
+    s->partial_len += take;
+    off += take;
+    if (s->partial_len < total) return true;
+    s->partial_len = 0;
+    if (!open_record(s, r, total)) return false;
+  }
+  while (n - off >= REC_HDR) {
+    if (!header_ok(s, d + off)) return false;
+    const uint32_t total = REC_HDR + (((uint32_t)d[off + 3] << 8) | d[off + 4]);
+    if (n - off < total) break;
+    if (!open_record(s, d + off, total)) return false;
+    off += total;
+  }
+  /* The packets taken point into d and partial: out to the TUN before partial is reused. */
+  if (s->fp != NULL) fast_stream_flush(s->fp);
+  if (off < n) {
+    if (s->partial == NULL && (s->partial = malloc(REC_HDR + REC_CIPHER_MAX)) == NULL) {
+      fail(s, "out of memory");
+      return false;
+    }
+    memcpy(s->partial, d + off, n - off);
+    s->partial_len = n - off;
+  }
+  return true;
+}
+
+static void on_readable(tls_stream *s) {
+  if (read_buf == NULL && (read_buf = malloc(READ_BYTES)) == NULL) return fail(s, "out of memory");
+  for (int i = 0; i < READS_PER_WAKEUP && !s->closed; i++) {
+    ssize_t n = read(s->fd, read_buf, READ_BYTES);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) fail_errno(s, "connection failed", errno);
+      return;
+    }
+    if (n == 0) return fail(s, "peer closed the connection");
+    s->last_rx_ms = now_ms();
+    if (!consume(s, read_buf, (uint32_t)n)) return;
+    if ((uint32_t)n < READ_BYTES) return;
+  }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  tls_stream *s = h->data;
+  if (s->closed) return;
+  if (s->deferred != NULL) return fail(s, s->deferred);
+  if (status < 0) return fail(s, uv_strerror(status));
+  if (events & UV_WRITABLE) drain(s);
+  if (s->deferred != NULL) return fail(s, s->deferred);
+  if (events & (UV_READABLE | UV_DISCONNECT)) on_readable(s);
+}
+
+/* ---------- JS API ---------- */
+
+static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return false;
+  }
+  return true;
+}
+
+tls_stream *stream_get(napi_env env, napi_value v) {
+  bool ok = false;
+  void *data = NULL;
+  if (napi_check_object_type_tag(env, v, &STREAM_TAG, &ok) != napi_ok || !ok ||
+      napi_unwrap(env, v, &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a native stream handle");
+    return NULL;
+  }
+  return data;
+}
+
+static bool get_u32(napi_env env, napi_value v, uint32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_uint32(env, v, out) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected an unsigned 32-bit integer");
+    return false;
+  }
+  return true;
+}
+
+static bool get_bytes(napi_env env, napi_value v, size_t want, uint8_t **data, const char *what) {
+  napi_typedarray_type t;
+  size_t len = 0;
+  bool is = false;
+  void *p = NULL;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &t, &len, &p, NULL, NULL) != napi_ok || t != napi_uint8_array ||
+      (want > 0 && len != want)) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a Uint8Array%s", what, want > 0 ? " of 44 bytes" : "");
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return false;
+  }
+  *data = p;
+  return true;
+}
+
+static EVP_CIPHER_CTX *cipher(const uint8_t *key, bool encrypt) {
+  EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+  if (c == NULL) return NULL;
+  int ok = encrypt ? EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL)
+                   : EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL);
+  if (ok != 1) {
+    EVP_CIPHER_CTX_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static napi_value stream_open(napi_env env, napi_callback_info info) {
+  napi_value argv[7], obj, name;
+  uint32_t fd, role, max_data;
+  uint8_t *tx_key, *rx_key;
+  napi_valuetype t1, t2;
+  if (!args(env, info, 7, argv, "open(fd, role, txKey, rxKey, maxData, onFrame, onClose)")) return NULL;
+  if (!get_u32(env, argv[0], &fd) || !get_u32(env, argv[1], &role) ||
+      !get_bytes(env, argv[2], KEY_BYTES + IV_BYTES, &tx_key, "txKey") ||
+      !get_bytes(env, argv[3], KEY_BYTES + IV_BYTES, &rx_key, "rxKey") || !get_u32(env, argv[4], &max_data)) {
+    return NULL;
+  }
+  if (napi_typeof(env, argv[5], &t1) != napi_ok || napi_typeof(env, argv[6], &t2) != napi_ok || t1 != napi_function ||
+      t2 != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "onFrame and onClose must be functions");
+    return NULL;
+  }
+  if (role > ROLE_CLIENT || max_data + FRAME_HDR > REC_CONTENT_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "open: role must be 0 or 1, maxData at most 16381");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
+    poller_throw_error(env, "ERR_AGENT_STREAM_NAPI", "no event loop");
+    return NULL;
+  }
+  tls_stream *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    poller_throw_error(env, "ERR_AGENT_STREAM_NOMEM", "out of memory");
+    return NULL;
+  }
+  s->env = env;
+  s->refs = 1;
+  s->held = role == ROLE_NODE;
+  s->max_data = max_data;
+  memcpy(s->tx_iv, tx_key + KEY_BYTES, IV_BYTES);
+  memcpy(s->rx_iv, rx_key + KEY_BYTES, IV_BYTES);
+  s->tx = cipher(tx_key, true);
+  s->rx = cipher(rx_key, false);
+  s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (s->tx == NULL || s->rx == NULL || s->fd < 0) {
+    const int err = errno;
+    if (s->fd >= 0) close(s->fd);
+    const bool crypto = s->tx == NULL || s->rx == NULL;
+    free_stream(s);
+    if (crypto) poller_throw_error(env, "ERR_AGENT_STREAM_CRYPTO", "OpenSSL refused the AES-256-GCM key");
+    else {
+      char msg[128];
+      snprintf(msg, sizeof msg, "cannot take the connection's socket: %s", strerror(err));
+      poller_throw_error(env, "ERR_AGENT_STREAM_FD", msg);
+    }
+    return NULL;
+  }
+  /* From here on the finalizer owns s. */
+  if (napi_create_object(env, &obj) != napi_ok || napi_wrap(env, obj, s, on_finalize, NULL, NULL) != napi_ok) {
+    close(s->fd);
+    free_stream(s);
+    poller_throw_error(env, "ERR_AGENT_STREAM_NAPI", "cannot create the stream handle");
+    return NULL;
+  }
+  int rc = 0;
+  if (napi_type_tag_object(env, obj, &STREAM_TAG) != napi_ok ||
+      napi_create_reference(env, argv[5], 1, &s->on_frame_ref) != napi_ok ||
+      napi_create_reference(env, argv[6], 1, &s->on_close_ref) != napi_ok ||
+      napi_create_reference(env, obj, 1, &s->self_ref) != napi_ok ||
+      napi_create_string_utf8(env, "agent:stream", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, obj, name, &s->async_ctx) != napi_ok) {
+    rc = UV_ENOMEM;
+  }
+  if (rc == 0 && (rc = uv_poll_init(loop, &s->poll, s->fd)) == 0) {
+    s->poll.data = s;
+    s->poll_open = true;
+    s->refs++; /* released in on_poll_closed */
+    rc = uv_poll_start(&s->poll, UV_READABLE | UV_DISCONNECT, on_poll);
+    if (rc == 0 && napi_add_async_cleanup_hook(env, on_env_cleanup, s, &s->cleanup_hook) != napi_ok) rc = UV_ENOMEM;
+  }
+  if (rc != 0) {
+    shut(s);
+    release_js(s);
+    char msg[128];
+    snprintf(msg, sizeof msg, "cannot poll the connection's socket: %s", uv_strerror(rc));
+    poller_throw_error(env, "ERR_AGENT_STREAM_POLL", msg);
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value stream_send(napi_env env, napi_callback_info info) {
+  napi_value argv[3], result;
+  uint32_t type;
+  uint8_t *payload;
+  size_t len = 0;
+  if (!args(env, info, 3, argv, "send(handle, type, payload)")) return NULL;
+  tls_stream *s = stream_get(env, argv[0]);
+  if (s == NULL || !get_u32(env, argv[1], &type)) return NULL;
+  napi_typedarray_type t;
+  bool is = false;
+  void *p = NULL;
+  if (napi_is_typedarray(env, argv[2], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[2], &t, &len, &p, NULL, NULL) != napi_ok || t != napi_uint8_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "send: payload must be a Uint8Array");
+    return NULL;
+  }
+  payload = p;
+  if (type > FRAME_MAX_TYPE || len > (type == FRAME_DATA ? s->max_data : CONTROL_MAX) || FRAME_HDR + len > REC_CONTENT_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "send: unknown frame type, or payload too large for it");
+    return NULL;
+  }
+  /* A stream that never carried data (an idle client's pings and pongs) seals in a record on
+   * the stack instead of allocating the batch buffer: a thousand idle clients cost nothing. */
+  uint8_t one[REC_FULL];
+  const bool borrowed = s->out == NULL;
+  if (borrowed) {
+    s->out = one;
+    s->out_cap = sizeof one;
+  }
+  const bool ok = queue_frame(s, (uint8_t)type, payload, (uint32_t)len);
+  if (ok) write_out(s);
+  if (borrowed) {
+    s->out = NULL; /* write_out queued whatever the socket did not take */
+    s->out_cap = 0;
+    s->out_len = 0;
+  }
+  if (napi_get_boolean(env, ok, &result) != napi_ok) return NULL;
+  return result;
+}
+
+static napi_value stream_last_heard(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  if (!args(env, info, 1, argv, "lastHeard(handle)")) return NULL;
+  tls_stream *s = stream_get(env, argv[0]);
+  if (s == NULL || napi_create_double(env, s->last_rx_ms, &result) != napi_ok) return NULL;
+  return result;
+}
+
+static napi_value stream_stats(napi_env env, napi_callback_info info) {
+  napi_value argv[1], obj;
+  if (!args(env, info, 1, argv, "stats(handle)")) return NULL;
+  tls_stream *s = stream_get(env, argv[0]);
+  if (s == NULL || napi_create_object(env, &obj) != napi_ok) return NULL;
+  if (poller_set_count(env, obj, "recordsIn", s->records_in) != napi_ok ||
+      poller_set_count(env, obj, "recordsOut", s->records_out) != napi_ok ||
+      poller_set_count(env, obj, "queuedBytes", s->queue_len - s->queue_off) != napi_ok ||
+      poller_set_count(env, obj, "sendDrops", s->send_drops) != napi_ok) {
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value stream_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args(env, info, 1, argv, "close(handle)")) return NULL;
+  tls_stream *s = stream_get(env, argv[0]);
+  if (s == NULL) return NULL;
+  shut(s);
+  release_js(s);
+  return NULL;
+}
+
+napi_value stream_init(napi_env env, napi_value exports) {
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } fns[] = {
+      {"open", stream_open}, {"send", stream_send}, {"lastHeard", stream_last_heard},
+      {"stats", stream_stats}, {"close", stream_close},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
+        napi_set_named_property(env, exports, fns[i].name, f) != napi_ok) {
+      return NULL;
+    }
+  }
+  return exports;
+}
