@@ -1,7 +1,8 @@
 // Simulated idle clients for bench/idle.mjs, run inside the client namespace: each opens the
 // real control channel (mutual TLS 1.3 with its own certificate, hello, welcome) with the core's
-// own code, then only answers and sends keepalive pings, as an idle agent client does. No TUN:
-// the node's cost per client is what is measured, not the client's.
+// own code, moving to native records after the welcome as an agent client does (unless
+// AGENT_FAST_PATH=off), then only answers and sends keepalive pings, as an idle agent client
+// does. No TUN: the node's cost per client is what is measured, not the client's.
 //
 //   node bench/idle/simulate.mjs <pkiDir> <count> <nodeHost> <nodePort>
 // Prints "connected <n>" once every client was welcomed, then stays until killed.
@@ -10,6 +11,8 @@ import {join} from 'node:path'
 import {connect} from 'node:tls'
 import {ControlConnection} from '../../dist/core/control/connection.js'
 import {PROTOCOL_VERSION} from '../../dist/core/control/messages.js'
+import {RECORDS, recordsPossible} from '../../dist/core/control/native-records.js'
+import {NATIVE_MAX_DATA} from '../../dist/core/carrier/native-stream.js'
 import {tlsClientOptions} from '../../dist/core/pki/index.js'
 
 const [pkiDir, countText, host, portText] = process.argv.slice(2)
@@ -30,6 +33,7 @@ function open(i) {
     const conn = new ControlConnection(socket, 0xffff, {
       onMessage(m) {
         if (m.type === 'welcome') {
+          if (m.records !== undefined) conn.goNative('client')
           welcomed++
           conn.keepalive(m.keepalive, true)
           resolve()
@@ -44,7 +48,10 @@ function open(i) {
         }
       },
     })
-    socket.once('secureConnect', () => conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: 'tls'}))
+    socket.once('secureConnect', () => {
+      const records = recordsPossible(socket, NATIVE_MAX_DATA) ? {records: RECORDS} : {}
+      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: 'tls', ...records})
+    })
     conns.push(conn)
   })
 }

@@ -42,6 +42,8 @@ export class ControlConnection {
   /** A Ping arrived in the chunk being decoded: answered once, after the whole chunk. */
   private pinged = false
   private native: NativeStream | null = null
+  /** Kept once Node's socket is let go (native records): it can no longer be asked. */
+  private remoteText: string | null = null
   handlers: ConnectionHandlers
 
   constructor(
@@ -59,7 +61,7 @@ export class ControlConnection {
   }
 
   get remote(): string {
-    return `${this.socket.remoteAddress}:${this.socket.remotePort}`
+    return this.remoteText ?? `${this.socket.remoteAddress}:${this.socket.remotePort}`
   }
 
   send(m: ControlMessage): void {
@@ -81,8 +83,11 @@ export class ControlConnection {
     if (this.closed) throw new Error('the connection is closed')
     if (this.native !== null) return this.native
     if (this.decoder.pending > 0) throw new Error('a frame is half-read')
+    this.remoteText = this.remote
     this.native = takeOver(this.socket, role, this.maxData, {
       onFrame: (type, payload) => {
+        // The node's first record from the client: the welcome was read, Node's socket is done.
+        if (role === 'node') this.releaseSocket()
         this.onFrame(type, payload, 0, payload.length)
         if (this.pinged && !this.closed) {
           this.pinged = false
@@ -91,8 +96,24 @@ export class ControlConnection {
       },
       onClose: (reason) => this.close(reason),
     })
-    if (role === 'client') this.native.send(FrameType.Ping, EMPTY)
+    if (role === 'client') {
+      this.native.send(FrameType.Ping, EMPTY)
+      this.releaseSocket()
+    }
     return this.native
+  }
+
+  /**
+   * Frees Node's TLS socket once the native records have the connection: its TLS state and
+   * buffers were most of what an idle client cost the node. Our own copy of the fd keeps the
+   * connection open. Only once nothing we wrote through it can still be queued (destroy would
+   * drop it): on the client after the hello was answered, on the node after the welcome was.
+   */
+  private releaseSocket(): void {
+    if (this.socket.destroyed) return
+    this.socket.removeAllListeners()
+    this.socket.on('error', () => {})
+    this.socket.destroy()
   }
 
   /**
