@@ -1,27 +1,55 @@
 /**
  * The tls data channel's records in C (src/core/carrier/native/stream.c), against a peer written
- * here from RFC 8446 5.2-5.4 with node:crypto: TLS 1.3 application data records, AES-256-GCM,
- * nonce = IV xor the 64-bit record number, the 5-byte header as additional data, the content
- * type inside after the frames, optional zero padding. The native end runs on one side of a
- * loopback TCP connection (its socket taken from Node, as native-records.ts does), the
- * reference on the other.
+ * here from RFC 8446 with node:crypto: key and IV from a traffic secret by HKDF-Expand-Label
+ * with SHA-256 (7.1, 7.3; checked against RFC 8448's trace), TLS 1.3 application data records,
+ * AES-256-GCM, nonce = IV xor the 64-bit record number, the 5-byte header as additional data,
+ * the content type inside after the frames, optional zero padding (5.2-5.4), and KeyUpdate
+ * (4.6.3, 7.2). The native end runs on one side of a loopback TCP connection (its socket taken
+ * from Node, as native-records.ts does), the reference on the other.
  */
-import {createCipheriv, createDecipheriv, randomBytes} from 'node:crypto'
+import {createCipheriv, createDecipheriv, createHmac, randomBytes} from 'node:crypto'
 import {type AddressInfo, type Server, type Socket, createServer, connect} from 'node:net'
 import {afterEach, describe, expect, it} from 'vitest'
 import {NativeStream} from '../../src/core/carrier/native-stream.js'
 import {FrameType, encodeFrame} from '../../src/core/control/framing.js'
 
 const CT_APPLICATION = 23
+const CT_HANDSHAKE = 22
 const CT_ALERT = 21
+
+/** HKDF-Expand-Label(secret, label, "", length) with SHA-256, length <= 32 (RFC 8446 7.1). */
+function expandLabel(secret: Buffer, label: string, length: number): Buffer {
+  const full = Buffer.from(`tls13 ${label}`)
+  const info = Buffer.concat([Buffer.from([length >> 8, length & 0xff, full.length]), full, Buffer.from([0])])
+  return createHmac('sha256', secret).update(info).update(Buffer.from([1])).digest().subarray(0, length)
+}
+
+/** A KeyUpdate handshake message (RFC 8446 4.6.3). */
+const keyUpdateMessage = (requested: boolean) => Buffer.from([24, 0, 0, 1, requested ? 1 : 0])
 
 /** One direction of the reference record layer. */
 class RefRecords {
   seq = 0n
-  constructor(readonly key: Buffer) {}
+  private key!: Buffer
+  private iv!: Buffer
+  constructor(private secret: Buffer) {
+    this.rekey()
+  }
+
+  private rekey(): void {
+    this.key = expandLabel(this.secret, 'key', 32)
+    this.iv = expandLabel(this.secret, 'iv', 12)
+    this.seq = 0n
+  }
+
+  /** Moves to the next traffic secret (RFC 8446 7.2). */
+  update(): void {
+    this.secret = expandLabel(this.secret, 'traffic upd', 32)
+    this.rekey()
+  }
 
   private nonce(): Buffer {
-    const iv = Buffer.from(this.key.subarray(32, 44))
+    const iv = Buffer.from(this.iv)
     const seq = Buffer.alloc(8)
     seq.writeBigUInt64BE(this.seq++)
     for (let i = 0; i < 8; i++) iv[4 + i] ^= seq[i]
@@ -32,13 +60,16 @@ class RefRecords {
     const inner = Buffer.concat([content, Buffer.from([type]), Buffer.alloc(padding)])
     const header = Buffer.from([CT_APPLICATION, 3, 3, 0, 0])
     header.writeUInt16BE(inner.length + 16, 3)
-    const c = createCipheriv('aes-256-gcm', this.key.subarray(0, 32), this.nonce())
+    const c = createCipheriv('aes-256-gcm', this.key, this.nonce())
     c.setAAD(header)
     const body = Buffer.concat([c.update(inner), c.final()])
     return Buffer.concat([header, body, c.getAuthTag()])
   }
 
-  /** Opens every whole record in `bytes`; returns the frames of each record's content. */
+  /**
+   * Opens every whole record in `bytes`; returns the frames of each record's content. A
+   * KeyUpdate moves to the next key and shows as [{type: -1, payload: 'key update'}].
+   */
   open(bytes: Buffer): {type: number; payload: string}[][] {
     const out: {type: number; payload: string}[][] = []
     for (let off = 0; off < bytes.length; ) {
@@ -46,10 +77,17 @@ class RefRecords {
       expect([header[0], header[1], header[2]]).toEqual([CT_APPLICATION, 3, 3])
       const len = header.readUInt16BE(3)
       const body = bytes.subarray(off + 5, off + 5 + len - 16)
-      const d = createDecipheriv('aes-256-gcm', this.key.subarray(0, 32), this.nonce())
+      const d = createDecipheriv('aes-256-gcm', this.key, this.nonce())
       d.setAAD(header)
       d.setAuthTag(bytes.subarray(off + 5 + len - 16, off + 5 + len))
       const inner = Buffer.concat([d.update(body), d.final()])
+      off += 5 + len
+      if (inner[inner.length - 1] === CT_HANDSHAKE) {
+        expect(inner.subarray(0, inner.length - 1)).toEqual(keyUpdateMessage(false))
+        this.update()
+        out.push([{type: -1, payload: 'key update'}])
+        continue
+      }
       expect(inner[inner.length - 1]).toBe(CT_APPLICATION)
       const frames = []
       for (let f = 0; f < inner.length - 1; ) {
@@ -58,7 +96,6 @@ class RefRecords {
         f += 3 + n
       }
       out.push(frames)
-      off += 5 + len
     }
     return out
   }
@@ -87,7 +124,7 @@ afterEach(() => {
 })
 
 /** A loopback connection whose server end is taken over by a native stream in `role`. */
-async function pair(role: 'node' | 'client', maxData = 1500): Promise<Pair> {
+async function pair(role: 'node' | 'client', maxData = 1500, keyUpdateAfter?: number): Promise<Pair> {
   const server = createServer()
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   const accepted = new Promise<Socket>((r) => server.once('connection', r))
@@ -98,14 +135,14 @@ async function pair(role: 'node' | 'client', maxData = 1500): Promise<Pair> {
   const handle = (mine as unknown as {_handle: {fd: number; readStop(): number}})._handle
   handle.readStop()
   ;(mine as unknown as {_read: () => void})._read = () => {}
-  const txKey = randomBytes(44)
-  const rxKey = randomBytes(44)
+  const txKey = randomBytes(32)
+  const rxKey = randomBytes(32)
   const frames: {type: number; payload: string}[] = []
   const closes: string[] = []
   const native = NativeStream.open(handle.fd, role, txKey, rxKey, maxData, {
     onFrame: (type, payload) => frames.push({type, payload: payload.toString('hex')}),
     onClose: (reason) => closes.push(reason),
-  })
+  }, keyUpdateAfter)
   open.push({server, sockets: [peer, mine], native})
   const chunks: Buffer[] = []
   peer.on('data', (b: Buffer) => chunks.push(b))
@@ -121,6 +158,15 @@ async function until(what: string, cond: () => boolean, ms = 2000): Promise<void
 }
 
 const frame = (type: number, hex: string) => encodeFrame(type as FrameType, Buffer.from(hex, 'hex'))
+
+describe('native records: the reference key schedule', () => {
+  it('derives RFC 8448\'s server handshake key and IV from its traffic secret', () => {
+    // RFC 8448 section 3, "derive write traffic keys for handshake data" (TLS_AES_128_GCM_SHA256).
+    const secret = Buffer.from('b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38', 'hex')
+    expect(expandLabel(secret, 'key', 16).toString('hex')).toBe('3fce516009c21727d0f2e4e86ee403bc')
+    expect(expandLabel(secret, 'iv', 12).toString('hex')).toBe('5d313eb2671276ee13000b30')
+  })
+})
 
 describe('native records: reading what an RFC 8446 peer sends', () => {
   it('hands control, ping and (with no fast path bound) data frames to JS, in order', async () => {
@@ -173,7 +219,18 @@ describe('native records: reading what an RFC 8446 peer sends', () => {
       return r
     }, /failed authentication/],
     ['a TLS alert (close_notify)', (p) => p.toNative.seal(Buffer.from([1, 0]), CT_ALERT), /TLS alert/],
-    ['a handshake record (a key update)', (p) => p.toNative.seal(Buffer.from([24, 0, 0, 1, 0]), 22), /key updates are not supported/],
+    ['a handshake record that is not a KeyUpdate (a NewSessionTicket)', (p) => p.toNative.seal(Buffer.from([4, 0, 0, 1, 0]), CT_HANDSHAKE), /not a KeyUpdate/],
+    ['a KeyUpdate with a bad request value', (p) => p.toNative.seal(Buffer.from([24, 0, 0, 1, 2]), CT_HANDSHAKE), /not a KeyUpdate/],
+    [
+      'a record still under the old key after a KeyUpdate',
+      (p) => {
+        const ku = p.toNative.seal(keyUpdateMessage(false), CT_HANDSHAKE)
+        // The sender "forgets" to move on: its next record uses the old key and number 1.
+        const stale = p.toNative.seal(frame(FrameType.Ping, ''))
+        return Buffer.concat([ku, stale])
+      },
+      /failed authentication/,
+    ],
     ['a frame cut by the end of its record', (p) => p.toNative.seal(frame(FrameType.Control, 'aabbcc').subarray(0, 4)), /frame split across records/],
     ['an unknown frame type', (p) => p.toNative.seal(frame(9, '')), /unknown frame type/],
     ['a Data frame above maxData', (p) => p.toNative.seal(frame(FrameType.Data, '00'.repeat(1501))), /too large/],
@@ -204,6 +261,44 @@ describe('native records: reading what an RFC 8446 peer sends', () => {
   })
 })
 
+describe('native records: key updates', () => {
+  it('reads records under the next key after the peer\'s KeyUpdate', async () => {
+    const p = await pair('client')
+    p.peer.write(p.toNative.seal(frame(FrameType.Control, '01')))
+    p.peer.write(p.toNative.seal(keyUpdateMessage(false), CT_HANDSHAKE))
+    p.toNative.update()
+    p.peer.write(Buffer.concat([p.toNative.seal(frame(FrameType.Control, '02')), p.toNative.seal(frame(FrameType.Control, '03'))]))
+    await until('three frames', () => p.frames.length === 3)
+    expect(p.frames.map((f) => f.payload)).toEqual(['01', '02', '03'])
+    expect(p.native.stats().keyUpdatesIn).toBe(1)
+    expect(p.closes).toEqual([])
+  })
+
+  it('sends a KeyUpdate after every keyUpdateAfter records and moves to the next key', async () => {
+    const p = await pair('client', 1500, 3)
+    for (let i = 1; i <= 8; i++) p.native.send(FrameType.Control, Buffer.from([i]))
+    await until('records', () => p.native.stats().queuedBytes === 0)
+    await new Promise((r) => setTimeout(r, 50))
+    const records = p.fromNative.open(p.received())
+    const ku = {type: -1, payload: 'key update'}
+    const c = (n: number) => ({type: FrameType.Control, payload: n.toString(16).padStart(2, '0')})
+    expect(records).toEqual([[c(1)], [c(2)], [c(3)], [ku], [c(4)], [c(5)], [c(6)], [ku], [c(7)], [c(8)]])
+    expect(p.native.stats().keyUpdatesOut).toBe(2)
+  })
+
+  it('answers a KeyUpdate that asks for one with its own before its next record', async () => {
+    const p = await pair('client')
+    p.peer.write(p.toNative.seal(keyUpdateMessage(true), CT_HANDSHAKE))
+    p.toNative.update()
+    p.peer.write(p.toNative.seal(frame(FrameType.Ping, '')))
+    await until('the ping', () => p.frames.length === 1)
+    p.native.send(FrameType.Pong, new Uint8Array(0))
+    await until('records', () => p.received().length > 0 && p.native.stats().queuedBytes === 0)
+    await new Promise((r) => setTimeout(r, 50))
+    expect(p.fromNative.open(p.received())).toEqual([[{type: -1, payload: 'key update'}], [{type: FrameType.Pong, payload: ''}]])
+  })
+})
+
 describe('native records: writing what an RFC 8446 peer reads', () => {
   it('seals each frame JS sends as a record the reference opens', async () => {
     const p = await pair('client')
@@ -231,8 +326,9 @@ describe('native records: writing what an RFC 8446 peer reads', () => {
     const p = await pair('client')
     expect(() => p.native.send(FrameType.Data, new Uint8Array(1501))).toThrow(/too large/)
     expect(() => p.native.send(7 as FrameType, new Uint8Array(0))).toThrow(/unknown frame type/)
-    expect(() => NativeStream.open(0, 1, randomBytes(44), randomBytes(44), 16382, {onFrame() {}, onClose() {}})).toThrow(/maxData/)
-    expect(() => NativeStream.open(0, 1, randomBytes(43), randomBytes(44), 1500, {onFrame() {}, onClose() {}})).toThrow(/44 bytes/)
+    expect(() => NativeStream.open(0, 1, randomBytes(32), randomBytes(32), 16382, {onFrame() {}, onClose() {}})).toThrow(/maxData/)
+    expect(() => NativeStream.open(0, 1, randomBytes(31), randomBytes(32), 1500, {onFrame() {}, onClose() {}})).toThrow(/32 bytes/)
+    expect(() => NativeStream.open(0, 1, randomBytes(32), randomBytes(32), 1500, {onFrame() {}, onClose() {}}, 0)).toThrow(/keyUpdateAfter/)
   })
 
   it('drops nothing and keeps order when the socket is slower than the sender', async () => {

@@ -14,11 +14,12 @@ interface NativeStreamApi {
   open(
     fd: number,
     role: number,
-    txKey: Uint8Array,
-    rxKey: Uint8Array,
+    txSecret: Uint8Array,
+    rxSecret: Uint8Array,
     maxData: number,
     onFrame: (type: number, payload: Buffer) => void,
     onClose: (reason: string) => void,
+    keyUpdateAfter?: number,
   ): Handle
   send(handle: Handle, type: number, payload: Uint8Array): boolean
   lastHeard(handle: Handle): number
@@ -33,10 +34,13 @@ export interface NativeStreamStats {
   queuedBytes: number
   /** Frames dropped on send: queue full, or the stream closed. */
   sendDrops: number
+  /** KeyUpdates read from the peer, and sent (one per KEY_UPDATE_AFTER records). */
+  keyUpdatesIn: number
+  keyUpdatesOut: number
 }
 
-/** Bytes of one direction's key material: an AES-256-GCM key, then a 12-byte IV. */
-export const RECORD_KEY_BYTES = 44
+/** Bytes of one direction's traffic secret (its key and IV are derived from it, as in TLS 1.3). */
+export const RECORD_SECRET_BYTES = 32
 /** The largest Data payload one record can carry with its frame header (2^14 - 3). */
 export const NATIVE_MAX_DATA = 16381
 
@@ -59,16 +63,26 @@ export class NativeStream {
    * Takes over connection `fd` (dup'ed: the caller keeps and closes its own). The node holds
    * its writes until the client's first record arrives.
    */
-  static open(fd: number, role: 'node' | 'client', txKey: Uint8Array, rxKey: Uint8Array, maxData: number, handlers: NativeStreamHandlers): NativeStream {
+  static open(
+    fd: number,
+    role: 'node' | 'client',
+    txSecret: Uint8Array,
+    rxSecret: Uint8Array,
+    maxData: number,
+    handlers: NativeStreamHandlers,
+    /** Records before each KeyUpdate; the default (2^23) is for real use, a small one for tests. */
+    keyUpdateAfter?: number,
+  ): NativeStream {
     const api = loadAgentNative().stream as NativeStreamApi
     const handle = api.open(
       fd,
       role === 'node' ? 0 : 1,
-      txKey,
-      rxKey,
+      txSecret,
+      rxSecret,
       maxData,
       (type, payload) => handlers.onFrame(type as FrameType, payload),
       (reason) => handlers.onClose(reason),
+      keyUpdateAfter,
     )
     return new NativeStream(api, handle)
   }

@@ -82,7 +82,8 @@ export class ControlConnection {
   goNative(role: 'node' | 'client'): NativeStream {
     if (this.closed) throw new Error('the connection is closed')
     if (this.native !== null) return this.native
-    if (this.decoder.pending > 0) throw new Error('a frame is half-read')
+    // Bytes Node has read but not handed over would be lost to both readers.
+    if (this.decoder.pending > 0 || this.socket.readableLength > 0) throw new Error('bytes read through Node\'s TLS are still pending')
     this.remoteText = this.remote
     this.native = takeOver(this.socket, role, this.maxData, {
       onFrame: (type, payload) => {

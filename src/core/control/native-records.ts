@@ -15,8 +15,9 @@
  * the node nothing after the welcome until a native record came. So no native bytes can sit in
  * Node's buffers, and no Node-TLS record can reach the native reader.
  *
- * Keys: 88 bytes from the TLS exporter (RFC 8446 7.5) under our own label: an AES-256-GCM key
- * and IV for client to node, then for node to client. Either end that cannot take over (the
+ * Keys: 64 bytes from the TLS exporter (RFC 8446 7.5) under our own label: the traffic secret
+ * of client to node, then of node to client; the C derives each direction's AES-256-GCM key and
+ * IV from its secret, and the next secret at each KeyUpdate, as TLS 1.3 does. Either end that cannot take over (the
  * fast path turned off, the addon missing, an MTU above what a record holds) simply does not
  * ask or agree, and the session stays in Node's TLS: both are the same protocol of frames.
  *
@@ -25,7 +26,7 @@
  */
 import type {TLSSocket} from 'node:tls'
 import {fastPathDisabled} from '../device/fast-path.js'
-import {NATIVE_MAX_DATA, NativeStream, type NativeStreamHandlers, RECORD_KEY_BYTES} from '../carrier/native-stream.js'
+import {NATIVE_MAX_DATA, NativeStream, type NativeStreamHandlers, RECORD_SECRET_BYTES} from '../carrier/native-stream.js'
 import {loadAgentNative} from '../native/addon.js'
 
 /** What hello and welcome carry to ask for and agree to the native records. */
@@ -66,9 +67,9 @@ export function takeOver(socket: TLSSocket, role: 'node' | 'client', maxData: nu
   const handle = handleOf(socket)
   const fd = fdOf(socket)
   if (handle === null || fd === null) throw new Error('the connection has no socket to take over')
-  const keys = socket.exportKeyingMaterial(2 * RECORD_KEY_BYTES, EXPORTER_LABEL, Buffer.alloc(0))
-  const clientToNode = keys.subarray(0, RECORD_KEY_BYTES)
-  const nodeToClient = keys.subarray(RECORD_KEY_BYTES)
+  const keys = socket.exportKeyingMaterial(2 * RECORD_SECRET_BYTES, EXPORTER_LABEL, Buffer.alloc(0))
+  const clientToNode = keys.subarray(0, RECORD_SECRET_BYTES)
+  const nodeToClient = keys.subarray(RECORD_SECRET_BYTES)
   const [tx, rx] = role === 'client' ? [clientToNode, nodeToClient] : [nodeToClient, clientToNode]
   // Node's stream machinery must never start reading again: a read would take bytes meant
   // for the native side.

@@ -61,6 +61,10 @@ bool stream_queue_data(tls_stream *s, const uint8_t *pkt, uint32_t len);
 bool stream_dirty(const tls_stream *s);
 /* Seals and writes what was queued: once per TUN batch. */
 void stream_flush(tls_stream *s);
+/* A reference the fast path holds while the stream is in its table (so teardown, which runs
+ * finalizers in any order, cannot free one before the other lets go). */
+void stream_retain(tls_stream *s);
+void stream_release(tls_stream *s);
 /* The fast path carrying the stream's session at tunnel address `address`; fp NULL: none. */
 void stream_bind(tls_stream *s, fast_path *fp, uint32_t address);
 /*

@@ -7,11 +7,16 @@
  * an idle process costs 30-50 us (npm run bench:wakeup); four such wakeups per round trip put
  * the tls transport's RTT at twice OpenVPN's.
  *
- * The records: AES-256-GCM under keys the TLS exporter derives from the handshake (RFC 8446
- * 7.5), one key and IV per direction; each looks like TLS 1.3 application data on the wire
- * (type 23, version 0x0303, length), with the real content type inside, the nonce the IV xor
- * the 64-bit record number, and the 5-byte header as additional data. Inside: whole frames of
- * control/framing.ts, never one frame split across records (this file writes both ends).
+ * The records: TLS 1.3's record protection and key update with our own traffic secrets, one per
+ * direction, which the TLS exporter derives from the handshake (RFC 8446 7.5). From a secret,
+ * as TLS 1.3 with SHA-256 (7.1, 7.3): key = HKDF-Expand-Label(secret, "key", "", 32) for
+ * AES-256-GCM, iv = HKDF-Expand-Label(secret, "iv", "", 12); each record looks like TLS 1.3
+ * application data on the wire (type 23, version 0x0303, length), with the real content type
+ * inside, the nonce the IV xor the 64-bit record number, and the 5-byte header as additional
+ * data. After KEY_UPDATE_AFTER records a sender sends a KeyUpdate (4.6.3) and moves to
+ * HKDF-Expand-Label(secret, "traffic upd", "", 32), as does the receiver on reading it.
+ * Inside: whole frames of control/framing.ts, never one frame split across records (this file
+ * writes both ends).
  * The take-over (when Node's TLS stops and this starts, and why nothing is lost or read twice)
  * is in src/core/control/native-records.ts.
  *
@@ -23,12 +28,13 @@
  * A byte that is not a valid record ends the connection: past it nothing can be trusted.
  *
  * JS API:
- *   open(fd, role, txKey, rxKey, maxData, onFrame, onClose) -> handle
+ *   open(fd, role, txSecret, rxSecret, maxData, onFrame, onClose[, keyUpdateAfter]) -> handle
  *        fd is dup'ed (Node keeps its own); role 0 (node) holds its writes until the first
- *        record has arrived, 1 (client) writes at once; keys are 44 bytes (key, then IV)
+ *        record has arrived, 1 (client) writes at once; secrets are 32 bytes; keyUpdateAfter
+ *        (records, for tests) defaults to KEY_UPDATE_AFTER
  *   send(handle, type, payload) -> boolean       false: dropped (queue full or closed)
  *   lastHeard(handle) -> ms since the epoch of the last bytes received (0: none)
- *   stats(handle) -> {recordsIn, recordsOut, queuedBytes, sendDrops}
+ *   stats(handle) -> {recordsIn, recordsOut, queuedBytes, sendDrops, keyUpdatesIn, keyUpdatesOut}
  *   close(handle)                                idempotent; onClose is not called
  * onClose(reason) is called once, when the peer or the socket ends the stream.
  */
@@ -37,6 +43,7 @@
 #include <fcntl.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,15 +64,23 @@
 #define FRAME_MAX_TYPE 3
 #define CONTROL_MAX 16384 /* MAX_CONTROL_PAYLOAD in framing.ts */
 #define CT_ALERT 21
+#define CT_HANDSHAKE 22
 #define CT_APPLICATION 23
+#define HS_KEY_UPDATE 24
+#define SECRET_BYTES 32
 #define KEY_BYTES 32
 #define IV_BYTES 12
-/* Records under one key (RFC 8446 5.5 allows 2^24.5 full-size ones for AES-GCM); past that the
- * stream ends and the client reconnects with fresh keys. */
-#define RECORD_LIMIT (1ULL << 24)
+/* Records under one key before the sender moves to the next (RFC 8446 5.5 allows 2^24.5
+ * full-size ones for AES-GCM; ours are at most that size). */
+#define KEY_UPDATE_AFTER (1ULL << 23)
+/* A KeyUpdate record: header, the 5-byte handshake message, its content type, the tag. */
+#define KEY_UPDATE_REC (5 + 5 + 1 + 16)
 /* Bytes the socket has not taken yet past which new frames are dropped, as a router's queue
  * would: TCP retransmits for us, so a longer queue would only add latency (STREAM_QUEUE_LIMIT). */
 #define QUEUE_LIMIT (1024u * 1024u)
+/* While the node waits for the client's first record: enough for what a welcome is followed by,
+ * not a megabyte per client that never speaks. */
+#define HELD_QUEUE_LIMIT (64u * 1024u)
 /* Records built per flush: four full ones. */
 #define REC_FULL (REC_HDR + REC_CONTENT_MAX + 1 + REC_TAG)
 #define OUT_CAP (4u * REC_FULL)
@@ -87,8 +102,12 @@ struct tls_stream {
   uv_poll_t poll;
 
   EVP_CIPHER_CTX *tx, *rx;
+  uint8_t tx_secret[SECRET_BYTES], rx_secret[SECRET_BYTES];
   uint8_t tx_iv[IV_BYTES], rx_iv[IV_BYTES];
   uint64_t tx_seq, rx_seq;
+  uint64_t key_update_after;
+  bool update_requested; /* the peer asked for our next key too */
+  uint64_t key_updates_in, key_updates_out;
   uint32_t max_data;
 
   /* Out: records being built (out), and bytes the socket has not taken yet (queue). */
@@ -133,6 +152,46 @@ static void nonce_for(const uint8_t iv[IV_BYTES], uint64_t seq, uint8_t nonce[IV
   for (int i = 0; i < 8; i++) nonce[IV_BYTES - 1 - i] ^= (uint8_t)(seq >> (8 * i));
 }
 
+/* HKDF-Expand-Label(secret, label, "", len) with SHA-256, len <= 32 (RFC 8446 7.1): one HMAC. */
+static bool expand_label(const uint8_t secret[SECRET_BYTES], const char *label, uint8_t *out, uint32_t len) {
+  uint8_t info[2 + 1 + 6 + 32 + 1 + 1];
+  const size_t n = strlen(label);
+  uint32_t i = 0;
+  info[i++] = 0;
+  info[i++] = (uint8_t)len;
+  info[i++] = (uint8_t)(6 + n);
+  memcpy(info + i, "tls13 ", 6);
+  i += 6;
+  memcpy(info + i, label, n);
+  i += (uint32_t)n;
+  info[i++] = 0; /* empty context */
+  info[i++] = 1; /* HKDF-Expand's counter: T(1) */
+  uint8_t t[32];
+  unsigned int tl = 0;
+  if (HMAC(EVP_sha256(), secret, SECRET_BYTES, info, i, t, &tl) == NULL || tl != 32) return false;
+  memcpy(out, t, len);
+  memset(t, 0, sizeof t);
+  return true;
+}
+
+/* Keys one direction from its traffic secret: its cipher, IV and record number 0. */
+static bool use_secret(EVP_CIPHER_CTX *c, bool encrypt, const uint8_t secret[SECRET_BYTES], uint8_t iv[IV_BYTES]) {
+  uint8_t key[KEY_BYTES];
+  bool ok = expand_label(secret, "key", key, KEY_BYTES) && expand_label(secret, "iv", iv, IV_BYTES) &&
+            (encrypt ? EVP_EncryptInit_ex(c, NULL, NULL, key, NULL) : EVP_DecryptInit_ex(c, NULL, NULL, key, NULL)) == 1;
+  memset(key, 0, sizeof key);
+  return ok;
+}
+
+/* The next traffic secret (RFC 8446 7.2), in place. */
+static bool next_secret(uint8_t secret[SECRET_BYTES]) {
+  uint8_t next[SECRET_BYTES];
+  if (!expand_label(secret, "traffic upd", next, SECRET_BYTES)) return false;
+  memcpy(secret, next, SECRET_BYTES);
+  memset(next, 0, sizeof next);
+  return true;
+}
+
 /* ---------- lifetime ---------- */
 
 static void free_stream(tls_stream *s) {
@@ -140,6 +199,8 @@ static void free_stream(tls_stream *s) {
   if (s->rx != NULL) EVP_CIPHER_CTX_free(s->rx);
   memset(s->tx_iv, 0, sizeof s->tx_iv);
   memset(s->rx_iv, 0, sizeof s->rx_iv);
+  memset(s->tx_secret, 0, sizeof s->tx_secret);
+  memset(s->rx_secret, 0, sizeof s->rx_secret);
   free(s->out);
   free(s->queue);
   free(s->partial);
@@ -182,6 +243,9 @@ static void shut(tls_stream *s) {
   }
   if (s->fd >= 0) (void)close(s->fd);
   s->fd = -1;
+  /* Packets the fast path took from this read were checked and their bytes are intact: out
+   * they go now, before anything else can use the read buffer (a failure mid-read). */
+  if (s->fp != NULL) fast_stream_flush(s->fp);
   s->fp = NULL;
 }
 
@@ -257,10 +321,10 @@ static void defer_fail(tls_stream *s, const char *reason) {
 }
 
 /* Seals the open record in place: content type, encryption, tag, header. */
-static void seal(tls_stream *s) {
+static void seal_as(tls_stream *s, uint8_t type) {
   uint8_t *h = s->out + s->rec_start;
   uint32_t plen = s->out_len - s->rec_start - REC_HDR;
-  h[REC_HDR + plen++] = CT_APPLICATION;
+  h[REC_HDR + plen++] = type;
   const uint32_t clen = plen + REC_TAG;
   h[0] = CT_APPLICATION;
   h[1] = 3;
@@ -275,13 +339,42 @@ static void seal(tls_stream *s) {
       EVP_EncryptUpdate(c, h + REC_HDR, &n, h + REC_HDR, (int)plen) != 1 ||
       EVP_EncryptFinal_ex(c, h + REC_HDR + plen, &n) != 1 ||
       EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, REC_TAG, h + REC_HDR + plen) != 1) {
-    /* The record number is spent: the peer could not read past a gap, so the stream ends. */
+    /* Never sent half-sealed; and the number is spent, so the peer could not read past the
+     * gap: nothing more is written, and the stream ends. */
+    s->out_len = s->rec_start;
+    s->rec_open = false;
     defer_fail(s, "OpenSSL failed to seal a record");
+    return;
   }
   s->out_len = s->rec_start + REC_HDR + clen;
   s->rec_open = false;
   s->records_out++;
-  if (s->tx_seq >= RECORD_LIMIT) defer_fail(s, "the record limit of this key was reached; reconnect for fresh keys");
+}
+
+static void seal(tls_stream *s) {
+  seal_as(s, CT_APPLICATION);
+}
+
+/* Sends a KeyUpdate under the current key (room for it is the caller's), then moves on. */
+static void key_update(tls_stream *s) {
+  s->rec_start = s->out_len;
+  uint8_t *m = s->out + s->rec_start + REC_HDR;
+  m[0] = HS_KEY_UPDATE;
+  m[1] = 0;
+  m[2] = 0;
+  m[3] = 1;
+  m[4] = 0; /* update_not_requested */
+  s->out_len += REC_HDR + 5;
+  s->rec_open = true;
+  seal_as(s, CT_HANDSHAKE);
+  if (s->deferred != NULL) return;
+  if (!next_secret(s->tx_secret) || !use_secret(s->tx, true, s->tx_secret, s->tx_iv)) {
+    defer_fail(s, "OpenSSL failed to derive the next key");
+    return;
+  }
+  s->tx_seq = 0;
+  s->update_requested = false;
+  s->key_updates_out++;
 }
 
 static bool queue_append(tls_stream *s, const uint8_t *p, uint32_t len) {
@@ -350,7 +443,7 @@ static void write_out(tls_stream *s) {
 /* Adds a frame to the open record (opening one if needed); false if it is dropped. */
 static bool queue_frame(tls_stream *s, uint8_t type, const uint8_t *payload, uint32_t len) {
   if (s->closed || s->deferred != NULL || FRAME_HDR + len > REC_CONTENT_MAX ||
-      s->queue_len - s->queue_off > QUEUE_LIMIT) {
+      s->queue_len - s->queue_off > (s->held ? HELD_QUEUE_LIMIT : QUEUE_LIMIT)) {
     s->send_drops++;
     return false;
   }
@@ -363,8 +456,16 @@ static bool queue_frame(tls_stream *s, uint8_t type, const uint8_t *payload, uin
   }
   if (s->rec_open && s->out_len - s->rec_start - REC_HDR + FRAME_HDR + len > REC_CONTENT_MAX) seal(s);
   if (!s->rec_open) {
+    const bool update = s->tx_seq >= s->key_update_after || s->update_requested;
     /* Room for a whole record: frames are added to it until it holds REC_CONTENT_MAX. */
-    if (s->out_len + REC_FULL > s->out_cap) write_out(s);
+    if (s->out_len + REC_FULL + (update ? KEY_UPDATE_REC : 0) > s->out_cap) write_out(s);
+    if (update) {
+      key_update(s);
+      if (s->deferred != NULL) {
+        s->send_drops++;
+        return false;
+      }
+    }
     s->rec_start = s->out_len;
     s->out_len += REC_HDR;
     s->rec_open = true;
@@ -373,7 +474,7 @@ static bool queue_frame(tls_stream *s, uint8_t type, const uint8_t *payload, uin
   f[0] = type;
   f[1] = (uint8_t)(len >> 8);
   f[2] = (uint8_t)len;
-  memcpy(f + FRAME_HDR, payload, len);
+  if (len > 0) memcpy(f + FRAME_HDR, payload, len);
   s->out_len += FRAME_HDR + len;
   return true;
 }
@@ -393,6 +494,14 @@ void stream_flush(tls_stream *s) {
 
 bool stream_dirty(const tls_stream *s) {
   return s->dirty;
+}
+
+void stream_retain(tls_stream *s) {
+  s->refs++;
+}
+
+void stream_release(tls_stream *s) {
+  unref(s);
 }
 
 void stream_bind(tls_stream *s, fast_path *fp, uint32_t address) {
@@ -457,8 +566,23 @@ static bool open_record(tls_stream *s, uint8_t *rec, uint32_t total) {
     fail(s, "the peer sent a TLS alert");
     return false;
   }
+  if (type == CT_HANDSHAKE) {
+    /* Only a KeyUpdate, alone in its record (RFC 8446 4.6.3, 5.1): the next key from here on. */
+    if (plen != 5 || p[0] != HS_KEY_UPDATE || p[1] != 0 || p[2] != 0 || p[3] != 1 || p[4] > 1) {
+      fail(s, "protocol error: a handshake record that is not a KeyUpdate");
+      return false;
+    }
+    if (!next_secret(s->rx_secret) || !use_secret(s->rx, false, s->rx_secret, s->rx_iv)) {
+      fail(s, "OpenSSL failed to derive the next key");
+      return false;
+    }
+    s->rx_seq = 0;
+    s->key_updates_in++;
+    if (p[4] == 1) s->update_requested = true; /* answered before our next record */
+    return true;
+  }
   if (type != CT_APPLICATION) {
-    fail(s, "protocol error: unexpected record content type (key updates are not supported)");
+    fail(s, "protocol error: unexpected record content type");
     return false;
   }
   for (uint32_t off = 0; off < plen;) {
@@ -595,7 +719,7 @@ static bool get_bytes(napi_env env, napi_value v, size_t want, uint8_t **data, c
       napi_get_typedarray_info(env, v, &t, &len, &p, NULL, NULL) != napi_ok || t != napi_uint8_array ||
       (want > 0 && len != want)) {
     char msg[96];
-    snprintf(msg, sizeof msg, "%s must be a Uint8Array%s", what, want > 0 ? " of 44 bytes" : "");
+    snprintf(msg, sizeof msg, "%s must be a Uint8Array of %zu bytes", what, want);
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
     return false;
   }
@@ -603,12 +727,13 @@ static bool get_bytes(napi_env env, napi_value v, size_t want, uint8_t **data, c
   return true;
 }
 
-static EVP_CIPHER_CTX *cipher(const uint8_t *key, bool encrypt) {
+/* One direction's cipher, keyed from its traffic secret. */
+static EVP_CIPHER_CTX *cipher(const uint8_t *secret, bool encrypt, uint8_t iv[IV_BYTES]) {
   EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
   if (c == NULL) return NULL;
-  int ok = encrypt ? EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL)
-                   : EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL);
-  if (ok != 1) {
+  int ok = encrypt ? EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL)
+                   : EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL);
+  if (ok != 1 || !use_secret(c, encrypt, secret, iv)) {
     EVP_CIPHER_CTX_free(c);
     return NULL;
   }
@@ -616,15 +741,24 @@ static EVP_CIPHER_CTX *cipher(const uint8_t *key, bool encrypt) {
 }
 
 static napi_value stream_open(napi_env env, napi_callback_info info) {
-  napi_value argv[7], obj, name;
-  uint32_t fd, role, max_data;
+  napi_value argv[8], obj, name;
+  uint32_t fd, role, max_data, update_after = 0;
   uint8_t *tx_key, *rx_key;
-  napi_valuetype t1, t2;
-  if (!args(env, info, 7, argv, "open(fd, role, txKey, rxKey, maxData, onFrame, onClose)")) return NULL;
+  napi_valuetype t1, t2, t3;
+  size_t argc = 8;
+  if (!args(env, info, 7, argv, "open(fd, role, txSecret, rxSecret, maxData, onFrame, onClose[, keyUpdateAfter])")) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (!get_u32(env, argv[0], &fd) || !get_u32(env, argv[1], &role) ||
-      !get_bytes(env, argv[2], KEY_BYTES + IV_BYTES, &tx_key, "txKey") ||
-      !get_bytes(env, argv[3], KEY_BYTES + IV_BYTES, &rx_key, "rxKey") || !get_u32(env, argv[4], &max_data)) {
+      !get_bytes(env, argv[2], SECRET_BYTES, &tx_key, "txSecret") ||
+      !get_bytes(env, argv[3], SECRET_BYTES, &rx_key, "rxSecret") || !get_u32(env, argv[4], &max_data)) {
     return NULL;
+  }
+  if (argc > 7 && napi_typeof(env, argv[7], &t3) == napi_ok && t3 != napi_undefined) {
+    if (!get_u32(env, argv[7], &update_after)) return NULL;
+    if (update_after == 0) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "open: keyUpdateAfter must be at least 1");
+      return NULL;
+    }
   }
   if (napi_typeof(env, argv[5], &t1) != napi_ok || napi_typeof(env, argv[6], &t2) != napi_ok || t1 != napi_function ||
       t2 != napi_function) {
@@ -649,10 +783,11 @@ static napi_value stream_open(napi_env env, napi_callback_info info) {
   s->refs = 1;
   s->held = role == ROLE_NODE;
   s->max_data = max_data;
-  memcpy(s->tx_iv, tx_key + KEY_BYTES, IV_BYTES);
-  memcpy(s->rx_iv, rx_key + KEY_BYTES, IV_BYTES);
-  s->tx = cipher(tx_key, true);
-  s->rx = cipher(rx_key, false);
+  s->key_update_after = update_after > 0 ? update_after : KEY_UPDATE_AFTER;
+  memcpy(s->tx_secret, tx_key, SECRET_BYTES);
+  memcpy(s->rx_secret, rx_key, SECRET_BYTES);
+  s->tx = cipher(s->tx_secret, true, s->tx_iv);
+  s->rx = cipher(s->rx_secret, false, s->rx_iv);
   s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (s->tx == NULL || s->rx == NULL || s->fd < 0) {
     const int err = errno;
@@ -724,7 +859,7 @@ static napi_value stream_send(napi_env env, napi_callback_info info) {
   }
   /* A stream that never carried data (an idle client's pings and pongs) seals in a record on
    * the stack instead of allocating the batch buffer: a thousand idle clients cost nothing. */
-  uint8_t one[REC_FULL];
+  uint8_t one[REC_FULL + KEY_UPDATE_REC];
   const bool borrowed = s->out == NULL;
   if (borrowed) {
     s->out = one;
@@ -757,7 +892,9 @@ static napi_value stream_stats(napi_env env, napi_callback_info info) {
   if (poller_set_count(env, obj, "recordsIn", s->records_in) != napi_ok ||
       poller_set_count(env, obj, "recordsOut", s->records_out) != napi_ok ||
       poller_set_count(env, obj, "queuedBytes", s->queue_len - s->queue_off) != napi_ok ||
-      poller_set_count(env, obj, "sendDrops", s->send_drops) != napi_ok) {
+      poller_set_count(env, obj, "sendDrops", s->send_drops) != napi_ok ||
+      poller_set_count(env, obj, "keyUpdatesIn", s->key_updates_in) != napi_ok ||
+      poller_set_count(env, obj, "keyUpdatesOut", s->key_updates_out) != napi_ok) {
     return NULL;
   }
   return obj;
@@ -773,7 +910,15 @@ static napi_value stream_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* The environment's thread is done with streams (a worker exiting): its read buffer goes. */
+static void free_read_buf(void *arg) {
+  (void)arg;
+  free(read_buf);
+  read_buf = NULL;
+}
+
 napi_value stream_init(napi_env env, napi_value exports) {
+  if (napi_add_env_cleanup_hook(env, free_read_buf, NULL) != napi_ok) return NULL;
   static const struct {
     const char *name;
     napi_callback fn;

@@ -517,7 +517,10 @@ static void free_esp(napi_env env, esp_codec *e) {
 static void free_extras(napi_env env, fast_session *s) {
   free_esp(env, s->esp);
   s->esp = NULL;
-  if (s->stream != NULL) stream_bind(s->stream, NULL, 0);
+  if (s->stream != NULL) {
+    stream_bind(s->stream, NULL, 0);
+    stream_release(s->stream);
+  }
   if (s->stream_ref != NULL) napi_delete_reference(env, s->stream_ref);
   s->stream = NULL;
   s->stream_ref = NULL;
@@ -703,6 +706,8 @@ static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
     if (added) fp->n--;
     else *s = saved;
     free_extras(env, want);
+    /* want may have been the same stream: the restored session still uses it. */
+    if (!added && saved.stream != NULL) stream_bind(saved.stream, fp, saved.address);
     throw_code(env, "ERR_AGENT_FAST_NOMEM", "out of memory");
     return false;
   }
@@ -855,8 +860,10 @@ static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
   tls_stream *st = stream_get(env, argv[2]);
   if (st == NULL) return NULL;
   fast_session want = {.address = address, .codec = CODEC_STREAM, .stream = st};
-  /* Strong: the stream stays allocated while the table can reach it. */
+  /* Strong: the stream stays allocated while the table can reach it (the C reference also
+   * through environment teardown, when finalizers run whatever the references say). */
   NAPI_OK(env, napi_create_reference(env, argv[2], 1, &want.stream_ref));
+  stream_retain(st);
   upsert(env, fp, &want);
   return NULL;
 }
