@@ -9,11 +9,11 @@
 import {afterAll, describe, expect, inject, it} from 'vitest'
 import {join} from 'node:path'
 import {type Fleet, createFleet, probeEcho, startEchoServer, waitForOutput} from '../../src/testbed/index.js'
-import {peers as peersOf, pingOk, sleep} from './datagram-helpers.js'
+import {capture, peers as peersOf, pingOk, sleep} from './datagram-helpers.js'
 
 interface Status {
   counters: Record<string, number>
-  peers: {name: string; rxPackets: number; txPackets: number; drops: Record<string, number>}[]
+  peers: {name: string; rxPackets: number; txPackets: number; drops: Record<string, number>; path: string}[]
 }
 
 async function status(fleet: Fleet, ns: string): Promise<Status> {
@@ -90,6 +90,7 @@ describe.each(TRANSPORTS)('fast path: %s', (transport) => {
     const client = await status(fleet, tb.names.client[0])
     for (const s of [node, client]) {
       expect(s.counters.fastPathSessions).toBe(1)
+      expect(s.peers[0].path).toBe('native')
       // 20 pings and a TCP exchange each way at least, none of it through JavaScript's encap.
       expect(s.counters.fastPathTxPackets).toBeGreaterThanOrEqual(20)
       expect(s.counters.fastPathRxPackets).toBeGreaterThanOrEqual(20)
@@ -167,6 +168,7 @@ describe('fast path: AGENT_FAST_PATH=off', () => {
     for (const ns of [tb.names.node, tb.names.client[0]]) {
       const s = await status(fleet, ns)
       expect(s.counters.fastPathSessions).toBeUndefined()
+      expect(s.peers[0].path).toBe('javascript')
       expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(5)
       expect(s.peers[0].txPackets).toBeGreaterThanOrEqual(5)
     }
@@ -183,6 +185,7 @@ describe('native records: tls', () => {
     for (const ns of [tb.names.node, tb.names.client[0]]) {
       const s = await status(fleet, ns)
       expect(s.counters.fastPathSessions, ns).toBe(1)
+      expect(s.peers[0].path).toBe('native')
       expect(s.counters.fastPathTxPackets).toBeGreaterThanOrEqual(20)
       expect(s.counters.fastPathRxPackets).toBeGreaterThanOrEqual(20)
       expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(s.counters.fastPathRxPackets)
@@ -197,6 +200,18 @@ describe('native records: tls', () => {
     await sendWithSource(fleet, tb.names.client[0], '10.99.0.50', tb.addr.target, 5)
     await sleep(500)
     expect(((await peersOf(fleet, tb.names.node))[0].drops.source ?? 0) - before).toBe(5)
+
+    // On the wire it is still a TLS 1.3 stream: Wireshark's TLS dissector reads every record
+    // the native ends write as application data (type 23, legacy version 0x0303).
+    const wire = capture(fleet, tb.names.node, tb.ifaces.nodeWan, 'tcp port 4443 and greater 100', ['tls.record.content_type', 'tls.record.version'], 4, ['-d', 'tcp.port==4443,tls'])
+    await sleep(1500)
+    await pingOk(fleet, tb.names.client[0], 5)
+    const records = (await wire).flatMap((line) => {
+      const [types, versions] = line.split('\t')
+      return types.split(',').map((t, i) => `${t}/${versions.split(',')[i]}`)
+    })
+    expect(records.length).toBeGreaterThanOrEqual(10)
+    expect(new Set(records)).toEqual(new Set(['23/0x0303']))
   })
 
   // An end that cannot take over (here: turned off) does not ask or agree, and the session
@@ -216,6 +231,7 @@ describe('native records: tls', () => {
     for (const ns of [tb.names.node, tb.names.client[0]]) {
       const s = await status(fleet, ns)
       expect(s.counters.fastPathSessions ?? 0, ns).toBe(0)
+      expect(s.peers[0].path).toBe('javascript')
       expect(s.peers[0].rxPackets).toBeGreaterThanOrEqual(10)
     }
     await fleet.tb.destroy()

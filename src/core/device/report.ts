@@ -17,6 +17,7 @@ export function peerReport(p: Peer): PeerReport {
     rxPackets: s.rxPackets,
     txPackets: s.txPackets,
     drops: s.dropsSnapshot(),
+    path: s.sync === null ? 'javascript' : 'native',
   }
 }
 

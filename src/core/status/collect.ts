@@ -55,11 +55,12 @@ function formatOne(s: InstanceStatus): string {
     bytes(p.rxBytes),
     bytes(p.txBytes),
     p.lastSeen === null ? 'never' : `${Math.round((Date.now() - Date.parse(p.lastSeen)) / 1000)}s ago`,
+    p.path ?? '-',
     Object.entries(p.drops)
       .map(([k, v]) => `${k}=${v}`)
       .join(' ') || '-',
   ])
-  return [...head, table(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'drops'], rows)].join('\n')
+  return [...head, table(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'path', 'drops'], rows)].join('\n')
 }
 
 function bytes(n: number): string {

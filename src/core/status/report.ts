@@ -13,6 +13,12 @@ export interface PeerReport {
   rxPackets: number
   txPackets: number
   drops: Record<string, number>
+  /**
+   * Who carries the peer's common packets: `native` (the fast path, in C; for tls the
+   * connection's native records) or `javascript` (the reference data path: AGENT_FAST_PATH=off,
+   * a transport without a FastCodec, or a peer that did not agree to native records).
+   */
+  path: 'native' | 'javascript'
 }
 
 export interface StatusReport {
