@@ -24,6 +24,7 @@
         ["OS=='linux'", {"sources": [
           "src/core/native/addon.c",
           "src/core/native/poller.c",
+          "src/core/native/args.c",
           "src/core/tun/native/tun.c",
           "src/core/carrier/native/net.c",
           "src/core/carrier/native/stream.c",

@@ -48,6 +48,22 @@ void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
 void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[20], struct sockaddr_in *sa,
                       const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port);
 
+/* ---------- argument checks for the parts that are not pollers (args.c) ---------- */
+
+/* Reads exactly n arguments into argv; false (TypeError pending) when fewer were passed. */
+bool agent_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage);
+/* v as an unsigned 32-bit integer; false (TypeError pending) otherwise. */
+bool agent_get_u32(napi_env env, napi_value v, uint32_t *out);
+/* The native object behind a handle tagged `tag`; NULL (TypeError not_handle pending) otherwise. */
+void *agent_unwrap(napi_env env, napi_value v, const napi_type_tag *tag, const char *not_handle);
+
+typedef struct agent_fn {
+  const char *name;
+  napi_callback fn;
+} agent_fn;
+/* Sets exports[name] = fn for each of the n functions; exports, or NULL on failure. */
+napi_value agent_export(napi_env env, napi_value exports, const agent_fn *fns, size_t n);
+
 /* ---------- between the fast path and the tls data channel (stream.c) ---------- */
 
 typedef struct fast_path fast_path;

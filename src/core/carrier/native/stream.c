@@ -681,33 +681,8 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 
 /* ---------- JS API ---------- */
 
-static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
-  size_t argc = n;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
-    return false;
-  }
-  return true;
-}
-
 tls_stream *stream_get(napi_env env, napi_value v) {
-  bool ok = false;
-  void *data = NULL;
-  if (napi_check_object_type_tag(env, v, &STREAM_TAG, &ok) != napi_ok || !ok ||
-      napi_unwrap(env, v, &data) != napi_ok || data == NULL) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a native stream handle");
-    return NULL;
-  }
-  return data;
-}
-
-static bool get_u32(napi_env env, napi_value v, uint32_t *out) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_uint32(env, v, out) != napi_ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected an unsigned 32-bit integer");
-    return false;
-  }
-  return true;
+  return agent_unwrap(env, v, &STREAM_TAG, "not a native stream handle");
 }
 
 static bool get_bytes(napi_env env, napi_value v, size_t want, uint8_t **data, const char *what) {
@@ -746,15 +721,15 @@ static napi_value stream_open(napi_env env, napi_callback_info info) {
   uint8_t *tx_key, *rx_key;
   napi_valuetype t1, t2, t3;
   size_t argc = 8;
-  if (!args(env, info, 7, argv, "open(fd, role, txSecret, rxSecret, maxData, onFrame, onClose[, keyUpdateAfter])")) return NULL;
+  if (!agent_args(env, info, 7, argv, "open(fd, role, txSecret, rxSecret, maxData, onFrame, onClose[, keyUpdateAfter])")) return NULL;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (!get_u32(env, argv[0], &fd) || !get_u32(env, argv[1], &role) ||
+  if (!agent_get_u32(env, argv[0], &fd) || !agent_get_u32(env, argv[1], &role) ||
       !get_bytes(env, argv[2], SECRET_BYTES, &tx_key, "txSecret") ||
-      !get_bytes(env, argv[3], SECRET_BYTES, &rx_key, "rxSecret") || !get_u32(env, argv[4], &max_data)) {
+      !get_bytes(env, argv[3], SECRET_BYTES, &rx_key, "rxSecret") || !agent_get_u32(env, argv[4], &max_data)) {
     return NULL;
   }
   if (argc > 7 && napi_typeof(env, argv[7], &t3) == napi_ok && t3 != napi_undefined) {
-    if (!get_u32(env, argv[7], &update_after)) return NULL;
+    if (!agent_get_u32(env, argv[7], &update_after)) return NULL;
     if (update_after == 0) {
       napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "open: keyUpdateAfter must be at least 1");
       return NULL;
@@ -841,9 +816,9 @@ static napi_value stream_send(napi_env env, napi_callback_info info) {
   uint32_t type;
   uint8_t *payload;
   size_t len = 0;
-  if (!args(env, info, 3, argv, "send(handle, type, payload)")) return NULL;
+  if (!agent_args(env, info, 3, argv, "send(handle, type, payload)")) return NULL;
   tls_stream *s = stream_get(env, argv[0]);
-  if (s == NULL || !get_u32(env, argv[1], &type)) return NULL;
+  if (s == NULL || !agent_get_u32(env, argv[1], &type)) return NULL;
   napi_typedarray_type t;
   bool is = false;
   void *p = NULL;
@@ -878,7 +853,7 @@ static napi_value stream_send(napi_env env, napi_callback_info info) {
 
 static napi_value stream_last_heard(napi_env env, napi_callback_info info) {
   napi_value argv[1], result;
-  if (!args(env, info, 1, argv, "lastHeard(handle)")) return NULL;
+  if (!agent_args(env, info, 1, argv, "lastHeard(handle)")) return NULL;
   tls_stream *s = stream_get(env, argv[0]);
   if (s == NULL || napi_create_double(env, s->last_rx_ms, &result) != napi_ok) return NULL;
   return result;
@@ -886,7 +861,7 @@ static napi_value stream_last_heard(napi_env env, napi_callback_info info) {
 
 static napi_value stream_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], obj;
-  if (!args(env, info, 1, argv, "stats(handle)")) return NULL;
+  if (!agent_args(env, info, 1, argv, "stats(handle)")) return NULL;
   tls_stream *s = stream_get(env, argv[0]);
   if (s == NULL || napi_create_object(env, &obj) != napi_ok) return NULL;
   if (poller_set_count(env, obj, "recordsIn", s->records_in) != napi_ok ||
@@ -902,7 +877,7 @@ static napi_value stream_stats(napi_env env, napi_callback_info info) {
 
 static napi_value stream_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  if (!args(env, info, 1, argv, "close(handle)")) return NULL;
+  if (!agent_args(env, info, 1, argv, "close(handle)")) return NULL;
   tls_stream *s = stream_get(env, argv[0]);
   if (s == NULL) return NULL;
   shut(s);
@@ -918,20 +893,10 @@ static void free_read_buf(void *arg) {
 }
 
 napi_value stream_init(napi_env env, napi_value exports) {
-  if (napi_add_env_cleanup_hook(env, free_read_buf, NULL) != napi_ok) return NULL;
-  static const struct {
-    const char *name;
-    napi_callback fn;
-  } fns[] = {
+  static const agent_fn fns[] = {
       {"open", stream_open}, {"send", stream_send}, {"lastHeard", stream_last_heard},
       {"stats", stream_stats}, {"close", stream_close},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_value f;
-    if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
-        napi_set_named_property(env, exports, fns[i].name, f) != napi_ok) {
-      return NULL;
-    }
-  }
-  return exports;
+  if (napi_add_env_cleanup_hook(env, free_read_buf, NULL) != napi_ok) return NULL;
+  return agent_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -567,40 +567,15 @@ static void on_finalize(napi_env env, void *data, void *hint) {
     }                                                                           \
   } while (0)
 
-static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
-  size_t argc = n;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < n) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
-    return false;
-  }
-  return true;
-}
-
 static fast_path *get_fp(napi_env env, napi_value v) {
-  bool ok = false;
-  void *data = NULL;
-  if (napi_check_object_type_tag(env, v, &FAST_TAG, &ok) != napi_ok || !ok ||
-      napi_unwrap(env, v, &data) != napi_ok || data == NULL) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a fast path handle");
-    return NULL;
-  }
-  return data;
-}
-
-static bool get_u32(napi_env env, napi_value v, uint32_t *out) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_uint32(env, v, out) != napi_ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected an unsigned 32-bit integer");
-    return false;
-  }
-  return true;
+  return agent_unwrap(env, v, &FAST_TAG, "not a fast path handle");
 }
 
 static napi_value fast_create(napi_env env, napi_callback_info info) {
   napi_value argv[2], obj;
   uint32_t role, mtu;
-  if (!args(env, info, 2, argv, "create(role, mtu)")) return NULL;
-  if (!get_u32(env, argv[0], &role) || !get_u32(env, argv[1], &mtu)) return NULL;
+  if (!agent_args(env, info, 2, argv, "create(role, mtu)")) return NULL;
+  if (!agent_get_u32(env, argv[0], &role) || !agent_get_u32(env, argv[1], &mtu)) return NULL;
   if (role > ROLE_CLIENT || mtu < MIN_MTU || mtu > MAX_MTU) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "create: role must be 0 or 1, mtu 68 to 65535");
     return NULL;
@@ -626,7 +601,7 @@ static napi_value fast_create(napi_env env, napi_callback_info info) {
 static napi_value fast_attach(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   napi_valuetype st;
-  if (!args(env, info, 3, argv, "attach(handle, tun, socket)")) return NULL;
+  if (!agent_args(env, info, 3, argv, "attach(handle, tun, socket)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   poller *tun = tun_poller(env, argv[1]);
@@ -719,11 +694,11 @@ static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
 static napi_value fast_set(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   uint32_t a[5]; /* address, codec, key, ep_addr, ep_port */
-  if (!args(env, info, 6, argv, "set(handle, address, codec, key, endpointAddr, endpointPort)")) return NULL;
+  if (!agent_args(env, info, 6, argv, "set(handle, address, codec, key, endpointAddr, endpointPort)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   for (int i = 0; i < 5; i++)
-    if (!get_u32(env, argv[i + 1], &a[i])) return NULL;
+    if (!agent_get_u32(env, argv[i + 1], &a[i])) return NULL;
   if (a[1] > CODEC_GRE || a[4] > 65535) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "set: codec must be 0 or 1, port 0 to 65535");
     return NULL;
@@ -738,7 +713,7 @@ static napi_value fast_set(napi_env env, napi_callback_info info) {
 static bool prop_u32(napi_env env, napi_value obj, const char *name, uint32_t *out) {
   napi_value v;
   if (napi_get_named_property(env, obj, name, &v) != napi_ok) return false;
-  if (!get_u32(env, v, out)) return false;
+  if (!agent_get_u32(env, v, out)) return false;
   return true;
 }
 
@@ -835,11 +810,11 @@ fail:
 static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   uint32_t a[3]; /* address, ep_addr, ep_port */
-  if (!args(env, info, 5, argv, "setEsp(handle, address, endpointAddr, endpointPort, descriptor)")) return NULL;
+  if (!agent_args(env, info, 5, argv, "setEsp(handle, address, endpointAddr, endpointPort, descriptor)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   for (int i = 0; i < 3; i++)
-    if (!get_u32(env, argv[i + 1], &a[i])) return NULL;
+    if (!agent_get_u32(env, argv[i + 1], &a[i])) return NULL;
   if (a[2] > 65535) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "setEsp: port must be 0 to 65535");
     return NULL;
@@ -854,9 +829,9 @@ static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
 static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   uint32_t address;
-  if (!args(env, info, 3, argv, "setStream(handle, address, stream)")) return NULL;
+  if (!agent_args(env, info, 3, argv, "setStream(handle, address, stream)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
-  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   tls_stream *st = stream_get(env, argv[2]);
   if (st == NULL) return NULL;
   fast_session want = {.address = address, .codec = CODEC_STREAM, .stream = st};
@@ -871,9 +846,9 @@ static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
 static napi_value fast_remove(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   uint32_t address;
-  if (!args(env, info, 2, argv, "remove(handle, address)")) return NULL;
+  if (!agent_args(env, info, 2, argv, "remove(handle, address)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
-  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   int32_t i = index_of(fp, address);
   if (i < 0) return NULL;
   fast_session gone = fp->s[i];
@@ -900,9 +875,9 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
   napi_typedarray_type type;
   size_t count;
   void *data;
-  if (!args(env, info, 3, argv, "take(handle, address, out)")) return NULL;
+  if (!agent_args(env, info, 3, argv, "take(handle, address, out)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
-  if (fp == NULL || !get_u32(env, argv[1], &address)) return NULL;
+  if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   if (napi_get_typedarray_info(env, argv[2], &type, &count, &data, NULL, NULL) != napi_ok ||
       type != napi_float64_array || count < 5) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "take: out must be a Float64Array of 5");
@@ -926,7 +901,7 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
 
 static napi_value fast_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], obj;
-  if (!args(env, info, 1, argv, "stats(handle)")) return NULL;
+  if (!agent_args(env, info, 1, argv, "stats(handle)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   NAPI_OK(env, napi_create_object(env, &obj));
@@ -942,7 +917,7 @@ static napi_value fast_stats(napi_env env, napi_callback_info info) {
 
 static napi_value fast_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  if (!args(env, info, 1, argv, "close(handle)")) return NULL;
+  if (!agent_args(env, info, 1, argv, "close(handle)")) return NULL;
   fast_path *fp = get_fp(env, argv[0]);
   if (fp == NULL) return NULL;
   fp->closed = true;
@@ -951,17 +926,9 @@ static napi_value fast_close(napi_env env, napi_callback_info info) {
 }
 
 napi_value fast_init(napi_env env, napi_value exports) {
-  static const struct {
-    const char *name;
-    napi_callback fn;
-  } fns[] = {
+  static const agent_fn fns[] = {
       {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"setEsp", fast_set_esp}, {"setStream", fast_set_stream}, {"remove", fast_remove},
       {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_value f;
-    NAPI_OK(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
-    NAPI_OK(env, napi_set_named_property(env, exports, fns[i].name, f));
-  }
-  return exports;
+  return agent_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }
