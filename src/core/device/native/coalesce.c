@@ -27,15 +27,34 @@ static uint32_t be32(const uint8_t *p) {
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-/* One's complement sum of b[0, n) as big-endian 16-bit words, not folded. */
+static uint32_t fold64(uint64_t acc);
+
+/*
+ * One's complement sum of b[0, n) as big-endian 16-bit words, added to acc, not folded. The
+ * bulk goes 4 bytes at a time in the machine's byte order and is swapped once at the end (RFC
+ * 1071 2(B): the sum does not depend on byte order): it was 8% of a busy node's time bytewise.
+ */
 static uint64_t sum16(const uint8_t *b, uint32_t n, uint64_t acc) {
-  while (n >= 8) {
-    acc += ((uint32_t)b[0] << 8 | b[1]) + ((uint32_t)b[2] << 8 | b[3]) + ((uint32_t)b[4] << 8 | b[5]) +
-           ((uint32_t)b[6] << 8 | b[7]);
-    b += 8;
-    n -= 8;
+  uint64_t native = 0;
+  uint32_t w[4];
+  while (n >= 16) {
+    memcpy(w, b, 16);
+    native += (uint64_t)w[0] + w[1] + w[2] + w[3];
+    b += 16;
+    n -= 16;
   }
-  while (n >= 2) {
+  while (n >= 4) {
+    memcpy(w, b, 4);
+    native += w[0];
+    b += 4;
+    n -= 4;
+  }
+  uint32_t folded = fold64(native);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  folded = ((folded & 0xff) << 8) | (folded >> 8);
+#endif
+  acc += folded;
+  while (n >= 2) { /* what is left starts at an even offset: still whole big-endian words */
     acc += (uint32_t)b[0] << 8 | b[1];
     b += 2;
     n -= 2;
