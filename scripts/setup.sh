@@ -28,6 +28,8 @@ have wg || need+=(wireguard-tools)
 have openssl || need+=(openssl)
 have make || need+=(make)
 have g++ || need+=(g++)
+# The addon is C (cc), and test/unit/checksum.test.ts builds a C harness with it.
+have cc || need+=(gcc)
 have python3 || need+=(python3)
 # The ESP interop test seals packets with Debian's Python and its cryptography package.
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
