@@ -108,7 +108,10 @@ export interface SessionContext {
  * is carried by encap/decap as always, so both must agree byte for byte.
  */
 export type FastCodec =
-  /** The carrier payload is the inner packet itself (ipip). */
+  /**
+   * The carrier payload is the inner packet itself: ipip; and tls, whose stream carrier the
+   * core then moves to native records (src/core/control/native-records.ts).
+   */
   | {readonly kind: 'identity'}
   /** An 8-byte GRE header with only the key (RFC 2890): flags 0x2000, protocol 0x0800. */
   | {readonly kind: 'gre'; readonly key: number}
