@@ -359,6 +359,7 @@ export class ClientAgent {
       this.dropPeer()
       this.statusServer?.close()
       this.datagrams?.close()
+      this.datapath?.disableFastPath()
       this.tun?.close()
       return finishTeardown(this.state, this.stateFile, this.log)
     })()

@@ -66,8 +66,13 @@ export class ControlConnection {
 
   send(m: ControlMessage): void {
     if (this.closed) return
-    if (this.native !== null) this.native.send(FrameType.Control, encodeMessage(m))
-    else this.socket.write(encodeFrame(FrameType.Control, encodeMessage(m)))
+    if (this.native === null) {
+      this.socket.write(encodeFrame(FrameType.Control, encodeMessage(m)))
+      return
+    }
+    // A control message is never dropped quietly: a peer that reads nothing for a megabyte
+    // of queue is gone as far as the session is concerned.
+    if (!this.native.send(FrameType.Control, encodeMessage(m))) this.close('control message dropped: the peer reads nothing (send queue full)')
   }
 
   /** The native records, once goNative() moved this connection to them. */
@@ -89,7 +94,13 @@ export class ControlConnection {
       onFrame: (type, payload) => {
         // The node's first record from the client: the welcome was read, Node's socket is done.
         if (role === 'node') this.releaseSocket()
-        this.onFrame(type, payload, 0, payload.length)
+        try {
+          this.dispatch(type, payload, 0, payload.length)
+        } catch (e) {
+          // As for Node's TLS (onChunk): a handler that fails costs this connection, not the process.
+          this.close(`error handling a frame: ${(e as Error)?.message ?? String(e)}`)
+          return
+        }
         if (this.pinged && !this.closed) {
           this.pinged = false
           this.native?.send(FrameType.Pong, EMPTY)
@@ -189,10 +200,24 @@ export class ControlConnection {
       this.close(`protocol error: ${error}`)
       return
     }
-    if (this.pinged && !this.closed && this.socket.writableLength <= PONG_QUEUE_LIMIT) this.socket.write(PONG)
+    // Nothing may follow the last frame said through Node's TLS (native-records.ts).
+    if (this.native !== null && this.decoder.pending > 0) {
+      this.close("protocol error: bytes through Node's TLS after the switch to native records")
+      return
+    }
+    if (this.pinged && !this.closed && this.native === null && this.socket.writableLength <= PONG_QUEUE_LIMIT) this.socket.write(PONG)
   }
 
+  /** A frame through Node's TLS: none may come once the connection moved to native records. */
   private readonly onFrame = (type: FrameType, buf: Buffer, offset: number, length: number): void => {
+    if (this.native !== null && !this.closed) {
+      this.close("protocol error: bytes through Node's TLS after the switch to native records")
+      return
+    }
+    this.dispatch(type, buf, offset, length)
+  }
+
+  private dispatch(type: FrameType, buf: Buffer, offset: number, length: number): void {
     // Closed by an earlier frame of the same chunk (or a handler): dispatch nothing more.
     if (this.closed) return
     switch (type) {

@@ -25,8 +25,11 @@ export const FrameType = {
 } as const
 export type FrameType = (typeof FrameType)[keyof typeof FrameType]
 
-/** Control messages are small; anything bigger is a broken or hostile peer. */
-export const MAX_CONTROL_PAYLOAD = 16 * 1024
+/**
+ * Control messages are small; anything bigger is a broken or hostile peer. The bound lets a
+ * control frame fit one TLS record (2^14 bytes with its 3-byte header), as native records need.
+ */
+export const MAX_CONTROL_PAYLOAD = 16 * 1024 - 3
 
 export type FrameSink = (type: FrameType, buf: Buffer, offset: number, length: number) => void
 

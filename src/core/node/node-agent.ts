@@ -42,7 +42,11 @@ import {keepaliveKeys} from '../nat/keepalive.js'
 
 /** A TLS handshake must complete this soon (Node's default is 120 s: a slowloris gift). */
 const HANDSHAKE_TIMEOUT_MS = 5_000
-/** Connections allowed beyond two per authorized client (handshakes, reconnects, strangers). */
+/**
+ * Connections allowed beyond two per authorized client (handshakes, reconnects, strangers).
+ * A tls session in native records holds its own descriptor, no longer counted by the server
+ * once Node's socket is freed: one more per client, so base + 3 per client descriptors at most.
+ */
 const MAX_CONNECTIONS_BASE = 64
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
@@ -358,8 +362,14 @@ export class NodeAgent {
     const keepalive = Number(options.keepalive ?? this.transport.nat.keepaliveSeconds)
     // The client asked for native records and this end can: the welcome is then the last
     // thing said through Node's TLS (native-records.ts).
+    // Only a session whose encap is the identity: the records carry frames as they are, and
+    // Node's socket (which a transport's exportKey needs) is freed once they have the connection.
     const records =
-      datagrams === null && hello.records === RECORDS && this.datapath?.hasFastPath() === true && recordsPossible(conn.socket, this.mtu + STREAM_FRAME_SLACK)
+      datagrams === null &&
+      hello.records === RECORDS &&
+      session.fastPath?.kind === 'identity' &&
+      this.datapath?.hasFastPath() === true &&
+      recordsPossible(conn.socket, this.mtu + STREAM_FRAME_SLACK)
     this.updateAdmission()
       .then(() => {
         if (conn.isClosed) return
@@ -376,7 +386,7 @@ export class NodeAgent {
           params: session.params,
           ...(records ? {records: RECORDS} : {}),
         })
-        if (records) this.goNative(client, remote)
+        if (records && !this.goNative(client, remote)) return
         conn.keepalive(keepalive, false)
         client.welcomed = true
         this.log.info(`client ${name} connected from ${remote} as ${address}`)
@@ -387,21 +397,23 @@ export class NodeAgent {
       })
   }
 
-  /** Moves a welcomed client's connection, and its peer's packets, to native records. */
-  private goNative(client: ClientSession, remote: string): void {
+  /**
+   * Moves a welcomed client's connection, and its peer's packets, to native records; false
+   * (the connection closed, saying why) if it cannot: the welcome promised them.
+   */
+  private goNative(client: ClientSession, remote: string): boolean {
     const peer = client.peer
-    if (peer === null) return
-    let stream
     try {
-      stream = client.conn.goNative('node')
+      if (peer === null) throw new Error('the session is gone')
+      const link = new NativeStreamLink(client.conn.goNative('node'), remote)
+      link.stats = peer.stats
+      peer.link = link
+      this.datapath?.refreshFastPath(peer)
+      return true
     } catch (e) {
       client.conn.close(`cannot move to native records: ${(e as Error).message}`)
-      return
+      return false
     }
-    const link = new NativeStreamLink(stream, remote)
-    link.stats = peer.stats
-    peer.link = link
-    this.datapath?.refreshFastPath(peer)
   }
 
   private refuse(client: ClientSession, reason: string): void {
@@ -534,6 +546,7 @@ export class NodeAgent {
       if (this.ticker !== null) clearInterval(this.ticker)
       for (const c of [...this.connections]) c.close('node stopping')
       this.statusServer?.close()
+      this.datapath?.disableFastPath()
       this.tun?.close()
       this.datagrams?.close()
       await this.admission.catch(() => {})

@@ -48,7 +48,11 @@ export function sessionContext(i: SessionContextInput): SessionContext {
     nodeAddress: i.nodeAddress,
     options: i.options,
     mtu: i.mtu,
-    exportKey: (label, length, context) => i.conn.socket.exportKeyingMaterial(length, exporterLabel(i.transport, label), context ?? NO_CONTEXT),
+    exportKey: (label, length, context) => {
+      // Only identity sessions move to native records, and they export nothing; say so if one does.
+      if (i.conn.nativeStream !== null) throw new Error('the connection moved to native records: export keys when the session opens')
+      return i.conn.socket.exportKeyingMaterial(length, exporterLabel(i.transport, label), context ?? NO_CONTEXT)
+    },
     allocateId: i.ids ? () => i.ids!.allocate() : nodeOnly('allocateId'),
     bindId: i.ids ? (id) => i.ids!.bind(id) : nodeOnly('bindId'),
     unbindId: i.ids ? (id) => i.ids!.unbind(id) : nodeOnly('unbindId'),

@@ -62,7 +62,7 @@
 #define FRAME_HDR 3
 #define FRAME_DATA 0
 #define FRAME_MAX_TYPE 3
-#define CONTROL_MAX 16384 /* MAX_CONTROL_PAYLOAD in framing.ts */
+#define CONTROL_MAX (REC_CONTENT_MAX - FRAME_HDR) /* MAX_CONTROL_PAYLOAD in framing.ts */
 #define CT_ALERT 21
 #define CT_HANDSHAKE 22
 #define CT_APPLICATION 23
