@@ -1,0 +1,56 @@
+import {describe, expect, it} from 'vitest'
+import {formatStatus} from '../../src/core/status/collect.js'
+import type {PeerReport, StatusReport} from '../../src/core/status/report.js'
+
+const peer = (name: string, address: string, path: PeerReport['path'], drops: Record<string, number> = {}): PeerReport => ({
+  name,
+  address,
+  endpoint: '198.51.100.2:40000',
+  connectedAt: new Date(0).toISOString(),
+  lastSeen: new Date(Date.now() - 3000).toISOString(),
+  rxBytes: 2048,
+  txBytes: 0,
+  rxPackets: 2,
+  txPackets: 0,
+  drops,
+  path,
+})
+
+const node = (peers: PeerReport[], counters: Record<string, number> = {}): StatusReport => ({
+  name: 'node1',
+  role: 'node',
+  pid: 42,
+  transport: 'tls',
+  interface: 'agtun0',
+  address: '10.99.0.1',
+  mtu: 1500,
+  startedAt: new Date(0).toISOString(),
+  endpoint: '0.0.0.0:443',
+  state: 'running',
+  peers,
+  counters,
+})
+
+describe('agent status, as text', () => {
+  it('lists each peer with the path that carries it and its drops', () => {
+    const text = formatStatus([node([peer('alice', '10.99.0.2', 'native'), peer('bob', '10.99.0.3', 'javascript', {source: 5})], {fastPathSessions: 1, noPeer: 0})])
+    const lines = text.split('\n').map((l) => l.trim())
+    expect(lines[0]).toBe('node node1 (pid 42) running, transport tls')
+    // Only counters that moved are shown.
+    expect(text).toContain('counters fastPathSessions=1')
+    expect(text).not.toContain('noPeer')
+    const header = lines.find((l) => l.startsWith('peer'))!
+    expect(header.split(/\s{2,}/)).toEqual(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'path', 'drops'])
+    const alice = lines.find((l) => l.startsWith('alice'))!.split(/\s{2,}/)
+    const bob = lines.find((l) => l.startsWith('bob'))!.split(/\s{2,}/)
+    expect(alice[6]).toBe('native')
+    expect(alice[7]).toBe('-')
+    expect(bob[6]).toBe('javascript')
+    expect(bob[7]).toBe('source=5')
+  })
+
+  it('says when nothing is connected, and when nothing runs', () => {
+    expect(formatStatus([node([])])).toContain('no client connected')
+    expect(formatStatus([])).toBe('no agent is running')
+  })
+})
