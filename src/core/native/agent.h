@@ -48,7 +48,13 @@ void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
 void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[20], struct sockaddr_in *sa,
                       const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port);
 
-/* ---------- argument checks for the parts that are not pollers (args.c) ---------- */
+/* ---------- small shared pieces (args.c) ---------- */
+
+/* Wall-clock time in ms since the epoch, as JS's Date.now(). */
+double agent_now_ms(void);
+/* Calls fn_ref(argv) from a libuv callback in async context ctx; an exception it throws is
+ * reported as uncaught (nobody up the stack can catch it). */
+void agent_call_js(napi_env env, napi_async_context ctx, napi_ref fn_ref, size_t argc, napi_value *argv);
 
 /* Reads exactly n arguments into argv; false (TypeError pending) when fewer were passed. */
 bool agent_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage);

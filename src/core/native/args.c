@@ -1,6 +1,28 @@
-/* Argument checks and exports shared by the addon's parts that are not pollers (see agent.h). */
+/* Small pieces the addon's parts share: argument checks, exports, calls into JS, the clock. */
 #define _GNU_SOURCE
 #include "agent.h"
+
+#include <time.h>
+
+double agent_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000);
+}
+
+void agent_call_js(napi_env env, napi_async_context ctx, napi_ref fn_ref, size_t argc, napi_value *argv) {
+  napi_value fn, recv, result;
+  bool pending = false;
+  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
+  /* napi_make_callback insists on an object receiver; undefined would throw a TypeError. */
+  if (napi_get_global(env, &recv) != napi_ok) return;
+  if (napi_make_callback(env, ctx, recv, fn, argc, argv, &result) != napi_ok &&
+      napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    /* Nobody up the stack can catch it: report it like any other uncaught exception. */
+    napi_value exc;
+    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+  }
+}
 
 bool agent_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage) {
   size_t argc = n;

@@ -3,7 +3,7 @@
  * addons (binding.gyp), so each .node carries its own copy.
  */
 #define _GNU_SOURCE
-#include "poller.h"
+#include "agent.h" /* agent_call_js; it includes poller.h */
 
 #include <errno.h>
 #include <stdio.h>
@@ -261,18 +261,7 @@ bool poller_start(poller *p, napi_value self, napi_value ring, napi_value meta, 
 
 /* Calls a JS function from a libuv callback: own scope, async context, uncaught errors. */
 static void call_js(poller *p, napi_ref fn_ref, napi_value arg) {
-  napi_env env = p->env;
-  napi_value fn, recv, result;
-  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
-  bool pending = false;
-  /* napi_make_callback insists on an object receiver; undefined would throw a TypeError. */
-  if (napi_get_global(env, &recv) != napi_ok) return;
-  napi_status s = napi_make_callback(env, p->async_ctx, recv, fn, 1, &arg, &result);
-  if (s != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    /* Nobody up the stack can catch it: report it like any other uncaught exception. */
-    napi_value exc;
-    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
-  }
+  agent_call_js(p->env, p->async_ctx, fn_ref, 1, &arg);
 }
 
 void poller_deliver_batch(poller *p, uint32_t count) {

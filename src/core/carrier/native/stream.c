@@ -49,7 +49,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -140,12 +139,6 @@ static const napi_type_tag STREAM_TAG = {0x6167656e745f7374ULL, 0x7265616d5f746c
 /* One read buffer per thread (a worker's addon instance has its own): streams share it, since
  * a read is consumed before the next one starts. */
 static _Thread_local uint8_t *read_buf;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000);
-}
 
 static void nonce_for(const uint8_t iv[IV_BYTES], uint64_t seq, uint8_t nonce[IV_BYTES]) {
   memcpy(nonce, iv, IV_BYTES);
@@ -268,18 +261,9 @@ static void on_finalize(napi_env env, void *data, void *hint) {
 /* ---------- calling JS ---------- */
 
 static void call_js(tls_stream *s, napi_ref fn_ref, size_t argc, napi_value *argv) {
-  napi_env env = s->env;
-  napi_value fn, recv, result;
-  bool pending = false;
-  if (fn_ref == NULL || napi_get_reference_value(env, fn_ref, &fn) != napi_ok || fn == NULL) return;
-  if (napi_get_global(env, &recv) != napi_ok) return;
   s->depth++;
-  napi_status st = napi_make_callback(env, s->async_ctx, recv, fn, argc, argv, &result);
+  agent_call_js(s->env, s->async_ctx, fn_ref, argc, argv);
   s->depth--;
-  if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    napi_value exc;
-    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
-  }
   if (s->closed) release_js(s); /* JS closed us meanwhile */
 }
 
@@ -663,7 +647,7 @@ static void on_readable(tls_stream *s) {
       return;
     }
     if (n == 0) return fail(s, "peer closed the connection");
-    s->last_rx_ms = now_ms();
+    s->last_rx_ms = agent_now_ms();
     if (!consume(s, read_buf, (uint32_t)n)) return;
     if ((uint32_t)n < READ_BYTES) return;
   }

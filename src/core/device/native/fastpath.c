@@ -50,7 +50,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -154,12 +153,6 @@ static bool ipv4_ok(const uint8_t *p, uint32_t len) {
 
 static uint32_t be32(const uint8_t *p) {
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000);
 }
 
 static uint64_t endpoint_key(uint32_t addr, uint16_t port) {
@@ -436,7 +429,7 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
   uint16_t *ports;
   net_batch_meta(p, &addrs, &ports);
   if (!ensure_batch(fp, count)) return count;
-  const double now = now_ms();
+  const double now = agent_now_ms();
   uint32_t left = 0, taken = 0;
   for (uint32_t j = 0; j < count; j++) {
     uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
@@ -479,7 +472,7 @@ bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint3
     return false;
   }
   if (fp->n_stream_in == sizeof fp->stream_in / sizeof fp->stream_in[0]) fast_stream_flush(fp);
-  if (fp->n_stream_in == 0) fp->stream_now = now_ms();
+  if (fp->n_stream_in == 0) fp->stream_now = agent_now_ms();
   fp->stream_in[fp->n_stream_in].p = pkt;
   fp->stream_in[fp->n_stream_in].len = len;
   fp->n_stream_in++;
