@@ -22,6 +22,8 @@ have ping || need+=(iputils-ping)
 have sysctl || need+=(procps)
 have iperf3 || need+=(iperf3)
 have tshark || need+=(tshark)
+# test/integration/ipsec.test.ts captures with tcpdump (raw pcap for a replay).
+have tcpdump || need+=(tcpdump)
 have openvpn || need+=(openvpn)
 have wireguard-go || need+=(wireguard-go)
 have wg || need+=(wireguard-tools)
