@@ -3,7 +3,8 @@
   # build/Release/agent_native.node by src/core/native/load.ts. Four parts (src/core/native/agent.h):
   #   tun  the Linux TUN device              src/core/tun/native/tun.c
   #   net  UDP and raw IPv4 carrier sockets   src/core/carrier/native/net.c
-  #   fast the native fast path over both    src/core/device/native/fastpath.c
+  #   fast the native fast path over both    src/core/device/native/fastpath.c (workers.c: the
+  #        node's worker threads)
   #   stream the tls data channel's records  src/core/carrier/native/stream.c
   # tun and net share the poll, lifetime, ring and callback code in src/core/native/poller.c.
   "targets": [
@@ -29,6 +30,7 @@
           "src/core/carrier/native/net.c",
           "src/core/carrier/native/stream.c",
           "src/core/device/native/fastpath.c",
+          "src/core/device/native/workers.c",
           "src/core/device/native/esp.c",
           "src/core/device/native/coalesce.c"
         ]}]

@@ -1,33 +1,53 @@
 #!/usr/bin/env node
 // Aggregate throughput of 4 clients at once against one node (issue #6), per transport.
 //
-//   node bench/aggregate.mjs [--transports gre,ipip,ipsec-over-gre,tls] [--seconds 10] [--repeat 1]
-// Environment equivalents: BENCH_AGG_TRANSPORTS, BENCH_SECONDS, BENCH_REPEAT.
+//   node bench/aggregate.mjs [--transports gre,ipip,ipsec-over-gre,tls] [--workers 1,2] [--seconds 10] [--repeat 1]
+// Environment equivalents: BENCH_AGG_TRANSPORTS, BENCH_AGG_WORKERS, BENCH_SECONDS, BENCH_REPEAT.
 //
-// A fresh namespace testbed per transport with 4 clients behind the NAT, each a real `agent up`
-// (alice, bob, carol, dave), one node, and 4 iperf3 servers on the target. The 4 iperf3 clients
-// (one TCP stream each) run at the same time; the figure is the sum of what the servers
-// received, the median of --repeat runs. The node runs one worker (the only mode there is:
-// multi-queue workers are not built yet, see docs/design/native-fast-path.md).
+// A fresh namespace testbed per transport and worker count with 4 clients behind the NAT, each
+// a real `agent up` (alice, bob, carol, dave), one node (`workers: n`), and 4 iperf3 servers
+// on the target. The 4 iperf3 clients (one TCP stream each) run at the same time; the figure
+// is the sum of what the servers received, the median of --repeat runs. alice and carol pick
+// even source ports and bob and dave odd ones, so with 2 workers the node's kernel steers two
+// clients to each worker in every run (real clients' NAT-assigned ports spread at random). tls
+// runs on one worker whatever is asked (its sessions live on the main thread).
+import {readdirSync, readFileSync} from 'node:fs'
 import {parseArgs} from 'node:util'
-import {createTestbed, prepareFleet} from '../dist/testbed/index.js'
+import {createTestbed, prepareFleet, useLocalPortParity} from '../dist/testbed/index.js'
 import {startLogged} from './lib/proc.mjs'
 import {median} from './lib/stats.mjs'
 import {cpuSeconds} from './lib/measure.mjs'
 
-const {values: flags} = parseArgs({options: {transports: {type: 'string'}, seconds: {type: 'string'}, repeat: {type: 'string'}}})
+const {values: flags} = parseArgs({options: {transports: {type: 'string'}, workers: {type: 'string'}, seconds: {type: 'string'}, repeat: {type: 'string'}}})
+const workerCounts = (flags.workers ?? process.env.BENCH_AGG_WORKERS ?? '1,2').split(',').map(Number)
 const transports = (flags.transports ?? process.env.BENCH_AGG_TRANSPORTS ?? 'gre,ipip,ipsec-over-gre,tls').split(',').map((s) => s.trim()).filter(Boolean)
 const seconds = Number(flags.seconds ?? process.env.BENCH_SECONDS ?? 10)
 const repeat = Number(flags.repeat ?? process.env.BENCH_REPEAT ?? 1)
 const CLIENTS = ['alice', 'bob', 'carol', 'dave']
 const log = (m) => console.error(`[bench:aggregate] ${m}`)
 
-async function measure(transport) {
+/** user+sys seconds of each thread of `pid` by name ("node", "agent-worker"...), summed per name. */
+function threadCpu(pid) {
+  const out = {}
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / 100
+    } catch {}
+  }
+  return out
+}
+
+async function measure(transport, workers) {
   const tb = await createTestbed({prefix: 'agg', clients: CLIENTS.length})
   const procs = []
   try {
-    const fleet = await prepareFleet(tb, {transport, keepalive: 10, extraClients: CLIENTS.slice(2)})
+    const fleet = await prepareFleet(tb, {transport, keepalive: 10, extraClients: CLIENTS.slice(2), workers})
+    for (let i = 0; i < CLIENTS.length; i++) await useLocalPortParity(tb, tb.names.client[i], i % 2)
     const node = await fleet.startNode()
+    const lanes = Number(/(\d+) worker\(s\)/.exec(node.output)?.[1] ?? 1)
     procs.push(node.child)
     for (const [i, name] of CLIENTS.entries()) procs.push((await fleet.startClient(name, i)).child)
     for (let i = 0; i < CLIENTS.length; i++) {
@@ -36,29 +56,33 @@ async function measure(transport) {
     }
     const runs = []
     let nodeCpu = 0
+    let workerCpu = 0
     for (let r = 0; r < repeat; r++) {
       await new Promise((res) => setTimeout(res, 1000))
       const cpu0 = cpuSeconds(node.pid)
+      const threads0 = threadCpu(node.pid)
       const t0 = Date.now()
       const results = await Promise.all(
         CLIENTS.map((_, i) =>
           tb.exec(tb.names.client[i], 'iperf3', ['-c', tb.addr.target, '-p', String(5201 + i), '-t', String(seconds), '-J'], {timeoutMs: (seconds + 30) * 1000}),
         ),
       )
-      nodeCpu = ((cpuSeconds(node.pid) - cpu0) / ((Date.now() - t0) / 1000)) * 100
+      const elapsed = (Date.now() - t0) / 1000
+      nodeCpu = ((cpuSeconds(node.pid) - cpu0) / elapsed) * 100
+      workerCpu = (((threadCpu(node.pid)['agent-worker'] ?? 0) - (threads0['agent-worker'] ?? 0)) / elapsed) * 100
       const each = results.map((x) => {
         const j = JSON.parse(x.stdout)
         if (j.error) throw new Error(`iperf3: ${j.error}`)
         return j.end.sum_received.bits_per_second / 1e6
       })
       const sum = each.reduce((a, b) => a + b, 0)
-      log(`${transport}: ${sum.toFixed(0)} Mbit/s (${each.map((x) => x.toFixed(0)).join(' + ')}), node CPU ${nodeCpu.toFixed(0)}%`)
-      runs.push({sum, each, nodeCpu})
+      log(`${transport}, ${lanes} worker(s): ${sum.toFixed(0)} Mbit/s (${each.map((x) => x.toFixed(0)).join(' + ')}), node CPU ${nodeCpu.toFixed(0)}% (worker threads ${workerCpu.toFixed(0)}%)`)
+      runs.push({sum, each, nodeCpu, workerCpu})
     }
     const sums = runs.map((x) => x.sum)
-    return {transport, mbps: median(sums), runs}
+    return {transport, workers: lanes, mbps: median(sums), runs}
   } catch (e) {
-    return {transport, error: e instanceof Error ? e.message : String(e)}
+    return {transport, workers, error: e instanceof Error ? e.message : String(e)}
   } finally {
     for (const p of procs.reverse()) await tb.stop(p).catch(() => {})
     await tb.destroy()
@@ -66,14 +90,19 @@ async function measure(transport) {
 }
 
 const rows = []
-for (const t of transports) rows.push(await measure(t))
-console.log(`\n4 clients behind the NAT, one TCP stream each, ${seconds} s, median of ${repeat}; node with 1 worker\n`)
-console.log('| transport | aggregate (Mbit/s) | per client (Mbit/s) | node CPU (% of a core) |\n| --- | --- | --- | --- |')
+for (const t of transports) {
+  // tls runs on one worker whatever is asked: measured once.
+  for (const w of t === 'tls' ? [1] : workerCounts) rows.push(await measure(t, w))
+}
+console.log(`\n4 clients behind the NAT, one TCP stream each, ${seconds} s, median of ${repeat}\n`)
+console.log('| transport | workers | aggregate (Mbit/s) | vs 1 worker | per client (Mbit/s) | node CPU (% of a core) | of which worker threads |\n| --- | --- | --- | --- | --- | --- | --- |')
 for (const r of rows) {
-  if (r.error) console.log(`| ${r.transport} | FAILED: ${r.error} | | |`)
+  if (r.error) console.log(`| ${r.transport} | ${r.workers} | FAILED: ${r.error} | | | | |`)
   else {
     const mid = r.runs.find((x) => x.sum === r.mbps) ?? r.runs[0]
-    console.log(`| ${r.transport} | ${r.mbps.toFixed(0)} | ${mid.each.map((x) => x.toFixed(0)).join(', ')} | ${mid.nodeCpu.toFixed(0)} |`)
+    const one = rows.find((x) => x.transport === r.transport && x.workers === 1 && !x.error)
+    const ratio = one === undefined || one === r ? '—' : `${(r.mbps / one.mbps).toFixed(2)}×`
+    console.log(`| ${r.transport} | ${r.workers} | ${r.mbps.toFixed(0)} | ${ratio} | ${mid.each.map((x) => x.toFixed(0)).join(', ')} | ${mid.nodeCpu.toFixed(0)} | ${mid.workerCpu.toFixed(0)} |`)
   }
 }
 if (rows.some((r) => r.error)) process.exitCode = 1

@@ -104,6 +104,8 @@ export interface FleetOptions {
   env?: Record<string, string>
   /** More authorized clients beside alice and bob (the benchmark's 4 clients). */
   extraClients?: string[]
+  /** The node's `workers`, if not the default ("auto"). */
+  workers?: number | 'auto'
 }
 
 /**
@@ -164,7 +166,7 @@ clients:
     address: 10.99.0.50
 ${extra.map((n) => `  - name: ${n}\n`).join('')}transports:
   ${transport}: {${nodeTransportOptions}}
-${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}`,
+${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}${opts.workers === undefined ? '' : `workers: ${opts.workers}\n`}`,
   )
 
   const runDir = (ns: string) => join(tb.nsDir(ns), 'run')

@@ -128,6 +128,7 @@ describe('loadConfig', () => {
       egress: {interface: 'eth0', snat: 'masquerade', deny: ['169.254.0.0/16']},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/n.pem')},
       clients: [],
+      workers: 'auto',
       session: {idleTimeout: 180},
       transports: {
         tls: {keepalive: 10},
@@ -163,6 +164,7 @@ describe('loadConfig', () => {
     ])
     expect(config.transports.gre).toEqual({carrier: 'ip', port: 5000, keepalive: 15, checksum: true, sequence: true})
     expect(config.transports.tls).toEqual({keepalive: 20})
+    expect(config.workers).toBe(4)
     expect(config).not.toHaveProperty('$schema')
   })
 

@@ -11,7 +11,8 @@ const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 /** Room beyond the MTU for the transport's header and trailer. */
 const PAYLOAD_SLACK = 256
 
-export function openCarrierSocket(carrier: CarrierSpec, mtu: number, address: string, port: number): DatagramSocket {
+/** reusePort (udp only): the node's main socket and its workers' share address and port. */
+export function openCarrierSocket(carrier: CarrierSpec, mtu: number, address: string, port: number, reusePort = false): DatagramSocket {
   const common = {
     address,
     maxPayload: mtu + PAYLOAD_SLACK,
@@ -19,5 +20,5 @@ export function openCarrierSocket(carrier: CarrierSpec, mtu: number, address: st
     recvBufferBytes: SOCKET_BUFFER_BYTES,
     sendBufferBytes: SOCKET_BUFFER_BYTES,
   }
-  return carrier.kind === 'udp' ? openUdp({...common, port}) : openRawIp({...common, protocol: carrier.ipProtocol!, copyDfFromInner: carrier.copyDfFromInner === true})
+  return carrier.kind === 'udp' ? openUdp({...common, port, reusePort}) : openRawIp({...common, protocol: carrier.ipProtocol!, copyDfFromInner: carrier.copyDfFromInner === true})
 }

@@ -57,6 +57,12 @@ export interface DatagramSocket {
    */
   start(onBatch: (count: number, ring: DatagramRing) => void): void
   /**
+   * UDP with reusePort, once every socket of the group is bound: datagrams from one endpoint
+   * all go to socket (source address ^ source port) % n of the group, in the order they were
+   * opened, so one client's traffic stays on one worker.
+   */
+  steer?(n: number): void
+  /**
    * One datagram buf[offset, offset + length) to addr:port (port ignored for raw IP). Never
    * blocks, never throws for the network's sake: false when the kernel dropped it (EAGAIN: the
    * send buffer is full; ENOBUFS; EMSGSIZE: larger than the path MTU, DF is always set;
@@ -114,6 +120,11 @@ export interface DatagramOptions {
 export interface UdpOptions extends DatagramOptions {
   /** Local UDP port; 0 (default) for an ephemeral one. */
   port?: number
+  /**
+   * SO_REUSEPORT: more sockets may bind the same address and port, one per worker of the
+   * node's fast path (steer() says which one each client's datagrams reach).
+   */
+  reusePort?: boolean
 }
 
 export interface RawIpOptions extends DatagramOptions {

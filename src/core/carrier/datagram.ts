@@ -40,6 +40,14 @@ const MAX_RAW_PAYLOAD = 65515
 /** Slots are sized to a multiple of this, so every payload starts cache-line aligned (headroom 0 or 64...). */
 const SLOT_ALIGN = 64
 
+/**
+ * Which socket of a steered SO_REUSEPORT group of n (0: the first opened) gets the datagrams
+ * from addr:port: what the kernel computes with the program steer() installs (net.c).
+ */
+export function laneFor(addr: number, port: number, n: number): number {
+  return ((addr ^ port) >>> 0) % n
+}
+
 /** Bytes per ring slot: the headroom plus maxPayload rounded up to SLOT_ALIGN. */
 export function datagramSlotSize(headroom: number, maxPayload: number): number {
   return headroom + Math.ceil(maxPayload / SLOT_ALIGN) * SLOT_ALIGN
@@ -66,7 +74,8 @@ interface NativeStats {
 }
 
 interface NativeNet {
-  openUdp(addr: number, port: number, batch: number, rcvbuf: number, sndbuf: number): NativeHandle
+  openUdp(addr: number, port: number, batch: number, rcvbuf: number, sndbuf: number, reusePort: number): NativeHandle
+  steer(handle: NativeHandle, n: number): void
   openRaw(protocol: number, addr: number, batch: number, rcvbuf: number, sndbuf: number, writeHeader: number): NativeHandle
   info(handle: NativeHandle): NativeInfo
   start(
@@ -103,7 +112,7 @@ export function openUdp(opts: UdpOptions): DatagramSocket {
   checkInt('UDP socket port', port, 0, 65535)
   const c = common('UDP', opts, MAX_UDP_PAYLOAD)
   const native = loadNative()
-  const handle = native.openUdp(c.address, port, c.batchSize, c.recvBufferBytes, c.sendBufferBytes)
+  const handle = native.openUdp(c.address, port, c.batchSize, c.recvBufferBytes, c.sendBufferBytes, opts.reusePort === true ? 1 : 0)
   return new NativeDatagramSocket(native, handle, undefined, makeRing(c), opts.onError)
 }
 
@@ -221,6 +230,11 @@ class NativeDatagramSocket implements DatagramSocket {
       (err) => this.#fail(err),
     )
     this.#started = true
+  }
+
+  steer(n: number): void {
+    if (this.#closed) throw codeError(`${this.#label} is closed`, 'ERR_AGENT_NET_CLOSED')
+    this.native.steer(this.#handle, n)
   }
 
   send(buf: Uint8Array, offset: number, length: number, addr: number, port: number): boolean {

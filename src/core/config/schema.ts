@@ -269,6 +269,18 @@ export const nodeConfigSchema = {
         additionalProperties: false,
       },
     },
+    workers: {
+      anyOf: [
+        {type: 'integer', minimum: 1, maximum: 64},
+        {type: 'string', const: 'auto'},
+      ],
+      default: 'auto',
+      errorMessage: 'must be "auto" or a whole number from 1 to 64',
+      description:
+        'Threads that carry packets, each on its own TUN queue and UDP socket, so the node uses more than one core. ' +
+        '"auto": one per CPU core, at most 8. Only udp carriers (gre, ipip, ipsec-over-gre over UDP) spread over workers; ' +
+        'tls and bare IP carriers run on one.',
+    },
     session: {
       type: 'object',
       default: {},

@@ -16,6 +16,8 @@ function validator(): ValidateFunction {
     const ajv = new Ajv({allErrors: true, verbose: true, discriminator: true, strict: true, allowMatchingProperties: true, allowUnionTypes: true})
     // Annotation only: the message our pattern errors (and editors) show instead of the regex.
     ajv.addKeyword({keyword: 'patternErrorMessage', schemaType: 'string'})
+    // Likewise for a field of several forms (anyOf): one message instead of one per form.
+    ajv.addKeyword({keyword: 'errorMessage', schemaType: 'string'})
     compiled = ajv.compile(configSchema)
   }
   return compiled
@@ -140,6 +142,8 @@ function describe(error: ErrorObject, path: PathSegment[], data: unknown): Descr
       return plain(`must be at most ${String(params.limit)} characters`)
     case 'minItems':
       return plain(`must list at least ${String(params.limit)} ${params.limit === 1 ? 'entry' : 'entries'}`)
+    case 'anyOf':
+      return plain(`${typeof schema.errorMessage === 'string' ? schema.errorMessage : 'matches none of the allowed forms'}${got}`)
     default:
       return plain(error.message ?? `fails ${error.keyword}`)
   }
@@ -155,7 +159,11 @@ export function schemaIssues(data: unknown, source: YamlSource): ConfigIssue[] {
   }
   const issues: ConfigIssue[] = []
   const seen = new Set<string>()
-  for (const error of validate.errors ?? []) {
+  // A field that may take several forms (anyOf) gets one message, not one per form it failed.
+  const errors = validate.errors ?? []
+  const alternatives = errors.filter((e) => e.keyword === 'anyOf').map((e) => e.schemaPath)
+  const inAlternative = (e: ErrorObject): boolean => e.keyword !== 'anyOf' && alternatives.some((p) => e.schemaPath.startsWith(`${p}/`))
+  for (const error of errors.filter((e) => !inAlternative(e))) {
     const d = describe(error, segments(error.instancePath, data), data)
     const issue = {path: formatPath(d.path), ...source.locate(d.at, d.atKey ? 'key' : 'value'), message: d.message}
     const id = `${issue.path}\0${issue.message}`

@@ -14,6 +14,7 @@
  * without a FastCodec: this stays the reference for what is accepted.
  */
 import type {PacketRing, TunDevice} from '../tun/device.js'
+import type {TunQueue} from '../tun/linux.js'
 import {checkIpv4, ipv4Destination, ipv4Source} from '../net/packet.js'
 import {isKeepalive} from '../nat/keepalive.js'
 import type {Peer} from './peer.js'
@@ -98,6 +99,13 @@ export class DataPath {
     for (const peer of this.byAddress.values()) this.unfast(peer)
     this.fast = null
     fast.close()
+  }
+
+  /** See FastPath.addWorker; false when there is no fast path to add it to. */
+  addWorker(queue: TunQueue, socket: DatagramSocket, onError: (err: Error) => void): boolean {
+    if (this.fast === null) return false
+    this.fast.addWorker(queue, socket, onError)
+    return true
   }
 
   hasFastPath(): boolean {

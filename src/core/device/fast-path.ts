@@ -10,6 +10,7 @@
  */
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import type {TunDevice} from '../tun/device.js'
+import type {TunQueue} from '../tun/linux.js'
 import type {FastCodec} from '../transport/contract.js'
 import type {NativeStream} from '../carrier/native-stream.js'
 import {loadAgentNative} from '../native/addon.js'
@@ -27,6 +28,21 @@ interface NativeFast {
   take(handle: Handle, address: number, out: Float64Array): boolean
   stats(handle: Handle): FastPathStats
   close(handle: Handle): void
+  addWorker(handle: Handle, tunQueue: object, socket: object, onError: (err: Error) => void): void
+}
+
+/** What one lane of the fast path carried: the main thread's (index 0) or a worker thread's. */
+export interface LaneStats {
+  txPackets: number
+  rxPackets: number
+  sendDrops: number
+  tunWriteDrops: number
+  tunGsoPackets: number
+  tunGsoSegments: number
+  /** Worker lanes: packets passed to the main thread (keepalives, ESP, anything unusual). */
+  handedOff: number
+  /** ... and dropped because the main thread was too far behind to take them. */
+  handoffDrops: number
 }
 
 export interface FastPathStats {
@@ -42,6 +58,8 @@ export interface FastPathStats {
   /** Runs of TCP segments written to the TUN as one GSO packet, and the segments in them. */
   tunGsoPackets: number
   tunGsoSegments: number
+  /** The same per lane: the main thread first, then each worker thread. */
+  workers: LaneStats[]
 }
 
 const CODEC = {identity: 0, gre: 1} as const
@@ -105,6 +123,19 @@ export class FastPath {
 
   remove(address: number): void {
     this.native.remove(this.handle, address)
+  }
+
+  /**
+   * A worker thread (node only) on its own TUN queue and UDP socket (of the main socket's
+   * SO_REUSEPORT group), carrying identity and gre sessions' common packets; what it does not
+   * carry it hands to the main thread. `onError`: it stopped on an error that will not go away.
+   * The main TUN device and socket must have started.
+   */
+  addWorker(queue: TunQueue, socket: DatagramSocket, onError: (err: Error) => void): void {
+    const q = queue.nativeHandle()
+    const s = socket.nativeHandle?.()
+    if (q === undefined || s === undefined) throw new Error('a worker needs an open TUN queue and socket of the addon')
+    this.native.addWorker(this.handle, q, s, onError)
   }
 
   stats(): FastPathStats {

@@ -48,6 +48,37 @@ void net_batch_meta(poller *p, uint32_t **addrs, uint16_t **ports);
 void net_prepare_send(poller *p, struct msghdr *m, struct iovec iov[2], uint8_t hdr[20], struct sockaddr_in *sa,
                       const uint8_t *payload, uint32_t len, uint32_t addr, uint16_t port);
 
+/* ---------- for the node's worker threads (src/core/device/native/workers.c) ---------- */
+
+/*
+ * Reads TUN packets from fd into ring slots [0, slots) (each at headroom, its length in
+ * lengths) until the queue is empty or the slots are full; thread-safe. *err: a read error.
+ */
+uint32_t tun_read_into(int fd, bool vnet_hdr, uint8_t *ring, uint32_t *lengths, uint32_t slot_size, uint32_t headroom,
+                       uint32_t slots, int *err);
+/*
+ * Main thread: hands packets a worker read from another queue to this TUN device's batch
+ * handler (its fast path filter, then JS) as if this device had read them. Packet i is at
+ * data + i * stride.
+ */
+void tun_inject(poller *p, const uint8_t *data, uint32_t stride, const uint32_t *lengths, uint32_t n);
+/* Likewise for datagrams a worker received on a sibling socket, with their sources. */
+void net_inject(poller *p, const uint8_t *data, uint32_t stride, const uint32_t *lengths, const uint32_t *addrs,
+                const uint16_t *ports, uint32_t n);
+/* The largest payload socket p receives (set by start); 0 before. */
+uint32_t net_max_payload(poller *p);
+/*
+ * Points a socket that JS never starts at a ring of the caller's (a worker's), so
+ * net_read_batch can receive into it from another thread. False: slots exceeds its batch.
+ */
+bool net_use_ring(poller *p, uint8_t *ring, uint32_t *lengths, uint32_t *addrs, uint16_t *ports, uint32_t slot_size,
+                  uint32_t headroom, uint32_t max_payload, uint32_t slots);
+/* recvmmsg into that ring until empty or full; how many. *err: an error that is not ICMP's. */
+uint32_t net_read_batch(poller *p, int *err);
+/* After POLLERR: reads the ICMP errors queued and clears the socket error; 0, or the errno of
+ * an error that is not ICMP's (polling on would spin). */
+int net_clear_pollerr(poller *p);
+
 /* ---------- small shared pieces (args.c) ---------- */
 
 /* Wall-clock time in ms since the epoch, as JS's Date.now(). */

@@ -4,11 +4,12 @@
  * rules that admit exactly the connected authorized clients, and the data path between them.
  */
 import {randomInt} from 'node:crypto'
+import {availableParallelism} from 'node:os'
 import {existsSync} from 'node:fs'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedNodeConfig} from '../config/index.js'
-import type {NodeSession, Transport} from '../transport/contract.js'
+import type {CarrierSpec, NodeSession, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -17,11 +18,12 @@ import {ControlConnection} from '../control/connection.js'
 import type {ControlMessage, Hello} from '../control/messages.js'
 import {PROTOCOL_VERSION} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
-import {tunOffload} from '../device/fast-path.js'
+import {fastPathDisabled, tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {NativeStreamLink} from '../carrier/native-stream.js'
+import {DatagramLink} from '../carrier/datagram-link.js'
 import {RECORDS, recordsPossible} from '../control/native-records.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
@@ -30,7 +32,7 @@ import {getSysctl, setSysctl} from '../sys/sysctl.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
 import {startStatusServer} from '../status/server.js'
-import type {StatusReport} from '../status/report.js'
+import type {PeerReport, StatusReport} from '../status/report.js'
 import {authorize} from './authorize.js'
 import {planAddresses} from './address-plan.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
@@ -50,6 +52,8 @@ const HANDSHAKE_TIMEOUT_MS = 5_000
 const MAX_CONNECTIONS_BASE = 64
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
+/** workers: "auto" runs one per core, up to this many. */
+const MAX_AUTO_WORKERS = 8
 /** How often silent datagram sessions are looked for. */
 const EXPIRY_CHECK_MS = 5_000
 
@@ -91,6 +95,8 @@ export class NodeAgent {
   private readonly sessionIds = new Set<number>()
   private datagrams: NodeDatagrams | null = null
   private expiry: NodeJS.Timeout | null = null
+  /** Threads carrying packets (the main one and its workers). */
+  private lanes = 1
   private ticker: NodeJS.Timeout | null = null
 
   /** Resolves when the node must end by itself (its TUN device failed), with why. */
@@ -124,6 +130,26 @@ export class NodeAgent {
     }
   }
 
+  /**
+   * How many lanes (threads) carry packets: `workers` from the config ("auto": one per core, at
+   * most MAX_AUTO_WORKERS), where the carrier allows more than one. Only a UDP socket can be
+   * one per worker (SO_REUSEPORT); every raw IP socket would see every packet, and a tls
+   * session lives on its own connection on the main thread.
+   */
+  private lanesFor(carrier: CarrierSpec): number {
+    const wanted = this.config.workers === 'auto' ? Math.min(availableParallelism(), MAX_AUTO_WORKERS) : this.config.workers
+    if (wanted <= 1) return 1
+    const why =
+      carrier.kind !== 'udp'
+        ? `the ${carrier.kind === 'stream' ? 'tls' : 'bare IP'} carrier runs on one`
+        : fastPathDisabled()
+          ? 'workers are part of the native fast path, which AGENT_FAST_PATH=off turns off'
+          : undefined
+    if (why === undefined) return wanted
+    if (this.config.workers !== 'auto') this.log.warn(`workers: ${wanted} asked for, running 1: ${why}`)
+    return 1
+  }
+
   private transportOptions(): Record<string, unknown> {
     return ((this.config.transports as Record<string, unknown>)[this.transport.name] ?? {}) as Record<string, unknown>
   }
@@ -144,8 +170,11 @@ export class NodeAgent {
     try {
       this.checkNotStopped()
       const {interface: ifname, address, subnet} = this.config.tunnel
-      // The virtio header lets the fast path write runs of TCP segments as one packet.
-      this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      const lanes = this.lanesFor(carrier)
+      // The virtio header lets the fast path write runs of TCP segments as one packet; more
+      // than one lane needs a queue of the device per worker.
+      const tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), multiQueue: lanes > 1, onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      this.tun = tun
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
 
@@ -174,7 +203,7 @@ export class NodeAgent {
       this.datapath = new DataPath(this.tun, 'node')
       this.datapath.localAddress = ipv4ToNumber(address)
       if (carrier.kind !== 'stream') {
-        this.datagrams = new NodeDatagrams(carrier, this.transport, this.datapath, this.config.listen.address, this.mtu, this.log)
+        this.datagrams = new NodeDatagrams(carrier, this.transport, this.datapath, this.config.listen.address, this.mtu, this.log, lanes)
         this.datagrams.start()
         this.expiry = setInterval(() => this.expireSilentSessions(), EXPIRY_CHECK_MS)
         this.expiry.unref()
@@ -183,6 +212,7 @@ export class NodeAgent {
         this.datapath.enableFastPath(null, this.mtu)
       }
       this.datapath.start()
+      this.lanes = this.datagrams?.startWorkers(tun, (e) => this.endWith(new Error(`a fast path worker failed: ${e.message}`))) ?? 1
       this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
       this.ticker.unref()
       await this.listen(credentials)
@@ -192,7 +222,8 @@ export class NodeAgent {
       this.log.info(
         `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
           `transport ${this.transport.name}, listening on ${this.listenText()}` +
-          `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.config.clients.length} authorized client(s)`,
+          `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.config.clients.length} authorized client(s), ` +
+          `${this.lanes} worker(s)`,
       )
     } catch (e) {
       await this.tearDown()
@@ -509,6 +540,7 @@ export class NodeAgent {
   }
 
   report(): StatusReport {
+    const fast = this.datapath?.fastPathStats()
     return {
       name: this.config.name,
       role: 'node',
@@ -520,9 +552,18 @@ export class NodeAgent {
       startedAt: this.state.startedAt,
       endpoint: this.listenText(),
       state: this.closing ? 'stopping' : 'up',
-      peers: (this.datapath?.peers() ?? []).map(peerReport),
-      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(this.datapath?.fastPathStats())},
+      peers: (this.datapath?.peers() ?? []).map((p) => this.peerWithWorker(p)),
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast)},
+      ...(this.lanes > 1 && fast != null ? {workers: fast.workers} : {}),
     }
+  }
+
+  /** A peer's report, with the worker its datagrams are steered to when there are several. */
+  private peerWithWorker(p: Peer): PeerReport {
+    const report = peerReport(p)
+    const link = p.link
+    const lane = link instanceof DatagramLink ? this.datagrams?.laneOf(link.addr, link.port) : undefined
+    return lane === undefined ? report : {...report, worker: lane}
   }
 
   /**

@@ -17,9 +17,11 @@ import type {Peer} from '../device/peer.js'
 import {DatagramLink, SendQueue} from '../carrier/datagram-link.js'
 import type {DatagramRing, DatagramSocket} from '../carrier/datagram.js'
 import {openCarrierSocket} from '../carrier/carrier-socket.js'
+import {laneFor} from '../carrier/datagram.js'
 import {KeepaliveKind} from '../nat/keepalive.js'
 import {KeepaliveState} from '../nat/session-keepalive.js'
 import {ipv4Source} from '../net/packet.js'
+import type {LinuxTunDevice, TunQueue} from '../tun/linux.js'
 
 /** One number per endpoint: an IPv4 address and a port fit in 48 bits, a safe integer. */
 function endpointKey(addr: number, port: number): number {
@@ -59,6 +61,9 @@ export class NodeDatagrams {
   private readonly keepalives = new Map<Peer, KeepaliveState>()
   private readonly budgets = new Map<Peer, VerifyBudget>()
   private readonly socket: DatagramSocket
+  /** Each worker's socket (of the main one's SO_REUSEPORT group) and TUN queue. */
+  private readonly workerSockets: DatagramSocket[] = []
+  private readonly workerQueues: TunQueue[] = []
   readonly queue: SendQueue
   readonly counters = {unknownSession: 0}
 
@@ -67,10 +72,12 @@ export class NodeDatagrams {
     private readonly transport: Transport,
     private readonly datapath: DataPath,
     listenAddress: string,
-    mtu: number,
+    private readonly mtu: number,
     private readonly log: Logger,
+    /** Lanes to spread clients over (the main thread and lanes - 1 workers); udp only. */
+    private readonly lanes = 1,
   ) {
-    this.socket = openCarrierSocket(carrier, mtu, listenAddress, carrier.port ?? 0)
+    this.socket = openCarrierSocket(carrier, mtu, listenAddress, carrier.port ?? 0, lanes > 1)
     this.queue = new SendQueue(this.socket)
     datapath.onKeepalive = this.onKeepalive
     datapath.enableFastPath(this.socket, mtu)
@@ -84,6 +91,29 @@ export class NodeDatagrams {
 
   start(): void {
     this.socket.start(this.onBatch)
+  }
+
+  /**
+   * Once the socket and the TUN device have started: the worker threads, each with a socket on
+   * the same port and a queue of `tun`, and the kernel told to steer each client endpoint to
+   * one of them. Returns the lanes that now carry packets (1: only this thread).
+   */
+  startWorkers(tun: LinuxTunDevice, onError: (err: Error) => void): number {
+    if (this.lanes <= 1) return 1
+    for (let i = 1; i < this.lanes; i++) {
+      this.workerSockets.push(openCarrierSocket(this.carrier, this.mtu, this.socket.localAddress, this.socket.localPort, true))
+      this.workerQueues.push(tun.openQueue())
+    }
+    this.socket.steer!(this.lanes)
+    for (let i = 0; i < this.workerSockets.length; i++) {
+      if (!this.datapath.addWorker(this.workerQueues[i], this.workerSockets[i], onError)) return 1
+    }
+    return this.lanes
+  }
+
+  /** The lane (0: the main thread) a client at addr:port is steered to, while workers run. */
+  laneOf(addr: number, port: number): number | undefined {
+    return this.workerSockets.length === 0 || addr === 0 ? undefined : laneFor(addr, port, this.lanes)
   }
 
   /** A link for a new session; its endpoint is learned from the client's first keepalive. */
@@ -137,7 +167,9 @@ export class NodeDatagrams {
   }
 
   close(): void {
-    this.datapath.disableFastPath()
+    this.datapath.disableFastPath() // joins the workers before their descriptors close
+    for (const s of this.workerSockets) s.close()
+    for (const q of this.workerQueues) q.close()
     this.socket.close()
   }
 

@@ -47,6 +47,10 @@ function formatOne(s: InstanceStatus): string {
   ]
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
+  if (s.workers !== undefined) {
+    const lanes = s.workers.map((w, i) => `${i}: rx ${w.rxPackets} tx ${w.txPackets}${w.handedOff > 0 ? ` handed off ${w.handedOff}` : ''}${w.handoffDrops > 0 ? ` dropped ${w.handoffDrops}` : ''}`)
+    head.push(`  workers ${s.workers.length} (packets) ${lanes.join(', ')}`)
+  }
   if (s.peers.length === 0) return [...head, `  no ${s.role === 'node' ? 'client' : 'node'} connected`].join('\n')
   const rows = s.peers.map((p) => [
     p.name,
@@ -55,7 +59,7 @@ function formatOne(s: InstanceStatus): string {
     bytes(p.rxBytes),
     bytes(p.txBytes),
     p.lastSeen === null ? 'never' : `${Math.round((Date.now() - Date.parse(p.lastSeen)) / 1000)}s ago`,
-    p.path ?? '-',
+    p.worker === undefined ? (p.path ?? '-') : `${p.path} w${p.worker}`,
     Object.entries(p.drops)
       .map(([k, v]) => `${k}=${v}`)
       .join(' ') || '-',

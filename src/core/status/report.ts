@@ -19,6 +19,25 @@ export interface PeerReport {
    * a transport without a FastCodec, or a peer that did not agree to native records).
    */
   path: 'native' | 'javascript'
+  /**
+   * Node with workers: the worker (0: the main thread) the peer's datagrams are steered to,
+   * from its endpoint. Its return traffic follows the same flows onto the same worker.
+   */
+  worker?: number
+}
+
+/** What one thread of a node's fast path carried (the main thread first, then each worker). */
+export interface WorkerReport {
+  txPackets: number
+  rxPackets: number
+  sendDrops: number
+  tunWriteDrops: number
+  tunGsoPackets: number
+  tunGsoSegments: number
+  /** Packets a worker passed to the main thread (keepalives, ESP, anything unusual)... */
+  handedOff: number
+  /** ...and dropped because the main thread was behind. */
+  handoffDrops: number
 }
 
 export interface StatusReport {
@@ -37,4 +56,6 @@ export interface StatusReport {
   state: string
   peers: PeerReport[]
   counters: Record<string, number>
+  /** Node with more than one worker: each one's counters, the main thread's first. */
+  workers?: WorkerReport[]
 }

@@ -41,9 +41,21 @@ export interface LinuxTunOptions extends TunOptions {
   onError?: (err: Error) => void
 }
 
+/** One more queue of a multi-queue device, read and written by a worker thread of the fast path. */
+export interface TunQueue {
+  /** The addon's handle while open, for FastPath.addWorker. */
+  nativeHandle(): object | undefined
+  close(): void
+}
+
 export interface LinuxTunDevice extends TunDevice {
   /** The ring start() delivers into, allocated once at open. */
   readonly ring: PacketRing
+  /**
+   * Another queue of this device (opened with multiQueue): the kernel spreads the packets it
+   * sends into the device over the queues by flow. Closed with the device or on its own.
+   */
+  openQueue(): TunQueue
   /**
    * Writes packets buf[offsets[i] .. offsets[i] + lengths[i]) for i < count in one native call.
    * Returns how many the kernel accepted; the rest were dropped (see write).
@@ -116,12 +128,13 @@ export function openTun(opts: LinuxTunOptions): LinuxTunDevice {
     tailroom: slotSize - TUN_HEADROOM - opts.mtu,
     lengths: new Uint32Array(batchSize),
   }
-  return new LinuxTun(opts.name, native, handle, ring, opts.onError)
+  return new LinuxTun(opts.name, native, handle, ring, opts.onError, opts.multiQueue ?? false, opts.vnetHdr ?? false)
 }
 
 class LinuxTun implements LinuxTunDevice {
   #handle: NativeHandle | undefined
   #started = false
+  readonly #queues = new Set<TunQueue>()
 
   constructor(
     readonly name: string,
@@ -129,8 +142,27 @@ class LinuxTun implements LinuxTunDevice {
     handle: NativeHandle,
     readonly ring: PacketRing,
     private readonly onError: ((err: Error) => void) | undefined,
+    private readonly multiQueue: boolean,
+    private readonly vnetHdr: boolean,
   ) {
     this.#handle = handle
+  }
+
+  openQueue(): TunQueue {
+    if (this.#handle === undefined) throw codeError(`TUN device ${this.name} is closed`, 'ERR_AGENT_TUN_CLOSED')
+    if (!this.multiQueue) throw codeError(`TUN device ${this.name} was not opened with multiQueue`, 'ERR_AGENT_TUN_QUEUE')
+    const native = this.native
+    let handle: NativeHandle | undefined = native.open(this.name, true, this.vnetHdr)
+    const queue: TunQueue = {
+      nativeHandle: () => handle,
+      close: () => {
+        if (handle !== undefined) native.close(handle)
+        handle = undefined
+        this.#queues.delete(queue)
+      },
+    }
+    this.#queues.add(queue)
+    return queue
   }
 
   start(onBatch: (count: number, ring: PacketRing) => void): void {
@@ -169,6 +201,7 @@ class LinuxTun implements LinuxTunDevice {
   close(): void {
     const handle = this.#handle
     if (handle === undefined) return
+    for (const q of [...this.#queues]) q.close()
     this.#handle = undefined
     this.native.close(handle)
   }

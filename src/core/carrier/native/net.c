@@ -29,7 +29,10 @@
  * datagram does not drop this one (a real, synchronous error fails again and is counted).
  *
  * JS API (all but open* take the handle returned by open*):
- *   openUdp(addr, port, batch, rcvbuf, sndbuf) -> handle        (addr: uint32, host order)
+ *   openUdp(addr, port, batch, rcvbuf, sndbuf, reusePort) -> handle   (addr: uint32, host order;
+ *        reusePort: SO_REUSEPORT, so the node's workers each have a socket on the same port)
+ *   steer(handle, n): the datagrams of one client endpoint all go to one of the n sockets of
+ *        its SO_REUSEPORT group, number (source address ^ source port) % n, in bind order
  *   openRaw(protocol, addr, batch, rcvbuf, sndbuf, writeHeader) -> handle
  *        (writeHeader: IP_HDRINCL, the outer header's TOS and DF copied from the inner IPv4)
  *   info(handle) -> {address, port, recvBufferBytes, sendBufferBytes}
@@ -46,6 +49,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/errqueue.h>
+#include <linux/filter.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <node_api.h>
@@ -324,12 +328,12 @@ static net_sock *new_sock(napi_env env, sock_kind kind, int fd, uint32_t batch) 
 }
 
 static napi_value net_open_udp(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  uint32_t a[5]; /* addr, port, batch, rcvbuf, sndbuf */
+  napi_value argv[6];
+  uint32_t a[6]; /* addr, port, batch, rcvbuf, sndbuf, reusePort */
   char where[32], msg[256], name[32];
 
-  if (!poller_args(&NET, env, info, 5, argv, "openUdp(addr, port, batch, rcvbuf, sndbuf)")) return NULL;
-  if (!get_u32s(env, argv, a, 5)) return NULL;
+  if (!poller_args(&NET, env, info, 6, argv, "openUdp(addr, port, batch, rcvbuf, sndbuf, reusePort)")) return NULL;
+  if (!get_u32s(env, argv, a, 6)) return NULL;
   if (a[1] > 65535 || a[2] == 0 || a[2] > MAX_BATCH || a[3] > INT32_MAX / 2 || a[4] > INT32_MAX / 2) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "openUdp: port, batch or buffer size out of range");
     return NULL;
@@ -343,6 +347,11 @@ static napi_value net_open_udp(napi_env env, napi_callback_info info) {
   }
   const char *what;
   int err = set_options(fd, a[3], a[4], &what);
+  int on = 1;
+  if (err == 0 && a[5] != 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+    err = errno;
+    what = "setsockopt(SO_REUSEPORT)";
+  }
   if (err != 0) {
     close(fd);
     snprintf(msg, sizeof msg, "cannot set up UDP socket: %s", what);
@@ -964,6 +973,101 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---------- the node's workers ---------- */
+
+/*
+ * A classic BPF program for SO_ATTACH_REUSEPORT_CBPF: it runs with the packet's data at the UDP
+ * payload, so the network header is reached through SKF_NET_OFF. It returns the index of the
+ * socket in the group: (source address ^ source port) % n. So one client endpoint always lands
+ * on one worker (no reordering within it), the choice is the same in every run (status and
+ * tests can say which), and NAT-assigned ports spread clients evenly.
+ */
+static napi_value net_steer(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  net_sock *s;
+  uint32_t n;
+  if (!poller_args(&NET, env, info, 2, argv, "steer(handle, n)")) return NULL;
+  if ((s = get_sock(env, argv[0])) == NULL || !poller_check_open(&s->p) || !get_u32s(env, argv + 1, &n, 1)) return NULL;
+  if (s->kind != KIND_UDP || n < 1 || n > 1024) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "steer: a UDP socket, and n from 1 to 1024");
+    return NULL;
+  }
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, (uint32_t)SKF_NET_OFF),      /* X = the IPv4 header's length */
+      BPF_STMT(BPF_LD | BPF_H | BPF_IND, (uint32_t)SKF_NET_OFF),       /* A = UDP source port */
+      BPF_STMT(BPF_MISC | BPF_TAX, 0),                                  /* X = A */
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 12)), /* A = source address */
+      BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+      BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),
+      BPF_STMT(BPF_RET | BPF_A, 0),
+  };
+  struct sock_fprog prog = {.len = sizeof code / sizeof code[0], .filter = code};
+  if (setsockopt(s->p.fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) != 0) {
+    poller_throw_errno(&NET, env, errno, "cannot steer the UDP socket group: setsockopt(SO_ATTACH_REUSEPORT_CBPF)");
+    return NULL;
+  }
+  return NULL;
+}
+
+uint32_t net_max_payload(poller *p) {
+  return ((net_sock *)p)->max_payload;
+}
+
+bool net_use_ring(poller *p, uint8_t *ring, uint32_t *lengths, uint32_t *addrs, uint16_t *ports, uint32_t slot_size,
+                  uint32_t headroom, uint32_t max_payload, uint32_t slots) {
+  net_sock *s = (net_sock *)p;
+  if (slots == 0 || slots > s->batch || headroom + max_payload > slot_size) return false;
+  s->p.slot_size = slot_size;
+  s->p.headroom = headroom;
+  s->p.slots = slots;
+  s->max_payload = max_payload;
+  s->p.lengths = lengths;
+  s->addrs = addrs;
+  s->ports = ports;
+  point_iovecs(s, ring);
+  return true;
+}
+
+uint32_t net_read_batch(poller *p, int *err) {
+  bool icmp = false;
+  return drain((net_sock *)p, err, &icmp);
+}
+
+int net_clear_pollerr(poller *p) {
+  net_sock *s = (net_sock *)p;
+  bool more = true;
+  while (more) drain_errqueue(s, &more);
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (getsockopt(s->p.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return errno; /* clears it */
+  return soerr != 0 && !net_is_icmp_error(soerr) ? soerr : 0;
+}
+
+void net_inject(poller *p, const uint8_t *data, uint32_t stride, const uint32_t *lengths, const uint32_t *addrs,
+                const uint16_t *ports, uint32_t n) {
+  net_sock *s = (net_sock *)p;
+  napi_handle_scope scope;
+  if (s->p.closed || s->p.slots == 0 || napi_open_handle_scope(s->p.env, &scope) != napi_ok) return;
+  uint32_t i = 0;
+  while (i < n && !s->p.closed) {
+    if (!resolve_ring(s)) {
+      poller_deliver_ring_error(&s->p);
+      break;
+    }
+    uint32_t count = 0;
+    for (; i < n && count < s->p.slots; i++) {
+      if (lengths[i] > s->max_payload) continue; /* cannot happen: same geometry */
+      memcpy(s->p.ring + (size_t)count * s->p.slot_size + s->p.headroom, data + (size_t)i * stride, lengths[i]);
+      s->p.lengths[count] = lengths[i];
+      s->addrs[count] = addrs[i];
+      s->ports[count] = ports[i];
+      count++;
+    }
+    if (count > 0) poller_deliver_batch(&s->p, count);
+  }
+  napi_close_handle_scope(s->p.env, scope);
+}
+
 /* ---------- close ---------- */
 
 static napi_value net_close(napi_env env, napi_callback_info info) {
@@ -991,7 +1095,7 @@ napi_value net_init(napi_env env, napi_value exports) {
   static const poller_fn fns[] = {
       {"openUdp", net_open_udp}, {"openRaw", net_open_raw},        {"info", net_info},
       {"start", net_start},      {"send", net_send},               {"sendBatch", net_send_batch},
-      {"stats", net_stats},      {"close", net_close},
+      {"stats", net_stats},      {"close", net_close},              {"steer", net_steer},
   };
   return poller_export(&NET, env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -52,89 +52,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "agent.h"
-#include "coalesce.h"
-#include "esp.h"
-#include "poller.h"
-
-enum { ROLE_NODE = 0, ROLE_CLIENT = 1 };
-enum { CODEC_IDENTITY = 0, CODEC_GRE = 1, CODEC_ESP = 2, CODEC_STREAM = 3 };
-/* Inbound SAs one esp session may have at once: the current one and those of recent rekeys. */
-#define ESP_MAX_INBOUND 4
+#include "fastpath.h"
 
 #define GRE_HEADER 8          /* flags+version, protocol type, key */
 #define KEEPALIVE_PROTOCOL 253 /* src/core/nat/keepalive.ts: always JS's */
 #define IPV4_MIN_HEADER 20
 #define MIN_MTU 68
 #define MAX_MTU 65535
-
-/* esp-gcm-in-gre: ESP sealed under `out`, carried in GRE keyed with the receiver's SPI. */
-typedef struct esp_codec {
-  bool has_out;
-  esp_sa out;
-  uint32_t src, dst; /* the outer IPv4 header's: the tunnel addresses */
-  napi_ref out_ref;  /* the counter's typed array */
-  uint32_t n_in;
-  esp_sa in[ESP_MAX_INBOUND];
-  napi_ref in_ref[ESP_MAX_INBOUND]; /* each window's typed array */
-} esp_codec;
-
-typedef struct fast_session {
-  uint32_t address; /* tunnel address, host order */
-  uint32_t key;     /* gre: the session's key */
-  uint32_t ep_addr; /* 0: endpoint not learned yet (everything goes to JS) */
-  uint16_t ep_port;
-  uint8_t codec;
-  esp_codec *esp; /* CODEC_ESP only */
-  tls_stream *stream; /* CODEC_STREAM only: the tls session's connection (stream.c) */
-  napi_ref stream_ref;
-  /* Since the last take(). */
-  uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
-  double last_rx_ms;
-} fast_session;
-
-/* Open addressing, linear probing; rebuilt whole on every change (control plane, rare). */
-typedef struct map_entry {
-  uint64_t key;
-  int32_t idx; /* -1: empty */
-} map_entry;
-
-typedef struct map {
-  map_entry *e;
-  uint32_t mask;
-} map;
-
-typedef struct fast_path {
-  napi_env env;
-  int role;
-  uint32_t mtu;
-  bool closed;
-
-  fast_session *s;
-  uint32_t n, cap;
-  map by_addr, by_key, by_ep;
-  uint32_t n_gre, n_identity;
-
-  poller *tun, *sock;
-  napi_ref tun_ref, sock_ref;
-
-  /* For one TUN batch: the datagrams to send, and which slots stay for JS. */
-  struct mmsghdr *msgs;
-  struct iovec *iov;     /* 2 per datagram (see net_prepare_send) */
-  uint8_t *hdr;          /* 20 per datagram */
-  struct sockaddr_in *names;
-  uint8_t *slow;
-  inner_packet *pending; /* for one socket batch: the inner packets to write */
-  tls_stream **dirty;    /* for one TUN batch: the streams to flush */
-  uint32_t batch_cap;
-  /* From the streams' reads: inner packets taken, not yet written to the TUN. */
-  inner_packet stream_in[256];
-  uint32_t n_stream_in;
-  double stream_now;
-
-  uint64_t tx_packets, rx_packets, send_drops, tun_write_drops;
-  uint64_t gso_packets, gso_segments; /* TCP runs written to the TUN as one packet (coalesce.c) */
-} fast_path;
 
 static const napi_type_tag FAST_TAG = {0x6167656e745f6661ULL, 0x73745f7061746821ULL};
 
@@ -243,33 +167,45 @@ static bool rebuild(fast_path *fp) {
 
 /* ---------- TUN -> carrier ---------- */
 
-static bool ensure_batch(fast_path *fp, uint32_t slots) {
-  if (slots <= fp->batch_cap) return true;
-  struct mmsghdr *m = realloc(fp->msgs, sizeof *m * slots);
-  if (m != NULL) fp->msgs = m;
-  struct iovec *v = realloc(fp->iov, sizeof *v * slots * 2);
-  if (v != NULL) fp->iov = v;
-  uint8_t *h = realloc(fp->hdr, (size_t)slots * 20);
-  if (h != NULL) fp->hdr = h;
-  struct sockaddr_in *a = realloc(fp->names, sizeof *a * slots);
-  if (a != NULL) fp->names = a;
-  uint8_t *f = realloc(fp->slow, slots);
-  if (f != NULL) fp->slow = f;
-  inner_packet *q = realloc(fp->pending, sizeof *q * slots);
-  if (q != NULL) fp->pending = q;
-  tls_stream **d = realloc(fp->dirty, sizeof *d * slots);
-  if (d != NULL) fp->dirty = d;
+bool fast_lane_reserve(lane *l, uint32_t slots) {
+  if (slots <= l->batch_cap) return true;
+  struct mmsghdr *m = realloc(l->msgs, sizeof *m * slots);
+  if (m != NULL) l->msgs = m;
+  struct iovec *v = realloc(l->iov, sizeof *v * slots * 2);
+  if (v != NULL) l->iov = v;
+  uint8_t *h = realloc(l->hdr, (size_t)slots * 20);
+  if (h != NULL) l->hdr = h;
+  struct sockaddr_in *a = realloc(l->names, sizeof *a * slots);
+  if (a != NULL) l->names = a;
+  uint8_t *f = realloc(l->slow, slots);
+  if (f != NULL) l->slow = f;
+  inner_packet *q = realloc(l->pending, sizeof *q * slots);
+  if (q != NULL) l->pending = q;
+  tls_stream **d = realloc(l->dirty, sizeof *d * slots);
+  if (d != NULL) l->dirty = d;
   if (m == NULL || v == NULL || h == NULL || a == NULL || f == NULL || q == NULL || d == NULL) return false;
-  fp->batch_cap = slots;
+  l->batch_cap = slots;
   return true;
+}
+
+void fast_lane_free(lane *l) {
+  free(l->msgs);
+  free(l->iov);
+  free(l->hdr);
+  free(l->names);
+  free(l->slow);
+  free(l->pending);
+  free(l->dirty);
+  memset(l, 0, sizeof *l);
 }
 
 /* Sends msgs[0, n): what the kernel refuses is dropped, as by a router, and counted both in
  * the socket's send errors (by errno) and here. */
-static void send_all(fast_path *fp, uint32_t n) {
+static void send_all(lane *l, uint32_t n) {
   uint32_t sent = 0;
-  net_send_messages(fp->sock, fp->msgs, n, &sent);
-  fp->send_drops += n - sent;
+  net_send_messages(l->sock, l->msgs, n, &sent);
+  FAST_ADD(l->c.send_drops, n - sent);
+  FAST_ADD(l->c.tx_packets, n);
 }
 
 /* A GRE header with only the key: no checksum, no sequence number, version 0, IPv4 inside. */
@@ -284,34 +220,61 @@ static void write_gre(uint8_t *h, uint32_t key) {
   h[7] = (uint8_t)key;
 }
 
-static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
-  fast_path *fp = ctx;
-  if (fp->closed || fp->n == 0) return count;
-  if (!ensure_batch(fp, count)) return count;
-  const bool client = fp->role == ROLE_CLIENT;
-  const bool can_send = fp->sock != NULL && !fp->sock->closed;
-  fast_session *only = client && fp->n == 1 ? &fp->s[0] : NULL;
-  uint32_t nsend = 0, left = 0, ndirty = 0;
+/* Moves the packets still marked slow to the front of the batch; returns how many. */
+static uint32_t compact(const lane *l, const batch_view *b, uint32_t count) {
+  uint32_t left = 0;
   for (uint32_t i = 0; i < count; i++) {
-    uint8_t *pkt = p->ring + (size_t)i * p->slot_size + p->headroom;
-    uint32_t len = p->lengths[i];
-    fp->slow[i] = 1;
+    if (!l->slow[i]) continue;
+    if (left != i) {
+      memmove(b->ring + (size_t)left * b->slot_size + b->headroom, b->ring + (size_t)i * b->slot_size + b->headroom,
+              b->lengths[i]);
+      b->lengths[left] = b->lengths[i];
+      if (b->addrs != NULL) {
+        b->addrs[left] = b->addrs[i];
+        b->ports[left] = b->ports[i];
+      }
+    }
+    left++;
+  }
+  return left;
+}
+
+/*
+ * Only the main lane may touch ESP state (its sequence counter and replay window are shared
+ * with JS, and an EVP context is not thread-safe) or a tls stream (stream.c is main-thread
+ * code): a worker passes those sessions' packets to the main thread.
+ */
+static bool lane_carries(const lane *l, const fast_session *s) {
+  return l->is_main || s->codec == CODEC_IDENTITY || s->codec == CODEC_GRE;
+}
+
+uint32_t fast_tun_batch(fast_path *fp, lane *l, const batch_view *b, uint32_t count) {
+  if (fp->closed || fp->n == 0) return count;
+  if (!fast_lane_reserve(l, count)) return count;
+  const bool client = fp->role == ROLE_CLIENT;
+  const bool can_send = l->sock != NULL && !l->sock->closed;
+  fast_session *only = client && fp->n == 1 ? &fp->s[0] : NULL;
+  uint32_t nsend = 0, ndirty = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    uint8_t *pkt = b->ring + (size_t)i * b->slot_size + b->headroom;
+    uint32_t len = b->lengths[i];
+    l->slow[i] = 1;
     if (len > fp->mtu || !ipv4_ok(pkt, len)) continue;
     fast_session *s = client ? only : lookup(fp, &fp->by_addr, be32(pkt + 16));
-    if (s == NULL) continue;
+    if (s == NULL || !lane_carries(l, s)) continue;
     if (s->codec == CODEC_STREAM) {
       /* One record per stream per batch: flushed below. A closed stream or a full queue drops. */
       tls_stream *st = s->stream;
       const bool was_dirty = stream_dirty(st);
-      fp->slow[i] = 0;
+      l->slow[i] = 0;
       if (!stream_queue_data(st, pkt, len)) {
-        fp->send_drops++;
+        l->c.send_drops++;
         continue;
       }
-      if (!was_dirty) fp->dirty[ndirty++] = st;
-      s->tx_packets++;
+      if (!was_dirty) l->dirty[ndirty++] = st;
+      s->tx_packets++; /* main lane only, and stream sessions never reach a worker */
       s->tx_bytes += len;
-      fp->tx_packets++;
+      l->c.tx_packets++;
       continue;
     }
     if (!can_send || s->ep_addr == 0) continue;
@@ -319,47 +282,35 @@ static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
     uint32_t olen = len;
     if (s->codec == CODEC_ESP) {
       esp_codec *e = s->esp;
-      const uint8_t *slot_end = p->ring + (size_t)(i + 1) * p->slot_size;
-      if (!e->has_out || p->headroom < GRE_HEADER + ESP_HEADROOM || pkt + len + ESP_TAILROOM > slot_end) continue;
+      const uint8_t *slot_end = b->ring + (size_t)(i + 1) * b->slot_size;
+      if (!e->has_out || b->headroom < GRE_HEADER + ESP_HEADROOM || pkt + len + ESP_TAILROOM > slot_end) continue;
       const esp_seal_result r = esp_seal(&e->out, e->src, e->dst, pkt, len, &out, &olen);
       if (r == ESP_REFUSED) continue;
       if (r == ESP_CONSUMED) { /* neither ours to send nor JS's to seal again: dropped */
-        fp->slow[i] = 0;
-        fp->send_drops++;
+        l->slow[i] = 0;
+        l->c.send_drops++;
         continue;
       }
       write_gre(out - GRE_HEADER, e->out.spi);
       out -= GRE_HEADER;
       olen += GRE_HEADER;
     } else if (s->codec == CODEC_GRE) {
-      if (p->headroom < GRE_HEADER) continue;
+      if (b->headroom < GRE_HEADER) continue;
       write_gre(out - GRE_HEADER, s->key);
       out -= GRE_HEADER;
       olen += GRE_HEADER;
     }
-    net_prepare_send(fp->sock, &fp->msgs[nsend].msg_hdr, &fp->iov[2 * nsend], fp->hdr + (size_t)nsend * 20,
-                     &fp->names[nsend], out, olen, s->ep_addr, s->ep_port);
+    net_prepare_send(l->sock, &l->msgs[nsend].msg_hdr, &l->iov[2 * nsend], l->hdr + (size_t)nsend * 20,
+                     &l->names[nsend], out, olen, s->ep_addr, s->ep_port);
     nsend++;
-    s->tx_packets++;
-    s->tx_bytes += len;
-    fp->slow[i] = 0;
+    FAST_ADD(s->tx_packets, 1);
+    FAST_ADD(s->tx_bytes, len);
+    l->slow[i] = 0;
   }
-  if (nsend > 0) {
-    send_all(fp, nsend);
-    fp->tx_packets += nsend;
-  }
-  for (uint32_t j = 0; j < ndirty; j++) stream_flush(fp->dirty[j]);
+  if (nsend > 0) send_all(l, nsend);
+  for (uint32_t j = 0; j < ndirty; j++) stream_flush(l->dirty[j]);
   /* Only now (the datagrams pointed into the slots) move what JS must see to the front. */
-  for (uint32_t i = 0; i < count; i++) {
-    if (!fp->slow[i]) continue;
-    if (left != i) {
-      memmove(p->ring + (size_t)left * p->slot_size + p->headroom, p->ring + (size_t)i * p->slot_size + p->headroom,
-              p->lengths[i]);
-      p->lengths[left] = p->lengths[i];
-    }
-    left++;
-  }
-  return left;
+  return compact(l, b, count);
 }
 
 /* ---------- carrier -> TUN ---------- */
@@ -369,7 +320,6 @@ static bool gre_plain(const uint8_t *d, uint32_t len) {
   return len >= GRE_HEADER && d[0] == 0x20 && d[1] == 0x00 && d[2] == 0x08 && d[3] == 0x00;
 }
 
-/* Delivers one datagram to the TUN if it is the common case; false leaves it to JS. */
 static esp_sa *inbound_sa(esp_codec *e, uint32_t spi) {
   for (uint32_t i = 0; i < e->n_in; i++)
     if (e->in[i].spi == spi) return &e->in[i];
@@ -377,8 +327,8 @@ static esp_sa *inbound_sa(esp_codec *e, uint32_t spi) {
 }
 
 /* Takes one datagram if it is the common case: *out is then its inner packet, for the TUN. */
-static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port, double now,
-                        inner_packet *out) {
+static bool receive_one(fast_path *fp, const lane *l, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port,
+                        double now, inner_packet *out) {
   fast_session *s = NULL;
   if (fp->role == ROLE_CLIENT) {
     if (fp->n == 1) s = &fp->s[0];
@@ -389,7 +339,7 @@ static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, 
   }
   /* Data only from the session's current endpoint, which only an authenticated keepalive (JS)
    * sets. */
-  if (s == NULL || s->ep_addr == 0 || addr != s->ep_addr || port != s->ep_port) return false;
+  if (s == NULL || s->ep_addr == 0 || addr != s->ep_addr || port != s->ep_port || !lane_carries(l, s)) return false;
   const uint8_t *inner = d;
   uint32_t ilen = len;
   esp_sa *sa = NULL;
@@ -415,43 +365,56 @@ static bool receive_one(fast_path *fp, uint8_t *d, uint32_t len, uint32_t addr, 
   if (sa != NULL) esp_accept(sa, &opened);
   out->p = inner;
   out->len = ilen;
-  s->rx_packets++;
-  s->rx_bytes += ilen;
-  s->last_rx_ms = now;
-  fp->rx_packets++;
+  FAST_ADD(s->rx_packets, 1);
+  FAST_ADD(s->rx_bytes, ilen);
+  __atomic_store(&s->last_rx_ms, &now, __ATOMIC_RELAXED);
   return true;
+}
+
+/* Writes inner packets to the lane's TUN descriptor; what the kernel refuses is counted. */
+static void write_tun(lane *l, const inner_packet *pkts, uint32_t n) {
+  uint64_t gso_packets = 0, gso_segments = 0;
+  const uint32_t dropped = tun_write_packets(l->tun_fd, l->vnet, pkts, n, &gso_packets, &gso_segments);
+  FAST_ADD(l->c.tun_write_drops, dropped);
+  FAST_ADD(l->c.rx_packets, n);
+  FAST_ADD(l->c.gso_packets, gso_packets);
+  FAST_ADD(l->c.gso_segments, gso_segments);
+}
+
+uint32_t fast_net_batch(fast_path *fp, lane *l, const batch_view *b, uint32_t count) {
+  if (fp->closed || fp->n == 0 || l->tun_fd < 0) return count;
+  if (!fast_lane_reserve(l, count)) return count;
+  const double now = agent_now_ms();
+  uint32_t taken = 0;
+  for (uint32_t j = 0; j < count; j++) {
+    uint8_t *d = b->ring + (size_t)j * b->slot_size + b->headroom;
+    l->slow[j] = !receive_one(fp, l, d, b->lengths[j], b->addrs[j], b->ports[j], now, &l->pending[taken]);
+    if (!l->slow[j]) taken++;
+  }
+  /* Written before the slow ones move down over the slots they were in. Queue full or device
+   * gone: dropped and counted, as a router would. */
+  if (taken > 0) write_tun(l, l->pending, taken);
+  return compact(l, b, count);
+}
+
+/* The main lane on the main thread's pollers: the poller_filter callbacks. */
+static void main_lane_sync(fast_path *fp) {
+  fp->main.tun_fd = fp->tun != NULL && !fp->tun->closed ? fp->tun->fd : -1;
+  fp->main.vnet = fp->tun != NULL && tun_vnet(fp->tun);
+}
+
+static uint32_t on_tun_batch(void *ctx, poller *p, uint32_t count) {
+  fast_path *fp = ctx;
+  const batch_view b = {.ring = p->ring, .lengths = p->lengths, .slot_size = p->slot_size, .headroom = p->headroom};
+  return fast_tun_batch(fp, &fp->main, &b, count);
 }
 
 static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
   fast_path *fp = ctx;
-  if (fp->closed || fp->n == 0 || fp->tun == NULL || fp->tun->closed) return count;
-  uint32_t *addrs;
-  uint16_t *ports;
-  net_batch_meta(p, &addrs, &ports);
-  if (!ensure_batch(fp, count)) return count;
-  const double now = agent_now_ms();
-  uint32_t left = 0, taken = 0;
-  for (uint32_t j = 0; j < count; j++) {
-    uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
-    fp->slow[j] = !receive_one(fp, d, p->lengths[j], addrs[j], ports[j], now, &fp->pending[taken]);
-    if (!fp->slow[j]) taken++;
-  }
-  /* Written before the slow ones move down over the slots they were in. Queue full or device
-   * gone: dropped and counted, as a router would. */
-  if (taken > 0) fp->tun_write_drops += tun_write_packets(fp->tun->fd, tun_vnet(fp->tun), fp->pending, taken, &fp->gso_packets, &fp->gso_segments);
-  for (uint32_t j = 0; j < count; j++) {
-    if (!fp->slow[j]) continue;
-    uint8_t *d = p->ring + (size_t)j * p->slot_size + p->headroom;
-    uint32_t len = p->lengths[j];
-    if (left != j) {
-      memmove(p->ring + (size_t)left * p->slot_size + p->headroom, d, len);
-      p->lengths[left] = len;
-      addrs[left] = addrs[j];
-      ports[left] = ports[j];
-    }
-    left++;
-  }
-  return left;
+  batch_view b = {.ring = p->ring, .lengths = p->lengths, .slot_size = p->slot_size, .headroom = p->headroom};
+  net_batch_meta(p, &b.addrs, &b.ports);
+  main_lane_sync(fp);
+  return fast_net_batch(fp, &fp->main, &b, count);
 }
 
 /* ---------- a tls session's connection -> TUN (called by stream.c) ---------- */
@@ -459,8 +422,9 @@ static uint32_t on_net_batch(void *ctx, poller *p, uint32_t count) {
 void fast_stream_flush(fast_path *fp) {
   const uint32_t n = fp->n_stream_in;
   fp->n_stream_in = 0;
-  if (n == 0 || fp->tun == NULL || fp->tun->closed) return;
-  fp->tun_write_drops += tun_write_packets(fp->tun->fd, tun_vnet(fp->tun), fp->stream_in, n, &fp->gso_packets, &fp->gso_segments);
+  main_lane_sync(fp);
+  if (n == 0 || fp->main.tun_fd < 0) return;
+  write_tun(&fp->main, fp->stream_in, n);
 }
 
 bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint32_t len) {
@@ -479,7 +443,6 @@ bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint3
   s->rx_packets++;
   s->rx_bytes += len;
   s->last_rx_ms = fp->stream_now;
-  fp->rx_packets++;
   return true;
 }
 
@@ -489,7 +452,7 @@ bool fast_stream_take(fast_path *fp, uint32_t address, const uint8_t *pkt, uint3
 static void forget_poller(void *ctx, poller *p) {
   fast_path *fp = ctx;
   if (fp->tun == p) fp->tun = NULL;
-  if (fp->sock == p) fp->sock = NULL;
+  if (fp->sock == p) fp->sock = fp->main.sock = NULL;
   p->filter = NULL;
   p->filter_ctx = NULL;
   p->filter_release = NULL;
@@ -520,9 +483,10 @@ static void free_extras(napi_env env, fast_session *s) {
 }
 
 static void detach(fast_path *fp) {
+  fast_stop_workers(fp); /* they send and write through descriptors JS may close next */
   if (fp->tun != NULL && fp->tun->filter_ctx == fp) forget_poller(fp, fp->tun);
   if (fp->sock != NULL && fp->sock->filter_ctx == fp) forget_poller(fp, fp->sock);
-  fp->tun = fp->sock = NULL;
+  fp->tun = fp->sock = fp->main.sock = NULL;
   if (fp->tun_ref != NULL) napi_delete_reference(fp->env, fp->tun_ref);
   if (fp->sock_ref != NULL) napi_delete_reference(fp->env, fp->sock_ref);
   fp->tun_ref = fp->sock_ref = NULL;
@@ -533,18 +497,14 @@ static void on_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   fast_path *fp = data;
   detach(fp);
+  fast_free_workers(fp);
   for (uint32_t i = 0; i < fp->n; i++) free_extras(env, &fp->s[i]);
   free(fp->s);
   free(fp->by_addr.e);
   free(fp->by_key.e);
   free(fp->by_ep.e);
-  free(fp->msgs);
-  free(fp->iov);
-  free(fp->hdr);
-  free(fp->names);
-  free(fp->slow);
-  free(fp->pending);
-  free(fp->dirty);
+  fast_lane_free(&fp->main);
+  pthread_rwlock_destroy(&fp->lock);
   free(fp);
 }
 
@@ -560,7 +520,7 @@ static void on_finalize(napi_env env, void *data, void *hint) {
     }                                                                           \
   } while (0)
 
-static fast_path *get_fp(napi_env env, napi_value v) {
+fast_path *fast_get(napi_env env, napi_value v) {
   return agent_unwrap(env, v, &FAST_TAG, "not a fast path handle");
 }
 
@@ -581,6 +541,15 @@ static napi_value fast_create(napi_env env, napi_callback_info info) {
   fp->env = env;
   fp->role = (int)role;
   fp->mtu = mtu;
+  fp->main.is_main = true;
+  fp->main.tun_fd = -1;
+  /* Writers first: the main thread's rare table change must not wait behind a stream of
+   * worker batches. */
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&fp->lock, &attr);
+  pthread_rwlockattr_destroy(&attr);
   if (!rebuild(fp) || napi_create_object(env, &obj) != napi_ok ||
       napi_type_tag_object(env, obj, &FAST_TAG) != napi_ok ||
       napi_wrap(env, obj, fp, on_finalize, NULL, NULL) != napi_ok) {
@@ -595,7 +564,7 @@ static napi_value fast_attach(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   napi_valuetype st;
   if (!agent_args(env, info, 3, argv, "attach(handle, tun, socket)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL) return NULL;
   poller *tun = tun_poller(env, argv[1]);
   if (tun == NULL) return NULL;
@@ -616,7 +585,7 @@ static napi_value fast_attach(napi_env env, napi_callback_info info) {
   NAPI_OK(env, napi_create_reference(env, argv[1], 1, &fp->tun_ref));
   if (sock != NULL) NAPI_OK(env, napi_create_reference(env, argv[2], 1, &fp->sock_ref));
   fp->tun = tun;
-  fp->sock = sock;
+  fp->sock = fp->main.sock = sock;
   tun->filter = on_tun_batch;
   tun->filter_ctx = fp;
   tun->filter_release = forget_poller;
@@ -639,7 +608,7 @@ static int32_t index_of(const fast_path *fp, uint32_t address) {
  * (taken over: freed here on failure); an existing session keeps its counters. False
  * (exception pending) when out of memory, with the table as it was.
  */
-static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
+static bool upsert_locked(napi_env env, fast_path *fp, fast_session *want) {
   int32_t i = index_of(fp, want->address);
   const bool added = i < 0;
   fast_session saved;
@@ -684,11 +653,18 @@ static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
   return true;
 }
 
+static bool upsert(napi_env env, fast_path *fp, fast_session *want) {
+  fast_write_lock(fp);
+  const bool ok = upsert_locked(env, fp, want);
+  fast_write_unlock(fp);
+  return ok;
+}
+
 static napi_value fast_set(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   uint32_t a[5]; /* address, codec, key, ep_addr, ep_port */
   if (!agent_args(env, info, 6, argv, "set(handle, address, codec, key, endpointAddr, endpointPort)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL) return NULL;
   for (int i = 0; i < 5; i++)
     if (!agent_get_u32(env, argv[i + 1], &a[i])) return NULL;
@@ -804,7 +780,7 @@ static napi_value fast_set_esp(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   uint32_t a[3]; /* address, ep_addr, ep_port */
   if (!agent_args(env, info, 5, argv, "setEsp(handle, address, endpointAddr, endpointPort, descriptor)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL) return NULL;
   for (int i = 0; i < 3; i++)
     if (!agent_get_u32(env, argv[i + 1], &a[i])) return NULL;
@@ -823,7 +799,7 @@ static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   uint32_t address;
   if (!agent_args(env, info, 3, argv, "setStream(handle, address, stream)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   tls_stream *st = stream_get(env, argv[2]);
   if (st == NULL) return NULL;
@@ -836,14 +812,9 @@ static napi_value fast_set_stream(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value fast_remove(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  uint32_t address;
-  if (!agent_args(env, info, 2, argv, "remove(handle, address)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
-  if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
+static void remove_locked(napi_env env, fast_path *fp, uint32_t address) {
   int32_t i = index_of(fp, address);
-  if (i < 0) return NULL;
+  if (i < 0) return;
   fast_session gone = fp->s[i];
   free_extras(env, &gone);
   fp->s[i] = fp->s[fp->n - 1];
@@ -859,8 +830,20 @@ static napi_value fast_remove(napi_env env, napi_callback_info info) {
     free(fp->by_ep.e);
     fp->by_addr.e = fp->by_key.e = fp->by_ep.e = NULL;
   }
+}
+
+static napi_value fast_remove(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint32_t address;
+  if (!agent_args(env, info, 2, argv, "remove(handle, address)")) return NULL;
+  fast_path *fp = fast_get(env, argv[0]);
+  if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
+  fast_write_lock(fp);
+  remove_locked(env, fp, address);
+  fast_write_unlock(fp);
   return NULL;
 }
+
 
 static napi_value fast_take(napi_env env, napi_callback_info info) {
   napi_value argv[3], result;
@@ -869,7 +852,7 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
   size_t count;
   void *data;
   if (!agent_args(env, info, 3, argv, "take(handle, address, out)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   if (napi_get_typedarray_info(env, argv[2], &type, &count, &data, NULL, NULL) != napi_ok ||
       type != napi_float64_array || count < 5) {
@@ -879,41 +862,76 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
   int32_t i = index_of(fp, address);
   double *out = data;
   if (i >= 0) {
+    /* Workers may be adding to these right now: each is read and zeroed in one step. */
     fast_session *s = &fp->s[i];
-    out[0] = (double)s->tx_packets;
-    out[1] = (double)s->tx_bytes;
-    out[2] = (double)s->rx_packets;
-    out[3] = (double)s->rx_bytes;
-    out[4] = s->last_rx_ms;
-    s->tx_packets = s->tx_bytes = s->rx_packets = s->rx_bytes = 0;
-    s->last_rx_ms = 0;
+    const double zero = 0;
+    out[0] = (double)__atomic_exchange_n(&s->tx_packets, 0, __ATOMIC_RELAXED);
+    out[1] = (double)__atomic_exchange_n(&s->tx_bytes, 0, __ATOMIC_RELAXED);
+    out[2] = (double)__atomic_exchange_n(&s->rx_packets, 0, __ATOMIC_RELAXED);
+    out[3] = (double)__atomic_exchange_n(&s->rx_bytes, 0, __ATOMIC_RELAXED);
+    __atomic_exchange(&s->last_rx_ms, &zero, &out[4], __ATOMIC_RELAXED);
   }
   NAPI_OK(env, napi_get_boolean(env, i >= 0, &result));
   return result;
 }
 
+/* The counters every lane has, as stats() names them. */
+static napi_status set_counters(napi_env env, napi_value obj, const lane_counters *c) {
+  napi_status s;
+  if ((s = poller_set_count(env, obj, "txPackets", c->tx_packets)) != napi_ok) return s;
+  if ((s = poller_set_count(env, obj, "rxPackets", c->rx_packets)) != napi_ok) return s;
+  if ((s = poller_set_count(env, obj, "sendDrops", c->send_drops)) != napi_ok) return s;
+  if ((s = poller_set_count(env, obj, "tunWriteDrops", c->tun_write_drops)) != napi_ok) return s;
+  if ((s = poller_set_count(env, obj, "tunGsoPackets", c->gso_packets)) != napi_ok) return s;
+  return poller_set_count(env, obj, "tunGsoSegments", c->gso_segments);
+}
+
 static napi_value fast_stats(napi_env env, napi_callback_info info) {
   napi_value argv[1], obj;
   if (!agent_args(env, info, 1, argv, "stats(handle)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL) return NULL;
   NAPI_OK(env, napi_create_object(env, &obj));
   NAPI_OK(env, poller_set_count(env, obj, "sessions", fp->n));
-  NAPI_OK(env, poller_set_count(env, obj, "txPackets", fp->tx_packets));
-  NAPI_OK(env, poller_set_count(env, obj, "rxPackets", fp->rx_packets));
-  NAPI_OK(env, poller_set_count(env, obj, "sendDrops", fp->send_drops));
-  NAPI_OK(env, poller_set_count(env, obj, "tunWriteDrops", fp->tun_write_drops));
-  NAPI_OK(env, poller_set_count(env, obj, "tunGsoPackets", fp->gso_packets));
-  NAPI_OK(env, poller_set_count(env, obj, "tunGsoSegments", fp->gso_segments));
+  /* The totals over every lane; `workers` has each lane's own, the main thread's first. */
+  const lane *lanes[FAST_MAX_WORKERS + 1];
+  const uint32_t n = fast_lanes(fp, lanes);
+  lane_counters total = {0};
+  napi_value list;
+  NAPI_OK(env, napi_create_array_with_length(env, n, &list));
+  for (uint32_t i = 0; i < n; i++) {
+    const lane_counters *c = &lanes[i]->c;
+    const lane_counters now = {
+        .tx_packets = FAST_LOAD(c->tx_packets), .rx_packets = FAST_LOAD(c->rx_packets),
+        .send_drops = FAST_LOAD(c->send_drops), .tun_write_drops = FAST_LOAD(c->tun_write_drops),
+        .gso_packets = FAST_LOAD(c->gso_packets), .gso_segments = FAST_LOAD(c->gso_segments),
+        .handed_off = FAST_LOAD(c->handed_off), .handoff_drops = FAST_LOAD(c->handoff_drops)};
+    napi_value one;
+    NAPI_OK(env, napi_create_object(env, &one));
+    NAPI_OK(env, set_counters(env, one, &now));
+    NAPI_OK(env, poller_set_count(env, one, "handedOff", now.handed_off));
+    NAPI_OK(env, poller_set_count(env, one, "handoffDrops", now.handoff_drops));
+    NAPI_OK(env, napi_set_element(env, list, i, one));
+    total.tx_packets += now.tx_packets;
+    total.rx_packets += now.rx_packets;
+    total.send_drops += now.send_drops;
+    total.tun_write_drops += now.tun_write_drops;
+    total.gso_packets += now.gso_packets;
+    total.gso_segments += now.gso_segments;
+  }
+  NAPI_OK(env, set_counters(env, obj, &total));
+  NAPI_OK(env, napi_set_named_property(env, obj, "workers", list));
   return obj;
 }
 
 static napi_value fast_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!agent_args(env, info, 1, argv, "close(handle)")) return NULL;
-  fast_path *fp = get_fp(env, argv[0]);
+  fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL) return NULL;
+  fast_write_lock(fp); /* workers read it under the read lock */
   fp->closed = true;
+  fast_write_unlock(fp);
   detach(fp);
   return NULL;
 }
@@ -921,7 +939,7 @@ static napi_value fast_close(napi_env env, napi_callback_info info) {
 napi_value fast_init(napi_env env, napi_value exports) {
   static const agent_fn fns[] = {
       {"create", fast_create}, {"attach", fast_attach}, {"set", fast_set},     {"setEsp", fast_set_esp}, {"setStream", fast_set_stream}, {"remove", fast_remove},
-      {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close},
+      {"take", fast_take},     {"stats", fast_stats},   {"close", fast_close}, {"addWorker", fast_add_worker},
   };
   return agent_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -13,6 +13,7 @@
  *
  * JS API (all take the handle returned by open):
  *   open(name, multiQueue, vnetHdr) -> handle
+ *        (multiQueue: opening the same name again adds a queue, for one of the node's workers)
  *   start(handle, ring, lengths, slotSize, headroom, slots, onBatch(count), onError(err))
  *   write(handle, buf, offset, length) -> boolean        (false: the kernel dropped it)
  *   writeBatch(handle, buf, offsets, lengths, count) -> number written
@@ -212,18 +213,18 @@ static bool truncated(const uint8_t *p, size_t n) {
 
 /*
  * Reads into successive slots until the kernel queue is empty or the ring is full. When full,
- * the fd stays readable and libuv's level-triggered epoll wakes us again on the next loop
- * iteration, after timers and other I/O had their turn.
+ * the fd stays readable and a level-triggered poll wakes the reader again. Thread-safe: the
+ * node's workers read their own queues with it (src/core/device/native/workers.c).
  */
-static uint32_t drain(tun_dev *d, int *err) {
-  const poller *p = &d->p;
+uint32_t tun_read_into(int fd, bool vnet_hdr, uint8_t *ring, uint32_t *lengths, uint32_t slot_size, uint32_t headroom,
+                       uint32_t slots, int *err) {
   uint32_t count = 0;
-  const size_t room = p->slot_size - p->headroom;
+  const size_t room = slot_size - headroom;
   *err = 0;
-  const size_t vnet = d->vnet ? TUN_VNET_HDR : 0; /* read in front of the packet, in the headroom */
-  while (count < p->slots) {
-    uint8_t *slot = p->ring + (size_t)count * p->slot_size + p->headroom;
-    ssize_t n = read(p->fd, slot - vnet, room + vnet);
+  const size_t vnet = vnet_hdr ? TUN_VNET_HDR : 0; /* read in front of the packet, in the headroom */
+  while (count < slots) {
+    uint8_t *slot = ring + (size_t)count * slot_size + headroom;
+    ssize_t n = read(fd, slot - vnet, room + vnet);
     if (n > 0 && vnet) {
       struct virtio_net_hdr h;
       memcpy(&h, slot - vnet, sizeof h);
@@ -234,7 +235,7 @@ static uint32_t drain(tun_dev *d, int *err) {
     if (n > 0) {
       /* Larger than a slot (the MTU was raised behind our back): drop, like a router would. */
       if ((size_t)n == room && truncated(slot, room)) continue;
-      p->lengths[count++] = (uint32_t)n;
+      lengths[count++] = (uint32_t)n;
       continue;
     }
     if (n == 0) break; /* TUN never sends empty packets; nothing more to take */
@@ -244,6 +245,11 @@ static uint32_t drain(tun_dev *d, int *err) {
     break;
   }
   return count;
+}
+
+static uint32_t drain(tun_dev *d, int *err) {
+  const poller *p = &d->p;
+  return tun_read_into(p->fd, d->vnet, p->ring, p->lengths, p->slot_size, p->headroom, p->slots, err);
 }
 
 static void on_readable(uv_poll_t *h, int status, int events) {
@@ -262,6 +268,27 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     if (err == 0 && status < 0) err = -status; /* libuv statuses are negated errnos on Unix */
     /* The batch handler may have closed the device; d stays valid until the close callback. */
     if (err != 0 && !d->p.closed) deliver_read_error(d, err);
+  }
+  napi_close_handle_scope(d->p.env, scope);
+}
+
+void tun_inject(poller *p, const uint8_t *data, uint32_t stride, const uint32_t *lengths, uint32_t n) {
+  tun_dev *d = (tun_dev *)p;
+  napi_handle_scope scope;
+  if (d->p.closed || d->p.slots == 0 || napi_open_handle_scope(d->p.env, &scope) != napi_ok) return;
+  uint32_t i = 0;
+  while (i < n && !d->p.closed) {
+    if (!resolve_ring(d)) {
+      poller_deliver_ring_error(&d->p);
+      break;
+    }
+    uint32_t count = 0;
+    for (; i < n && count < d->p.slots; i++) {
+      if (lengths[i] > d->p.slot_size - d->p.headroom) continue; /* cannot happen: same geometry */
+      memcpy(d->p.ring + (size_t)count * d->p.slot_size + d->p.headroom, data + (size_t)i * stride, lengths[i]);
+      d->p.lengths[count++] = lengths[i];
+    }
+    if (count > 0) poller_deliver_batch(&d->p, count);
   }
   napi_close_handle_scope(d->p.env, scope);
 }

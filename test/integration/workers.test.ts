@@ -1,0 +1,170 @@
+/**
+ * The node's workers with the real binary: `workers: 2` gives the node a second thread with
+ * its own TUN queue and UDP socket, and the kernel steers each client endpoint to one of the
+ * two by (source address ^ source port) % 2. The clients' namespaces are made to pick source
+ * ports of a chosen parity (both sit behind one NAT address, which keeps ports), so alice lands
+ * on one thread and bob on the other in every run, and the test can check that the thread
+ * status names for each client is the one that carried it, both ways, byte for byte.
+ */
+import {afterAll, describe, expect, inject, it} from 'vitest'
+import {join} from 'node:path'
+import {type Fleet, createFleet, useLocalPortParity, waitForOutput} from '../../src/testbed/index.js'
+import {laneFor} from '../../src/core/carrier/datagram.js'
+import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
+
+interface Lane {
+  txPackets: number
+  rxPackets: number
+  handedOff: number
+  handoffDrops: number
+}
+interface NodeStatus {
+  counters: Record<string, number>
+  workers?: Lane[]
+  peers: {name: string; endpoint: string; worker?: number; rxPackets: number; txPackets: number; path: string}[]
+}
+
+async function status(fleet: Fleet): Promise<NodeStatus> {
+  const r = await fleet.cli(fleet.tb.names.node, ['status', '--json'])
+  expect(r.code, r.stderr).toBe(0)
+  return JSON.parse(r.stdout)[0]
+}
+
+const TRANSFER = join(import.meta.dirname, '..', 'fixtures', 'tcp', 'transfer.mjs')
+const TRANSFER_PORT = 5201
+
+/** 4 MiB each way over TCP from client `index`, every byte checked at the other end. */
+async function bulk(fleet: Fleet, index: number): Promise<void> {
+  const {tb} = fleet
+  for (const dir of ['up', 'down']) {
+    const r = await tb.exec(tb.names.client[index], process.execPath, [TRANSFER, 'client', tb.addr.target, String(TRANSFER_PORT), dir, String(4 << 20)], {timeoutMs: 90_000})
+    expect(JSON.parse(r.stdout), `${dir}: ${r.stdout}${r.stderr}`).toMatchObject({ok: true, bytes: 4 << 20})
+  }
+}
+
+const fleets: Fleet[] = []
+afterAll(async () => {
+  await Promise.all(fleets.map((f) => f.tb.destroy()))
+})
+
+/** alice (client 1, even ports) and bob (client 2, odd ports) up against a node of 2 workers. */
+async function upTwo(prefix: string, transport: string) {
+  const fleet = await createFleet({prefix, clients: 2, transport, dataDir: inject('agentDataDir'), workers: 2})
+  fleets.push(fleet)
+  const {tb} = fleet
+  await useLocalPortParity(tb, tb.names.client[0], 0)
+  await useLocalPortParity(tb, tb.names.client[1], 1)
+  const server = tb.spawn(tb.names.target, process.execPath, [TRANSFER, 'server', String(TRANSFER_PORT)], {stdio: ['ignore', 'pipe', 'pipe']})
+  await waitForOutput(server, /listening/, 10_000)
+  const node = await fleet.startNode()
+  expect(node.output).toMatch(/2 worker\(s\)/)
+  await fleet.startClient('alice', 0)
+  await fleet.startClient('bob', 1)
+  return fleet
+}
+
+/** The lane status predicts for each peer, from its endpoint as the node sees it. */
+function predicted(s: NodeStatus): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const p of s.peers) {
+    const [addr, port] = p.endpoint.split(':')
+    const lane = laneFor(ipv4ToNumber(addr), Number(port), 2)
+    expect(p.worker, `${p.name} at ${p.endpoint}`).toBe(lane)
+    out.set(p.name, lane)
+  }
+  return out
+}
+
+describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
+  it('steers each client to the worker status names, which carries its packets both ways', async () => {
+    const fleet = await upTwo(`wk${transport.slice(0, 2)}`, transport)
+    const {tb} = fleet
+    // Until both have sent a keepalive the node does not know their endpoints.
+    let s = await status(fleet)
+    for (let i = 0; i < 50 && s.peers.filter((p) => p.worker !== undefined).length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 200))
+      s = await status(fleet)
+    }
+    expect(s.workers).toHaveLength(2)
+    const lanes = predicted(s)
+    // The parities put alice on the main thread and bob on the worker thread.
+    expect(lanes.get('alice')).toBe(0)
+    expect(lanes.get('bob')).toBe(1)
+
+    for (const [index, name] of [[0, 'alice'], [1, 'bob']] as const) {
+      const before = (await status(fleet)).workers!
+      const r = await tb.exec(tb.names.client[index], 'ping', ['-c', '50', '-i', '0.01', '-W', '2', tb.addr.target])
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      const after = (await status(fleet)).workers!
+      const lane = lanes.get(name)!
+      const other = 1 - lane
+      // Echo requests in from the client and replies back out, both on its lane. The first
+      // reply of a flow may leave by the other: the kernel can send it into the TUN device
+      // (within the write of the request) before it has noted which queue wrote that flow.
+      const replies = Number(/(\d+) received/.exec(r.stdout)?.[1])
+      expect(replies, r.stdout).toBeGreaterThanOrEqual(45)
+      expect(after[lane].rxPackets - before[lane].rxPackets, name).toBeGreaterThanOrEqual(50)
+      expect(after[lane].txPackets - before[lane].txPackets, name).toBeGreaterThanOrEqual(replies - 1)
+      expect(after[other].rxPackets - before[other].rxPackets, name).toBeLessThan(5)
+      expect(after[other].txPackets - before[other].txPackets, name).toBeLessThan(5)
+    }
+
+    // Bulk TCP from both at once: each on its own thread, nothing lost or reordered.
+    await Promise.all([bulk(fleet, 0), bulk(fleet, 1)])
+    const end = await status(fleet)
+    for (const w of end.workers!) expect(w.handoffDrops).toBe(0)
+    expect(end.counters.fastPathTunGsoPackets).toBeGreaterThan(0)
+    // Every packet each client sent reached it: the peers' counters include the worker's.
+    for (const p of end.peers) expect(p.rxPackets, p.name).toBeGreaterThan(2000)
+  })
+})
+
+describe('workers: what a worker does not carry', () => {
+  it('passes ESP (ipsec-over-gre) to the main thread, intact and in order', async () => {
+    const fleet = await upTwo('wkesp', 'ipsec-over-gre')
+    await Promise.all([bulk(fleet, 0), bulk(fleet, 1)])
+    const s = await status(fleet)
+    const lanes = predicted(s)
+    expect(lanes.get('bob')).toBe(1)
+    // bob's ESP came in on the worker's socket and was opened on the main thread.
+    expect(s.workers![1].handedOff).toBeGreaterThan(1000)
+    expect(s.workers![1].rxPackets).toBe(0)
+    expect(s.workers![1].handoffDrops).toBe(0)
+  })
+
+  it('hands unknown datagrams to JavaScript whichever socket they reach', async () => {
+    const fleet = await upTwo('wkunk', 'gre')
+    const before = await status(fleet)
+    // 64 source ports, 32 of each parity: half reach the worker's socket.
+    const script = `
+      const dgram = require('node:dgram')
+      const [host, port] = process.argv.slice(1)
+      const junk = Buffer.from('2000080000abcdef4500001c', 'hex') // GRE with a key no session has
+      let left = 64
+      for (let p = 41000; p < 41064; p++) {
+        const s = dgram.createSocket('udp4')
+        s.bind(p, () => s.send(junk, +port, host, () => { s.close(); if (--left === 0) process.exit(0) }))
+      }
+    `
+    await fleet.tb.exec(fleet.tb.names.client[0], process.execPath, ['-e', script, fleet.tb.addr.nodeWan, '4754'], {check: true})
+    let after = await status(fleet)
+    for (let i = 0; i < 20 && after.counters.unknownSession - before.counters.unknownSession < 64; i++) {
+      await new Promise((r) => setTimeout(r, 100))
+      after = await status(fleet)
+    }
+    expect(after.counters.unknownSession - before.counters.unknownSession).toBe(64)
+    expect(after.workers![1].handedOff - before.workers![1].handedOff).toBeGreaterThanOrEqual(32)
+  })
+})
+
+describe('workers: where there can be only one', () => {
+  it('a tls node asked for 2 runs 1 and says why', async () => {
+    const fleet = await createFleet({prefix: 'wktls', clients: 1, transport: 'tls', dataDir: inject('agentDataDir'), workers: 2})
+    fleets.push(fleet)
+    const node = await fleet.startNode()
+    expect(node.output).toMatch(/workers: 2 asked for, running 1: the tls carrier runs on one/)
+    expect(node.output).toMatch(/1 worker\(s\)/)
+    const s = await status(fleet)
+    expect(s.workers).toBeUndefined()
+  })
+})
