@@ -16,7 +16,7 @@ import {parseArgs} from 'node:util'
 import {createTestbed, prepareFleet, useLocalPortParity} from '../dist/testbed/index.js'
 import {startLogged} from './lib/proc.mjs'
 import {median} from './lib/stats.mjs'
-import {cpuSeconds} from './lib/measure.mjs'
+import {cpuSeconds, hostTicks} from './lib/measure.mjs'
 
 const {values: flags} = parseArgs({options: {transports: {type: 'string'}, workers: {type: 'string'}, seconds: {type: 'string'}, repeat: {type: 'string'}}})
 const workerCounts = (flags.workers ?? process.env.BENCH_AGG_WORKERS ?? '1,2').split(',').map(Number)
@@ -57,10 +57,12 @@ async function measure(transport, workers) {
     const runs = []
     let nodeCpu = 0
     let workerCpu = 0
+    let hostBusy = 0
     for (let r = 0; r < repeat; r++) {
       await new Promise((res) => setTimeout(res, 1000))
       const cpu0 = cpuSeconds(node.pid)
       const threads0 = threadCpu(node.pid)
+      const host0 = hostTicks()
       const t0 = Date.now()
       const results = await Promise.all(
         CLIENTS.map((_, i) =>
@@ -70,14 +72,16 @@ async function measure(transport, workers) {
       const elapsed = (Date.now() - t0) / 1000
       nodeCpu = ((cpuSeconds(node.pid) - cpu0) / elapsed) * 100
       workerCpu = (((threadCpu(node.pid)['agent-worker'] ?? 0) - (threads0['agent-worker'] ?? 0)) / elapsed) * 100
+      const host1 = hostTicks()
+      hostBusy = ((host1.busy - host0.busy) / Math.max(1, host1.total - host0.total)) * 100
       const each = results.map((x) => {
         const j = JSON.parse(x.stdout)
         if (j.error) throw new Error(`iperf3: ${j.error}`)
         return j.end.sum_received.bits_per_second / 1e6
       })
       const sum = each.reduce((a, b) => a + b, 0)
-      log(`${transport}, ${lanes} worker(s): ${sum.toFixed(0)} Mbit/s (${each.map((x) => x.toFixed(0)).join(' + ')}), node CPU ${nodeCpu.toFixed(0)}% (worker threads ${workerCpu.toFixed(0)}%)`)
-      runs.push({sum, each, nodeCpu, workerCpu})
+      log(`${transport}, ${lanes} worker(s): ${sum.toFixed(0)} Mbit/s (${each.map((x) => x.toFixed(0)).join(' + ')}), node CPU ${nodeCpu.toFixed(0)}% (worker threads ${workerCpu.toFixed(0)}%), host ${hostBusy.toFixed(0)}% busy`)
+      runs.push({sum, each, nodeCpu, workerCpu, hostBusy})
     }
     const sums = runs.map((x) => x.sum)
     return {transport, workers: lanes, mbps: median(sums), runs}
@@ -95,14 +99,14 @@ for (const t of transports) {
   for (const w of t === 'tls' ? [1] : workerCounts) rows.push(await measure(t, w))
 }
 console.log(`\n4 clients behind the NAT, one TCP stream each, ${seconds} s, median of ${repeat}\n`)
-console.log('| transport | workers | aggregate (Mbit/s) | vs 1 worker | per client (Mbit/s) | node CPU (% of a core) | of which worker threads |\n| --- | --- | --- | --- | --- | --- | --- |')
+console.log('| transport | workers | aggregate (Mbit/s) | vs 1 worker | per client (Mbit/s) | node CPU (% of a core) | of which worker threads | host busy (% of all CPUs) |\n| --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const r of rows) {
-  if (r.error) console.log(`| ${r.transport} | ${r.workers} | FAILED: ${r.error} | | | | |`)
+  if (r.error) console.log(`| ${r.transport} | ${r.workers} | FAILED: ${r.error} | | | | | |`)
   else {
     const mid = r.runs.find((x) => x.sum === r.mbps) ?? r.runs[0]
     const one = rows.find((x) => x.transport === r.transport && x.workers === 1 && !x.error)
     const ratio = one === undefined || one === r ? '—' : `${(r.mbps / one.mbps).toFixed(2)}×`
-    console.log(`| ${r.transport} | ${r.workers} | ${r.mbps.toFixed(0)} | ${ratio} | ${mid.each.map((x) => x.toFixed(0)).join(', ')} | ${mid.nodeCpu.toFixed(0)} | ${mid.workerCpu.toFixed(0)} |`)
+    console.log(`| ${r.transport} | ${r.workers} | ${r.mbps.toFixed(0)} | ${ratio} | ${mid.each.map((x) => x.toFixed(0)).join(', ')} | ${mid.nodeCpu.toFixed(0)} | ${mid.workerCpu.toFixed(0)} | ${mid.hostBusy.toFixed(0)} |`)
   }
 }
 if (rows.some((r) => r.error)) process.exitCode = 1

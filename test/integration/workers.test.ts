@@ -60,7 +60,7 @@ async function upTwo(prefix: string, transport: string) {
   expect(node.output).toMatch(/2 worker\(s\)/)
   await fleet.startClient('alice', 0)
   await fleet.startClient('bob', 1)
-  return fleet
+  return {fleet, node}
 }
 
 /** The lane status predicts for each peer, from its endpoint as the node sees it. */
@@ -77,7 +77,7 @@ function predicted(s: NodeStatus): Map<string, number> {
 
 describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
   it('steers each client to the worker status names, which carries its packets both ways', async () => {
-    const fleet = await upTwo(`wk${transport.slice(0, 2)}`, transport)
+    const {fleet} = await upTwo(`wk${transport.slice(0, 2)}`, transport)
     const {tb} = fleet
     // Until both have sent a keepalive the node does not know their endpoints.
     let s = await status(fleet)
@@ -121,7 +121,7 @@ describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
 
 describe('workers: what a worker does not carry', () => {
   it('passes ESP (ipsec-over-gre) to the main thread, intact and in order', async () => {
-    const fleet = await upTwo('wkesp', 'ipsec-over-gre')
+    const {fleet} = await upTwo('wkesp', 'ipsec-over-gre')
     await Promise.all([bulk(fleet, 0), bulk(fleet, 1)])
     const s = await status(fleet)
     const lanes = predicted(s)
@@ -133,7 +133,7 @@ describe('workers: what a worker does not carry', () => {
   })
 
   it('hands unknown datagrams to JavaScript whichever socket they reach', async () => {
-    const fleet = await upTwo('wkunk', 'gre')
+    const {fleet} = await upTwo('wkunk', 'gre')
     const before = await status(fleet)
     // 64 source ports, 32 of each parity: half reach the worker's socket.
     const script = `
@@ -154,6 +154,21 @@ describe('workers: what a worker does not carry', () => {
     }
     expect(after.counters.unknownSession - before.counters.unknownSession).toBe(64)
     expect(after.workers![1].handedOff - before.workers![1].handedOff).toBeGreaterThanOrEqual(32)
+  })
+})
+
+describe('workers: when the TUN device goes', () => {
+  it('stops the workers before their queues close, and the node ends with a clear error', async () => {
+    const {fleet, node} = await upTwo('wkdel', 'gre')
+    const {tb} = fleet
+    // Traffic on both threads while the device is deleted under them.
+    const load = Promise.all([0, 1].map((i) => tb.exec(tb.names.client[i], 'ping', ['-c', '200', '-i', '0.005', '-W', '1', tb.addr.target])))
+    await new Promise((r) => setTimeout(r, 300))
+    await tb.exec(tb.names.node, 'ip', ['link', 'del', 'agtun0'], {check: true})
+    await load
+    expect(await node.exited, node.output).toBe(1)
+    expect(node.child.signalCode).toBeNull()
+    expect(node.output).toMatch(/TUN device agtun0 failed|fast path worker failed/)
   })
 })
 

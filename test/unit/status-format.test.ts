@@ -49,6 +49,24 @@ describe('agent status, as text', () => {
     expect(bob[7]).toBe('source=5')
   })
 
+  it('shows each worker of a node and the worker each peer is steered to', () => {
+    const lane = (rx: number, tx: number, handedOff = 0, handoffDrops = 0) => ({
+      rxPackets: rx,
+      txPackets: tx,
+      sendDrops: 0,
+      tunWriteDrops: 0,
+      tunGsoPackets: 0,
+      tunGsoSegments: 0,
+      handedOff,
+      handoffDrops,
+    })
+    const report = {...node([{...peer('alice', '10.99.0.2', 'native'), worker: 0}, {...peer('bob', '10.99.0.3', 'native'), worker: 1}]), workers: [lane(10, 9), lane(20, 19, 3, 1)]}
+    const lines = formatStatus([report]).split('\n').map((l) => l.trim())
+    expect(lines).toContain('workers 2 (packets) 0: rx 10 tx 9, 1: rx 20 tx 19 handed off 3 dropped 1')
+    expect(lines.find((l) => l.startsWith('alice'))!.split(/\s{2,}/)[6]).toBe('native w0')
+    expect(lines.find((l) => l.startsWith('bob'))!.split(/\s{2,}/)[6]).toBe('native w1')
+  })
+
   it('says when nothing is connected, and when nothing runs', () => {
     expect(formatStatus([node([])])).toContain('no client connected')
     expect(formatStatus([])).toBe('no agent is running')

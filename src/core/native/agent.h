@@ -73,6 +73,8 @@ uint32_t net_max_payload(poller *p);
  */
 bool net_use_ring(poller *p, uint8_t *ring, uint32_t *lengths, uint32_t *addrs, uint16_t *ports, uint32_t slot_size,
                   uint32_t headroom, uint32_t max_payload, uint32_t slots);
+/* Forgets that ring (the worker that owned it is gone or never started). */
+void net_drop_ring(poller *p);
 /* recvmmsg into that ring until empty or full; how many. *err: an error that is not ICMP's. */
 uint32_t net_read_batch(poller *p, int *err);
 /* After POLLERR: reads the ICMP errors queued and clears the socket error; 0, or the errno of

@@ -142,6 +142,7 @@ static void close_poll(poller *p) {
 
 void poller_close(napi_env env, poller *p) {
   if (p->closed) return;
+  if (p->worker_stop != NULL) p->worker_stop(p->worker_ctx); /* clears the hook */
   p->closed = true;
   close_poll(p);
   if (p->fd >= 0) {
@@ -203,6 +204,10 @@ bool poller_check_open(poller *p) {
 
 bool poller_check_startable(poller *p) {
   if (!poller_check_open(p)) return false;
+  if (p->worker_stop != NULL) {
+    poller_throw_error(p->env, p->cls->started_code, "a worker thread of the fast path reads this descriptor");
+    return false;
+  }
   if (!p->poll_open) return true;
   poller_throw_error(p->env, p->cls->started_code, p->cls->started_msg);
   return false;

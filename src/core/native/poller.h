@@ -84,6 +84,11 @@ struct poller {
   /* Called just before the poller is freed, so the filter's owner forgets it (at environment
    * teardown finalizers run in no particular order). */
   void (*filter_release)(void *ctx, poller *p);
+  /* Set while a worker thread of the fast path reads and writes this fd (workers.c): called
+   * first thing in poller_close, so the thread is stopped before the fd goes. A poller with
+   * an owner cannot start on the main loop, nor be given to another worker. */
+  void (*worker_stop)(void *ctx);
+  void *worker_ctx;
 };
 
 /* ---------- errors (all leave a JS exception pending) ---------- */

@@ -173,7 +173,7 @@ export class NodeAgent {
       const lanes = this.lanesFor(carrier)
       // The virtio header lets the fast path write runs of TCP segments as one packet; more
       // than one lane needs a queue of the device per worker.
-      const tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), multiQueue: lanes > 1, onError: (e) => this.endWith(new Error(`TUN device ${ifname} failed: ${e.message}`))})
+      const tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), multiQueue: lanes > 1, onError: (e) => this.fail(new Error(`TUN device ${ifname} failed: ${e.message}`))})
       this.tun = tun
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
@@ -212,7 +212,7 @@ export class NodeAgent {
         this.datapath.enableFastPath(null, this.mtu)
       }
       this.datapath.start()
-      this.lanes = this.datagrams?.startWorkers(tun, (e) => this.endWith(new Error(`a fast path worker failed: ${e.message}`))) ?? 1
+      this.lanes = this.datagrams?.startWorkers(tun, (e) => this.fail(new Error(`a fast path worker failed: ${e.message}`))) ?? 1
       this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
       this.ticker.unref()
       await this.listen(credentials)
@@ -229,6 +229,12 @@ export class NodeAgent {
       await this.tearDown()
       throw e
     }
+  }
+
+  /** Something the node cannot carry on without broke: say what, then end (and tear down). */
+  private fail(e: Error): void {
+    this.log.error(e.message)
+    this.endWith(e)
   }
 
   /** Stopping, or unwinding a failed start: no new sessions, no firewall changes. */

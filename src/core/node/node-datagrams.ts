@@ -99,15 +99,17 @@ export class NodeDatagrams {
    * one of them. Returns the lanes that now carry packets (1: only this thread).
    */
   startWorkers(tun: LinuxTunDevice, onError: (err: Error) => void): number {
-    if (this.lanes <= 1) return 1
+    if (this.lanes <= 1 || !this.datapath.hasFastPath()) return 1
     for (let i = 1; i < this.lanes; i++) {
-      this.workerSockets.push(openCarrierSocket(this.carrier, this.mtu, this.socket.localAddress, this.socket.localPort, true))
-      this.workerQueues.push(tun.openQueue())
+      const socket = openCarrierSocket(this.carrier, this.mtu, this.socket.localAddress, this.socket.localPort, true)
+      this.workerSockets.push(socket)
+      const queue = tun.openQueue()
+      this.workerQueues.push(queue)
+      this.datapath.addWorker(queue, socket, onError)
     }
+    // Last: until every worker reads its socket, the kernel's own hash would send clients to
+    // them; a failure above ends the start, and the node's teardown closes them all.
     this.socket.steer!(this.lanes)
-    for (let i = 0; i < this.workerSockets.length; i++) {
-      if (!this.datapath.addWorker(this.workerQueues[i], this.workerSockets[i], onError)) return 1
-    }
     return this.lanes
   }
 

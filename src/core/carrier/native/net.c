@@ -944,8 +944,9 @@ static napi_value net_stats(napi_env env, napi_callback_info info) {
   net_sock *s;
   if (!poller_args(&NET, env, info, 1, argv, "stats(handle)")) return NULL;
   if ((s = get_sock(env, argv[0])) == NULL) return NULL;
-  /* Not started: nothing reads the error queue on POLLERR, so count what is there now. */
-  if (!s->p.closed && !s->p.poll_open) {
+  /* Not started: nothing reads the error queue on POLLERR, so count what is there now (a
+   * worker's socket has its thread for that). */
+  if (!s->p.closed && !s->p.poll_open && s->p.worker_stop == NULL) {
     bool more;
     while (drain_errqueue(s, &more) > 0 && more) {
     }
@@ -1028,6 +1029,15 @@ bool net_use_ring(poller *p, uint8_t *ring, uint32_t *lengths, uint32_t *addrs, 
   return true;
 }
 
+void net_drop_ring(poller *p) {
+  net_sock *s = (net_sock *)p;
+  s->p.ring = NULL;
+  s->p.lengths = NULL;
+  s->p.slots = 0;
+  s->addrs = NULL;
+  s->ports = NULL;
+}
+
 uint32_t net_read_batch(poller *p, int *err) {
   bool icmp = false;
   return drain((net_sock *)p, err, &icmp);
@@ -1036,11 +1046,18 @@ uint32_t net_read_batch(poller *p, int *err) {
 int net_clear_pollerr(poller *p) {
   net_sock *s = (net_sock *)p;
   bool more = true;
-  while (more) drain_errqueue(s, &more);
+  uint32_t queued = 0;
+  while (more) queued += drain_errqueue(s, &more);
   int soerr = 0;
   socklen_t len = sizeof soerr;
   if (getsockopt(s->p.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return errno; /* clears it */
-  return soerr != 0 && !net_is_icmp_error(soerr) ? soerr : 0;
+  if (soerr != 0 && !net_is_icmp_error(soerr)) return soerr;
+  /* As recover_pollerr: a POLLERR with nothing to read or clear would wake us forever. */
+  if (queued == 0 && soerr == 0) {
+    struct pollfd q = {.fd = s->p.fd, .events = POLLIN};
+    if (poll(&q, 1, 0) == 1 && (q.revents & POLLERR)) return EIO;
+  }
+  return 0;
 }
 
 void net_inject(poller *p, const uint8_t *data, uint32_t stride, const uint32_t *lengths, const uint32_t *addrs,

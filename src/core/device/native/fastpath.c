@@ -577,7 +577,8 @@ static napi_value fast_attach(napi_env env, napi_callback_info info) {
     throw_code(env, "ERR_AGENT_FAST_STATE", "the fast path is closed or attached already");
     return NULL;
   }
-  if (tun->filter != NULL || (sock != NULL && sock->filter != NULL)) {
+  if (tun->filter != NULL || (sock != NULL && sock->filter != NULL) || tun->worker_stop != NULL ||
+      (sock != NULL && sock->worker_stop != NULL)) {
     throw_code(env, "ERR_AGENT_FAST_STATE", "another fast path is attached to this TUN device or socket");
     return NULL;
   }

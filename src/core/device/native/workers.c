@@ -73,6 +73,10 @@ struct fast_worker {
   pthread_mutex_t mu;
   handoff tunq[2], sockq[2];
   int tun_fill, sock_fill;
+  /* Under mu: the worker stopped reading that fd because its buffer could not take another
+   * batch; the main thread reads it again once it has taken the buffer. The kernel's queue
+   * holds the packets meanwhile, as it would for a busy main thread. */
+  bool tun_paused, sock_paused;
 
   /* Set once by the worker when it stops on an error (release), read by the main thread. */
   bool failed;
@@ -92,8 +96,19 @@ static void fail(fast_worker *w, int err, const char *what) {
   uv_async_send(w->fp->handoff);
 }
 
-/* Copies what the batch left (at the ring's front) into the filling buffer of q. */
-static void hand_off(fast_worker *w, handoff q[2], const int *fill, const batch_view *b, uint32_t n) {
+/* Reads from fd (EV_TUN or EV_SOCK) on, or off until the main thread catches up. */
+static void watch(fast_worker *w, int fd, uint32_t what, bool on) {
+  struct epoll_event e = {.events = on ? EPOLLIN : 0, .data.u32 = what};
+  (void)epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &e); /* cannot fail for a registered fd */
+}
+
+/*
+ * Copies what the batch left (at the ring's front) into the filling buffer of q. Once that
+ * buffer has no room for another whole batch of `slots`, the fd is not read until the main
+ * thread has taken it: nothing is dropped here that the kernel's queue could have held.
+ */
+static void hand_off(fast_worker *w, handoff q[2], const int *fill, bool *paused, int fd, uint32_t what, uint32_t slots,
+                     const batch_view *b, uint32_t n) {
   pthread_mutex_lock(&w->mu);
   handoff *h = &q[*fill];
   const uint32_t take = n < HANDOFF_CAP - h->n ? n : HANDOFF_CAP - h->n;
@@ -104,6 +119,10 @@ static void hand_off(fast_worker *w, handoff q[2], const int *fill, const batch_
       h->addrs[h->n] = b->addrs[i];
       h->ports[h->n] = b->ports[i];
     }
+  }
+  if (HANDOFF_CAP - h->n < slots && !*paused) {
+    *paused = true;
+    watch(w, fd, what, false);
   }
   pthread_mutex_unlock(&w->mu);
   FAST_ADD(w->lane.c.handed_off, take);
@@ -120,7 +139,7 @@ static bool on_tun(fast_worker *w) {
     pthread_rwlock_rdlock(&w->fp->lock);
     const uint32_t left = fast_tun_batch(w->fp, &w->lane, &b, count);
     pthread_rwlock_unlock(&w->fp->lock);
-    if (left > 0) hand_off(w, w->tunq, &w->tun_fill, &b, left);
+    if (left > 0) hand_off(w, w->tunq, &w->tun_fill, &w->tun_paused, w->tun->fd, EV_TUN, w->tun_slots, &b, left);
   }
   if (err != 0) fail(w, err, "TUN read");
   return err == 0;
@@ -142,7 +161,7 @@ static bool on_sock(fast_worker *w, uint32_t events) {
     pthread_rwlock_rdlock(&w->fp->lock);
     const uint32_t left = fast_net_batch(w->fp, &w->lane, &b, count);
     pthread_rwlock_unlock(&w->fp->lock);
-    if (left > 0) hand_off(w, w->sockq, &w->sock_fill, &b, left);
+    if (left > 0) hand_off(w, w->sockq, &w->sock_fill, &w->sock_paused, w->sock->fd, EV_SOCK, w->sock_slots, &b, left);
   }
   if (err != 0) fail(w, err, "recvmmsg");
   return err == 0;
@@ -170,11 +189,18 @@ static void *worker_main(void *arg) {
 
 /* ---------- the main thread's side ---------- */
 
-/* The buffer the worker was filling, now the main thread's; the worker fills the other. */
-static handoff *take_filled(fast_worker *w, handoff q[2], int *fill) {
+/*
+ * The buffer the worker was filling, now the main thread's; the worker fills the other, which
+ * the main thread emptied last time, so a paused fd is read again.
+ */
+static handoff *take_filled(fast_worker *w, handoff q[2], int *fill, bool *paused, int fd, uint32_t what) {
   pthread_mutex_lock(&w->mu);
   handoff *h = &q[*fill];
   *fill ^= 1;
+  if (*paused && !w->stopped) {
+    *paused = false;
+    watch(w, fd, what, true);
+  }
   pthread_mutex_unlock(&w->mu);
   return h;
 }
@@ -202,10 +228,13 @@ static void on_handoff(uv_async_t *a) {
   fast_path *fp = a->data;
   for (uint32_t i = 0; i < fp->n_workers; i++) {
     fast_worker *w = fp->workers[i];
-    handoff *t = take_filled(w, w->tunq, &w->tun_fill);
+    if (w->stopped) continue;
+    handoff *t = take_filled(w, w->tunq, &w->tun_fill, &w->tun_paused, w->tun->fd, EV_TUN);
     if (t->n > 0 && fp->tun != NULL) tun_inject(fp->tun, t->data, t->stride, t->lengths, t->n);
     t->n = 0;
-    handoff *s = take_filled(w, w->sockq, &w->sock_fill);
+    /* JS, called above, may have stopped the workers. */
+    if (w->stopped) continue;
+    handoff *s = take_filled(w, w->sockq, &w->sock_fill, &w->sock_paused, w->sock->fd, EV_SOCK);
     if (s->n > 0 && fp->sock != NULL) net_inject(fp->sock, s->data, s->stride, s->lengths, s->addrs, s->ports, s->n);
     s->n = 0;
     report_failure(fp, w);
@@ -214,6 +243,21 @@ static void on_handoff(uv_async_t *a) {
 
 static void free_handle(uv_handle_t *h) {
   free(h);
+}
+
+/* poller.worker_stop: a worker's TUN queue or socket is closing, so every worker stops first. */
+static void stop_before_close(void *ctx) {
+  fast_stop_workers(ctx);
+}
+
+static void own(poller *p, fast_path *fp) {
+  p->worker_stop = stop_before_close;
+  p->worker_ctx = fp;
+}
+
+static void disown(poller *p) {
+  p->worker_stop = NULL;
+  p->worker_ctx = NULL;
 }
 
 void fast_stop_workers(fast_path *fp) {
@@ -230,6 +274,9 @@ void fast_stop_workers(fast_path *fp) {
     close(w->stopfd);
     w->epfd = w->stopfd = -1;
     /* The handles (and their descriptors) may go now. */
+    disown(w->tun);
+    disown(w->sock);
+    net_drop_ring(w->sock);
     napi_delete_reference(fp->env, w->tun_ref);
     napi_delete_reference(fp->env, w->sock_ref);
     w->tun_ref = w->sock_ref = NULL;
@@ -351,6 +398,7 @@ static fast_worker *new_worker(fast_path *fp, poller *tun, poller *sock) {
                       max_payload, w->sock_slots);
   }
   if (!ok) {
+    net_drop_ring(sock);
     free_worker(w);
     return NULL;
   }
@@ -379,25 +427,40 @@ static void throw_code(napi_env env, const char *code, const char *msg) {
   poller_throw_error(env, code, msg);
 }
 
-/* The main thread's wake-up for handoffs, and what reports a worker's failure to JS. */
+/*
+ * The main thread's wake-up for handoffs, what reports a worker's failure to JS, and the
+ * environment cleanup hook that stops workers before teardown frees what they use: all of
+ * them or, on failure, none.
+ */
 static bool ensure_handoff(napi_env env, fast_path *fp, napi_value on_error) {
   if (fp->handoff != NULL) return true;
   uv_loop_t *loop;
   napi_value name;
+  napi_ref on_error_ref = NULL;
+  napi_async_context ctx = NULL;
   uv_async_t *a = malloc(sizeof *a);
-  if (a == NULL || napi_get_uv_event_loop(env, &loop) != napi_ok || uv_async_init(loop, a, on_handoff) != 0) {
+  if (a == NULL) return false;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || napi_create_reference(env, on_error, 1, &on_error_ref) != napi_ok ||
+      napi_create_string_utf8(env, "agent:fast-worker", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &ctx) != napi_ok || napi_add_env_cleanup_hook(env, fast_env_cleanup, fp) != napi_ok) {
+    if (ctx != NULL) napi_async_destroy(env, ctx);
+    if (on_error_ref != NULL) napi_delete_reference(env, on_error_ref);
+    free(a);
+    return false;
+  }
+  if (uv_async_init(loop, a, on_handoff) != 0) {
+    napi_remove_env_cleanup_hook(env, fast_env_cleanup, fp);
+    napi_async_destroy(env, ctx);
+    napi_delete_reference(env, on_error_ref);
     free(a);
     return false;
   }
   a->data = fp;
   uv_unref((uv_handle_t *)a); /* workers never keep the process alive by themselves */
   fp->handoff = a;
-  if (napi_create_reference(env, on_error, 1, &fp->on_worker_error) != napi_ok ||
-      napi_create_string_utf8(env, "agent:fast-worker", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_async_init(env, NULL, name, &fp->async_ctx) != napi_ok) {
-    return false; /* what was made is let go by fast_stop_workers */
-  }
-  if (!fp->cleanup_hook && napi_add_env_cleanup_hook(env, fast_env_cleanup, fp) == napi_ok) fp->cleanup_hook = true;
+  fp->on_worker_error = on_error_ref;
+  fp->async_ctx = ctx;
+  fp->cleanup_hook = true;
   return true;
 }
 
@@ -422,6 +485,7 @@ napi_value fast_add_worker(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (tun == fp->tun || sock == fp->sock || tun->poll_open || sock->poll_open || tun->closed || sock->closed ||
+      tun->worker_stop != NULL || sock->worker_stop != NULL || tun->filter != NULL || sock->filter != NULL ||
       tun_vnet(tun) != tun_vnet(fp->tun)) {
     throw_code(env, "ERR_AGENT_FAST_STATE",
                "addWorker: the worker needs a TUN queue and a socket of its own, open and not started");
@@ -443,6 +507,7 @@ napi_value fast_add_worker(napi_env env, napi_callback_info info) {
   if (napi_create_reference(env, argv[1], 1, &w->tun_ref) != napi_ok ||
       napi_create_reference(env, argv[2], 1, &w->sock_ref) != napi_ok) {
     if (w->tun_ref != NULL) napi_delete_reference(env, w->tun_ref);
+    net_drop_ring(sock);
     free_worker(w);
     throw_code(env, "ERR_AGENT_FAST_NAPI", "addWorker: cannot reference the TUN queue and socket");
     return NULL;
@@ -453,12 +518,15 @@ napi_value fast_add_worker(napi_env env, napi_callback_info info) {
     if (w->stopfd >= 0) close(w->stopfd);
     napi_delete_reference(env, w->tun_ref);
     napi_delete_reference(env, w->sock_ref);
+    net_drop_ring(sock);
     free_worker(w);
     char msg[160];
     snprintf(msg, sizeof msg, "addWorker: cannot start the worker thread: %s", strerror(err));
     throw_code(env, "ERR_AGENT_FAST_THREAD", msg);
     return NULL;
   }
+  own(tun, fp);
+  own(sock, fp);
   fp->workers[fp->n_workers++] = w;
   return NULL;
 }
