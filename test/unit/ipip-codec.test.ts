@@ -64,9 +64,10 @@ describe('ipip codec (RFC 2003)', () => {
   })
 
   it('rides UDP port 4755 by default, or bare IP protocol 4', () => {
-    expect(ipipTransport.carrier({})).toEqual({kind: 'udp', port: 4755})
+    // Its sessions' payload is the inner packet (fastCodec identity), which node workers carry.
+    expect(ipipTransport.carrier({})).toEqual({kind: 'udp', port: 4755, fastCodec: 'identity'})
     // Over bare IP the outer header copies the inner TOS and DF (RFC 2003 3.1).
-    expect(ipipTransport.carrier({carrier: 'ip'})).toEqual({kind: 'ip', ipProtocol: 4, copyDfFromInner: true})
+    expect(ipipTransport.carrier({carrier: 'ip'})).toEqual({kind: 'ip', ipProtocol: 4, copyDfFromInner: true, fastCodec: 'identity'})
   })
 
   it('shows the core the inner packet without a session, for IPv4 payloads only', () => {

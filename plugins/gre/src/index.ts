@@ -86,9 +86,11 @@ export function createGreTransport(core: CoreApi): Transport {
     name: 'gre',
     description: 'GRE (RFC 2784/2890) over UDP (RFC 8086, default port 4754) or IP protocol 47; not encrypted',
     carrier(options: TransportOptions): CarrierSpec {
+      const flags = flagsOf(options)
+      const fastCodec = flags.checksum || flags.sequence ? undefined : ('gre' as const) // as GreSession.fastPath
       return options.carrier === 'ip'
-        ? {kind: 'ip', ipProtocol: IPPROTO_GRE}
-        : {kind: 'udp', port: typeof options.port === 'number' ? options.port : GRE_IN_UDP_PORT}
+        ? {kind: 'ip', ipProtocol: IPPROTO_GRE, fastCodec}
+        : {kind: 'udp', port: typeof options.port === 'number' ? options.port : GRE_IN_UDP_PORT, fastCodec}
     },
     overhead(options: TransportOptions): number {
       return gre.greHeaderLength(flagsOf(options))

@@ -58,8 +58,8 @@ export const ipipTransport: Transport = {
   description: 'IP-in-IP (RFC 2003) over UDP (default port 4755) or IP protocol 4; not encrypted',
   carrier(options: TransportOptions): CarrierSpec {
     return options.carrier === 'ip'
-      ? {kind: 'ip', ipProtocol: IPPROTO_IPIP, copyDfFromInner: true}
-      : {kind: 'udp', port: typeof options.port === 'number' ? options.port : IPIP_IN_UDP_PORT}
+      ? {kind: 'ip', ipProtocol: IPPROTO_IPIP, copyDfFromInner: true, fastCodec: 'identity'}
+      : {kind: 'udp', port: typeof options.port === 'number' ? options.port : IPIP_IN_UDP_PORT, fastCodec: 'identity'}
   },
   overhead(): number {
     return 0

@@ -239,8 +239,8 @@ function randomSpi(): number {
 
 function carrierOf(options: TransportOptions): CarrierSpec {
   return options.carrier === 'ip'
-    ? {kind: 'ip', ipProtocol: IPPROTO_GRE}
-    : {kind: 'udp', port: typeof options.port === 'number' ? options.port : DEFAULT_PORT}
+    ? {kind: 'ip', ipProtocol: IPPROTO_GRE, fastCodec: 'esp-gcm-in-gre'}
+    : {kind: 'udp', port: typeof options.port === 'number' ? options.port : DEFAULT_PORT, fastCodec: 'esp-gcm-in-gre'}
 }
 
 /** The ipsec-over-gre transport, on the GRE codec the core hands over. */

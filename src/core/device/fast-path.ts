@@ -31,23 +31,8 @@ interface NativeFast {
   addWorker(handle: Handle, tunQueue: object, socket: object, onError: (err: Error) => void): void
 }
 
-/** What one lane of the fast path carried: the main thread's (index 0) or a worker thread's. */
-export interface LaneStats {
-  txPackets: number
-  rxPackets: number
-  sendDrops: number
-  tunWriteDrops: number
-  tunGsoPackets: number
-  tunGsoSegments: number
-  /** Worker lanes: packets passed to the main thread (keepalives, ESP, anything unusual). */
-  handedOff: number
-  /** ... and dropped because the main thread was too far behind to take them. */
-  handoffDrops: number
-}
-
-export interface FastPathStats {
-  /** Sessions in the native table. */
-  sessions: number
+/** What the fast path carried: in all, or on one lane. */
+export interface FastPathCounters {
   /** Packets the fast path encapsulated and sent, and decapsulated and wrote to the TUN. */
   txPackets: number
   rxPackets: number
@@ -58,7 +43,20 @@ export interface FastPathStats {
   /** Runs of TCP segments written to the TUN as one GSO packet, and the segments in them. */
   tunGsoPackets: number
   tunGsoSegments: number
-  /** The same per lane: the main thread first, then each worker thread. */
+}
+
+/** One lane's: the main thread's (index 0) or a worker thread's. */
+export interface LaneStats extends FastPathCounters {
+  /** Worker lanes: packets passed to the main thread (keepalives, ESP, anything unusual). */
+  handedOff: number
+  /** ... and dropped because the main thread was too far behind to take them. */
+  handoffDrops: number
+}
+
+export interface FastPathStats extends FastPathCounters {
+  /** Sessions in the native table. */
+  sessions: number
+  /** Per lane: the main thread first, then each worker thread. */
   workers: LaneStats[]
 }
 

@@ -9,7 +9,7 @@ import {existsSync} from 'node:fs'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
 import type {ResolvedNodeConfig} from '../config/index.js'
-import type {CarrierSpec, NodeSession, Transport} from '../transport/contract.js'
+import type {CarrierSpec, FastCodec, NodeSession, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
@@ -54,6 +54,8 @@ const MAX_CONNECTIONS_BASE = 64
 const HELLO_TIMEOUT_MS = 10_000
 /** workers: "auto" runs one per core, up to this many. */
 const MAX_AUTO_WORKERS = 8
+/** The FastCodecs worker threads carry themselves (workers.c); the rest is the main thread's. */
+const WORKER_CODECS: ReadonlySet<FastCodec['kind']> = new Set(['identity', 'gre'])
 /** How often silent datagram sessions are looked for. */
 const EXPIRY_CHECK_MS = 5_000
 
@@ -144,7 +146,9 @@ export class NodeAgent {
         ? `the ${carrier.kind === 'stream' ? 'tls' : 'bare IP'} carrier runs on one`
         : fastPathDisabled()
           ? 'workers are part of the native fast path, which AGENT_FAST_PATH=off turns off'
-          : undefined
+          : carrier.fastCodec === undefined || !WORKER_CODECS.has(carrier.fastCodec)
+            ? `workers carry gre and ipip packets; ${this.transport.name}'s ${carrier.fastCodec === 'esp-gcm-in-gre' ? 'ESP state lives on the main thread' : 'packets are carried by JavaScript on the main thread'}`
+            : undefined
     if (why === undefined) return wanted
     if (this.config.workers !== 'auto') this.log.warn(`workers: ${wanted} asked for, running 1: ${why}`)
     return 1

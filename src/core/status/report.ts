@@ -1,3 +1,5 @@
+import type {LaneStats} from '../device/fast-path.js'
+
 /** What `agent status` shows: one report per running instance. */
 export interface PeerReport {
   name: string
@@ -27,18 +29,7 @@ export interface PeerReport {
 }
 
 /** What one thread of a node's fast path carried (the main thread first, then each worker). */
-export interface WorkerReport {
-  txPackets: number
-  rxPackets: number
-  sendDrops: number
-  tunWriteDrops: number
-  tunGsoPackets: number
-  tunGsoSegments: number
-  /** Packets a worker passed to the main thread (keepalives, ESP, anything unusual)... */
-  handedOff: number
-  /** ...and dropped because the main thread was behind. */
-  handoffDrops: number
-}
+export type WorkerReport = LaneStats
 
 export interface StatusReport {
   name: string

@@ -35,6 +35,13 @@ export interface CarrierSpec {
    * TTL (RFC 2003 3.1, IP-in-IP). Otherwise the outer header always carries DF.
    */
   copyDfFromInner?: boolean
+  /**
+   * The FastCodec kind its sessions will declare with these options (none: they declare none).
+   * Lets a node decide before any session exists whether worker threads can carry them: they
+   * carry identity and gre; ESP's state is shared with JavaScript on the main thread. Omitted,
+   * the node runs one thread, which is always right.
+   */
+  fastCodec?: FastCodec['kind']
 }
 
 /** Plugin-specific options from the config file (`transports.<name>`), already validated. */
