@@ -101,11 +101,10 @@ export class DataPath {
     fast.close()
   }
 
-  /** See FastPath.addWorker; false when there is no fast path to add it to. */
-  addWorker(queue: TunQueue, socket: DatagramSocket, onError: (err: Error) => void): boolean {
-    if (this.fast === null) return false
+  /** See FastPath.addWorker (workers are part of the fast path: check hasFastPath first). */
+  addWorker(queue: TunQueue, socket: DatagramSocket, onError: (err: Error) => void): void {
+    if (this.fast === null) throw new Error('a worker needs the native fast path, which is off')
     this.fast.addWorker(queue, socket, onError)
-    return true
   }
 
   hasFastPath(): boolean {
