@@ -7,17 +7,18 @@
 // A fresh namespace testbed per transport and worker count with 4 clients behind the NAT, each
 // a real `agent up` (alice, bob, carol, dave), one node (`workers: n`), and 4 iperf3 servers
 // on the target. The 4 iperf3 clients (one TCP stream each) run at the same time; the figure
-// is the sum of what the servers received, the median of --repeat runs. alice and carol pick
-// even source ports and bob and dave odd ones, so with 2 workers the node's kernel steers two
-// clients to each worker in every run (real clients' NAT-assigned ports spread at random). tls
+// is the sum of what the servers received, the median of --repeat runs. Each client's namespace
+// picks only source ports that the node steers to worker (client index % workers), so with 2
+// workers two clients are on each in every run (real clients' NAT-assigned ports spread at
+// random). tls
 // and ipsec-over-gre run on one worker whatever is asked (their sessions live on the main
 // thread): their row for 2 says so instead of measuring the same thing again.
 import {readdirSync, readFileSync} from 'node:fs'
 import {parseArgs} from 'node:util'
-import {createTestbed, prepareFleet, useLocalPortParity} from '../dist/testbed/index.js'
+import {createTestbed, prepareFleet, useLocalPortsForLane} from '../dist/testbed/index.js'
 import {startLogged} from './lib/proc.mjs'
 import {median} from './lib/stats.mjs'
-import {cpuSeconds, hostTicks} from './lib/measure.mjs'
+import {CLK_TCK, cpuSeconds, hostTicks} from './lib/measure.mjs'
 
 const {values: flags} = parseArgs({options: {transports: {type: 'string'}, workers: {type: 'string'}, seconds: {type: 'string'}, repeat: {type: 'string'}}})
 const workerCounts = (flags.workers ?? process.env.BENCH_AGG_WORKERS ?? '1,2').split(',').map(Number)
@@ -35,7 +36,7 @@ function threadCpu(pid) {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / 100
+      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / CLK_TCK
     } catch {}
   }
   return out
@@ -46,7 +47,8 @@ async function measure(transport, workers) {
   const procs = []
   try {
     const fleet = await prepareFleet(tb, {transport, keepalive: 10, extraClients: CLIENTS.slice(2), workers})
-    for (let i = 0; i < CLIENTS.length; i++) await useLocalPortParity(tb, tb.names.client[i], i % 2)
+    // Clients spread evenly over the workers asked for, each from its own port range.
+    for (let i = 0; i < CLIENTS.length; i++) await useLocalPortsForLane(tb, tb.names.client[i], i, i % workers, workers)
     const node = await fleet.startNode()
     const lanes = Number(/(\d+) worker\(s\)/.exec(node.output)?.[1] ?? 1)
     // A transport that runs on one thread (tls, ipsec-over-gre) whatever is asked: its

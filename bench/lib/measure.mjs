@@ -4,7 +4,8 @@ import {readFileSync} from 'node:fs'
 import {startLogged} from './proc.mjs'
 import {percentile} from './stats.mjs'
 
-const CLK_TCK = (() => {
+/** Clock ticks per second, the unit of /proc/<pid>/stat times. */
+export const CLK_TCK = (() => {
   try {
     return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
   } catch {

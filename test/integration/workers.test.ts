@@ -1,14 +1,15 @@
 /**
- * The node's workers with the real binary: `workers: 2` gives the node a second thread with
- * its own TUN queue and UDP socket, and the kernel steers each client endpoint to one of the
- * two by (source address ^ source port) % 2. The clients' namespaces are made to pick source
- * ports of a chosen parity (both sit behind one NAT address, which keeps ports), so alice lands
- * on one thread and bob on the other in every run, and the test can check that the thread
- * status names for each client is the one that carried it, both ways, byte for byte.
+ * The node's workers with the real binary: `workers: 3` gives the node two more threads, each
+ * with its own TUN queue and UDP socket, and the kernel steers each client endpoint to one of
+ * the three by (source address ^ source port) % 3. The clients' namespaces are left only the
+ * source ports that steer to a chosen worker (both sit behind one NAT address, which keeps
+ * ports), so alice lands on worker 2 and bob on worker 1 in every run, and the test checks
+ * that status names those workers and that they, and no other, carried each client's packets
+ * both ways, byte for byte.
  */
 import {afterAll, describe, expect, inject, it} from 'vitest'
 import {join} from 'node:path'
-import {type Fleet, createFleet, useLocalPortParity, waitForOutput} from '../../src/testbed/index.js'
+import {type Fleet, createFleet, portsForLane, useLocalPortsForLane, waitForOutput} from '../../src/testbed/index.js'
 import {laneFor} from '../../src/core/carrier/datagram.js'
 import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 
@@ -47,17 +48,20 @@ afterAll(async () => {
   await Promise.all(fleets.map((f) => f.tb.destroy()))
 })
 
-/** alice (client 1, even ports) and bob (client 2, odd ports) up against a node of 2 workers. */
+const LANES = 3
+const PLACE = {alice: 2, bob: 1}
+
+/** alice (client 1) on worker 2 and bob (client 2) on worker 1 of a node with 3. */
 async function upTwo(prefix: string, transport: string) {
-  const fleet = await createFleet({prefix, clients: 2, transport, dataDir: inject('agentDataDir'), workers: 2})
+  const fleet = await createFleet({prefix, clients: 2, transport, dataDir: inject('agentDataDir'), workers: LANES})
   fleets.push(fleet)
   const {tb} = fleet
-  await useLocalPortParity(tb, tb.names.client[0], 0)
-  await useLocalPortParity(tb, tb.names.client[1], 1)
+  await useLocalPortsForLane(tb, tb.names.client[0], 0, PLACE.alice, LANES)
+  await useLocalPortsForLane(tb, tb.names.client[1], 1, PLACE.bob, LANES)
   const server = tb.spawn(tb.names.target, process.execPath, [TRANSFER, 'server', String(TRANSFER_PORT)], {stdio: ['ignore', 'pipe', 'pipe']})
   await waitForOutput(server, /listening/, 10_000)
   const node = await fleet.startNode()
-  expect(node.output).toMatch(/2 worker\(s\)/)
+  expect(node.output).toMatch(/3 worker\(s\)/)
   await fleet.startClient('alice', 0)
   await fleet.startClient('bob', 1)
   return {fleet, node}
@@ -68,7 +72,7 @@ function predicted(s: NodeStatus): Map<string, number> {
   const out = new Map<string, number>()
   for (const p of s.peers) {
     const [addr, port] = p.endpoint.split(':')
-    const lane = laneFor(ipv4ToNumber(addr), Number(port), 2)
+    const lane = laneFor(ipv4ToNumber(addr), Number(port), LANES)
     expect(p.worker, `${p.name} at ${p.endpoint}`).toBe(lane)
     out.set(p.name, lane)
   }
@@ -85,11 +89,10 @@ describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
       await new Promise((r) => setTimeout(r, 200))
       s = await status(fleet)
     }
-    expect(s.workers).toHaveLength(2)
+    expect(s.workers).toHaveLength(LANES)
     const lanes = predicted(s)
-    // The parities put alice on the main thread and bob on the worker thread.
-    expect(lanes.get('alice')).toBe(0)
-    expect(lanes.get('bob')).toBe(1)
+    expect(lanes.get('alice')).toBe(PLACE.alice)
+    expect(lanes.get('bob')).toBe(PLACE.bob)
 
     for (const [index, name] of [[0, 'alice'], [1, 'bob']] as const) {
       const before = (await status(fleet)).workers!
@@ -97,7 +100,6 @@ describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
       expect(r.code, r.stdout + r.stderr).toBe(0)
       const after = (await status(fleet)).workers!
       const lane = lanes.get(name)!
-      const other = 1 - lane
       // Echo requests in from the client and replies back out, both on its lane. The first
       // reply of a flow may leave by the other: the kernel can send it into the TUN device
       // (within the write of the request) before it has noted which queue wrote that flow.
@@ -105,8 +107,11 @@ describe.each(['gre', 'ipip'])('workers: %s', (transport) => {
       expect(replies, r.stdout).toBeGreaterThanOrEqual(45)
       expect(after[lane].rxPackets - before[lane].rxPackets, name).toBeGreaterThanOrEqual(50)
       expect(after[lane].txPackets - before[lane].txPackets, name).toBeGreaterThanOrEqual(replies - 1)
-      expect(after[other].rxPackets - before[other].rxPackets, name).toBeLessThan(5)
-      expect(after[other].txPackets - before[other].txPackets, name).toBeLessThan(5)
+      for (let other = 0; other < LANES; other++) {
+        if (other === lane) continue
+        expect(after[other].rxPackets - before[other].rxPackets, `${name} on ${other}`).toBeLessThan(5)
+        expect(after[other].txPackets - before[other].txPackets, `${name} on ${other}`).toBeLessThan(5)
+      }
     }
 
     // Bulk TCP from both at once: each on its own thread, nothing lost or reordered.
@@ -123,32 +128,33 @@ describe('workers: what a worker hands to the main thread', () => {
   it('hands unknown datagrams to JavaScript whichever socket they reach', async () => {
     const {fleet} = await upTwo('wkunk', 'gre')
     const before = await status(fleet)
-    // 64 source ports, 32 of each parity: half reach the worker's socket.
+    // From 64 source ports that steer to worker 2 (through the NAT, which keeps them).
+    const ports = portsForLane(fleet.tb, 2, LANES, 64)
     const script = `
       const dgram = require('node:dgram')
-      const [host, port] = process.argv.slice(1)
+      const [host, port, ports] = process.argv.slice(1)
       const junk = Buffer.from('2000080000abcdef4500001c', 'hex') // GRE with a key no session has
       let left = 64
-      for (let p = 41000; p < 41064; p++) {
+      for (const p of JSON.parse(ports)) {
         const s = dgram.createSocket('udp4')
         s.bind(p, () => s.send(junk, +port, host, () => { s.close(); if (--left === 0) process.exit(0) }))
       }
     `
-    await fleet.tb.exec(fleet.tb.names.client[0], process.execPath, ['-e', script, fleet.tb.addr.nodeWan, '4754'], {check: true})
+    await fleet.tb.exec(fleet.tb.names.client[0], process.execPath, ['-e', script, fleet.tb.addr.nodeWan, '4754', JSON.stringify(ports)], {check: true})
     let after = await status(fleet)
     for (let i = 0; i < 20 && after.counters.unknownSession - before.counters.unknownSession < 64; i++) {
       await new Promise((r) => setTimeout(r, 100))
       after = await status(fleet)
     }
     expect(after.counters.unknownSession - before.counters.unknownSession).toBe(64)
-    expect(after.workers![1].handedOff - before.workers![1].handedOff).toBeGreaterThanOrEqual(32)
+    expect(after.workers![2].handedOff - before.workers![2].handedOff).toBeGreaterThanOrEqual(64)
   })
 
   it('hands TUN packets for no client to JavaScript whichever queue they come out of', async () => {
     const {fleet} = await upTwo('wknop', 'gre')
     const before = await status(fleet)
     // 64 flows from the node itself into its TUN, to a tunnel address no client has: the kernel
-    // spreads them over both queues by flow.
+    // spreads them over the queues by flow.
     const script = `
       const dgram = require('node:dgram')
       const s = dgram.createSocket('udp4')
@@ -162,7 +168,8 @@ describe('workers: what a worker hands to the main thread', () => {
       after = await status(fleet)
     }
     expect(after.counters.noPeer - before.counters.noPeer).toBe(64)
-    expect(after.workers![1].handedOff - before.workers![1].handedOff).toBeGreaterThan(0)
+    const handed = after.workers!.map((w, i) => w.handedOff - before.workers![i].handedOff)
+    expect(handed[1] + handed[2], JSON.stringify(handed)).toBeGreaterThan(0)
   })
 })
 
@@ -196,7 +203,7 @@ describe('workers: where there can be only one', () => {
     const fleet = await createFleet({prefix: 'wkesp', clients: 1, transport: 'ipsec-over-gre', dataDir: inject('agentDataDir'), workers: 2})
     fleets.push(fleet)
     const node = await fleet.startNode()
-    expect(node.output).toMatch(/workers: 2 asked for, running 1: workers carry gre and ipip packets; ipsec-over-gre's ESP state lives on the main thread/)
+    expect(node.output).toMatch(/workers: 2 asked for, running 1: workers carry plain gre and ipip packets; ipsec-over-gre's ESP state lives on the main thread/)
     await fleet.startClient('alice', 0)
     const r = await fleet.tb.exec(fleet.tb.names.client[0], 'ping', ['-c', '3', '-i', '0.2', '-W', '2', fleet.tb.addr.target])
     expect(r.code, r.stdout + r.stderr).toBe(0)

@@ -62,7 +62,7 @@ describe('agent status, as text', () => {
     })
     const report = {...node([{...peer('alice', '10.99.0.2', 'native'), worker: 0}, {...peer('bob', '10.99.0.3', 'native'), worker: 1}]), workers: [lane(10, 9), lane(20, 19, 3, 1)]}
     const lines = formatStatus([report]).split('\n').map((l) => l.trim())
-    expect(lines).toContain('workers 2 (packets) 0: rx 10 tx 9, 1: rx 20 tx 19 handed off 3 dropped 1')
+    expect(lines).toContain('workers 2 (packets) main: rx 10 tx 9, 1: rx 20 tx 19 handed off 3 dropped 1')
     expect(lines.find((l) => l.startsWith('alice'))!.split(/\s{2,}/)[6]).toBe('native w0')
     expect(lines.find((l) => l.startsWith('bob'))!.split(/\s{2,}/)[6]).toBe('native w1')
   })

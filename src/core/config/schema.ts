@@ -278,8 +278,8 @@ export const nodeConfigSchema = {
       errorMessage: 'must be "auto" or a whole number from 1 to 64',
       description:
         'Threads that carry packets, each on its own TUN queue and UDP socket, so the node uses more than one core. ' +
-        '"auto": one per CPU core, at most 8. Only gre and ipip over udp spread over workers; ' +
-        'tls, ipsec-over-gre and bare IP carriers run on one.',
+        '"auto": one per CPU core, at most 8, or one where the host cannot have more. Only gre (without checksum or ' +
+        'sequence) and ipip over udp spread over workers; tls, ipsec-over-gre and bare IP carriers run on one.',
     },
     session: {
       type: 'object',

@@ -147,7 +147,11 @@ export class NodeAgent {
         : fastPathDisabled()
           ? 'workers are part of the native fast path, which AGENT_FAST_PATH=off turns off'
           : carrier.fastCodec === undefined || !WORKER_CODECS.has(carrier.fastCodec)
-            ? `workers carry gre and ipip packets; ${this.transport.name}'s ${carrier.fastCodec === 'esp-gcm-in-gre' ? 'ESP state lives on the main thread' : 'packets are carried by JavaScript on the main thread'}`
+            ? `workers carry plain gre and ipip packets; ${
+                carrier.fastCodec === 'esp-gcm-in-gre'
+                  ? `${this.transport.name}'s ESP state lives on the main thread`
+                  : `${this.transport.name} with these options is carried by JavaScript on the main thread`
+              }`
             : undefined
     if (why === undefined) return wanted
     if (this.config.workers !== 'auto') this.log.warn(`workers: ${wanted} asked for, running 1: ${why}`)
@@ -216,7 +220,8 @@ export class NodeAgent {
         this.datapath.enableFastPath(null, this.mtu)
       }
       this.datapath.start()
-      this.lanes = this.datagrams?.startWorkers(tun, (e) => this.fail(new Error(`a fast path worker failed: ${e.message}`))) ?? 1
+      const onWorkerError = (e: Error) => this.fail(new Error(`a fast path worker failed: ${e.message}`))
+      this.lanes = this.datagrams?.startWorkers(tun, onWorkerError, this.config.workers !== 'auto') ?? 1
       this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
       this.ticker.unref()
       await this.listen(credentials)

@@ -77,6 +77,10 @@ export class NodeDatagrams {
     /** Lanes to spread clients over (the main thread and lanes - 1 workers); udp only. */
     private readonly lanes = 1,
   ) {
+    // SO_REUSEPORT would let this socket join another process's on the same port (say a second
+    // node started by mistake) and share its clients in silence; a plain socket bound first
+    // fails with "already in use" as it always did.
+    if (lanes > 1 && (carrier.port ?? 0) !== 0) openCarrierSocket(carrier, mtu, listenAddress, carrier.port!).close()
     this.socket = openCarrierSocket(carrier, mtu, listenAddress, carrier.port ?? 0, lanes > 1)
     this.queue = new SendQueue(this.socket)
     datapath.onKeepalive = this.onKeepalive
@@ -98,19 +102,33 @@ export class NodeDatagrams {
    * the same port and a queue of `tun`, and the kernel told to steer each client endpoint to
    * one of them. Returns the lanes that now carry packets (1: only this thread).
    */
-  startWorkers(tun: LinuxTunDevice, onError: (err: Error) => void): number {
+  startWorkers(tun: LinuxTunDevice, onError: (err: Error) => void, required: boolean): number {
     if (this.lanes <= 1 || !this.datapath.hasFastPath()) return 1
-    for (let i = 1; i < this.lanes; i++) {
-      const socket = openCarrierSocket(this.carrier, this.mtu, this.socket.localAddress, this.socket.localPort, true)
-      this.workerSockets.push(socket)
-      const queue = tun.openQueue()
-      this.workerQueues.push(queue)
-      this.datapath.addWorker(queue, socket, onError)
+    try {
+      for (let i = 1; i < this.lanes; i++) {
+        const socket = openCarrierSocket(this.carrier, this.mtu, this.socket.localAddress, this.socket.localPort, true)
+        this.workerSockets.push(socket)
+        const queue = tun.openQueue()
+        this.workerQueues.push(queue)
+        this.datapath.addWorker(queue, socket, onError)
+      }
+      // Last: until every worker reads its socket, the kernel's own hash sends clients to all.
+      this.socket.steer!(this.lanes)
+      return this.lanes
+    } catch (e) {
+      // Asked for by number: the start fails (teardown closes what was opened). By default
+      // ("auto"), a host that cannot have workers (a restricted kernel or container) runs on
+      // one thread as before: closing a worker's socket or queue stops every worker first.
+      if (required) throw e
+      this.closeWorkers()
+      this.log.warn(`workers: running 1, could not start more: ${(e as Error).message}`)
+      return 1
     }
-    // Last: until every worker reads its socket, the kernel's own hash would send clients to
-    // them; a failure above ends the start, and the node's teardown closes them all.
-    this.socket.steer!(this.lanes)
-    return this.lanes
+  }
+
+  private closeWorkers(): void {
+    for (const s of this.workerSockets.splice(0)) s.close()
+    for (const q of this.workerQueues.splice(0)) q.close()
   }
 
   /** The lane (0: the main thread) a client at addr:port is steered to, while workers run. */
@@ -170,8 +188,7 @@ export class NodeDatagrams {
 
   close(): void {
     this.datapath.disableFastPath() // joins the workers before their descriptors close
-    for (const s of this.workerSockets) s.close()
-    for (const q of this.workerQueues) q.close()
+    this.closeWorkers()
     this.socket.close()
   }
 

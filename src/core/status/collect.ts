@@ -48,7 +48,7 @@ function formatOne(s: InstanceStatus): string {
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {
-    const lanes = s.workers.map((w, i) => `${i}: rx ${w.rxPackets} tx ${w.txPackets}${w.handedOff > 0 ? ` handed off ${w.handedOff}` : ''}${w.handoffDrops > 0 ? ` dropped ${w.handoffDrops}` : ''}`)
+    const lanes = s.workers.map((w, i) => `${i === 0 ? 'main' : i}: rx ${w.rxPackets} tx ${w.txPackets}${w.handedOff > 0 ? ` handed off ${w.handedOff}` : ''}${w.handoffDrops > 0 ? ` dropped ${w.handoffDrops}` : ''}`)
     head.push(`  workers ${s.workers.length} (packets) ${lanes.join(', ')}`)
   }
   if (s.peers.length === 0) return [...head, `  no ${s.role === 'node' ? 'client' : 'node'} connected`].join('\n')
