@@ -8,6 +8,7 @@
  * both ways, byte for byte.
  */
 import {afterAll, describe, expect, inject, it} from 'vitest'
+import {readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {type Fleet, createFleet, portsForLane, useLocalPortsForLane, waitForOutput} from '../../src/testbed/index.js'
 import {laneFor} from '../../src/core/carrier/datagram.js'
@@ -185,6 +186,30 @@ describe('workers: when the TUN device goes', () => {
     expect(await node.exited, node.output).toBe(1)
     expect(node.child.signalCode).toBeNull()
     expect(node.output).toMatch(/TUN device agtun0 failed|fast path worker failed/)
+  })
+})
+
+describe('workers: the port', () => {
+  it('a second node on the same UDP port is refused, as without SO_REUSEPORT', async () => {
+    const fleet = await createFleet({prefix: 'wkport', clients: 1, transport: 'gre', dataDir: inject('agentDataDir'), workers: 2})
+    fleets.push(fleet)
+    await fleet.startNode()
+    // Another instance: its own name, TUN device, subnet and TCP port, but gre's UDP port.
+    const other = join(fleet.tb.dir, 'configs', 'node2.yaml')
+    const text = readFileSync(fleet.nodeConfig, 'utf8')
+      .replace('name: node1', 'name: node2')
+      .replace('interface: agtun0', 'interface: agtun1')
+      .replace('10.99.0.0/24', '10.98.0.0/24')
+      .replace('port: 4443', 'port: 4444')
+      .replace(/\n {2}- name: bob\n {4}address: 10\.99\.0\.50/, '\n  - name: bob')
+    writeFileSync(other, text)
+    const r = await fleet.cli(fleet.tb.names.node, ['up', '--config', other])
+    expect(r.code).not.toBe(0)
+    expect(r.stderr + r.stdout).toMatch(/UDP port 4754 on 0\.0\.0\.0 is already in use/)
+    // Nothing of it is left: no second TUN device.
+    const links = await fleet.tb.exec(fleet.tb.names.node, 'ip', ['-o', 'link', 'show', 'type', 'tun'])
+    expect(links.stdout).not.toMatch(/agtun1/)
+    expect((await status(fleet)).workers).toHaveLength(2)
   })
 })
 
