@@ -438,18 +438,22 @@ static bool ensure_handoff(napi_env env, fast_path *fp, napi_value on_error) {
   napi_value name;
   napi_ref on_error_ref = NULL;
   napi_async_context ctx = NULL;
+  /* Registered once per fast path: Node aborts on the same hook registered twice, which a
+   * second addWorker after the workers were stopped (fast_stop_workers keeps the hook) would do. */
+  const bool add_hook = !fp->cleanup_hook;
   uv_async_t *a = malloc(sizeof *a);
   if (a == NULL) return false;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || napi_create_reference(env, on_error, 1, &on_error_ref) != napi_ok ||
       napi_create_string_utf8(env, "agent:fast-worker", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_async_init(env, NULL, name, &ctx) != napi_ok || napi_add_env_cleanup_hook(env, fast_env_cleanup, fp) != napi_ok) {
+      napi_async_init(env, NULL, name, &ctx) != napi_ok ||
+      (add_hook && napi_add_env_cleanup_hook(env, fast_env_cleanup, fp) != napi_ok)) {
     if (ctx != NULL) napi_async_destroy(env, ctx);
     if (on_error_ref != NULL) napi_delete_reference(env, on_error_ref);
     free(a);
     return false;
   }
   if (uv_async_init(loop, a, on_handoff) != 0) {
-    napi_remove_env_cleanup_hook(env, fast_env_cleanup, fp);
+    if (add_hook) napi_remove_env_cleanup_hook(env, fast_env_cleanup, fp);
     napi_async_destroy(env, ctx);
     napi_delete_reference(env, on_error_ref);
     free(a);
