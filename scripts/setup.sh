@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
-# drive (iproute2, iptables, conntrack, ping, iperf3, tshark, openvpn and wireguard-go as the benchmark's
+# drive (iproute2, iptables, ipset (the node's admission set), conntrack, ping, iperf3, tshark, openvpn and wireguard-go as the benchmark's
 # baseline, python3-cryptography for the ESP interop test), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
 # Idempotent: installs only what is missing. Needs root, as the agent itself does.
 set -euo pipefail
@@ -16,6 +16,8 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have ip || need+=(iproute2)
 have iptables-restore || need+=(iptables)
+# The node admits its clients as members of an ipset that its FORWARD chain matches.
+have ipset || need+=(ipset)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
 have ping || need+=(iputils-ping)

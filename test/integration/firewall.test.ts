@@ -1,19 +1,20 @@
 /**
- * The firewall and route code against the real kernel: iptables-nft and iproute2, each test in a
- * network namespace of its own (fwtest-<pid>-<n>) that is deleted afterwards, pass or fail.
- * Nothing here runs in the host's namespace except `ip netns add/del`.
+ * The firewall and route code against the real kernel: iptables-nft, ipset, conntrack and
+ * iproute2, each test in a network namespace of its own (fwtest-<pid>-<n>) that is deleted
+ * afterwards, pass or fail; sets and conntrack tables are per namespace too. Nothing here runs
+ * in the host's namespace except `ip netns add/del`.
  */
 import {afterAll, describe, expect, it} from 'vitest'
 import {FirewallError, NodeFirewall, findFirewallInstances, iptablesSave, removeFirewall, restore} from '../../src/core/firewall/iptables.js'
-import {chainRules, parseOwnedState, type FirewallSpec} from '../../src/core/firewall/rules.js'
-import {normalizeIptablesSave} from '../../src/core/firewall/save.js'
+import {chainRules, parseOwnedState, renderRemoval, type FirewallSpec} from '../../src/core/firewall/rules.js'
+import {normalizeIptablesSave, parseIptablesSave} from '../../src/core/firewall/save.js'
 import {configureInterface} from '../../src/core/routes/interface.js'
 import {addRoutes, keepEndpointOutside, removeRoutes, ROUTE_PROTO} from '../../src/core/routes/routes.js'
 import {netnsRunner} from '../../src/core/sys/netns.js'
 import {CommandNotFoundError, run, type Runner} from '../../src/core/sys/run.js'
 
 const isRoot = process.getuid?.() === 0
-const hasTools = await Promise.all(['iptables-restore', 'iptables-save', 'ip'].map((t) => run('sh', ['-c', `command -v ${t}`], {allowFail: true})))
+const hasTools = await Promise.all(['iptables-restore', 'iptables-save', 'ip', 'ipset', 'conntrack'].map((t) => run('sh', ['-c', `command -v ${t}`], {allowFail: true})))
   .then((rs) => rs.every((r) => r.code === 0))
   .catch(() => false)
 
@@ -61,6 +62,35 @@ afterAll(async () => {
 
 const sh = (r: Runner, cmd: string, ...args: string[]) => r(cmd, args)
 const save = async (r: Runner) => normalizeIptablesSave(await iptablesSave(r))
+
+/** The members of a set, sorted, or undefined when it does not exist. */
+async function members(r: Runner, set = 'agent-n1'): Promise<string[] | undefined> {
+  const res = await r('ipset', ['save', set], {allowFail: true})
+  if (res.code !== 0) return undefined
+  return res.stdout
+    .split('\n')
+    .filter((l) => l.startsWith(`add ${set} `))
+    .map((l) => l.split(' ')[2])
+    .sort()
+}
+
+/** Every set in the namespace. */
+const setNames = async (r: Runner) => (await sh(r, 'ipset', 'list', '-n')).stdout.split('\n').filter(Boolean)
+
+/** Original sources of the namespace's conntrack entries, sorted (one per entry). */
+async function trackedSources(r: Runner): Promise<string[]> {
+  const {stdout} = await sh(r, 'conntrack', '-L')
+  return stdout
+    .split('\n')
+    .map((l) => /\bsrc=(\S+)/.exec(l)?.[1])
+    .filter((x): x is string => x !== undefined)
+    .sort()
+}
+
+/** A tracked UDP flow from `src`, as if a client had started it (TCP ESTABLISHED would do too). */
+async function track(r: Runner, src: string, sport: number): Promise<void> {
+  await sh(r, 'conntrack', '-I', '-s', src, '-d', '192.0.2.2', '-p', 'tcp', '--sport', String(sport), '--dport', '443', '--state', 'ESTABLISHED', '-u', 'SEEN_REPLY,ASSURED', '-t', '600')
+}
 
 /**
  * nft creates a table on first use and nobody deletes it, so "as before" in an empty namespace
@@ -167,23 +197,130 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       expect(state.chains.nat.jumps).toEqual([{chain: 'POSTROUTING', position: 1, rule: '-A POSTROUTING -j AGENT-n1-NAT'}])
     }))
 
-  it('setAdmitted adds and removes client rules and nothing else', () =>
+  it('setAdmitted adds and removes set elements, and no rule anywhere names a client', () =>
     inNetns(async (_ns, r) => {
       await loadHostRules(r)
       const fw = new NodeFirewall(spec({admitted: []}), {runner: r})
       await fw.apply()
-      const fwdOf = async () => parseOwnedState(await iptablesSave(r), 'n1').chains.fwd.rules
-      const withoutFwd = async () => (await save(r)).split('\n').filter((l) => !l.startsWith('-A AGENT-n1-FWD')).join('\n')
-      const rest = await withoutFwd()
-      expect((await fwdOf()).filter((l) => l.includes('ACCEPT'))).toEqual([])
+      const rules = await save(r)
+      expect(await members(r)).toEqual([])
 
       await fw.setAdmitted(['10.8.0.2', '10.8.0.9'])
-      expect(await fwdOf()).toEqual(chainRules(spec({admitted: ['10.8.0.2', '10.8.0.9']}), 'fwd'))
-      await fw.setAdmitted(['10.8.0.9'])
-      const rules = await fwdOf()
-      expect(rules.join('\n')).not.toContain('10.8.0.2')
-      expect(rules).toEqual(chainRules(spec({admitted: ['10.8.0.9']}), 'fwd'))
-      expect(await withoutFwd()).toBe(rest)
+      expect(await members(r)).toEqual(['10.8.0.2', '10.8.0.9'])
+      await fw.setAdmitted(['10.8.0.9', '10.8.0.10'])
+      expect(await members(r)).toEqual(['10.8.0.10', '10.8.0.9'])
+      await fw.setAdmitted(['10.8.0.9', '10.8.0.10']) // unchanged
+      expect(await members(r)).toEqual(['10.8.0.10', '10.8.0.9'])
+      // The chains never changed, in any table, and name no client.
+      const after = await save(r)
+      expect(after).toBe(rules)
+      expect(after).not.toMatch(/10\.8\.0\.(2|9|10)\b/)
+      expect(parseOwnedState(await iptablesSave(r), 'n1').chains.fwd.rules).toEqual(chainRules(spec(), 'fwd'))
+      await fw.setAdmitted([])
+      expect(await members(r)).toEqual([])
+    }))
+
+  it('the admission rules read back from iptables-save exactly as rendered', () =>
+    inNetns(async (_ns, r) => {
+      await new NodeFirewall(spec({egressInterface: 'wan0'}), {runner: r}).apply()
+      const lines = (await iptablesSave(r)).split('\n').filter((l) => l.includes('--match-set'))
+      expect(lines).toEqual([
+        '-A AGENT-n1-FWD -i tun0 -o wan0 -m set --match-set agent-n1 src -j ACCEPT',
+        '-A AGENT-n1-FWD -o tun0 -m set --match-set agent-n1 dst -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+      ])
+      const set = (await sh(r, 'ipset', 'list', '-t', 'agent-n1')).stdout
+      expect(set).toMatch(/^Type: hash:ip$/m)
+      expect(set).toMatch(/^Header: family inet hashsize \d+ maxelem 65536 /m)
+      expect(set).toMatch(/^References: 2$/m)
+    }))
+
+  it('withdrawing a client deletes its conntrack entries and nobody else\'s', () =>
+    inNetns(async (_ns, r) => {
+      const fw = new NodeFirewall(spec({admitted: ['10.8.0.2', '10.8.0.3']}), {runner: r})
+      await fw.apply()
+      await track(r, '10.8.0.2', 40000)
+      await track(r, '10.8.0.2', 40001)
+      await track(r, '10.8.0.3', 40000)
+      expect(await trackedSources(r)).toEqual(['10.8.0.2', '10.8.0.2', '10.8.0.3'])
+      await fw.setAdmitted(['10.8.0.3'])
+      expect(await trackedSources(r)).toEqual(['10.8.0.3'])
+      // Withdrawing one with no entries is not an error (conntrack exits 1, "0 flow entries").
+      await fw.setAdmitted([])
+      await fw.setAdmitted(['10.8.0.4'])
+      await fw.setAdmitted([])
+      expect(await trackedSources(r)).toEqual([])
+      // A run of withdrawals goes as a block (10.8.0.4/30: one --mask-src walk) and stops at its edges.
+      const run = ['10.8.0.3', '10.8.0.4', '10.8.0.5', '10.8.0.6', '10.8.0.7', '10.8.0.8']
+      await fw.setAdmitted(run)
+      for (const a of run) await track(r, a, 40000)
+      await track(r, '10.8.0.1', 40000) // the node's own address: never admitted, never withdrawn
+      await fw.setAdmitted(['10.8.0.3', '10.8.0.8'])
+      expect(await trackedSources(r)).toEqual(['10.8.0.1', '10.8.0.3', '10.8.0.8'])
+    }))
+
+  it('after ipset restore failed part-way, the next change reads the set back and ends exact', () =>
+    inNetns(async (_ns, r) => {
+      let breakNext = false
+      // Slips a line naming a missing set in after the first: ipset stops there, with the lines
+      // before it possibly applied and the ones after not.
+      const flaky: Runner = (cmd, args, opts) => {
+        if (cmd === 'ipset' && args[0] === 'restore' && breakNext && opts?.input) {
+          breakNext = false
+          const [first, ...rest] = opts.input.split('\n')
+          return r(cmd, args, {...opts, input: [first, 'add agent-nope 10.8.0.99', ...rest].join('\n')})
+        }
+        return r(cmd, args, opts)
+      }
+      const fw = new NodeFirewall(spec({admitted: ['10.8.0.2', '10.8.0.3']}), {runner: flaky})
+      await fw.apply()
+      await track(r, '10.8.0.2', 40000)
+      breakNext = true
+      const err = (await fw.setAdmitted(['10.8.0.4']).catch((e) => e)) as FirewallError
+      expect(err).toBeInstanceOf(FirewallError)
+      // (The message quotes line 2 of the payload as NodeFirewall wrote it, before the edit above.)
+      expect(err.line).toBe(2)
+      expect(err.message).toMatch(/^ipset restore rejected line 2 \(.*\) of the changes to agent-n1: The set with the given name does not exist$/)
+      expect(fw.admitted).toEqual(['10.8.0.2', '10.8.0.3'])
+      expect(await members(r)).not.toContain('10.8.0.4') // nothing after the failing line
+      await fw.setAdmitted(['10.8.0.4', '10.8.0.5'])
+      expect(await members(r)).toEqual(['10.8.0.4', '10.8.0.5'])
+      expect(await trackedSources(r)).toEqual([]) // 10.8.0.2's flow went once it was out for sure
+    }))
+
+  it('apply reconciles a leftover set: stale elements and their flows go, missing ones come', () =>
+    inNetns(async (_ns, r) => {
+      // As a killed run with clients 10.8.0.2, .77 and .78 left it (its chains too, which apply refills).
+      await sh(r, 'ipset', 'create', 'agent-n1', 'hash:ip', 'family', 'inet', 'maxelem', '65536')
+      for (const a of ['10.8.0.2', '10.8.0.77', '10.8.0.78']) await sh(r, 'ipset', 'add', 'agent-n1', a)
+      await track(r, '10.8.0.77', 40000)
+      await track(r, '10.8.0.2', 40000)
+      await new NodeFirewall(spec({admitted: ['10.8.0.2', '10.8.0.3']}), {runner: r}).apply()
+      expect(await members(r)).toEqual(['10.8.0.2', '10.8.0.3'])
+      expect(await trackedSources(r)).toEqual(['10.8.0.2'])
+    }))
+
+  it('apply replaces a leftover set with other parameters when nothing uses it', () =>
+    inNetns(async (_ns, r) => {
+      await sh(r, 'ipset', 'create', 'agent-n1', 'hash:ip', 'family', 'inet', 'netmask', '16')
+      await sh(r, 'ipset', 'add', 'agent-n1', '10.8.0.0')
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      expect(await members(r)).toEqual(['10.8.0.2', '10.8.0.3'])
+      expect((await sh(r, 'ipset', 'list', '-t', 'agent-n1')).stdout).not.toContain('netmask')
+    }))
+
+  it('apply on a host whose FORWARD has rules of its own puts its jump first and leaves them', () =>
+    inNetns(async (_ns, r) => {
+      await loadHostRules(r)
+      await sh(r, 'iptables', '-A', 'FORWARD', '-i', 'eth1', '-o', 'eth2', '-j', 'ACCEPT')
+      const forward = async () => parseIptablesSave(await iptablesSave(r)).get('filter')!.chains.get('FORWARD')!.rules
+      const hostRules = await forward()
+      const fw = new NodeFirewall(spec(), {runner: r})
+      await fw.apply()
+      expect(await forward()).toEqual(['-A FORWARD -j AGENT-n1-FWD', ...hostRules])
+      await fw.setAdmitted(['10.8.0.5'])
+      expect(await forward()).toEqual(['-A FORWARD -j AGENT-n1-FWD', ...hostRules])
+      await fw.remove()
+      expect(await forward()).toEqual(hostRules)
     }))
 
   it('remove leaves the ruleset exactly as it was', () =>
@@ -195,6 +332,7 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       expect(await save(r)).not.toBe(before)
       await fw.remove()
       expect(await save(r)).toBe(before)
+      expect(await setNames(r)).toEqual([])
       await fw.remove() // idempotent
       expect(await save(r)).toBe(before)
     }))
@@ -205,6 +343,7 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       await fw.apply()
       await fw.remove()
       expect(withoutPristineTables(await save(r))).toBe('')
+      expect(await setNames(r)).toEqual([])
     }))
 
   it("a second instance's chains survive the first one's removal", () =>
@@ -220,6 +359,8 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       const after = await iptablesSave(r)
       expect(parseOwnedState(after, 'n1').found).toBe(false)
       expect(parseOwnedState(after, 'n1-b')).toEqual(withB)
+      expect(await setNames(r)).toEqual(['agent-n1-b'])
+      expect(await members(r, 'agent-n1-b')).toEqual(['10.9.0.2'])
       await b.remove()
       expect(await save(r)).toBe(before)
     }))
@@ -238,6 +379,7 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       expect(err.payload.split('\n')[err.line! - 1]).toBe(mss)
       expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false)
       expect(await save(r)).toBe(before)
+      expect(await setNames(r)).toEqual([]) // the set it created went too
     }))
 
   it('a payload rejected by the parser in a middle table leaves nothing applied, in an empty namespace too', () =>
@@ -248,6 +390,7 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       expect(err.message).toContain("Chain 'NO-SUCH-CHAIN' does not exist")
       expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false)
       expect(withoutPristineTables(await save(r))).toBe('')
+      expect(await setNames(r)).toEqual([])
     }))
 
   it('names the offending rule, not the COMMIT where nft noticed it', () =>
@@ -269,17 +412,42 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       const bad = tampering(r, (p) => p.replace(/(\*mangle\n:AGENT-n1-MSS - \[0:0\]\n)/, '$1-A AGENT-n1-MSS -j TCPMSS --clamp-mss-to-pmtu\n'))
       await expect(new NodeFirewall(spec({admitted: ['10.8.0.7'], snat: '192.0.2.1'}), {runner: bad}).apply()).rejects.toBeInstanceOf(FirewallError)
       expect(await save(r)).toBe(applied)
+      expect(await members(r)).toEqual(['10.8.0.2', '10.8.0.3'])
     }))
 
-  it('finds and removes what a killed process left behind', () =>
+  it('finds and removes what a killed process left behind: chains, then the set', () =>
     inNetns(async (_ns, r) => {
       await loadHostRules(r)
       const before = await save(r)
       await new NodeFirewall(spec(), {runner: r}).apply() // then "kill -9": no remove()
+      expect(await members(r)).toEqual(['10.8.0.2', '10.8.0.3'])
+      for (const a of ['10.8.0.1', '10.8.0.2', '10.8.0.3', '10.8.0.4']) await track(r, a, 40000)
       expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
       expect(await removeFirewall('n1', {runner: r})).toBe(true)
       expect(await save(r)).toBe(before)
+      expect(await setNames(r)).toEqual([])
+      // The dead run's clients lose their flows; nobody else does.
+      expect(await trackedSources(r)).toEqual(['10.8.0.1', '10.8.0.4'])
       expect(await removeFirewall('n1', {runner: r})).toBe(false)
+    }))
+
+  it('finds and removes a set left without its chains', () =>
+    inNetns(async (_ns, r) => {
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      await r('iptables-restore', ['--noflush'], {input: renderRemoval(await iptablesSave(r), 'n1')})
+      expect(await setNames(r)).toEqual(['agent-n1'])
+      expect(await findFirewallInstances({runner: r})).toEqual(['n1'])
+      expect(await removeFirewall('n1', {runner: r})).toBe(true)
+      expect(await setNames(r)).toEqual([])
+      expect(await findFirewallInstances({runner: r})).toEqual([])
+    }))
+
+  it('refuses to destroy the set while a rule outside our chains names it', () =>
+    inNetns(async (_ns, r) => {
+      await new NodeFirewall(spec(), {runner: r}).apply()
+      await sh(r, 'iptables', '-A', 'OUTPUT', '-m', 'set', '--match-set', 'agent-n1', 'dst', '-j', 'ACCEPT')
+      await expect(removeFirewall('n1', {runner: r})).rejects.toThrow(/cannot destroy the admission set agent-n1: .*in use by a kernel component/)
+      expect(parseOwnedState(await iptablesSave(r), 'n1').found).toBe(false) // the chains went first
     }))
 
   it('removes a half-removed leftover (chain without its jump)', () =>
@@ -335,7 +503,8 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       await sh(t, 'iptables', '-A', 'INPUT', '-s', '192.0.2.1', '-p', 'icmp', '--icmp-type', 'echo-request', '-j', 'ACCEPT')
       const echoesAtTarget = async () => Number(/^\[(\d+):\d+\] -A INPUT -s 192\.0\.2\.1\/32/m.exec((await sh(t, 'iptables-save', '-c', '-t', 'filter')).stdout)?.[1] ?? NaN)
 
-      await new NodeFirewall(spec({admitted: ['10.8.0.2']}), {runner: n}).apply()
+      const fw = new NodeFirewall(spec({admitted: ['10.8.0.2']}), {runner: n})
+      await fw.apply()
       const ping = async (r: Runner, dst: string, from?: string) =>
         (await r('ping', ['-c', '1', '-W', '1', ...(from ? ['-I', from] : []), dst], {allowFail: true})).code === 0
       /** "refused" means the SYN reached a closed port, "timeout" that it was dropped on the way. */
@@ -367,6 +536,25 @@ describe.skipIf(!isRoot || !hasTools)('firewall in a network namespace', () => {
       await sh(n, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '172.30.0.0/24', '-o', 'eth0', '-j', 'MASQUERADE')
       expect(await ping(l, '192.0.2.2', '172.30.0.2')).toBe(true)
       expect(await echoesAtTarget()).toBe(2)
+
+      // (d) A withdrawn client's live flow stops at once. A UDP "session" the client keeps
+      // sending on, same ports every time, so it is one conntrack entry (masqueraded) on the node.
+      const udp = (r: Runner, script: string) => r(process.execPath, ['-e', script], {allowFail: true})
+      const send = `const s=require('dgram').createSocket('udp4');s.bind(40000,()=>{s.send('x',5353,'192.0.2.2',()=>s.close())})`
+      await udp(c, send)
+      const flowsOf = async (src: string) => (await trackedSources(n)).filter((x) => x === src).length
+      expect(await flowsOf('10.8.0.2')).toBeGreaterThan(0)
+      await fw.setAdmitted([])
+      expect(await flowsOf('10.8.0.2')).toBe(0)
+      expect(await ping(c, '192.0.2.2')).toBe(false)
+      await udp(c, send)
+      expect(await flowsOf('10.8.0.2')).toBe(0) // dropped before its entry was confirmed
+      // Admitted again: through again.
+      await fw.setAdmitted(['10.8.0.2'])
+      expect(await ping(c, '192.0.2.2')).toBe(true)
+      expect(await echoesAtTarget()).toBe(3)
+      // Nothing in the ruleset names the client, whatever its state.
+      expect(await iptablesSave(n)).not.toContain('10.8.0.2')
     }))
 
   it('reports a binary missing inside the namespace like a missing one outside', () =>

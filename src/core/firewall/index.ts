@@ -1,4 +1,4 @@
-export {chainName, chainsFor, instanceOfChain, INSTANCE_NAME, MAX_CHAIN_NAME, type ChainRole, type OwnedChain, type Table} from './names.js'
+export {chainName, chainsFor, instanceOfChain, instanceOfSet, INSTANCE_NAME, MAX_CHAIN_NAME, MAX_SET_NAME, setName, type ChainRole, type OwnedChain, type Table} from './names.js'
 export {
   absentState,
   canonicalJump,
@@ -7,7 +7,6 @@ export {
   normalizeSpec,
   ownedInstances,
   parseOwnedState,
-  renderAdmitted,
   renderApply,
   renderRemoval,
   renderRestoreOwned,
@@ -18,4 +17,24 @@ export {
   type OwnedState,
 } from './rules.js'
 export {normalizeIptablesSave, parseIptablesSave} from './save.js'
-export {FirewallError, NodeFirewall, findFirewallInstances, iptablesSave, removeFirewall, restore, type FirewallOptions} from './iptables.js'
+export {
+  createSetArgs,
+  diffAdmitted,
+  incompatibility,
+  parseSetSave,
+  renderSetChanges,
+  SET_MAXELEM,
+  type SavedSet,
+  type SetDiff,
+} from './admission-set.js'
+export {
+  deleteConntrack,
+  FirewallError,
+  FlowDeletionError,
+  NodeFirewall,
+  findFirewallInstances,
+  iptablesSave,
+  removeFirewall,
+  restore,
+  type FirewallOptions,
+} from './iptables.js'

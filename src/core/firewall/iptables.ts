@@ -1,19 +1,48 @@
 /**
- * Applies the payloads from rules.ts with `iptables-restore --noflush -w`.
+ * Applies the payloads from rules.ts with `iptables-restore --noflush -w`, and keeps the
+ * admission set (admission-set.ts) with ipset.
  *
  * Atomicity: restore commits each table (each COMMIT) on its own, so a payload that fails in
  * its second table has already committed the first. apply() therefore snapshots our chains
  * before, and on failure renders and restores that snapshot, so the caller sees all or
- * nothing. setAdmitted() touches one table and is atomic by itself.
+ * nothing; the set is put back too (destroyed if apply created it, else the change undone).
+ *
+ * `ipset restore` is not atomic: it runs its lines in order and stops at the first that fails
+ * (exit 1, "ipset vX: Error in line N: <reason>"). Lines the kernel already took stay applied,
+ * the failing line and all after it are not; a line refused before reaching the kernel (bad
+ * syntax, unknown set) also drops the lines buffered with it, so "applied" is some prefix of the
+ * payload. After such a failure NodeFirewall stops trusting its own record and reads the set
+ * back from the kernel before its next change.
+ *
+ * Order: a rule cannot name a set that does not exist (iptables-restore refuses it) and a set
+ * a rule names cannot be destroyed ("in use by a kernel component"), so apply() creates the set
+ * before the chains and removal deletes the chains before the set.
  */
-import {CommandError, run, type Runner} from '../sys/run.js'
-import {assertInstanceName} from './names.js'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {parseIpv4} from '../net/ipv4.js'
+import {CommandError, CommandNotFoundError, run, type RunOptions, type RunResult, type Runner} from '../sys/run.js'
+import {
+  conntrackDeleteArgs,
+  conntrackDeleteOk,
+  createSetArgs,
+  diffAdmitted,
+  flowBlocks,
+  incompatibility,
+  invertDiff,
+  parseIpsetError,
+  parseSetSave,
+  renderSetChanges,
+  SET_IN_USE,
+  SET_MISSING,
+  type FlowBlock,
+  type SetDiff,
+} from './admission-set.js'
+import {assertInstanceName, instanceOfSet, setName} from './names.js'
 import {
   normalizeAdmitted,
   normalizeSpec,
   ownedInstances,
   parseOwnedState,
-  renderAdmitted,
   renderApply,
   renderRemoval,
   renderRestoreOwned,
@@ -22,11 +51,11 @@ import {
 } from './rules.js'
 
 export interface FirewallOptions {
-  /** How to run iptables tools; tests pass netnsRunner(ns). */
+  /** How to run iptables, ipset and conntrack; tests pass netnsRunner(ns). */
   runner?: Runner
 }
 
-/** iptables-restore refused a payload; `line` is 1-based in `payload`. */
+/** iptables-restore or ipset restore refused a payload; `line` is 1-based in `payload`. */
 export class FirewallError extends Error {
   constructor(
     message: string,
@@ -92,14 +121,44 @@ function blame(lines: string[], reported: number, reason: string): number {
 }
 
 /**
- * The firewall of one node instance. Rules exist between apply() and remove(); setAdmitted()
- * only changes the desired list while they do not, so a late callback after shutdown cannot
- * recreate them. Calls are serialised: overlapping setAdmitted() calls apply in call order.
+ * A withdrawal reached the set, but deleting the withdrawn clients' conntrack entries failed
+ * for `addresses`, so their established flows may still be tracked. NodeFirewall retries them
+ * on its next change.
+ */
+export class FlowDeletionError extends Error {
+  constructor(
+    message: string,
+    readonly addresses: readonly string[],
+  ) {
+    super(message)
+    this.name = 'FlowDeletionError'
+  }
+}
+
+/**
+ * At most this many `conntrack -D` at once. Each is a walk of the kernel's conntrack table, so
+ * more in parallel only contend; a few hide the cost of starting the processes.
+ */
+const FLOW_DELETE_CONCURRENCY = 4
+
+/**
+ * The firewall of one node instance. Rules and set exist between apply() and remove();
+ * setAdmitted() only changes the desired list while they do not, so a late callback after
+ * shutdown cannot recreate them. Calls are serialised: overlapping setAdmitted() calls apply in
+ * call order.
+ *
+ * While installed, `spec.admitted` is what the kernel set holds (unless `setKnown` is false
+ * after a failed change), so setAdmitted() diffs in memory and never lists the set: a change of
+ * one address among 10,000 is one `ipset restore` of one line.
  */
 export class NodeFirewall {
   private spec: NormalizedSpec
   private readonly runner: Runner
   private installed = false
+  /** spec.admitted is what the kernel set holds; false after a failed change, until re-read. */
+  private setKnown = false
+  /** Withdrawn addresses whose conntrack entries are still to be deleted. */
+  private unflushed = new Set<string>()
   private queue: Promise<unknown> = Promise.resolve()
 
   constructor(spec: FirewallSpec, opts: FirewallOptions = {}) {
@@ -111,31 +170,82 @@ export class NodeFirewall {
     return this.spec.admitted
   }
 
-  /** Full reconcile: creates or refills all three chains and fixes the jumps; all or nothing. */
+  /**
+   * Full reconcile: creates the set or brings an existing one (a leftover) to exactly the
+   * admitted list, read from the kernel, then creates or refills all the chains and fixes the
+   * jumps; all or nothing. Members it had to remove lose their conntrack entries.
+   */
   apply(): Promise<void> {
     return this.serial(async () => {
-      await applyAtomically(this.spec, this.runner)
+      this.setKnown = false
+      // Checked up front: without it withdrawals could not cut flows, and every one would fail.
+      await tool(this.runner, 'conntrack', ['--version'])
+      const change = await applyAtomically(this.spec, this.runner)
       this.installed = true
+      this.setKnown = true
+      await this.deleteFlows(change.del)
     })
   }
 
-  /** Replaces the admitted clients; re-renders only the forward chain. */
+  /**
+   * Makes the admitted clients exactly `addresses`: one `ipset restore` with the difference,
+   * then the withdrawn clients' conntrack entries deleted so their established flows stop now.
+   * A FlowDeletionError means the set did change (and `admitted` says so) but some flows could
+   * not be deleted; they are retried with the next call.
+   */
   async setAdmitted(addresses: readonly string[]): Promise<void> {
     // Validated at call time, so a bad list fails its own call and never reaches the queue.
     const admitted = normalizeAdmitted(addresses, this.spec.subnet)
     return this.serial(async () => {
-      const next = {...this.spec, admitted}
-      if (this.installed) await restore(renderAdmitted(next), this.runner)
-      this.spec = next
+      if (!this.installed) {
+        this.spec = {...this.spec, admitted}
+        return
+      }
+      const set = setName(this.spec.instance)
+      const current = this.setKnown ? this.spec.admitted : await readMembers(set, this.runner)
+      const change = diffAdmitted(current, admitted)
+      try {
+        await setRestore(set, renderSetChanges(set, change), this.runner)
+      } catch (err) {
+        // Some prefix of the change may be in: read the set back next time, and remember whom
+        // we meant to withdraw, to delete their flows once they are out of the set.
+        this.setKnown = false
+        for (const a of change.del) this.unflushed.add(a)
+        throw err
+      }
+      this.setKnown = true
+      this.spec = {...this.spec, admitted}
+      await this.deleteFlows(change.del)
     })
   }
 
-  /** Deletes our jumps and chains (whatever iptables-save shows of them), nothing else. */
+  /** Deletes our jumps and chains (whatever iptables-save shows of them), then the set. */
   remove(): Promise<void> {
     return this.serial(async () => {
       this.installed = false
+      this.setKnown = false
+      this.unflushed.clear()
       await removeFirewall(this.spec.instance, {runner: this.runner})
     })
+  }
+
+  /**
+   * Deletes the conntrack entries of `withdrawn` and of earlier withdrawals that failed, except
+   * addresses admitted again since (their flows are the new session's now). Runs only after the
+   * addresses left the set: a packet arriving in between is dropped by the chain, and the
+   * entry it would create is never confirmed.
+   */
+  private async deleteFlows(withdrawn: readonly string[]): Promise<void> {
+    for (const a of withdrawn) this.unflushed.add(a)
+    if (this.unflushed.size === 0) return
+    const admitted = new Set(this.spec.admitted)
+    const todo = [...this.unflushed].filter((a) => !admitted.has(a))
+    const failed = await deleteConntrack(todo, this.runner)
+    this.unflushed = new Set(failed.map((f) => f.address))
+    if (failed.length > 0) {
+      const detail = [...new Set(failed.map((f) => f.message))].join('; ')
+      throw new FlowDeletionError(`withdrew ${todo.length} client(s) but could not delete the conntrack entries of ${failed.map((f) => f.address).join(', ')}: ${detail}`, [...this.unflushed])
+    }
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -146,7 +256,31 @@ export class NodeFirewall {
   }
 }
 
-async function applyAtomically(spec: NormalizedSpec, runner: Runner): Promise<void> {
+/**
+ * The set first (the chains name it), brought to exactly spec.admitted, then the chains. On
+ * failure both go back as they were. Returns the change made to the set.
+ */
+async function applyAtomically(spec: NormalizedSpec, runner: Runner): Promise<SetDiff> {
+  const set = setName(spec.instance)
+  const before = await ensureSet(set, runner)
+  const change = diffAdmitted(before.members, spec.admitted)
+  try {
+    await setRestore(set, renderSetChanges(set, change), runner)
+    await applyChains(spec, runner)
+  } catch (err) {
+    try {
+      // After the chains' rollback nothing new names the set, so one we created can go.
+      if (before.created) await destroySet(set, runner)
+      else await setRestore(set, renderSetChanges(set, invertDiff(change)), runner)
+    } catch (undoErr) {
+      if (err instanceof Error) err.message += `; putting the admission set ${set} back also failed: ${(undoErr as Error).message}`
+    }
+    throw err
+  }
+  return change
+}
+
+async function applyChains(spec: NormalizedSpec, runner: Runner): Promise<void> {
   const before = await iptablesSave(runner)
   const payload = renderApply(spec, before)
   try {
@@ -163,18 +297,190 @@ async function applyAtomically(spec: NormalizedSpec, runner: Runner): Promise<vo
 }
 
 /**
- * Removes an instance's chains and jumps if any exist, e.g. left over by a process killed with
- * SIGKILL. Returns whether anything was found.
+ * Removes an instance's chains and jumps, then its set, whichever exist, e.g. left over by a
+ * process killed with SIGKILL; a set left without its chains is found too. Returns whether
+ * anything was found.
+ *
+ * Removal withdraws every client, so their conntrack entries go too, as with setAdmitted():
+ * otherwise a tracked flow of this run (a game server still sending) would be handed to
+ * whichever client the next run gives the same address. Those are deleted last, after the
+ * chains and the set, so a failure there (a FlowDeletionError) leaves nothing else behind.
  */
 export async function removeFirewall(instance: string, opts: FirewallOptions = {}): Promise<boolean> {
   assertInstanceName(instance)
   const runner = opts.runner ?? run
+  const set = setName(instance)
+  const admitted = await membersForRemoval(set, runner)
   const payload = renderRemoval(await iptablesSave(runner), instance)
   await restore(payload, runner)
-  return payload !== ''
+  const hadSet = await destroySet(set, runner)
+  const failed = await deleteConntrack(admitted, runner).catch((err) => {
+    // Without the tool no flow can be deleted; removal itself must still work.
+    if (err instanceof CommandNotFoundError) return []
+    throw err
+  })
+  if (failed.length > 0) {
+    const detail = [...new Set(failed.map((f) => f.message))].join('; ')
+    throw new FlowDeletionError(`removed the firewall of ${instance} but could not delete the conntrack entries of ${failed.map((f) => f.address).join(', ')}: ${detail}`, failed.map((f) => f.address))
+  }
+  return payload !== '' || hadSet
 }
 
-/** Instances that have chains in this network namespace (to find leftovers of renamed instances). */
+/** The set's plain IPv4 members, or none if it does not exist or ipset is not installed. */
+async function membersForRemoval(set: string, runner: Runner): Promise<string[]> {
+  try {
+    return (await readSet(set, runner))?.members.filter((m) => parseIpv4(m) !== undefined) ?? []
+  } catch (err) {
+    if (err instanceof CommandNotFoundError) return []
+    throw err
+  }
+}
+
+/** Instances that have chains or a set in this network namespace (to find leftovers of renamed instances). */
 export async function findFirewallInstances(opts: FirewallOptions = {}): Promise<string[]> {
-  return ownedInstances(await iptablesSave(opts.runner ?? run))
+  const runner = opts.runner ?? run
+  const found = new Set(ownedInstances(await iptablesSave(runner)))
+  for (const set of await listSets(runner)) {
+    const instance = instanceOfSet(set)
+    if (instance !== undefined) found.add(instance)
+  }
+  return [...found].sort()
+}
+
+/** Runs a tool; when it is missing, says which package has it. */
+async function tool(runner: Runner, cmd: 'ipset' | 'conntrack', args: readonly string[], opts?: RunOptions): Promise<RunResult> {
+  try {
+    return await runner(cmd, args, opts)
+  } catch (err) {
+    if (err instanceof CommandNotFoundError) err.message = `${cmd} not found: install ${cmd} (the node's firewall needs it)`
+    throw err
+  }
+}
+
+/** The set as `ipset save` shows it, or undefined if it does not exist. */
+async function readSet(set: string, runner: Runner) {
+  const res = await tool(runner, 'ipset', ['save', set], {allowFail: true})
+  if (res.code !== 0) {
+    if (SET_MISSING.test(res.stderr)) return undefined
+    throw ipsetFailure(['save', set], res)
+  }
+  const saved = parseSetSave(res.stdout, set)
+  if (saved === undefined) throw new Error(`ipset save ${set} printed no "create ${set}" line: ${JSON.stringify(res.stdout.slice(0, 200))}`)
+  return saved
+}
+
+/** The set's members, for a diff against the kernel rather than our record of it. */
+async function readMembers(set: string, runner: Runner): Promise<string[]> {
+  const saved = await readSet(set, runner)
+  if (saved === undefined) throw new Error(`the admission set ${set} does not exist (removed by someone else?): apply the firewall again`)
+  const why = incompatibility(saved)
+  if (why !== undefined) throw new Error(`the admission set ${set} was changed by someone else: ${why}; apply the firewall again`)
+  return saved.members
+}
+
+/**
+ * The set exists afterwards, as ours (hash:ip, inet, our maxelem, no options), with whatever
+ * members it had if it existed already. One that exists with other parameters is replaced,
+ * which the kernel allows only while no rule names it.
+ */
+async function ensureSet(set: string, runner: Runner): Promise<{created: boolean; members: string[]}> {
+  const saved = await readSet(set, runner)
+  if (saved !== undefined) {
+    const why = incompatibility(saved)
+    if (why === undefined) return {created: false, members: saved.members}
+    const res = await tool(runner, 'ipset', ['destroy', set], {allowFail: true})
+    if (res.code !== 0 && !SET_MISSING.test(res.stderr)) {
+      throw new Error(`ipset ${set} exists but ${why}, and it cannot be replaced: ${parseIpsetError(res.stderr).reason} (remove the rules that use it, then \`ipset destroy ${set}\`)`)
+    }
+  }
+  const args = createSetArgs(set)
+  const res = await tool(runner, 'ipset', args, {allowFail: true})
+  if (res.code !== 0) throw ipsetFailure(args, res)
+  return {created: true, members: []}
+}
+
+/** Applies a payload from renderSetChanges() with `ipset restore -exist`; nothing for ''. */
+async function setRestore(set: string, payload: string, runner: Runner): Promise<void> {
+  if (payload === '') return
+  const res = await tool(runner, 'ipset', ['restore', '-exist'], {input: payload, allowFail: true})
+  if (res.code === 0) return
+  const {line, reason} = parseIpsetError(res.stderr)
+  const text = line !== undefined ? payload.split('\n')[line - 1] : undefined
+  const where = line !== undefined ? ` line ${line}${text !== undefined ? ` (${text})` : ''}` : ''
+  throw new FirewallError(`ipset restore rejected${where} of the changes to ${set}: ${reason || `exit code ${res.code}`}`, payload, line, res.stderr)
+}
+
+/** How long a set may stay "in use" after the rules naming it were deleted (see destroySet). */
+const RELEASE_WAIT_MS = [10, 20, 50, 100, 200, 400, 800]
+
+/**
+ * Destroys the set if it exists; returns whether it did. With the nft backend a deleted rule
+ * may release its reference to the set just after iptables-restore returned, so "in use" is
+ * retried for a moment before it is taken to mean that some other rule names the set.
+ * Without the ipset tool no set of ours can exist, so that is "nothing there".
+ */
+async function destroySet(set: string, runner: Runner): Promise<boolean> {
+  for (let attempt = 0; ; attempt++) {
+    let res: RunResult
+    try {
+      res = await runner('ipset', ['destroy', set], {allowFail: true})
+    } catch (err) {
+      if (err instanceof CommandNotFoundError) return false
+      throw err
+    }
+    if (res.code === 0) return true
+    if (SET_MISSING.test(res.stderr)) return false
+    if (!SET_IN_USE.test(res.stderr) || attempt >= RELEASE_WAIT_MS.length) {
+      const hint = SET_IN_USE.test(res.stderr) ? ` (a rule outside our chains names it: find it with \`iptables-save | grep -- '--match-set ${set} '\`)` : ''
+      throw new Error(`cannot destroy the admission set ${set}: ${parseIpsetError(res.stderr).reason}${hint}`)
+    }
+    await sleep(RELEASE_WAIT_MS[attempt])
+  }
+}
+
+/** Names of every set in this namespace; none when ipset is not installed. */
+async function listSets(runner: Runner): Promise<string[]> {
+  try {
+    return (await runner('ipset', ['list', '-n'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+  } catch (err) {
+    if (err instanceof CommandNotFoundError) return []
+    throw err
+  }
+}
+
+function ipsetFailure(args: readonly string[], res: RunResult): Error {
+  return new CommandError(`ipset ${args.join(' ')} exited with ${res.code}: ${parseIpsetError(res.stderr).reason}`, 'ipset', args, res.code, res.stdout, res.stderr)
+}
+
+/**
+ * Deletes every conntrack entry whose original source is one of `addresses`: `conntrack -D
+ * --orig-src` per block of flowBlocks() (a single address, or a run with --mask-src), a few at a
+ * time. Every flow a client has through the node (forwarded or to the node itself) was started
+ * by it, so its address is the original source of all of them, NATed or not. Returns the
+ * addresses whose deletion failed, with the reason; rejects if conntrack is not installed.
+ */
+export async function deleteConntrack(addresses: readonly string[], runner: Runner = run): Promise<Array<{address: string; message: string}>> {
+  const blocks = flowBlocks(addresses)
+  const failed: Array<{index: number; block: FlowBlock; message: string}> = []
+  let next = 0
+  const worker = async () => {
+    while (next < blocks.length) {
+      const index = next++
+      const block = blocks[index]
+      const args = conntrackDeleteArgs(block)
+      try {
+        const res = await tool(runner, 'conntrack', args, {allowFail: true})
+        if (!conntrackDeleteOk(res.code, res.stderr)) {
+          const why = res.stderr.trim().replace(/^conntrack v[\d.]+ \(conntrack-tools\):\s*/gm, '').split('\n')[0] || `exit code ${res.code}`
+          failed.push({index, block, message: `conntrack ${args.join(' ')} exited with ${res.code}: ${why}`})
+        }
+      } catch (err) {
+        // Not a failure of this block: no block can be done. The caller decides what that means.
+        if (err instanceof CommandNotFoundError) throw err
+        failed.push({index, block, message: (err as Error).message})
+      }
+    }
+  }
+  await Promise.all(Array.from({length: Math.min(FLOW_DELETE_CONCURRENCY, blocks.length)}, worker))
+  return failed.sort((a, b) => a.index - b.index).flatMap(({block, message}) => block.members.map((address) => ({address, message})))
 }

@@ -1,6 +1,7 @@
 /**
- * The one place that derives the names of the chains an agent instance owns, and where each is
- * entered from. Everything else (rendering, parsing, removal) goes through chainsFor().
+ * The one place that derives the names of what an agent instance owns in the kernel: its chains
+ * (and where each is entered from) and its ipset of admitted clients. Everything else
+ * (rendering, parsing, removal) goes through chainsFor() and setName().
  */
 
 /** Instance names as the config accepts them. */
@@ -8,6 +9,9 @@ export const INSTANCE_NAME = /^[a-z0-9][a-z0-9-]{0,15}$/
 
 /** iptables' limit: XT_EXTENSION_MAXNAMELEN (29) including the terminating NUL. */
 export const MAX_CHAIN_NAME = 28
+
+/** ipset's limit: IPSET_MAXNAMELEN (32) including the terminating NUL. */
+export const MAX_SET_NAME = 31
 
 export type Table = 'filter' | 'nat' | 'mangle'
 export type ChainRole = 'fwd' | 'in' | 'nat' | 'mss'
@@ -54,4 +58,23 @@ const OWNED = /^AGENT-([a-z0-9][a-z0-9-]{0,15})-(FWD|IN|NAT|MSS)$/
 /** The instance a chain name belongs to, if it is one of ours. */
 export function instanceOfChain(chain: string): string | undefined {
   return OWNED.exec(chain)?.[1]
+}
+
+const SET_PREFIX = 'agent-'
+
+/** The ipset (hash:ip) holding the instance's admitted client addresses, e.g. agent-node1. */
+export function setName(instance: string): string {
+  assertInstanceName(instance)
+  const name = `${SET_PREFIX}${instance}`
+  // Cannot trigger with the instance pattern above (6 + 16 = 22 at most); guards against someone
+  // widening the pattern without looking here.
+  if (name.length > MAX_SET_NAME) throw new Error(`ipset name ${name} exceeds ${MAX_SET_NAME} characters`)
+  return name
+}
+
+const OWNED_SET = /^agent-([a-z0-9][a-z0-9-]{0,15})$/
+
+/** The instance an ipset name belongs to, if it is one of ours. */
+export function instanceOfSet(set: string): string | undefined {
+  return OWNED_SET.exec(set)?.[1]
 }

@@ -8,20 +8,26 @@
  * ":CHAIN - [0:0]" creates the chain or flushes it, which makes "render everything again" the
  * simplest idempotent reconcile.
  *
+ * The chains do not change when clients come and go: admitted clients are the members of the
+ * instance's ipset (hash:ip, named by setName(), managed in admission-set.ts and iptables.ts),
+ * which two rules match. Per-packet cost and the chains' size are the same for 1 client or
+ * 65,536, and admitting or withdrawing a client is one set element, not a chain re-render.
+ *
  * Filter policy (chain AGENT-<instance>-FWD, entered from FORWARD at position 1):
  *   -s <subnet> ! -i tun       DROP   a tunnel source arriving on any other interface is spoofed
  *                                     (it would be forwarded, and NATed, as if from a client)
  *   -i tun -o tun              DROP   clients cannot reach each other through the node
  *   -d <denied> -i tun         DROP   networks no client may reach (egress.deny: link-local, such
  *                                     as a cloud metadata service, by default)
- *   -s <client>/32 -i tun -o <egress>  ACCEPT  an admitted client's own traffic, out of the egress
+ *   -i tun -o <egress> src in <set>  ACCEPT  an admitted client's own traffic, out of the egress
  *                                     interface only (not into docker0, a LAN or another VPN)
- *   -d <client>/32 -o tun RELATED,ESTABLISHED ACCEPT  replies to it, nothing new
+ *   -o tun dst in <set> RELATED,ESTABLISHED ACCEPT  replies to an admitted client, nothing new
  *   -i tun                     DROP   anything else from the tunnel (unknown or revoked source)
  *   -o tun                     DROP   anything else into the tunnel (no inbound connections)
- * The reply rule is per client on purpose: when a client is removed both of its rules go, so
- * its established flows are cut too; a shared "-o tun ESTABLISHED" rule would keep feeding a
- * revoked client its existing connections until they time out.
+ * The reply rule matches the set too, not just "-o tun ESTABLISHED": deleting a client's
+ * element stops both directions at once. Withdrawing a client also deletes its conntrack
+ * entries (iptables.ts), so none of its flows survive to be picked up by the next client given
+ * the same address.
  *
  * Input policy (chain AGENT-<instance>-IN, entered from INPUT at position 1): from the tunnel,
  * the node itself answers pings (echo-request) and replies to what it started, and nothing
@@ -34,7 +40,8 @@
  */
 import {formatIpv4, isNetworkAddress, networkAddress, parseCidr, parseIpv4, cidrContains, formatCidr} from '../net/ipv4.js'
 import {assertInterfaceName} from '../sys/ifname.js'
-import {assertInstanceName, chainsFor, instanceOfChain, type ChainRole, type OwnedChain, type Table} from './names.js'
+import {SET_MAXELEM} from './admission-set.js'
+import {assertInstanceName, chainsFor, instanceOfChain, setName, type ChainRole, type OwnedChain, type Table} from './names.js'
 import {parseIptablesSave, rulesJumpingTo, type SavedRuleset} from './save.js'
 
 export interface FirewallSpec {
@@ -48,7 +55,7 @@ export interface FirewallSpec {
   egressInterface: string
   /** MASQUERADE (follows the egress address), or SNAT to a fixed IPv4 address. */
   snat: 'masquerade' | string
-  /** Tunnel addresses of the clients allowed through. */
+  /** Tunnel addresses of the clients allowed through: the members of the instance's set. */
   admitted: readonly string[]
   /** Networks (CIDR) no client may reach through the node, whatever else allows it. */
   deny?: readonly string[]
@@ -93,6 +100,8 @@ export function normalizeAdmitted(addresses: readonly string[], subnet: string):
     if (!cidrContains(cidr, n)) throw new Error(`client address ${a} is outside the tunnel subnet ${subnet}`)
     seen.add(n)
   }
+  // ipset would refuse the add past maxelem ("Hash is full") after applying part of the list.
+  if (seen.size > SET_MAXELEM) throw new Error(`${seen.size} client addresses exceed the admission set's limit of ${SET_MAXELEM}`)
   return [...seen].sort((x, y) => x - y).map(formatIpv4)
 }
 
@@ -104,6 +113,7 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
   const s = normalizeSpec(spec)
   const chain = chainsFor(s.instance).find((c) => c.role === role)!.name
   const tun = s.tunInterface
+  const set = setName(s.instance)
   const A = `-A ${chain}`
   switch (role) {
     case 'fwd':
@@ -111,10 +121,8 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
         `${A} -s ${s.subnet} ! -i ${tun} -j DROP`,
         `${A} -i ${tun} -o ${tun} -j DROP`,
         ...s.deny.map((d) => `${A} -d ${d} -i ${tun} -j DROP`),
-        ...s.admitted.flatMap((a) => [
-          `${A} -s ${a}/32 -i ${tun} -o ${s.egressInterface} -j ACCEPT`,
-          `${A} -d ${a}/32 -o ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
-        ]),
+        `${A} -i ${tun} -o ${s.egressInterface} -m set --match-set ${set} src -j ACCEPT`,
+        `${A} -o ${tun} -m set --match-set ${set} dst -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
         `${A} -i ${tun} -j DROP`,
         `${A} -o ${tun} -j DROP`,
       ]
@@ -245,16 +253,6 @@ function byTable<C extends {table: Table}>(chains: readonly C[]): Map<Table, C[]
     else out.set(c.table, [c])
   }
   return out
-}
-
-/**
- * Only the forward chain, refilled for a new admitted list: one table, no iptables-save needed.
- * Assumes apply() put the jump in place.
- */
-export function renderAdmitted(spec: FirewallSpec): string {
-  const s = normalizeSpec(spec)
-  const fwd = chainsFor(s.instance).find((c) => c.role === 'fwd')!
-  return ['*filter', `:${fwd.name} - [0:0]`, ...chainRules(s, 'fwd'), 'COMMIT'].join('\n') + '\n'
 }
 
 /**
