@@ -13,7 +13,7 @@ import {fingerprint, PkiError} from './pem.js'
 
 // Passed explicitly to every @peculiar/x509 call rather than set globally, so we do not change
 // the library's provider for anyone else in the process.
-const x509Crypto = webcrypto as unknown as NonNullable<Parameters<typeof x509.X509CertificateGenerator.create>[1]>
+export const x509Crypto = webcrypto as unknown as NonNullable<Parameters<typeof x509.X509CertificateGenerator.create>[1]>
 type CryptoKey = webcrypto.CryptoKey
 type CryptoKeyPair = webcrypto.CryptoKeyPair
 
@@ -169,14 +169,15 @@ export async function initCa(opts: InitCaOptions): Promise<InitCaResult> {
   return {certFile, keyFile, fingerprint: fingerprint(certPem), name, notAfter: notAfter.toISOString()}
 }
 
-interface LoadedCa {
+export interface LoadedCa {
   pem: string
   node: X509Certificate
   peculiar: x509.X509Certificate
   signingKey: CryptoKey
 }
 
-async function loadCa(dir: string): Promise<LoadedCa> {
+/** Loads and checks the CA of a pki directory (certificate, matching P-256 key, not expired). */
+export async function loadCa(dir: string): Promise<LoadedCa> {
   const certFile = join(dir, CA_CERT_FILE)
   const keyFile = join(dir, CA_KEY_FILE)
   const [haveCert, haveKey] = [await exists(certFile), await exists(keyFile)]
