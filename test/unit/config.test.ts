@@ -118,6 +118,7 @@ describe('loadConfig', () => {
     const file = join(fixtures, 'good/node-minimal.yaml')
     const config = (await loadConfig(file)) as ResolvedNodeConfig
     expect(config).toEqual({
+      admitAny: false,
       file,
       dir: join(fixtures, 'good'),
       role: 'node',
@@ -257,5 +258,48 @@ describe('egress.deny', () => {
     expect(issues).toHaveLength(1)
     expect(issues[0].path).toBe('egress.deny[1]')
     expect(issues[0].message).toMatch(/"169\.254\.1\.1\/16" is not a network address \(did you mean 169\.254\.0\.0\/16\?\)/)
+  })
+})
+
+describe('a node roster: clients any, and a CRL', () => {
+  const node = (clients: string, pki = 'pki: {bundle: n.pem}') =>
+    `role: node\nname: n\ntunnel: {interface: agent0, subnet: 10.8.0.0/24}\negress: {interface: eth0}\n${pki}\nclients: ${clients}\n`
+  const resolved = async (text: string) => {
+    const dir = await mkdtemp(join(tmpdir(), 'agent-config-'))
+    const file = join(dir, 'n.yaml')
+    await writeFile(file, text)
+    return (await loadConfig(file)) as ResolvedNodeConfig
+  }
+
+  it('takes "any" alone, or as an item beside listed clients that keep their addresses and pins', async () => {
+    expect(await resolved(node('any'))).toMatchObject({admitAny: true, clients: []})
+    const mixed = await resolved(node('\n  - any\n  - {name: bob, address: 10.8.0.50}'))
+    expect(mixed).toMatchObject({admitAny: true, clients: [{name: 'bob', address: '10.8.0.50'}]})
+    expect(await resolved(node('[{name: alice}]'))).toMatchObject({admitAny: false, clients: [{name: 'alice'}]})
+  })
+
+  it('points a typo inside one listed client at that client, and names a wrong word', () => {
+    const typo = issuesOf(node('\n  - any\n  - {name: bob, adress: 10.8.0.50}'))
+    expect(typo).toHaveLength(1)
+    expect(typo[0]).toMatchObject({path: 'clients[1].adress', line: 8})
+    expect(typo[0].message).toMatch(/unknown key .*did you mean address/)
+    const word = issuesOf(node('anyone'))
+    expect(word).toHaveLength(1)
+    expect(word[0]).toMatchObject({path: 'clients'})
+    expect(word[0].message).toMatch(/must be "any"/)
+    expect(issuesOf(node('[every]'))[0]).toMatchObject({path: 'clients[0]'})
+  })
+
+  it('still checks listed clients beside any: a duplicate static address is named', () => {
+    const dup = issuesOf(node('\n  - any\n  - {name: a, address: 10.8.0.50}\n  - {name: b, address: 10.8.0.50}'))
+    expect(dup.map((i) => i.path)).toEqual(['clients[2].address'])
+    expect(dup[0].message).toMatch(/already the address of clients\[1\] \(a\)/)
+  })
+
+  it('resolves pki.crl against the config file; a client config has no crl', async () => {
+    const config = await resolved(node('[]', 'pki: {bundle: n.pem, crl: pki/crl.pem}'))
+    expect(config.pki.crl).toBe(join(config.dir, 'pki/crl.pem'))
+    const client = `role: client\nname: c\nnode: {host: 192.0.2.1}\nroutes: [198.51.100.1/32]\npki: {bundle: c.pem, crl: crl.pem}\n`
+    expect(issuesOf(client)[0]).toMatchObject({path: 'pki.crl'})
   })
 })

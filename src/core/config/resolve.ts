@@ -8,6 +8,8 @@ import {canonicalCidr, firstHost, formatIpv4, lastHost, parseCidr} from '../net/
 import {clientConfigSchema, nodeConfigSchema} from './schema.js'
 import type {
   AgentConfig,
+  ClientsField,
+  ListedClient,
   ClientConfig,
   DefaultedClientConfig,
   DefaultedNodeConfig,
@@ -48,7 +50,13 @@ export function applyDefaults(schema: SchemaNode, value: unknown): unknown {
 }
 
 
-function resolvePki(pki: NodeConfig['pki'], dir: string): ResolvedPki {
+/** The clients a node config lists by name (without the "any" entries). */
+export function listedClients(clients: ClientsField | undefined): ListedClient[] {
+  if (clients === undefined || clients === 'any') return []
+  return clients.filter((c): c is ListedClient => c !== 'any')
+}
+
+function resolvePki(pki: NodeConfig['pki'] | ClientConfig['pki'], dir: string): ResolvedPki {
   if (pki.bundle !== undefined) return {kind: 'bundle', bundle: resolvePath(dir, pki.bundle)}
   // parseConfig guarantees ca, cert and key when there is no bundle.
   const [ca, cert, key] = [pki.ca, pki.cert, pki.key].map((p) => resolvePath(dir, p ?? ''))
@@ -69,11 +77,12 @@ function resolveNode(config: NodeConfig, file: string, dir: string): ResolvedNod
       address: tunnel.address ?? formatIpv4(firstHost(subnet)),
       pool: tunnel.pool ?? {start: formatIpv4(firstHost(subnet)), end: formatIpv4(lastHost(subnet))},
     },
-    pki: resolvePki(pki, dir),
-    clients: clients.map((c) => ({
+    pki: {...resolvePki(pki, dir), ...(pki.crl === undefined ? {} : {crl: resolvePath(dir, pki.crl)})},
+    clients: listedClients(clients).map((c) => ({
       ...c,
       ...(c.fingerprint === undefined ? {} : {fingerprint: normalizeFingerprint(c.fingerprint)}),
     })),
+    admitAny: clients === 'any' || clients.includes('any'),
   }
 }
 

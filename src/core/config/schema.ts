@@ -76,6 +76,41 @@ const pki = {
   additionalProperties: false,
 } as const
 
+/** One listed client of a node. */
+export const clientEntrySchema = {
+  type: 'object',
+  properties: {
+    name: {...name, description: "The client certificate's common name."},
+    address: {...ipv4, description: 'Static tunnel address. Default: one from the pool.'},
+    fingerprint: {
+      type: 'string',
+      pattern: '^(?:[Ss][Hh][Aa]256:)?(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}|[0-9A-Fa-f]{64})$',
+      patternErrorMessage:
+        'must be a SHA-256 fingerprint: 32 hex pairs separated by ":" or 64 hex digits, optionally after "sha256:"',
+      description: 'If set, the client certificate must also have this SHA-256 fingerprint.',
+    },
+  },
+  required: ['name'],
+  additionalProperties: false,
+} as const
+
+/** "any": every client certificate of the fleet CA that is not revoked. */
+const anyClient = {type: 'string', const: 'any', errorMessage: 'must be "any" or a client ({name, address?, fingerprint?})'} as const
+
+/** A node's credentials may name a CRL of the fleet CA. */
+const nodePki = {
+  ...pki,
+  properties: {
+    ...pki.properties,
+    crl: {
+      ...path,
+      description:
+        'PEM file of the fleet CA\'s CRL (`agent pki crl`). Revoked client certificates are refused, and a connected ' +
+        'revoked client is cut. Re-read on `agent reload` and whenever the file changes.',
+    },
+  },
+} as const
+
 const carrier = {
   type: 'string',
   enum: ['udp', 'ip'],
@@ -247,27 +282,19 @@ export const nodeConfigSchema = {
       required: ['interface'],
       additionalProperties: false,
     },
-    pki,
+    pki: nodePki,
     clients: {
-      type: 'array',
-      description: 'The clients allowed to connect. Empty: nobody is forwarded.',
+      description:
+        'Who may connect. A list of clients by certificate name (with an optional static address and fingerprint pin), ' +
+        'or "any": any client certificate of the fleet CA that is not revoked. "any" may also stand as an item of the ' +
+        'list, so that listed clients keep their static addresses and pins while everyone else of the CA gets a pool ' +
+        'address. Empty: nobody is forwarded. Changes apply live on `agent reload`.',
       default: [],
-      items: {
-        type: 'object',
-        properties: {
-          name: {...name, description: "The client certificate's common name."},
-          address: {...ipv4, description: 'Static tunnel address. Default: one from the pool.'},
-          fingerprint: {
-            type: 'string',
-            pattern: '^(?:[Ss][Hh][Aa]256:)?(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}|[0-9A-Fa-f]{64})$',
-            patternErrorMessage:
-              'must be a SHA-256 fingerprint: 32 hex pairs separated by ":" or 64 hex digits, optionally after "sha256:"',
-            description: 'If set, the client certificate must also have this SHA-256 fingerprint.',
-          },
-        },
-        required: ['name'],
-        additionalProperties: false,
-      },
+      // if/then/else rather than anyOf, so a typo inside one client is reported at that client
+      // ("unknown key adress") instead of as "matches none of the forms" for the whole list.
+      if: {type: 'string'},
+      then: anyClient,
+      else: {type: 'array', items: {if: {type: 'string'}, then: anyClient, else: clientEntrySchema}},
     },
     workers: {
       anyOf: [

@@ -105,7 +105,9 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
 
   const names = new Map<string, number>()
   const addresses = new Map<number, number>()
-  for (const [i, client] of (config.clients ?? []).entries()) {
+  const listed = config.clients === undefined || config.clients === 'any' ? [] : config.clients
+  for (const [i, client] of listed.entries()) {
+    if (client === 'any') continue
     const first = names.get(client.name)
     if (first !== undefined) add(['clients', i, 'name'], `duplicate client name ${JSON.stringify(client.name)} (also clients[${first}])`)
     else names.set(client.name, i)
@@ -117,7 +119,7 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
     if (problem) add(['clients', i, 'address'], problem)
     else if (address === nodeAddress) add(['clients', i, 'address'], `${client.address} is the node's own tunnel address`)
     else if (taken !== undefined) {
-      const owner = config.clients?.[taken]?.name
+      const owner = (listed[taken] as {name: string}).name
       add(['clients', i, 'address'], `${client.address} is already the address of clients[${taken}] (${owner})`)
     }
     if (taken === undefined) addresses.set(address, i)

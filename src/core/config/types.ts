@@ -5,14 +5,22 @@
  * - Resolved*: after loadConfig: defaults applied, derived values computed, paths absolute.
  */
 import type {FromSchema} from 'json-schema-to-ts'
-import type {clientConfigSchema, nodeConfigSchema} from './schema.js'
+import type {clientConfigSchema, clientEntrySchema, nodeConfigSchema} from './schema.js'
 
-export type NodeConfig = FromSchema<typeof nodeConfigSchema, {keepDefaultedPropertiesOptional: true}>
+/** One client a node lists by name. */
+export type ListedClient = FromSchema<typeof clientEntrySchema>
+/**
+ * A node's `clients`: FromSchema cannot follow the schema's if/then/else (used there for
+ * precise error positions), so the field's type is spelled out here.
+ */
+export type ClientsField = 'any' | ('any' | ListedClient)[]
+
+export type NodeConfig = Omit<FromSchema<typeof nodeConfigSchema, {keepDefaultedPropertiesOptional: true}>, 'clients'> & {clients?: ClientsField}
 export type ClientConfig = FromSchema<typeof clientConfigSchema, {keepDefaultedPropertiesOptional: true}>
 export type AgentConfig = NodeConfig | ClientConfig
 
 /** With schema defaults applied: FromSchema marks every property that has a `default` as present. */
-export type DefaultedNodeConfig = FromSchema<typeof nodeConfigSchema>
+export type DefaultedNodeConfig = Omit<FromSchema<typeof nodeConfigSchema>, 'clients'> & {clients: ClientsField}
 export type DefaultedClientConfig = FromSchema<typeof clientConfigSchema>
 type DefaultedNode = DefaultedNodeConfig
 type DefaultedClient = DefaultedClientConfig
@@ -24,6 +32,9 @@ export type LogLevel = DefaultedNode['log']['level']
 export type ResolvedPki =
   | {kind: 'bundle'; bundle: string}
   | {kind: 'files'; ca: string; cert: string; key: string}
+
+/** A node's credentials, and the CRL it enforces (absolute path), if any. */
+export type ResolvedNodePki = ResolvedPki & {crl?: string}
 
 interface Located {
   /** Absolute path of the config file. */
@@ -51,8 +62,11 @@ export type ResolvedNodeConfig = Located &
       /** Undefined: derive from the transport's overhead. */
       mtu?: number
     }
-    pki: ResolvedPki
+    pki: ResolvedNodePki
+    /** The listed clients (names, static addresses, pins). */
     clients: ResolvedClientEntry[]
+    /** `any` (alone or in the list): any non-revoked client certificate of the fleet CA is admitted too. */
+    admitAny: boolean
   }
 
 export type ResolvedClientConfig = Located &

@@ -125,6 +125,7 @@ function describe(error: ErrorObject, path: PathSegment[], data: unknown): Descr
     case 'enum':
       return plain(`must be one of ${(params.allowedValues as unknown[]).join(', ')}${got}`)
     case 'const':
+      if (typeof schema.errorMessage === 'string') return plain(`${schema.errorMessage}${got}`)
       return plain(`must be ${JSON.stringify(params.allowedValue)}${got}`)
     case 'pattern': {
       const hint = typeof schema.patternErrorMessage === 'string' ? schema.patternErrorMessage : `must match ${String(params.pattern)}`
@@ -163,7 +164,8 @@ export function schemaIssues(data: unknown, source: YamlSource): ConfigIssue[] {
   const errors = validate.errors ?? []
   const alternatives = errors.filter((e) => e.keyword === 'anyOf').map((e) => e.schemaPath)
   const inAlternative = (e: ErrorObject): boolean => e.keyword !== 'anyOf' && alternatives.some((p) => e.schemaPath.startsWith(`${p}/`))
-  for (const error of errors.filter((e) => !inAlternative(e))) {
+  // An if/then/else reports its branch's own errors, and then "must match then/else": only the former say anything.
+  for (const error of errors.filter((e) => !inAlternative(e) && e.keyword !== 'if')) {
     const d = describe(error, segments(error.instancePath, data), data)
     const issue = {path: formatPath(d.path), ...source.locate(d.at, d.atKey ? 'key' : 'value'), message: d.message}
     const id = `${issue.path}\0${issue.message}`
