@@ -3,6 +3,7 @@
  * (`agent down`), including after it crashed.
  */
 import type {Logger} from './log.js'
+import type {ReloadResult} from './status/server.js'
 import {StateFile, isAgentAlive} from './state/state-file.js'
 import {teardown} from './state/teardown.js'
 
@@ -17,10 +18,20 @@ export interface RunningAgent {
   stop(): Promise<readonly string[] | void>
   /** Resolves if the agent ends by itself, with why. */
   readonly ended?: Promise<Error>
+  /** Re-reads the config file it runs from and applies what may change live (SIGHUP). */
+  reload?(): Promise<ReloadResult>
 }
 
 /** The signals that stop a foreground agent. */
-export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM'] as const
+/** The signal that reloads one, as operators expect of OpenVPN, nginx and the like. */
+export const RELOAD_SIGNAL = 'SIGHUP'
+
+/** One line saying what a reload did. */
+export function describeReload(r: ReloadResult): string {
+  if (r.changed.length === 0) return 'reloaded: nothing changed'
+  return `reloaded: ${r.changed.join(', ')} changed${r.effects.length > 0 ? `; ${r.effects.join('; ')}` : ''}`
+}
 
 /** Where runInForeground listens for signals: the process, or a test's emitter. */
 export interface SignalSource {
@@ -29,7 +40,8 @@ export interface SignalSource {
 }
 
 /**
- * Start, then wait for SIGINT/SIGTERM/SIGHUP or a fatal end; always clean up. The signal
+ * Start, then wait for SIGINT/SIGTERM or a fatal end; always clean up. SIGHUP reloads the
+ * config (an agent without reload ignores it, rather than dying of it). The signal
  * handlers are in place before start(), so a signal while it runs (a client retrying an
  * unreachable node) stops the agent cleanly too; repeated signals during the stop are ignored
  * rather than killing it half-way.
@@ -60,7 +72,17 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
     void stop()
     onFirstSignal()
   }
+  const onReload = () => {
+    if (signalled !== null) return
+    if (agent.reload === undefined) return log.warn(`${RELOAD_SIGNAL}: this agent has nothing to reload`)
+    log.info(`${RELOAD_SIGNAL}: reloading the config`)
+    agent.reload().then(
+      (r) => log.info(describeReload(r)),
+      (e: Error) => log.error(`reload refused: ${e.message}`),
+    )
+  }
   for (const s of STOP_SIGNALS) signals.on(s, onSignal)
+  signals.on(RELOAD_SIGNAL, onReload)
   try {
     const started = agent.start().then(
       () => 'started' as const,
@@ -88,6 +110,7 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
     return code
   } finally {
     for (const s of STOP_SIGNALS) signals.off(s, onSignal)
+    signals.off(RELOAD_SIGNAL, onReload)
   }
 }
 

@@ -13,12 +13,18 @@ export interface Logger {
   warn(msg: string): void
   error(msg: string): void
   child(scope: string): Logger
+  /** Changes the level of this logger and of every child made from it (a reload). */
+  setLevel(level: LogLevel): void
 }
 
 export function createLogger(level: LogLevel = 'info', scope = 'agent', write = (line: string) => process.stderr.write(line)): Logger {
-  const min = ORDER[level]
+  return scoped({min: ORDER[level]}, scope, write)
+}
+
+/** Loggers that share one level. */
+function scoped(level: {min: number}, scope: string, write: (line: string) => void): Logger {
   const at = (l: LogLevel) => (msg: string) => {
-    if (ORDER[l] >= min) write(`${new Date().toISOString()} ${l.padEnd(5)} ${scope}: ${msg}\n`)
+    if (ORDER[l] >= level.min) write(`${new Date().toISOString()} ${l.padEnd(5)} ${scope}: ${msg}\n`)
   }
   return {
     trace: at('trace'),
@@ -26,6 +32,9 @@ export function createLogger(level: LogLevel = 'info', scope = 'agent', write = 
     info: at('info'),
     warn: at('warn'),
     error: at('error'),
-    child: (s) => createLogger(level, `${scope}/${s}`, write),
+    child: (s) => scoped(level, `${scope}/${s}`, write),
+    setLevel: (l) => {
+      level.min = ORDER[l]
+    },
   }
 }

@@ -230,5 +230,21 @@ export async function agentTraces(tb: Testbed, ns: string): Promise<string[]> {
   for (const line of routes.stdout.split('\n')) if (/agtun/.test(line)) found.push(`route: ${line}`)
   const rules = await tb.exec(ns, 'iptables-save', [])
   for (const line of rules.stdout.split('\n')) if (/AGENT/.test(line)) found.push(`iptables: ${line}`)
+  for (const line of (await ipsetSave(tb, ns)).split('\n')) if (/^(create|add) agent/.test(line)) found.push(`ipset: ${line}`)
   return found
+}
+
+async function ipsetSave(tb: Testbed, ns: string): Promise<string> {
+  const r = await tb.exec(ns, 'ipset', ['save']).catch(() => ({code: 1, stdout: ''}))
+  return r.code === 0 ? r.stdout : ''
+}
+
+/** The tunnel addresses the node's firewall admits now: the elements of its ipset(s). */
+export async function admittedAddresses(tb: Testbed, ns: string): Promise<string[]> {
+  const out: string[] = []
+  for (const line of (await ipsetSave(tb, ns)).split('\n')) {
+    const m = /^add agent\S* (\S+)/.exec(line)
+    if (m) out.push(m[1])
+  }
+  return out.sort()
 }

@@ -1,11 +1,7 @@
 import {describe, expect, it} from 'vitest'
 import {decodeMessage, encodeMessage} from '../../src/core/control/messages.js'
-import {planAddresses} from '../../src/core/node/address-plan.js'
-import {authorize} from '../../src/core/node/authorize.js'
 import {backoffDelay} from '../../src/core/client/backoff.js'
 import {isFatalTlsError} from '../../src/core/client/tls-errors.js'
-import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
-import type {PeerCertificate} from 'node:tls'
 
 const decode = (v: unknown) => {
   const b = Buffer.from(JSON.stringify(v))
@@ -35,64 +31,6 @@ describe('control messages', () => {
     expect(() => decode({type: 'launch'})).toThrow(/"launch"/)
     expect(() => decode({type: 'transport', body: [1]})).toThrow(/transport.body must be an object/)
     expect(() => decode({type: 'transport', body: {deep: {x: 1}}})).toThrow(/transport.body.deep must be a string, number or boolean/)
-  })
-})
-
-describe('address plan', () => {
-  const base = {
-    nodeAddress: ipv4ToNumber('10.8.0.1'),
-    pool: {start: ipv4ToNumber('10.8.0.10'), end: ipv4ToNumber('10.8.0.12')},
-  }
-
-  it('gives static addresses first, then pool addresses in list order, skipping taken ones', () => {
-    const plan = planAddresses({...base, clients: [{name: 'a'}, {name: 'b', address: '10.8.0.10'}, {name: 'c'}]})
-    expect(Object.fromEntries(plan)).toEqual({b: '10.8.0.10', a: '10.8.0.11', c: '10.8.0.12'})
-  })
-
-  it('keeps static addresses wherever a client is listed; pool addresses depend only on the list order of the pool clients', () => {
-    const pool = {start: ipv4ToNumber('10.8.0.10'), end: ipv4ToNumber('10.8.0.14')}
-    const statics = {b: '10.8.0.11', d: '10.8.0.10'}
-    const all = [{name: 'a'}, {name: 'b', address: statics.b}, {name: 'c'}, {name: 'd', address: statics.d}, {name: 'e'}]
-    const permutations = <T,>(xs: T[]): T[][] => (xs.length <= 1 ? [xs] : xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p])))
-    const byPoolOrder = new Map<string, Record<string, string>>()
-    for (const clients of permutations(all)) {
-      const plan = Object.fromEntries(planAddresses({...base, pool, clients}))
-      // Static addresses never move, even when listed after clients that need a pool address.
-      expect(plan.b).toBe(statics.b)
-      expect(plan.d).toBe(statics.d)
-      // The pool clients get the free pool addresses in the order they are listed.
-      const poolClients = clients.filter((c) => c.address === undefined).map((c) => c.name)
-      expect(poolClients.map((n) => plan[n])).toEqual(['10.8.0.12', '10.8.0.13', '10.8.0.14'])
-      // Where the static clients sit in the list changes nothing.
-      const key = poolClients.join()
-      byPoolOrder.set(key, byPoolOrder.get(key) ?? plan)
-      expect(plan).toEqual(byPoolOrder.get(key))
-    }
-    expect(byPoolOrder.size).toBe(6)
-  })
-
-  it('says so when the pool is too small', () => {
-    expect(() => planAddresses({...base, clients: [{name: 'a'}, {name: 'b'}, {name: 'c'}, {name: 'd'}]})).toThrow(/cannot hold every client/)
-  })
-})
-
-describe('authorization', () => {
-  const cert = (cn: string, fp = 'AA:BB') => ({subject: {CN: cn}, fingerprint256: fp}) as unknown as PeerCertificate
-
-  it('admits a listed name and refuses others by name', () => {
-    expect(authorize(cert('alice'), [{name: 'alice'}])).toEqual({ok: true, name: 'alice'})
-    expect(authorize(cert('mallory'), [{name: 'alice'}])).toEqual({ok: false, reason: 'client "mallory" is not in this node\'s authorized clients'})
-  })
-
-  it('checks a pinned fingerprint', () => {
-    expect(authorize(cert('alice', 'AA:BB'), [{name: 'alice', fingerprint: 'sha256:AA:BB'}]).ok).toBe(true)
-    const r = authorize(cert('alice', 'AA:BC'), [{name: 'alice', fingerprint: 'sha256:AA:BB'}])
-    expect(r.ok).toBe(false)
-    expect(!r.ok && r.reason).toMatch(/not the pinned sha256:AA:BB/)
-  })
-
-  it('refuses a certificate without a common name', () => {
-    expect(authorize({subject: {}} as unknown as PeerCertificate, [{name: 'alice'}]).ok).toBe(false)
   })
 })
 

@@ -26,7 +26,7 @@ type RunningAgent = import('../../src/core/lifecycle.js').RunningAgent
 function logger() {
   const lines: string[] = []
   const at = (level: string) => (msg: string) => lines.push(`${level} ${msg}`)
-  const log = {trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log}
+  const log = {trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log, setLevel: () => {}}
   return {log, lines}
 }
 
@@ -55,6 +55,35 @@ const tick = () => new Promise((r) => setTimeout(r, 0))
 const listeners = (e: EventEmitter) => STOP_SIGNALS.reduce((n, s) => n + e.listenerCount(s), 0)
 
 describe('runInForeground', () => {
+  it('reloads on SIGHUP, keeps running, and logs what the reload did or why it was refused', async () => {
+    const {agent, start, stop, calls} = fakeAgent()
+    const reloads: string[] = []
+    let refuse = false
+    agent.reload = async () => {
+      reloads.push('reload')
+      if (refuse) throw new Error('tunnel.subnet cannot change while the agent runs')
+      return {changed: ['clients'], effects: ['cut bob: removed from the roster']}
+    }
+    const signals = new EventEmitter()
+    const {log, lines} = logger()
+    const code = runInForeground(agent, log, signals)
+    start.resolve()
+    await tick()
+    signals.emit('SIGHUP', 'SIGHUP')
+    await tick()
+    refuse = true
+    signals.emit('SIGHUP', 'SIGHUP')
+    await tick()
+    expect(reloads).toHaveLength(2)
+    expect(calls.stop).toBe(0)
+    expect(lines).toContain('info reloaded: clients changed; cut bob: removed from the roster')
+    expect(lines).toContain('error reload refused: tunnel.subnet cannot change while the agent runs')
+    signals.emit('SIGTERM', 'SIGTERM')
+    stop.resolve([])
+    expect(await code).toBe(0)
+    expect(signals.listenerCount('SIGHUP')).toBe(0)
+  })
+
   it('stops a starting agent on SIGTERM, exits 0, and removes its handlers', async () => {
     const {agent, start, stop, calls} = fakeAgent()
     const signals = new EventEmitter()
@@ -109,7 +138,7 @@ describe('runInForeground', () => {
     const code = runInForeground(agent, log, signals)
     start.resolve()
     await tick()
-    signals.emit('SIGHUP', 'SIGHUP')
+    signals.emit('SIGTERM', 'SIGTERM')
     stop.resolve(['remove firewall chains: busy'])
     expect(await code).toBe(1)
     expect(lines.join('\n')).not.toMatch(/everything it set up is removed/)

@@ -24,7 +24,7 @@ const {StateFile, currentBootId, isAgentAlive, processStartTime} = await import(
 const {finishTeardown, reclaimStale, teardown} = await import('../../src/core/state/teardown.js')
 type AgentState = import('../../src/core/state/state-file.js').AgentState
 
-const quiet = {trace() {}, debug() {}, info() {}, warn() {}, error() {}, child: () => quiet}
+const quiet = {trace() {}, debug() {}, info() {}, warn() {}, error() {}, child: () => quiet, setLevel() {}}
 
 const children: ChildProcess[] = []
 afterAll(() => {

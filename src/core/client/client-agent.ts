@@ -7,7 +7,8 @@ import {lookup} from 'node:dns/promises'
 import {isIP} from 'node:net'
 import {connect as tlsConnect, type TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
-import type {ResolvedClientConfig} from '../config/index.js'
+import {type ResolvedClientConfig, loadConfig} from '../config/index.js'
+import {classifyChange, refusedMessage} from '../config/live-change.js'
 import type {CarrierSpec, Session, SessionParams, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
@@ -23,11 +24,12 @@ import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/str
 import {NATIVE_MAX_DATA, NativeStreamLink} from '../carrier/native-stream.js'
 import {RECORDS, recordsPossible} from '../control/native-records.js'
 import {ipv4ToNumber} from '../net/ipv4.js'
-import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside} from '../routes/index.js'
+import {type AddedRoute, addRoutes, configureInterface, keepEndpointOutside, parseRoutePrefix, removeRoutes} from '../routes/index.js'
+import {cidrContains, formatCidr} from '../net/ipv4.js'
 import {readdressInterface} from '../routes/link.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
-import {startStatusServer} from '../status/server.js'
+import {type ReloadResult, startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {checkSessionRoom} from '../transport/room.js'
@@ -61,16 +63,21 @@ export class ClientAgent {
   private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
   private stopping: Promise<string[]> | null = null
   private firstWelcome: {resolve: () => void; reject: (e: Error) => void} | null = null
+  /** Reloads, and route changes with the tunnel setup, run one at a time. */
+  private routing: Promise<unknown> = Promise.resolve()
+  /** The running config: replaced by each reload that applies. */
+  private config: ResolvedClientConfig
   /** Resolves when the client ends by itself (a fatal refusal), with the reason. */
   readonly ended: Promise<Error>
   private endWith!: (e: Error) => void
 
   constructor(
-    private readonly config: ResolvedClientConfig,
+    config: ResolvedClientConfig,
     private readonly transport: Transport,
     runDir: string,
     private readonly log: Logger,
   ) {
+    this.config = config
     this.stateFile = new StateFile(runDir, config.name)
     this.state = {
       pid: process.pid,
@@ -102,7 +109,7 @@ export class ClientAgent {
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
     try {
-      this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
       await new Promise<void>((resolve, reject) => {
         this.firstWelcome = {resolve, reject}
         this.connect(credentials)
@@ -153,8 +160,9 @@ export class ClientAgent {
               return conn.close(`cannot move to native records: ${(e as Error).message}`)
             }
           }
-          // One welcome at a time: a fast reconnect must not set the tunnel up twice at once.
-          this.welcoming = this.welcoming
+          // One welcome at a time: a fast reconnect must not set the tunnel up twice at once,
+          // nor a reload change the routes while the tunnel is being set up.
+          this.welcoming = Promise.all([this.welcoming, this.routing.catch(() => {})])
             .then(() => this.onWelcome(conn, m, early))
             .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
@@ -285,6 +293,71 @@ export class ClientAgent {
     this.log.info(`${ifname} ${w.address}/${w.prefix} up; routes into the tunnel: ${this.config.routes.join(', ')}`)
   }
 
+  /**
+   * Re-reads the config (the file given, or the one the client runs from) and applies what may
+   * change live: the routes into the tunnel (added and removed without reconnecting), reconnect
+   * pacing and the log level. Anything else that differs, or an invalid file, refuses the whole
+   * reload and nothing changes.
+   */
+  reload(file?: string): Promise<ReloadResult> {
+    const run = Promise.all([this.routing.catch(() => {}), this.welcoming.catch(() => {})]).then(() => this.applyReload(file ?? this.config.file))
+    this.routing = run.catch(() => {})
+    return run
+  }
+
+  private async applyReload(file: string): Promise<ReloadResult> {
+    if (this.phase === 'stopped') throw new Error('the client is stopping')
+    const next = await loadConfig(file)
+    if (next.role !== 'client') throw new Error(`${file} configures a node, not a client`)
+    const {live, refused} = classifyChange(this.config, next)
+    if (refused.length > 0) throw new Error(refusedMessage(refused))
+    const effects = this.tun === null ? [] : await this.rerouteTo(next.routes)
+    this.config = next
+    this.log.setLevel(next.log.level)
+    if (live.length > 0) this.log.info(`reloaded ${file}: ${live.join(', ')} changed${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
+    return {changed: live, effects}
+  }
+
+  /**
+   * Moves the tunnel's routes from the running config's to `routes`: new ones added first (all
+   * or nothing), then the dropped ones removed. The route that keeps the node's own address
+   * outside the tunnel is added when a new prefix covers it, and removed when none does.
+   */
+  private async rerouteTo(routes: readonly string[]): Promise<string[]> {
+    const ifname = this.config.tunnel.interface
+    const canonical = (list: readonly string[]) => new Set(list.map((r) => formatCidr(parseRoutePrefix(r))))
+    const before = canonical(this.config.routes)
+    const after = canonical(routes)
+    const added = [...after].filter((r) => !before.has(r))
+    const removed = [...before].filter((r) => !after.has(r))
+    if (added.length === 0 && removed.length === 0) return []
+    const isEndpoint = (r: AddedRoute) => r.dev !== ifname
+    const pinned = this.state.routes.find(isEndpoint)
+    const pin = pinned === undefined ? await keepEndpointOutside(this.nodeIp, [...after], {tunInterface: ifname}) : null
+    if (pin !== null) this.recordRoute(pin)
+    try {
+      for (const r of await addRoutes(ifname, added)) this.recordRoute(r)
+    } catch (e) {
+      if (pin !== null) await this.unrecordRoutes([pin])
+      throw e
+    }
+    const gone = this.state.routes.filter((r) => r.dev === ifname && removed.includes(r.dst))
+    await this.unrecordRoutes(gone)
+    const effects = [...added.map((r) => `route ${r} added`), ...removed.map((r) => `route ${r} removed`)]
+    const ip = ipv4ToNumber(this.nodeIp)
+    if (pinned !== undefined && ![...after].some((r) => cidrContains(parseRoutePrefix(r), ip))) {
+      await this.unrecordRoutes([pinned])
+      effects.push(`route ${pinned.dst} (the node, outside the tunnel) removed`)
+    }
+    return effects
+  }
+
+  private async unrecordRoutes(routes: readonly AddedRoute[]): Promise<void> {
+    await removeRoutes(routes)
+    this.state.routes = this.state.routes.filter((r) => !routes.includes(r))
+    this.stateFile.write(this.state)
+  }
+
   private recordRoute(r: AddedRoute): void {
     this.state.routes.push(r)
     this.stateFile.write(this.state)
@@ -366,3 +439,4 @@ export class ClientAgent {
     return this.stopping
   }
 }
+

@@ -1,57 +1,47 @@
 /**
- * The proxy node: one TUN device for every client, the control-channel server that
- * authenticates clients and hands them addresses and session parameters, the FORWARD and NAT
- * rules that admit exactly the connected authorized clients, and the data path between them.
+ * The proxy node: an orchestrator of its parts. The roster (roster.ts) says who may connect,
+ * from the config and the CRL (revocations.ts); the address pool (address-pool.ts) gives each
+ * client its tunnel address; the control server (control-server.ts) takes handshakes; the
+ * sessions (sessions.ts) turn admitted handshakes into peers on the data path; admission
+ * (admission.ts) keeps the firewall's admitted set equal to the live sessions. This class
+ * brings them up in order, wires them together, re-checks live sessions whenever the roster
+ * changes, applies reloads, and takes everything down again.
  */
-import {randomInt} from 'node:crypto'
 import {availableParallelism} from 'node:os'
 import {existsSync} from 'node:fs'
-import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
+import type {TLSSocket} from 'node:tls'
 import type {Server} from 'node:net'
-import type {ResolvedNodeConfig} from '../config/index.js'
-import type {CarrierSpec, FastCodec, NodeSession, Transport} from '../transport/contract.js'
+import {type ResolvedNodeConfig, loadConfig} from '../config/index.js'
+import {classifyChange, refusedMessage} from '../config/live-change.js'
+import type {CarrierSpec, FastCodec, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
-import {type Credentials, loadCredentials, tlsServerOptions} from '../pki/index.js'
-import {ControlConnection} from '../control/connection.js'
-import type {ControlMessage, Hello} from '../control/messages.js'
-import {PROTOCOL_VERSION} from '../control/messages.js'
+import {loadCredentials} from '../pki/index.js'
+import {loadCrl, type RevocationList} from '../pki/crl.js'
 import {DataPath} from '../device/datapath.js'
 import {fastPathDisabled, tunOffload} from '../device/fast-path.js'
-import {Peer} from '../device/peer.js'
+import type {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
-import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
-import {NativeStreamLink} from '../carrier/native-stream.js'
 import {DatagramLink} from '../carrier/datagram-link.js'
-import {RECORDS, recordsPossible} from '../control/native-records.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
 import {configureInterface} from '../routes/index.js'
 import {getSysctl, setSysctl} from '../sys/sysctl.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
-import {startStatusServer} from '../status/server.js'
+import {type ReloadResult, startStatusServer} from '../status/server.js'
 import type {PeerReport, StatusReport} from '../status/report.js'
-import {authorize} from './authorize.js'
-import {planAddresses} from './address-plan.js'
-import {describeTlsFailure} from '../pki/tls-failure.js'
 import {tunnelMtu} from '../transport/mtu.js'
-import {SESSION_TICK_MS, sessionContext} from '../transport/session-context.js'
-import {checkSessionRoom} from '../transport/room.js'
+import {SESSION_TICK_MS} from '../transport/session-context.js'
 import {NodeDatagrams} from './node-datagrams.js'
-import {keepaliveKeys} from '../nat/keepalive.js'
+import {Roster} from './roster.js'
+import {AddressPool} from './address-pool.js'
+import {ControlServer, type Handshake} from './control-server.js'
+import {NodeSessions} from './sessions.js'
+import {Admission} from './admission.js'
+import {RevocationWatch} from './revocations.js'
 
-/** A TLS handshake must complete this soon (Node's default is 120 s: a slowloris gift). */
-const HANDSHAKE_TIMEOUT_MS = 5_000
-/**
- * Connections allowed beyond two per authorized client (handshakes, reconnects, strangers).
- * A tls session in native records holds its own descriptor, no longer counted by the server
- * once Node's socket is freed: one more per client, so base + 3 per client descriptors at most.
- */
-const MAX_CONNECTIONS_BASE = 64
-/** A client must say hello this soon after the TLS handshake. */
-const HELLO_TIMEOUT_MS = 10_000
 /** workers: "auto" runs one per core, up to this many. */
 const MAX_AUTO_WORKERS = 8
 /** The FastCodecs worker threads carry themselves (workers.c); the rest is the main thread's. */
@@ -59,66 +49,60 @@ const WORKER_CODECS: ReadonlySet<FastCodec['kind']> = new Set(['identity', 'gre'
 /** How often silent datagram sessions are looked for. */
 const EXPIRY_CHECK_MS = 5_000
 
-interface ClientSession {
-  name: string
-  conn: ControlConnection
-  peer: Peer | null
-  /** Told to go away: whatever else it says is ignored until the connection closes. */
-  refused: boolean
-  /** Session ids the transport allocated (released when the session ends) and bound. */
-  ids: {owned: Set<number>; bound: Set<number>}
-  /** The welcome is on its way: only from then on may the session tick or talk to the client. */
-  welcomed: boolean
-}
-
 export class NodeAgent {
   private readonly stateFile: StateFile
   private readonly state: AgentState
-  private readonly plan: Map<string, string>
   private readonly mtu: number
   /** The tunnel subnet's prefix length (the config is validated, so it parses). */
   private readonly prefix: number
-  private readonly sessions = new Map<string, ClientSession>()
+  /** The running config: replaced by each reload that applies. */
+  private config: ResolvedNodeConfig
+  private readonly roster: Roster
+  private readonly pool: AddressPool
+  private revocations: RevocationWatch | null = null
   private tun: TunDevice | null = null
   private datapath: DataPath | null = null
   private firewall: NodeFirewall | null = null
-  private server: TlsServer | null = null
+  private admission: Admission | null = null
+  private sessions: NodeSessions | null = null
+  private control: ControlServer | null = null
   private statusServer: Server | null = null
-  private admission: Promise<void> = Promise.resolve()
-  private pendingAdmission: Promise<void> | null = null
-  /** The admitted list last applied, so an unchanged list costs nothing. */
-  private admittedKey = ''
-  /** Every control connection, authenticated or not, so stop() can close them all. */
-  private readonly connections = new Set<ControlConnection>()
   private starting: Promise<void> | null = null
   private stopRequested = false
   private stopping: Promise<string[]> | null = null
   private tearingDown: Promise<string[]> | null = null
-  private readonly sessionIds = new Set<number>()
   private datagrams: NodeDatagrams | null = null
   private expiry: NodeJS.Timeout | null = null
   /** Threads carrying packets (the main one and its workers). */
   private lanes = 1
   private ticker: NodeJS.Timeout | null = null
+  /** Reloads run one at a time. */
+  private reloading: Promise<unknown> = Promise.resolve()
+  /** What the last re-check of live sessions did, one line per session cut. */
+  private lastCuts: string[] = []
 
   /** Resolves when the node must end by itself (its TUN device failed), with why. */
   readonly ended: Promise<Error>
   private endWith!: (e: Error) => void
 
   constructor(
-    private readonly config: ResolvedNodeConfig,
+    config: ResolvedNodeConfig,
     private readonly transport: Transport,
     runDir: string,
     private readonly log: Logger,
   ) {
+    this.config = config
     this.ended = new Promise((resolve) => (this.endWith = resolve))
     this.stateFile = new StateFile(runDir, config.name)
     this.prefix = parseCidr(config.tunnel.subnet)!.prefix
-    this.plan = planAddresses({
-      nodeAddress: ipv4ToNumber(config.tunnel.address),
-      pool: {start: ipv4ToNumber(config.tunnel.pool.start), end: ipv4ToNumber(config.tunnel.pool.end)},
-      clients: config.clients,
-    })
+    this.roster = new Roster({listed: config.clients, any: config.admitAny})
+    this.pool = new AddressPool(
+      ipv4ToNumber(config.tunnel.address),
+      {start: ipv4ToNumber(config.tunnel.pool.start), end: ipv4ToNumber(config.tunnel.pool.end)},
+      (name) => this.sessions?.isConnected(name) === true,
+    )
+    this.pool.setListed(config.clients)
+    this.roster.subscribe(() => (this.lastCuts = this.recheckSessions()))
     this.mtu = config.tunnel.mtu ?? tunnelMtu(transport, this.transportOptions())
     this.state = {
       pid: process.pid,
@@ -172,6 +156,10 @@ export class NodeAgent {
     const carrier = this.transport.carrier(this.transportOptions())
     // Everything that can fail on bad input is read before the system is touched.
     const credentials = await loadCredentials(this.config.pki)
+    if (this.config.pki.crl !== undefined) {
+      this.revocations = this.watchRevocations(this.config.pki.crl, credentials.ca)
+      await this.revocations.start()
+    }
     this.checkNotStopped()
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
@@ -191,7 +179,7 @@ export class NodeAgent {
       await setSysctl('net.ipv4.ip_forward', '1')
       this.checkNotStopped()
 
-      this.firewall = new NodeFirewall({
+      const firewall = new NodeFirewall({
         instance: this.config.name,
         tunInterface: ifname,
         subnet,
@@ -200,7 +188,8 @@ export class NodeAgent {
         admitted: [],
         deny: this.config.egress.deny,
       })
-      await this.firewall.apply()
+      this.firewall = firewall
+      await firewall.apply()
       this.checkNotStopped()
       // Not an error: the interface may come later (a PPP link, a VLAN); but say so, because
       // until it exists the MASQUERADE rule matches nothing and clients reach nowhere.
@@ -208,36 +197,167 @@ export class NodeAgent {
         this.log.warn(`egress interface ${this.config.egress.interface} does not exist (yet): forwarded traffic has no way out until it does`)
       }
 
-      this.datapath = new DataPath(this.tun, 'node')
-      this.datapath.localAddress = ipv4ToNumber(address)
+      const datapath = new DataPath(tun, 'node')
+      this.datapath = datapath
+      datapath.localAddress = ipv4ToNumber(address)
       if (carrier.kind !== 'stream') {
-        this.datagrams = new NodeDatagrams(carrier, this.transport, this.datapath, this.config.listen.address, this.mtu, this.log, lanes)
+        this.datagrams = new NodeDatagrams(carrier, this.transport, datapath, this.config.listen.address, this.mtu, this.log, lanes)
         this.datagrams.start()
-        this.expiry = setInterval(() => this.expireSilentSessions(), EXPIRY_CHECK_MS)
+        this.expiry = setInterval(() => this.sessions?.expireSilent(this.config.session.idleTimeout), EXPIRY_CHECK_MS)
         this.expiry.unref()
       } else {
         // Stream sessions bring their own connections (native records, native-records.ts).
-        this.datapath.enableFastPath(null, this.mtu)
+        datapath.enableFastPath(null, this.mtu)
       }
-      this.datapath.start()
+      datapath.start()
       const onWorkerError = (e: Error) => this.fail(new Error(`a fast path worker failed: ${e.message}`))
       this.lanes = this.datagrams?.startWorkers(tun, onWorkerError, this.config.workers !== 'auto') ?? 1
-      this.ticker = setInterval(() => this.tickSessions(), SESSION_TICK_MS)
+
+      const sessions = new NodeSessions({
+        transport: this.transport,
+        options: this.transportOptions(),
+        mtu: this.mtu,
+        prefix: this.prefix,
+        gateway: address,
+        datapath,
+        datagrams: this.datagrams,
+        log: this.log,
+        check: (identity) => {
+          const a = this.roster.check(identity)
+          return a.ok ? null : a.reason
+        },
+        addressFor: (name) => this.pool.assign(name),
+        admittedChanged: () => this.admission!.update(),
+        closing: () => this.closing,
+      })
+      this.sessions = sessions
+      this.admission = new Admission(
+        firewall,
+        () => sessions.admittedAddresses(),
+        () => !this.closing,
+        (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`),
+      )
+      this.ticker = setInterval(() => sessions.tick(), SESSION_TICK_MS)
       this.ticker.unref()
-      await this.listen(credentials)
+      this.control = new ControlServer(this.config.listen.address, this.config.listen.port, this.log, (socket: TLSSocket, h: Handshake) =>
+        sessions.accept(socket, h),
+      )
+      await this.control.listen(credentials, this.capacity())
       this.checkNotStopped()
-      this.statusServer = await startStatusServer(this.stateFile.socketPath, () => this.report())
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
       this.checkNotStopped()
       this.log.info(
         `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
-          `transport ${this.transport.name}, listening on ${this.listenText()}` +
-          `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.config.clients.length} authorized client(s), ` +
+          `transport ${this.transport.name}, listening on ${this.control.endpoint}` +
+          `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.rosterText()}, ` +
           `${this.lanes} worker(s)`,
       )
     } catch (e) {
       await this.tearDown()
       throw e
     }
+  }
+
+  private watchRevocations(file: string, caPem: string): RevocationWatch {
+    return new RevocationWatch(file, caPem, this.log, (list: RevocationList) => this.roster.setRevoked(list.revoked))
+  }
+
+  /** How many clients may be connected at once: what bounds the control port's connections. */
+  private capacity(): number {
+    if (!this.roster.admitsAny) return this.roster.entries.length
+    const pool = this.config.tunnel.pool
+    return ipv4ToNumber(pool.end) - ipv4ToNumber(pool.start) + 1
+  }
+
+  private rosterText(): string {
+    const listed = `${this.roster.entries.length} listed client(s)`
+    const any = this.roster.admitsAny ? ' and any other certificate of the CA' : ''
+    const crl = this.revocations === null ? '' : `, ${this.roster.revokedCount} revoked`
+    return `${listed}${any}${crl}`
+  }
+
+  /**
+   * The roster changed: every live session is checked again. A client the roster no longer
+   * admits is cut and told so (it does not come back); one whose address moved (a new static
+   * address, or its lease given to someone's new static one) is disconnected and reconnects to
+   * get its new address. Returns a line per session cut.
+   */
+  private recheckSessions(): string[] {
+    const sessions = this.sessions
+    if (sessions === null || this.closing) return []
+    const cuts: string[] = []
+    for (const [name, s] of [...sessions.live]) {
+      const admitted = this.roster.check(s.identity)
+      if (!admitted.ok) {
+        sessions.cut(name, admitted.reason, true)
+        cuts.push(`cut ${name}: ${admitted.reason}`)
+        continue
+      }
+      const now = s.peer?.addressText
+      const planned = this.pool.current(name)
+      if (now !== undefined && planned !== now) {
+        const why = planned === undefined ? `its address ${now} is now another client's` : `its address moved from ${now} to ${planned}`
+        sessions.cut(name, why, false)
+        cuts.push(`moved ${name}: ${why}`)
+      }
+    }
+    return cuts
+  }
+
+  /**
+   * Re-reads the config (the file given, or the one the node runs from) and applies what may
+   * change live: the clients, `any`, the CRL, session and log settings. Anything else that
+   * differs, an invalid file, or a CRL that does not verify refuses the whole reload, and
+   * nothing changes. Resolves once removed clients are cut and their admission withdrawn.
+   */
+  reload(file?: string): Promise<ReloadResult> {
+    const run = this.reloading.then(() => this.applyReload(file ?? this.config.file))
+    this.reloading = run.catch(() => {})
+    return run
+  }
+
+  private async applyReload(file: string): Promise<ReloadResult> {
+    if (this.starting === null) throw new Error('the node is not running')
+    await this.starting
+    if (this.closing) throw new Error('the node is stopping')
+    const next = await loadConfig(file)
+    if (next.role !== 'node') throw new Error(`${file} configures a client, not a node`)
+    const {live, refused} = classifyChange(this.config, next)
+    if (refused.length > 0) throw new Error(refusedMessage(refused))
+    if (live.length === 0) return {changed: [], effects: []}
+
+    // The CRL is read and verified before anything changes: a bad one refuses the reload.
+    const crlFile = next.pki.crl
+    const crl = crlFile === undefined ? null : await loadCrl(crlFile, (await loadCredentials(next.pki)).ca)
+    if (this.closing) throw new Error('the node is stopping')
+
+    const effects: string[] = []
+    this.config = next
+    this.log.setLevel(next.log.level)
+    this.pool.setListed(next.clients)
+    this.lastCuts = []
+    this.roster.setPolicy({listed: next.clients, any: next.admitAny})
+    effects.push(...this.lastCuts)
+    this.lastCuts = []
+    if (crl === null) {
+      if (this.revocations !== null) effects.push('CRL no longer enforced')
+      this.revocations?.close()
+      this.revocations = null
+      this.roster.setRevoked(new Set())
+    } else {
+      if (this.revocations === null) {
+        const credentials = await loadCredentials(next.pki)
+        this.revocations = this.watchRevocations(crl.file, credentials.ca)
+        await this.revocations.start()
+      } else {
+        await this.revocations.reload(crl.file)
+      }
+    }
+    effects.push(...this.lastCuts)
+    this.control?.setCapacity(this.capacity())
+    await this.admission?.update()
+    this.log.info(`reloaded ${file}: ${live.join(', ')} changed; ${this.rosterText()}${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
+    return {changed: live, effects}
   }
 
   /** Something the node cannot carry on without broke: say what, then end (and tear down). */
@@ -260,300 +380,6 @@ export class NodeAgent {
     return `${this.config.listen.address}:${this.config.listen.port}`
   }
 
-  private async listen(credentials: Credentials): Promise<void> {
-    // Certificates are checked right after the handshake (onConnection), so a refused client
-    // is told why instead of seeing a bare connection reset.
-    const server = createTlsServer({...tlsServerOptions(credentials, false), handshakeTimeout: HANDSHAKE_TIMEOUT_MS})
-    // Connections still in the handshake count too: bounded, so nobody can exhaust descriptors
-    // (which iptables-restore needs) by opening connections and saying nothing.
-    server.maxConnections = MAX_CONNECTIONS_BASE + 2 * this.config.clients.length
-    server.on('secureConnection', (socket) => this.onConnection(socket))
-    server.on('tlsClientError', (err, socket) => {
-      this.log.warn(`refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
-    })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) =>
-        reject(new Error(`cannot listen on ${this.listenText()}: ${e.code === 'EADDRINUSE' ? 'address already in use' : e.message}`)),
-      )
-      server.listen(this.config.listen.port, this.config.listen.address, () => resolve())
-    })
-    server.on('error', (e) => this.log.error(`control server: ${e.message}`))
-    this.server = server
-  }
-
-  private onConnection(socket: TLSSocket): void {
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`
-    const auth = socket.authorized
-      ? authorize(socket.getPeerCertificate(), this.config.clients)
-      : {ok: false as const, reason: `certificate not accepted: ${describeTlsFailure(socket.authorizationError)}`}
-    const conn = new ControlConnection(socket, this.mtu + STREAM_FRAME_SLACK, {
-      onMessage: () => {},
-      onData: () => {},
-      onClose: () => this.connections.delete(conn),
-    })
-    this.connections.add(conn)
-    if (this.closing) return conn.close('node stopping')
-    if (!auth.ok) {
-      this.log.warn(`refused client from ${remote}: ${auth.reason}; no forwarding`)
-      conn.send({type: 'refused', reason: auth.reason})
-      socket.end()
-      setTimeout(() => conn.close('refused'), 1000).unref()
-      return
-    }
-    const client: ClientSession = {name: auth.name, conn, peer: null, refused: false, ids: {owned: new Set(), bound: new Set()}, welcomed: false}
-    const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
-    helloTimer.unref()
-    conn.handlers = {
-      onMessage: (m: ControlMessage) => {
-        if (client.refused) return
-        if (m.type === 'hello' && client.peer === null) {
-          clearTimeout(helloTimer)
-          this.welcome(client, m, remote)
-        } else if (m.type === 'transport' && client.peer !== null && client.welcomed) {
-          client.peer.session.onControl?.(m.body)
-        } else {
-          conn.close(`unexpected ${m.type} message`)
-        }
-      },
-      onData: (buf, offset, length) => {
-        if (client.peer !== null) this.datapath?.receive(client.peer, buf, offset, length)
-      },
-      onClose: (reason) => {
-        clearTimeout(helloTimer)
-        this.connections.delete(conn)
-        this.endSession(client, reason)
-      },
-    }
-  }
-
-  private welcome(client: ClientSession, hello: Hello, remote: string): void {
-    const {conn, name} = client
-    if (hello.version !== PROTOCOL_VERSION) {
-      return this.refuse(client, `protocol version ${hello.version} is not supported (node speaks ${PROTOCOL_VERSION})`)
-    }
-    if (hello.transport !== this.transport.name) {
-      return this.refuse(client, `this node serves transport "${this.transport.name}", not ${JSON.stringify(hello.transport)}`)
-    }
-    const address = this.plan.get(name)
-    if (address === undefined) return this.refuse(client, `no tunnel address planned for "${name}"`)
-
-    const options = this.transportOptions()
-    const ids = client.ids
-    const ctx = sessionContext({
-      role: 'node',
-      transport: this.transport.name,
-      peerName: name,
-      tunnelAddress: address,
-      nodeAddress: this.config.tunnel.address,
-      options,
-      mtu: this.mtu,
-      conn,
-      ids: {
-        allocate: () => {
-          const id = this.allocateSessionId()
-          ids.owned.add(id)
-          return id
-        },
-        bind: (id) => {
-          if (!ids.owned.has(id)) throw new Error(`session id ${id} was not allocated by this session`)
-          ids.bound.add(id)
-          if (client.peer !== null) this.datagrams?.bindId(id, client.peer)
-        },
-        unbind: (id) => {
-          ids.bound.delete(id)
-          if (client.peer !== null) this.datagrams?.unbindId(id, client.peer)
-        },
-      },
-      fastPathChanged: () => {
-        if (client.peer !== null) this.datapath?.refreshFastPath(client.peer)
-      },
-    })
-    // A session refused after it opened must give back what it took: its ids, its bindings.
-    const discard = (s: NodeSession | null, peer: Peer | null, why: string) => {
-      if (peer !== null) this.datagrams?.detach(peer)
-      try {
-        s?.close()
-      } catch {
-        // Closing a session we are throwing away: nothing more to do about it.
-      }
-      for (const id of ids.owned) this.sessionIds.delete(id)
-      ids.owned.clear()
-      ids.bound.clear()
-      return this.refuse(client, why)
-    }
-    let session: NodeSession | null = null
-    try {
-      session = this.transport.openNodeSession(ctx)
-      checkSessionRoom(this.transport.name, session)
-    } catch (e) {
-      return discard(session, null, `transport could not open a session: ${(e as Error).message}`)
-    }
-    const datagrams = this.datagrams
-    const link = datagrams === null ? new StreamLink(conn.socket, remote, STREAM_BATCH_BYTES) : datagrams.newLink()
-    const peer = new Peer(name, ipv4ToNumber(address), address, session, link)
-    link.stats = peer.stats
-    try {
-      datagrams?.attach(peer, keepaliveKeys(conn.socket, 'node'))
-      for (const id of ids.bound) datagrams?.bindId(id, peer)
-    } catch (e) {
-      return discard(session, peer, (e as Error).message)
-    }
-    // Only now that the new session is in place does the old one go (a client that restarted,
-    // or whose old connection is half-open): a failure above leaves the old one working.
-    const previous = this.sessions.get(name)
-    if (previous !== undefined) previous.conn.close(`replaced by a new connection from ${remote}`)
-    client.peer = peer
-    this.sessions.set(name, client)
-    this.datapath?.addPeer(peer)
-    const keepalive = Number(options.keepalive ?? this.transport.nat.keepaliveSeconds)
-    // The client asked for native records and this end can: the welcome is then the last
-    // thing said through Node's TLS (native-records.ts).
-    // Only a session whose encap is the identity: the records carry frames as they are, and
-    // Node's socket (which a transport's exportKey needs) is freed once they have the connection.
-    const records =
-      datagrams === null &&
-      hello.records === RECORDS &&
-      session.fastPath?.kind === 'identity' &&
-      this.datapath?.hasFastPath() === true &&
-      recordsPossible(conn.socket, this.mtu + STREAM_FRAME_SLACK)
-    this.updateAdmission()
-      .then(() => {
-        if (conn.isClosed) return
-        conn.send({
-          type: 'welcome',
-          version: PROTOCOL_VERSION,
-          transport: this.transport.name,
-          address,
-          prefix: this.prefix,
-          gateway: this.config.tunnel.address,
-          mtu: this.mtu,
-          keepalive,
-          carrier: datagrams === null ? {kind: 'stream'} : datagrams.spec,
-          params: session.params,
-          ...(records ? {records: RECORDS} : {}),
-        })
-        if (records && !this.goNative(client, remote)) return
-        conn.keepalive(keepalive, false)
-        client.welcomed = true
-        this.log.info(`client ${name} connected from ${remote} as ${address}`)
-      })
-      .catch((e: Error) => {
-        this.log.error(`could not admit ${name}: ${e.message}`)
-        conn.close('admission failed')
-      })
-  }
-
-  /**
-   * Moves a welcomed client's connection, and its peer's packets, to native records; false
-   * (the connection closed, saying why) if it cannot: the welcome promised them.
-   */
-  private goNative(client: ClientSession, remote: string): boolean {
-    const peer = client.peer
-    try {
-      if (peer === null) throw new Error('the session is gone')
-      const link = new NativeStreamLink(client.conn.goNative('node'), remote)
-      link.stats = peer.stats
-      peer.link = link
-      this.datapath?.refreshFastPath(peer)
-      return true
-    } catch (e) {
-      client.conn.close(`cannot move to native records: ${(e as Error).message}`)
-      return false
-    }
-  }
-
-  private refuse(client: ClientSession, reason: string): void {
-    client.refused = true
-    this.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`)
-    client.conn.send({type: 'refused', reason})
-    client.conn.socket.end()
-    setTimeout(() => client.conn.close('refused'), 1000).unref()
-  }
-
-  private endSession(client: ClientSession, reason: string): void {
-    const peer = client.peer
-    if (peer === null) return
-    client.peer = null
-    this.datapath?.removePeer(peer)
-    for (const id of client.ids.bound) this.datagrams?.unbindId(id, peer)
-    this.datagrams?.detach(peer)
-    peer.session.close()
-    for (const id of client.ids.owned) this.sessionIds.delete(id)
-    if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
-    if (this.sessions.get(client.name) === client) {
-      this.sessions.delete(client.name)
-      if (!this.closing) {
-        this.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
-        this.updateAdmission().catch((e: Error) => this.log.error(`could not update FORWARD rules: ${e.message}`))
-      }
-    }
-  }
-
-  /**
-   * FORWARD admits exactly the clients with a live session. Updates are coalesced: one run at a
-   * time, and however many changes arrive meanwhile, one more run that reads the state as it
-   * is then. So a client reconnecting in a loop costs at most one iptables-restore at a time.
-   */
-  private updateAdmission(): Promise<void> {
-    this.pendingAdmission ??= this.admission.then(
-      () => this.applyAdmission(),
-      () => this.applyAdmission(),
-    )
-    return this.pendingAdmission
-  }
-
-  private async applyAdmission(): Promise<void> {
-    this.admission = this.pendingAdmission!
-    this.pendingAdmission = null
-    if (this.firewall === null || this.closing) return
-    const admitted = [...this.sessions.values()].filter((s) => s.peer !== null).map((s) => s.peer!.addressText).sort()
-    const key = admitted.join(',')
-    if (key === this.admittedKey) return
-    await this.firewall.setAdmitted(admitted)
-    this.admittedKey = key
-  }
-
-  /**
-   * Datagram sessions whose client fell silent (no data, no keepalive) for session.idleTimeout
-   * end, and their FORWARD admission with them. Stream sessions end with their connection.
-   */
-  private expireSilentSessions(): void {
-    const limit = this.config.session.idleTimeout * 1000
-    const now = Date.now()
-    for (const s of this.sessions.values()) {
-      const p = s.peer
-      p?.stats.sync?.()
-      if (p !== null && now - Math.max(p.stats.lastSeen, p.connectedAt) > limit) {
-        s.conn.close(`no packets for ${this.config.session.idleTimeout} s`)
-      }
-    }
-  }
-
-  /** Time-driven transport work (rekeys); a session that throws loses its connection, not the node. */
-  private tickSessions(): void {
-    const now = Date.now()
-    for (const s of this.sessions.values()) {
-      const tick = s.peer?.session.tick
-      if (tick === undefined || !s.welcomed) continue
-      try {
-        tick.call(s.peer!.session, now)
-      } catch (e) {
-        s.conn.close(`transport session failed: ${(e as Error).message}`)
-      }
-    }
-  }
-
-  private allocateSessionId(): number {
-    for (;;) {
-      // 1-255 are reserved SPI values (RFC 4303 2.1), and a GRE key may become an SPI.
-      const id = randomInt(256, 0xffffffff)
-      if (!this.sessionIds.has(id)) {
-        this.sessionIds.add(id)
-        return id
-      }
-    }
-  }
-
   report(): StatusReport {
     const fast = this.datapath?.fastPathStats()
     return {
@@ -570,6 +396,13 @@ export class NodeAgent {
       peers: (this.datapath?.peers() ?? []).map((p) => this.peerWithWorker(p)),
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast)},
       ...(this.lanes > 1 && fast != null ? {workers: fast.workers} : {}),
+      roster: {
+        listed: this.roster.entries.length,
+        any: this.roster.admitsAny,
+        connected: this.sessions?.live.size ?? 0,
+        revoked: this.roster.revokedCount,
+        ...(this.revocations === null ? {} : {crl: this.revocations.status()}),
+      },
     }
   }
 
@@ -597,15 +430,16 @@ export class NodeAgent {
 
   private tearDown(): Promise<string[]> {
     this.tearingDown ??= (async () => {
-      this.server?.close()
+      this.control?.close()
+      this.revocations?.close()
       if (this.expiry !== null) clearInterval(this.expiry)
       if (this.ticker !== null) clearInterval(this.ticker)
-      for (const c of [...this.connections]) c.close('node stopping')
+      this.sessions?.closeAll('node stopping')
       this.statusServer?.close()
       this.datapath?.disableFastPath()
       this.tun?.close()
       this.datagrams?.close()
-      await this.admission.catch(() => {})
+      await this.admission?.settled()
       return finishTeardown(this.state, this.stateFile, this.log)
     })()
     return this.tearingDown

@@ -1,7 +1,7 @@
 /** Gathering and printing the status of every instance found in a run directory. */
 import {readdirSync} from 'node:fs'
 import {StateFile, isAgentAlive} from '../state/state-file.js'
-import type {StatusReport} from './report.js'
+import type {RosterReport, StatusReport} from './report.js'
 import {queryStatus} from './server.js'
 
 export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
@@ -39,12 +39,19 @@ export function formatStatus(all: InstanceStatus[]): string {
   return all.map(formatOne).join('\n\n')
 }
 
+function rosterLine(r: RosterReport): string {
+  const who = `${r.listed} listed${r.any ? ' + any certificate of the CA' : ''}`
+  const crl = r.crl === undefined ? '' : `; CRL${r.crl.number === undefined ? '' : ` #${r.crl.number}`}, next update ${r.crl.nextUpdate ?? '-'}${r.crl.expired ? ' (PAST: re-issue it)' : ''}${r.crl.error === undefined ? '' : `, not applied: ${r.crl.error}`}`
+  return `roster ${who}, ${r.connected} connected, ${r.revoked} revoked${crl}`
+}
+
 function formatOne(s: InstanceStatus): string {
   if (!('role' in s)) return `${s.name} (pid ${s.pid}): ${s.state}`
   const head = [
     `${s.role} ${s.name} (pid ${s.pid}) ${s.state}, transport ${s.transport}`,
     `  interface ${s.interface} ${s.address ?? '-'} mtu ${s.mtu ?? '-'}, ${s.role === 'node' ? 'listening on' : 'node'} ${s.endpoint}`,
   ]
+  if (s.roster !== undefined) head.push(`  ${rosterLine(s.roster)}`)
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {

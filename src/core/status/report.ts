@@ -49,4 +49,20 @@ export interface StatusReport {
   counters: Record<string, number>
   /** Node with more than one worker: each one's counters, the main thread's first. */
   workers?: WorkerReport[]
+  /** Node: who may connect. */
+  roster?: RosterReport
+}
+
+/** A node's roster as `agent status` shows it. */
+export interface RosterReport {
+  /** Clients listed by name in the config. */
+  listed: number
+  /** Any other certificate of the CA is admitted too (`clients: any`). */
+  any: boolean
+  /** Clients with a session now. */
+  connected: number
+  /** Revoked certificates the node enforces. */
+  revoked: number
+  /** The CRL, when the node has one (pki.crl). */
+  crl?: {file: string; revoked: number; number?: string; thisUpdate?: string; nextUpdate?: string; expired: boolean; error?: string}
 }

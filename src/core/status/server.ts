@@ -1,16 +1,51 @@
 /**
- * `agent status` asks a running instance over a Unix socket in the run directory; the answer
- * is one JSON report. Root-only by the directory's permissions, like the rest of /run.
+ * A running instance's local socket, in the run directory: `agent status` asks it for one JSON
+ * report, `agent reload` asks it to re-read a config file and answers with what changed or
+ * why nothing did. Root-only by the directory's permissions, like the rest of /run.
+ *
+ * One request per connection: a JSON line {"op": "status"} or {"op": "reload", "config": path},
+ * answered by one JSON line.
  */
 import {createConnection, createServer, type Server} from 'node:net'
 import {rmSync} from 'node:fs'
 import type {StatusReport} from './report.js'
 
-export async function startStatusServer(path: string, report: () => StatusReport): Promise<Server> {
+/** What a reload did: the fields it applied, and a line per effect (clients cut, routes added...). */
+export interface ReloadResult {
+  changed: string[]
+  effects: string[]
+}
+
+export interface LocalHandlers {
+  status(): StatusReport
+  /** Re-reads `config` (or the file the instance runs from); rejects, changing nothing, if it cannot. */
+  reload(config?: string): Promise<ReloadResult>
+}
+
+type Request = {op: 'status'} | {op: 'reload'; config?: string}
+type ReloadAnswer = {ok: true; result: ReloadResult} | {ok: false; error: string}
+
+/** A request line longer than this is not ours. */
+const MAX_REQUEST = 4096
+const REQUEST_TIMEOUT_MS = 5_000
+
+export async function startStatusServer(path: string, handlers: LocalHandlers): Promise<Server> {
   rmSync(path, {force: true})
   const server = createServer((socket) => {
     socket.on('error', () => socket.destroy())
-    socket.end(JSON.stringify(report()) + '\n')
+    socket.setTimeout(REQUEST_TIMEOUT_MS, () => socket.destroy())
+    let text = ''
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString('utf8')
+      const end = text.indexOf('\n')
+      if (end < 0) {
+        if (text.length > MAX_REQUEST) socket.destroy()
+        return
+      }
+      socket.off('data', onData)
+      void answer(text.slice(0, end), handlers).then((reply) => socket.end(JSON.stringify(reply) + '\n'))
+    }
+    socket.on('data', onData)
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
@@ -23,11 +58,30 @@ export async function startStatusServer(path: string, report: () => StatusReport
   return server
 }
 
-export function queryStatus(path: string, timeoutMs = 3000): Promise<StatusReport> {
+async function answer(line: string, handlers: LocalHandlers): Promise<StatusReport | ReloadAnswer | {ok: false; error: string}> {
+  let request: Request
+  try {
+    request = JSON.parse(line) as Request
+  } catch {
+    return {ok: false, error: 'bad request: not JSON'}
+  }
+  if (request?.op === 'status') return handlers.status()
+  if (request?.op === 'reload') {
+    try {
+      return {ok: true, result: await handlers.reload(typeof request.config === 'string' ? request.config : undefined)}
+    } catch (e) {
+      return {ok: false, error: (e as Error).message}
+    }
+  }
+  return {ok: false, error: `bad request: unknown op ${JSON.stringify((request as {op?: unknown})?.op)}`}
+}
+
+function ask(path: string, request: Request, timeoutMs: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const socket = createConnection(path)
     const chunks: Buffer[] = []
     const timer = setTimeout(() => socket.destroy(new Error(`no answer from ${path} within ${timeoutMs} ms`)), timeoutMs)
+    socket.on('connect', () => socket.write(JSON.stringify(request) + '\n'))
     socket.on('data', (c: Buffer) => chunks.push(c))
     socket.on('error', (e) => {
       clearTimeout(timer)
@@ -36,10 +90,21 @@ export function queryStatus(path: string, timeoutMs = 3000): Promise<StatusRepor
     socket.on('end', () => {
       clearTimeout(timer)
       try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as StatusReport)
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')))
       } catch (e) {
-        reject(new Error(`bad status answer from ${path}: ${(e as Error).message}`))
+        reject(new Error(`bad answer from ${path}: ${(e as Error).message}`))
       }
     })
   })
+}
+
+export async function queryStatus(path: string, timeoutMs = 3000): Promise<StatusReport> {
+  return (await ask(path, {op: 'status'}, timeoutMs)) as StatusReport
+}
+
+/** Asks the instance to reload; rejects with its refusal. */
+export async function requestReload(path: string, config: string | undefined, timeoutMs = 30_000): Promise<ReloadResult> {
+  const reply = (await ask(path, {op: 'reload', ...(config === undefined ? {} : {config})}, timeoutMs)) as ReloadAnswer
+  if (!reply.ok) throw new Error(reply.error)
+  return reply.result
 }
