@@ -168,9 +168,14 @@ function fakeRunner(
   const num = (a: string) => a.split('.').reduce((acc, o) => acc * 256 + Number(o), 0)
   const conntrack = async (args: readonly string[]): Promise<[string, string, number]> => {
     if (args[0] === '--version') return ['conntrack v1.4.7 (conntrack-tools)\n', '', 0]
-    // -D --orig-src <address> [--mask-src <mask>]
+    // -D|-L --orig-src <address> [--mask-src <mask>]
     const address = args[2]
     const mask = args[3] === '--mask-src' ? num(args[4]) : 0xffffffff
+    if (args[0] === '-L') {
+      const shown = [...flows].filter(([src]) => ((num(src) & mask) >>> 0) === num(address))
+      const lines = shown.flatMap(([src, count]) => Array.from({length: count}, (_, i) => `tcp      6 431999 ESTABLISHED src=${src} dst=10.99.0.1 sport=${40000 + i} dport=443 src=10.99.0.1 dst=10.0.0.2 sport=443 dport=${40000 + i} [ASSURED] mark=0 use=1\n`))
+      return [lines.join(''), `conntrack v1.4.7 (conntrack-tools): ${lines.length} flow entries have been shown.\n`, 0]
+    }
     inFlight++
     maxInFlight = Math.max(maxInFlight, inFlight)
     await new Promise((r) => setTimeout(r, 1))
@@ -435,8 +440,11 @@ describe('NodeFirewall lifecycle', () => {
     const scattered = Array.from({length: 60}, (_, i) => `10.8.0.${2 * i + 1}`)
     const fw = new NodeFirewall({...SPEC, admitted: scattered}, {runner: fake.runner})
     await fw.apply()
+    for (const a of scattered) fake.flows.set(a, 1)
     await fw.setAdmitted([])
+    expect(fake.trace().filter((t) => t.startsWith('conntrack -L'))).toEqual(['conntrack -L --orig-src 10.8.0.0 --mask-src 255.255.255.128'])
     expect(fake.trace().filter((t) => t.startsWith('conntrack -D'))).toHaveLength(60)
+    expect(fake.flows.size).toBe(0)
     expect(fake.maxInFlight()).toBeGreaterThan(1)
     expect(fake.maxInFlight()).toBeLessThanOrEqual(4)
     expect(await deleteConntrack([], fake.runner)).toEqual([])
@@ -450,12 +458,41 @@ describe('NodeFirewall lifecycle', () => {
     fake.flows.set('10.8.20.20', 1)
     fake.calls.length = 0
     await fw.setAdmitted([])
-    const calls = fake.trace().filter((t) => t.startsWith('conntrack -D'))
-    expect(calls.length).toBeLessThan(20)
-    expect(calls).toContain('conntrack -D --orig-src 10.8.8.0 --mask-src 255.255.248.0')
-    // 10.8.0.0 and 10.8.0.1 (the node's, say) were not withdrawn: no block reaches them.
-    expect(calls.slice(0, 2)).toEqual(['conntrack -D --orig-src 10.8.0.2 --mask-src 255.255.255.254', 'conntrack -D --orig-src 10.8.0.4 --mask-src 255.255.255.252'])
-    expect(calls.some((c) => c.includes('--orig-src 10.8.0.0 '))).toBe(false)
+    // Many blocks: one listing finds the one client with flows, and only it is deleted.
+    expect(fake.trace().filter((t) => t.startsWith('conntrack'))).toEqual(['conntrack -L --orig-src 10.8.0.0 --mask-src 255.255.192.0', 'conntrack -D --orig-src 10.8.20.20'])
+    expect(fake.flows.size).toBe(0)
+  })
+
+  it('withdraws thousands of scattered clients with one listing, and deletes the flows of those that have any', async () => {
+    const fake = fakeRunner()
+    // Hash-scattered, as clients admitted by `any` get them: no two adjacent.
+    const scattered = Array.from({length: 3_000}, (_, i) => `10.8.${(i * 7) >> 7}.${((i * 7) & 127) * 2 + 1}`)
+    const fw = new NodeFirewall({...SPEC, subnet: '10.8.0.0/16', admitted: [...scattered, '10.8.200.1']}, {runner: fake.runner})
+    await fw.apply()
+    fake.flows.set(scattered[10], 2)
+    fake.flows.set(scattered[2_000], 1)
+    fake.flows.set('10.8.200.1', 1) // stays admitted: its flow stays
+    fake.calls.length = 0
+    await fw.changeAdmitted({add: [], del: scattered})
+    expect(fake.trace()).toEqual([
+      'ipset restore -exist',
+      'conntrack -L --orig-src 10.8.0.0 --mask-src 255.255.0.0',
+      `conntrack -D --orig-src ${scattered[10]}`,
+      `conntrack -D --orig-src ${scattered[2_000]}`,
+    ])
+    expect([...fake.flows.keys()]).toEqual(['10.8.200.1'])
+    expect(fw.admitted).toEqual(['10.8.200.1'])
+  })
+
+  it('falls back to one deletion per block when the listing fails', async () => {
+    const fake = fakeRunner()
+    const scattered = Array.from({length: 20}, (_, i) => `10.8.0.${4 * i + 1}`)
+    const runner: Runner = (cmd, args, o) => (cmd === 'conntrack' && args[0] === '-L' ? Promise.resolve({stdout: '', stderr: 'conntrack: Operation not permitted\n', code: 1}) : fake.runner(cmd, args, o))
+    const fw = new NodeFirewall({...SPEC, admitted: scattered}, {runner})
+    await fw.apply()
+    fake.flows.set(scattered[3], 1)
+    await fw.setAdmitted([])
+    expect(fake.trace().filter((t) => t.startsWith('conntrack -D'))).toHaveLength(20)
     expect(fake.flows.size).toBe(0)
   })
 

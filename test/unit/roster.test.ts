@@ -128,33 +128,39 @@ describe('address pool', () => {
 })
 
 describe('admission coalescing', () => {
-  it('runs one apply at a time and folds the changes made meanwhile into one more', async () => {
-    const applied: string[][] = []
+  it('runs one apply at a time and folds the changes made meanwhile into one more, the last word per address winning', async () => {
+    const applied: Array<{add: readonly string[]; del: readonly string[]}> = []
     let release!: () => void
-    let desired = ['10.8.0.2']
     const target = {
-      setAdmitted: async (list: readonly string[]) => {
-        applied.push([...list])
+      changeAdmitted: async (change: {add: readonly string[]; del: readonly string[]}) => {
+        applied.push(change)
         if (applied.length === 1) await new Promise<void>((r) => (release = r))
       },
     }
-    const a = new Admission(target, () => desired, () => true)
-    const first = a.update()
+    const a = new Admission(target, () => true)
+    const first = a.admit('10.8.0.2')
     await new Promise((r) => setTimeout(r, 0))
-    desired = ['10.8.0.2', '10.8.0.3']
-    const second = a.update()
-    desired = ['10.8.0.2', '10.8.0.3', '10.8.0.4']
-    const third = a.update()
+    const second = a.admit('10.8.0.3')
+    const third = a.withdraw('10.8.0.2')
+    const fourth = a.admit('10.8.0.4')
+    a.withdraw('10.8.0.5')
+    a.admit('10.8.0.5') // went and came back: admitted
     expect(second).toBe(third)
+    expect(third).toBe(fourth)
     release()
-    await Promise.all([first, second, third])
-    expect(applied).toEqual([['10.8.0.2'], ['10.8.0.2', '10.8.0.3', '10.8.0.4']])
+    await Promise.all([first, second, third, fourth])
+    expect(applied).toEqual([
+      {add: ['10.8.0.2'], del: []},
+      {add: ['10.8.0.3', '10.8.0.4', '10.8.0.5'], del: ['10.8.0.2']},
+    ])
+    await a.update() // nothing pending: no call
+    expect(applied).toHaveLength(2)
   })
 
   it('applies nothing once the node is stopping', async () => {
     const applied: unknown[] = []
-    const a = new Admission({setAdmitted: async (l) => void applied.push(l)}, () => ['10.8.0.2'], () => false)
-    await a.update()
+    const a = new Admission({changeAdmitted: async (c) => void applied.push(c)}, () => false)
+    await a.admit('10.8.0.2')
     expect(applied).toHaveLength(0)
   })
 })
@@ -211,14 +217,13 @@ describe('admission and flow deletion', () => {
     const {FlowDeletionError} = await import('../../src/core/firewall/index.js')
     const reported: string[] = []
     const a = new Admission(
-      {setAdmitted: async () => Promise.reject(new FlowDeletionError('conntrack -D failed', ['10.8.0.9']))},
-      () => [],
+      {changeAdmitted: async () => Promise.reject(new FlowDeletionError('conntrack -D failed', ['10.8.0.9']))},
       () => true,
       (e) => reported.push(e.message),
     )
-    await expect(a.update()).resolves.toBeUndefined()
+    await expect(a.withdraw('10.8.0.9')).resolves.toBeUndefined()
     expect(reported).toEqual(['conntrack -D failed'])
-    const failing = new Admission({setAdmitted: async () => Promise.reject(new Error('ipset restore rejected line 1'))}, () => [], () => true)
-    await expect(failing.update()).rejects.toThrow(/line 1/)
+    const failing = new Admission({changeAdmitted: async () => Promise.reject(new Error('ipset restore rejected line 1'))}, () => true)
+    await expect(failing.admit('10.8.0.2')).rejects.toThrow(/line 1/)
   })
 })

@@ -165,6 +165,35 @@ export function flowBlocks(addresses: readonly string[]): FlowBlock[] {
   return out
 }
 
+/**
+ * `conntrack -L` arguments listing the entries whose original source is in the smallest
+ * aligned block covering all of `addresses` (at least one): the one walk that finds which of
+ * many withdrawn clients have any flow at all.
+ */
+export function conntrackListArgs(addresses: readonly string[]): string[] {
+  const nums = addresses.map(canonical)
+  const lo = nums.reduce((a, b) => Math.min(a, b))
+  const hi = nums.reduce((a, b) => Math.max(a, b))
+  let prefix = 32
+  let net = lo
+  while (prefix > 0 && net + 2 ** (32 - prefix) - 1 < hi) {
+    prefix--
+    net = (lo & prefixMask(prefix)) >>> 0
+  }
+  const args = ['-L', '--orig-src', formatIpv4(net)]
+  return prefix === 32 ? args : [...args, '--mask-src', formatIpv4(prefixMask(prefix))]
+}
+
+/**
+ * The original sources in `conntrack -L` output: each entry's first `src=` is its original
+ * direction's source ("tcp 6 431999 ESTABLISHED src=10.8.0.2 dst=... sport=... src=... ...").
+ */
+export function conntrackSources(text: string): Set<string> {
+  const out = new Set<string>()
+  for (const m of text.matchAll(/^[^\n]*?\bsrc=(\d{1,3}(?:\.\d{1,3}){3})\b/gm)) out.add(m[1])
+  return out
+}
+
 /** `conntrack` arguments deleting every entry whose original source is in the block. */
 export function conntrackDeleteArgs(block: FlowBlock): string[] {
   const args = ['-D', '--orig-src', block.address]

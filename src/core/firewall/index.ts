@@ -36,5 +36,6 @@ export {
   iptablesSave,
   removeFirewall,
   restore,
+  type AdmissionChange,
   type FirewallOptions,
 } from './iptables.js'

@@ -19,11 +19,13 @@
  * before the chains and removal deletes the chains before the set.
  */
 import {setTimeout as sleep} from 'node:timers/promises'
-import {parseIpv4} from '../net/ipv4.js'
+import {cidrContains, formatIpv4, parseCidr, parseIpv4, type Ipv4Cidr} from '../net/ipv4.js'
 import {CommandError, CommandNotFoundError, run, type RunOptions, type RunResult, type Runner} from '../sys/run.js'
 import {
   conntrackDeleteArgs,
   conntrackDeleteOk,
+  conntrackListArgs,
+  conntrackSources,
   createSetArgs,
   diffAdmitted,
   flowBlocks,
@@ -33,6 +35,7 @@ import {
   parseSetSave,
   renderSetChanges,
   SET_IN_USE,
+  SET_MAXELEM,
   SET_MISSING,
   type FlowBlock,
   type SetDiff,
@@ -141,33 +144,45 @@ export class FlowDeletionError extends Error {
  */
 const FLOW_DELETE_CONCURRENCY = 4
 
+/** A change to the admitted clients: addresses to admit and to withdraw. */
+export interface AdmissionChange {
+  add: readonly string[]
+  del: readonly string[]
+}
+
 /**
  * The firewall of one node instance. Rules and set exist between apply() and remove();
- * setAdmitted() only changes the desired list while they do not, so a late callback after
- * shutdown cannot recreate them. Calls are serialised: overlapping setAdmitted() calls apply in
- * call order.
+ * setAdmitted() and changeAdmitted() only change the intended members while they do not, so a
+ * late callback after shutdown cannot recreate them. Calls are serialised: overlapping calls
+ * apply in call order.
  *
- * While installed, `spec.admitted` is what the kernel set holds (unless `setKnown` is false
- * after a failed change), so setAdmitted() diffs in memory and never lists the set: a change of
- * one address among 10,000 is one `ipset restore` of one line.
+ * `members` is the set the kernel should hold, as numbers. While installed and `setKnown`, the
+ * kernel holds exactly that, so a change is worked out in memory and never lists the set: one
+ * client among 10,000 is one line of `ipset restore`, and changeAdmitted() costs the size of the
+ * change, not of the roster (a reconnect storm makes thousands of them).
  */
 export class NodeFirewall {
   private spec: NormalizedSpec
   private readonly runner: Runner
+  private readonly subnet: Ipv4Cidr
   private installed = false
-  /** spec.admitted is what the kernel set holds; false after a failed change, until re-read. */
+  /** The kernel set holds exactly `members`; false after a failed change, until re-read. */
   private setKnown = false
+  private members: Set<number>
   /** Withdrawn addresses whose conntrack entries are still to be deleted. */
-  private unflushed = new Set<string>()
+  private unflushed = new Set<number>()
   private queue: Promise<unknown> = Promise.resolve()
 
   constructor(spec: FirewallSpec, opts: FirewallOptions = {}) {
     this.spec = normalizeSpec(spec)
+    this.subnet = parseCidr(this.spec.subnet)!
+    this.members = new Set(this.spec.admitted.map((a) => parseIpv4(a)!))
     this.runner = opts.runner ?? run
   }
 
-  get admitted(): readonly string[] {
-    return this.spec.admitted
+  /** The admitted addresses, numerically sorted. */
+  get admitted(): string[] {
+    return [...this.members].sort((a, b) => a - b).map(formatIpv4)
   }
 
   /**
@@ -180,10 +195,10 @@ export class NodeFirewall {
       this.setKnown = false
       // Checked up front: without it withdrawals could not cut flows, and every one would fail.
       await tool(this.runner, 'conntrack', ['--version'])
-      const change = await applyAtomically(this.spec, this.runner)
+      const change = await applyAtomically({...this.spec, admitted: this.admitted}, this.runner)
       this.installed = true
       this.setKnown = true
-      await this.deleteFlows(change.del)
+      await this.deleteFlows(change.del.map((a) => parseIpv4(a)!))
     })
   }
 
@@ -195,27 +210,32 @@ export class NodeFirewall {
    */
   async setAdmitted(addresses: readonly string[]): Promise<void> {
     // Validated at call time, so a bad list fails its own call and never reaches the queue.
-    const admitted = normalizeAdmitted(addresses, this.spec.subnet)
+    const desired = new Set(normalizeAdmitted(addresses, this.spec.subnet).map((a) => parseIpv4(a)!))
     return this.serial(async () => {
-      if (!this.installed) {
-        this.spec = {...this.spec, admitted}
-        return
-      }
-      const set = setName(this.spec.instance)
-      const current = this.setKnown ? this.spec.admitted : await readMembers(set, this.runner)
-      const change = diffAdmitted(current, admitted)
-      try {
-        await setRestore(set, renderSetChanges(set, change), this.runner)
-      } catch (err) {
-        // Some prefix of the change may be in: read the set back next time, and remember whom
-        // we meant to withdraw, to delete their flows once they are out of the set.
-        this.setKnown = false
-        for (const a of change.del) this.unflushed.add(a)
-        throw err
-      }
-      this.setKnown = true
-      this.spec = {...this.spec, admitted}
-      await this.deleteFlows(change.del)
+      const add = [...desired].filter((n) => !this.members.has(n))
+      const del = [...this.members].filter((n) => !desired.has(n))
+      await this.change(add, del)
+    })
+  }
+
+  /**
+   * Admits `change.add` and withdraws `change.del`, as setAdmitted() would with the whole list
+   * but at the cost of the change alone. Adding a member or withdrawing a non-member does
+   * nothing. An address in both is refused: the caller means one or the other.
+   */
+  async changeAdmitted(change: AdmissionChange): Promise<void> {
+    // Checked before anything is queued: a bad change fails its own call and changes nothing.
+    const add = this.checked(change.add)
+    const del = this.checked(change.del)
+    const dels = new Set(del)
+    const both = add.find((n) => dels.has(n))
+    if (both !== undefined) throw new Error(`client address ${formatIpv4(both)} is both admitted and withdrawn in one change`)
+    return this.serial(async () => {
+      const fresh = add.filter((n) => !this.members.has(n))
+      const grow = new Set(fresh).size - del.filter((n) => this.members.has(n)).length
+      // ipset would refuse the add past maxelem ("Hash is full") after applying part of it.
+      if (this.members.size + grow > SET_MAXELEM) throw new Error(`${this.members.size + grow} client addresses exceed the admission set's limit of ${SET_MAXELEM}`)
+      await this.change(fresh, del.filter((n) => this.members.has(n)))
     })
   }
 
@@ -229,22 +249,65 @@ export class NodeFirewall {
     })
   }
 
+  /** Parses addresses of a change; each must be in the tunnel subnet. */
+  private checked(addresses: readonly string[]): number[] {
+    return addresses.map((a) => {
+      const n = parseIpv4(a)
+      if (n === undefined) throw new Error(`invalid client address ${JSON.stringify(a)}: expected an IPv4 address`)
+      // Clients get addresses from the subnet; anything else is a caller bug, not a rule to add.
+      if (!cidrContains(this.subnet, n)) throw new Error(`client address ${a} is outside the tunnel subnet ${this.spec.subnet}`)
+      return n
+    })
+  }
+
+  /**
+   * Moves `members` by the change (adds not members, dels members) and, once installed, the
+   * kernel set with it. A change the kernel refused is taken back from `members`: the kernel may
+   * hold part of it, so the next change reads the set back and repairs that too.
+   */
+  private async change(add: readonly number[], del: readonly number[]): Promise<void> {
+    for (const n of del) this.members.delete(n)
+    for (const n of add) this.members.add(n)
+    if (!this.installed) return
+    const set = setName(this.spec.instance)
+    let diff: SetDiff
+    if (this.setKnown) {
+      const order = (xs: readonly number[]) => [...xs].sort((a, b) => a - b).map(formatIpv4)
+      diff = {add: order(add), del: order(del)}
+    } else {
+      // Some earlier change failed part-way: the kernel's set is what it is, bring it to ours.
+      diff = diffAdmitted(await readMembers(set, this.runner), this.admitted)
+    }
+    try {
+      await setRestore(set, renderSetChanges(set, diff), this.runner)
+    } catch (err) {
+      // Some prefix of the change may be in: read the set back next time, and remember whom
+      // we meant to withdraw, to delete their flows once they are out of the set.
+      this.setKnown = false
+      for (const n of add) this.members.delete(n)
+      for (const n of del) this.members.add(n)
+      for (const a of diff.del) this.unflushed.add(parseIpv4(a)!)
+      throw err
+    }
+    this.setKnown = true
+    await this.deleteFlows(diff.del.map((a) => parseIpv4(a)!))
+  }
+
   /**
    * Deletes the conntrack entries of `withdrawn` and of earlier withdrawals that failed, except
    * addresses admitted again since (their flows are the new session's now). Runs only after the
    * addresses left the set: a packet arriving in between is dropped by the chain, and the
    * entry it would create is never confirmed.
    */
-  private async deleteFlows(withdrawn: readonly string[]): Promise<void> {
-    for (const a of withdrawn) this.unflushed.add(a)
+  private async deleteFlows(withdrawn: readonly number[]): Promise<void> {
+    for (const n of withdrawn) this.unflushed.add(n)
     if (this.unflushed.size === 0) return
-    const admitted = new Set(this.spec.admitted)
-    const todo = [...this.unflushed].filter((a) => !admitted.has(a))
+    const todo = [...this.unflushed].filter((n) => !this.members.has(n)).map(formatIpv4)
     const failed = await deleteConntrack(todo, this.runner)
-    this.unflushed = new Set(failed.map((f) => f.address))
+    this.unflushed = new Set(failed.map((f) => parseIpv4(f.address)!))
     if (failed.length > 0) {
       const detail = [...new Set(failed.map((f) => f.message))].join('; ')
-      throw new FlowDeletionError(`withdrew ${todo.length} client(s) but could not delete the conntrack entries of ${failed.map((f) => f.address).join(', ')}: ${detail}`, [...this.unflushed])
+      throw new FlowDeletionError(`withdrew ${todo.length} client(s) but could not delete the conntrack entries of ${failed.map((f) => f.address).join(', ')}: ${detail}`, failed.map((f) => f.address))
     }
   }
 
@@ -453,14 +516,34 @@ function ipsetFailure(args: readonly string[], res: RunResult): Error {
 }
 
 /**
+ * Past this many blocks to delete, one `conntrack -L` first finds which addresses have any
+ * entry at all: a mass withdrawal (a node stopping, a network outage ending thousands of
+ * sessions) of hash-scattered addresses is thousands of blocks, each a walk of the kernel's
+ * table and a process started, while most clients that go have no flow left.
+ */
+const FLOW_LIST_OVER = 8
+
+/**
  * Deletes every conntrack entry whose original source is one of `addresses`: `conntrack -D
  * --orig-src` per block of flowBlocks() (a single address, or a run with --mask-src), a few at a
  * time. Every flow a client has through the node (forwarded or to the node itself) was started
  * by it, so its address is the original source of all of them, NATed or not. Returns the
  * addresses whose deletion failed, with the reason; rejects if conntrack is not installed.
+ *
+ * Many blocks: one listing first, then only the addresses it shows. The addresses are out of
+ * the admission set already, so no new entry of theirs can be confirmed after the listing.
  */
 export async function deleteConntrack(addresses: readonly string[], runner: Runner = run): Promise<Array<{address: string; message: string}>> {
-  const blocks = flowBlocks(addresses)
+  let blocks = flowBlocks(addresses)
+  if (blocks.length > FLOW_LIST_OVER) {
+    const args = conntrackListArgs(addresses)
+    const res = await tool(runner, 'conntrack', args, {allowFail: true})
+    if (res.code === 0) {
+      const tracked = conntrackSources(res.stdout)
+      blocks = flowBlocks(addresses.filter((a) => tracked.has(a)))
+    }
+    // A listing that failed proves nothing: delete block by block, as with a few.
+  }
   const failed: Array<{index: number; block: FlowBlock; message: string}> = []
   let next = 0
   const worker = async () => {

@@ -227,13 +227,13 @@ export class NodeAgent {
           return a.ok ? null : a.reason
         },
         addressFor: (name) => this.pool.assign(name),
-        admittedChanged: () => this.admission!.update(),
+        admit: (address) => this.admission!.admit(address),
+        withdraw: (address) => this.admission!.withdraw(address),
         closing: () => this.closing,
       })
       this.sessions = sessions
       this.admission = new Admission(
         firewall,
-        () => sessions.admittedAddresses(),
         () => !this.closing,
         (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`),
       )

@@ -4,9 +4,10 @@
  * longer admits it. One session per client name; a new connection of the same client replaces
  * the old one only once the new session is in place.
  *
- * What it is told from outside: which tunnel address a client gets (the address pool), that the
- * admitted set changed (admission, which updates the firewall and resolves once it has), and
- * whether the node is closing. It knows nothing of the roster's sources or the firewall.
+ * What it is told from outside: which tunnel address a client gets (the address pool), and
+ * whether the node is closing. What it tells: which address to admit and withdraw (admission,
+ * which updates the firewall and resolves once it has). It knows nothing of the roster's
+ * sources or the firewall.
  */
 import {randomInt} from 'node:crypto'
 import type {TLSSocket} from 'node:tls'
@@ -62,8 +63,10 @@ export interface SessionsOptions {
   check(identity: ClientIdentity): string | null
   /** The client's tunnel address, or undefined when the pool has none left. */
   addressFor(name: string): string | undefined
-  /** The set of clients with a live session changed: resolves once the firewall follows it. */
-  admittedChanged(): Promise<void>
+  /** A client's session is on the data path: resolves once the firewall admits its address. */
+  admit(address: string): Promise<void>
+  /** A client's session ended: resolves once the firewall has withdrawn its address. */
+  withdraw(address: string): Promise<void>
   /** The node is stopping: no new sessions, no firewall changes. */
   closing(): boolean
 }
@@ -84,13 +87,6 @@ export class NodeSessions {
   /** Whether the client has a session on the data path now. */
   isConnected(name: string): boolean {
     return this.sessions.get(name)?.peer != null
-  }
-
-  /** Tunnel addresses of the clients with a live session (what the firewall admits). */
-  admittedAddresses(): string[] {
-    const out: string[] = []
-    for (const s of this.sessions.values()) if (s.peer !== null) out.push(s.peer.addressText)
-    return out
   }
 
   /**
@@ -242,7 +238,7 @@ export class NodeSessions {
       datapath.hasFastPath() &&
       recordsPossible(conn.socket, this.o.mtu + STREAM_FRAME_SLACK)
     this.o
-      .admittedChanged()
+      .admit(address)
       .then(() => {
         // Cut (roster change, replaced) while the firewall was being updated: say nothing more.
         if (conn.isClosed || client.peer !== peer) return
@@ -325,12 +321,15 @@ export class NodeSessions {
     peer.session.close()
     for (const id of client.ids.owned) this.sessionIds.delete(id)
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
-    if (this.sessions.get(client.name) === client) {
+    const current = this.sessions.get(client.name)
+    if (current === client) {
       this.sessions.delete(client.name)
-      if (!this.o.closing()) {
-        this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
-        this.o.admittedChanged().catch((e: Error) => this.o.log.error(`could not update the admitted set: ${e.message}`))
-      }
+      if (!this.o.closing()) this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
+    }
+    // A session replaced by one of the same client at the same address leaves it admitted;
+    // at another address (a static address moved), the old one goes.
+    if (!this.o.closing() && current?.peer?.address !== peer.address) {
+      this.o.withdraw(peer.addressText).catch((e: Error) => this.o.log.error(`could not withdraw ${peer.addressText} from the admitted set: ${e.message}`))
     }
   }
 
