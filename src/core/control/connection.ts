@@ -44,13 +44,16 @@ export class ControlConnection {
   private native: NativeStream | null = null
   /** Kept once Node's socket is let go (native records): it can no longer be asked. */
   private remoteText: string | null = null
+  /** Node's TLS socket; null once released to native records, so its objects can be collected. */
+  private tls: TLSSocket | null
   handlers: ConnectionHandlers
 
   constructor(
-    readonly socket: TLSSocket,
+    socket: TLSSocket,
     private readonly maxData: number,
     handlers: ConnectionHandlers,
   ) {
+    this.tls = socket
     this.handlers = handlers
     this.decoder = new FrameDecoder(maxData, this.onFrame)
     socket.setNoDelay(true)
@@ -58,6 +61,20 @@ export class ControlConnection {
     socket.on('end', () => this.close(this.decoder.pending > 0 ? 'peer closed mid-frame' : 'peer closed the connection'))
     socket.on('error', (e: NodeJS.ErrnoException) => this.close(e.message, e))
     socket.on('close', () => this.close('connection closed'))
+  }
+
+  /**
+   * Node's TLS socket, for what only it can do before native records (keying material, a
+   * stream link). Throws once released: from then on the connection is the native stream's.
+   */
+  get socket(): TLSSocket {
+    if (this.tls === null) throw new Error("Node's TLS socket was released to native records")
+    return this.tls
+  }
+
+  /** Half-closes the connection after what was sent (a refusal): the peer reads it, then EOF. */
+  end(): void {
+    this.tls?.end()
   }
 
   get remote(): string {
@@ -122,10 +139,12 @@ export class ControlConnection {
    * drop it): on the client after the hello was answered, on the node after the welcome was.
    */
   private releaseSocket(): void {
-    if (this.socket.destroyed) return
-    this.socket.removeAllListeners()
-    this.socket.on('error', () => {})
-    this.socket.destroy()
+    const socket = this.tls
+    if (socket === null) return
+    this.tls = null
+    socket.removeAllListeners()
+    socket.on('error', () => {})
+    socket.destroy()
   }
 
   /**
@@ -168,7 +187,7 @@ export class ControlConnection {
     this.closed = true
     this.stopTimers()
     this.native?.close()
-    this.socket.destroy()
+    this.tls?.destroy()
     this.handlers.onClose(reason, error)
   }
 

@@ -289,7 +289,7 @@ export class NodeSessions {
     client.refused = true
     this.o.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`)
     client.conn.send({type: 'refused', reason})
-    client.conn.socket.end()
+    client.conn.end()
     setTimeout(() => client.conn.close('refused'), REFUSAL_LINGER_MS).unref()
   }
 
@@ -306,7 +306,7 @@ export class NodeSessions {
     if (!refuse) return client.conn.close(reason)
     client.refused = true
     client.conn.send({type: 'refused', reason})
-    client.conn.socket.end()
+    client.conn.end()
     setTimeout(() => client.conn.close(reason), REFUSAL_LINGER_MS).unref()
   }
 
