@@ -221,6 +221,10 @@ describe('revocation', () => {
     const st = await nodeStatus()
     expect(st.roster.revoked).toBe(1)
     expect(st.roster.crl?.error).toBeTruthy()
+    // A reload that changes no field still re-reads the CRL, and refuses this one.
+    const reload = await fleet.cli(tb.names.node, ['reload', '--config', config()])
+    expect(reload.code).toBe(1)
+    expect(reload.stderr).toMatch(/CRL \S+ is not applied \(the node still enforces the last good one\)/)
     writeFileSync(join(fleet.pki, 'crl.pem'), good)
     const bob = track(await fleet.startClient('bob', 1, {wait: null}))
     expect(await bob.exited).not.toBe(0)

@@ -355,7 +355,7 @@ describe('NodeFirewall lifecycle', () => {
     expect(calls).toEqual([])
   })
 
-  it('after a failed ipset restore keeps the previous list, reads the set back, and still cuts the withdrawn flows', async () => {
+  it('after a failed ipset restore keeps the withdrawals, drops the additions, reads the set back, and still cuts the withdrawn flows', async () => {
     let failing = false
     const fake = fakeRunner({
       // What the real ipset does: lines before the failing one applied, the rest not.
@@ -375,7 +375,7 @@ describe('NodeFirewall lifecycle', () => {
     expect(err).toBeInstanceOf(FirewallError)
     expect(err.message).toBe('ipset restore rejected line 2 (add agent-n1 10.8.0.3) of the changes to agent-n1: Hash is full, cannot add more elements')
     expect(err.line).toBe(2)
-    expect(fw.admitted).toEqual(['10.8.0.2'])
+    expect(fw.admitted).toEqual([]) // 10.8.0.2 is withdrawn whatever the kernel took; 10.8.0.3 was refused
     expect([...sets.get('agent-n1')!.members]).toEqual([]) // the del went in, the add did not
     expect(flows.get('10.8.0.2')).toBe(3) // not deleted yet: it was not known to be out of the set
     failing = false
@@ -389,6 +389,54 @@ describe('NodeFirewall lifecycle', () => {
     calls.length = 0
     await fw.setAdmitted(['10.8.0.5'])
     expect(trace()).toEqual(['ipset restore -exist', 'conntrack -D --orig-src 10.8.0.4']) // trusted again
+  })
+
+  it('a withdrawal in a refused change is not undone by the next change, even an empty one', async () => {
+    let failing = false
+    const fake = fakeRunner({
+      // The del line fails before reaching the kernel: nothing of the change is in.
+      ipsetRestoreFails: () => (failing ? 'ipset v7.17: Error in line 1: Cannot allocate memory\n' : undefined),
+    })
+    const {runner, sets, flows, trace, calls} = fake
+    const fw = new NodeFirewall({...SPEC, admitted: ['10.8.0.5']}, {runner})
+    await fw.apply()
+    flows.set('10.8.0.5', 1)
+    failing = true
+    await expect(fw.changeAdmitted({add: ['10.8.0.9'], del: ['10.8.0.5']})).rejects.toThrow(/Cannot allocate memory/)
+    expect([...sets.get('agent-n1')!.members]).toEqual(['10.8.0.5']) // still in the kernel
+    expect(fw.admitted).toEqual([])
+    failing = false
+    calls.length = 0
+    await fw.changeAdmitted({add: [], del: []}) // a retry: read back, repaired, flows cut
+    expect(trace()).toEqual(['ipset save agent-n1', 'ipset restore -exist', 'conntrack -D --orig-src 10.8.0.5'])
+    expect(calls[1].input).toBe('del agent-n1 10.8.0.5\n')
+    expect([...sets.get('agent-n1')!.members]).toEqual([])
+    expect(flows.size).toBe(0)
+  })
+
+  it('renews an address passed to another client: it stays in the set, the old holder\'s flows go', async () => {
+    const {runner, sets, flows, trace, calls} = fakeRunner()
+    const fw = new NodeFirewall({...SPEC, admitted: ['10.8.0.5', '10.8.0.6']}, {runner})
+    await fw.apply()
+    flows.set('10.8.0.5', 2)
+    flows.set('10.8.0.6', 1)
+    calls.length = 0
+    await fw.changeAdmitted({add: ['10.8.0.5'], del: [], renew: ['10.8.0.5']})
+    expect(trace()).toEqual(['conntrack -D --orig-src 10.8.0.5'])
+    expect([...sets.get('agent-n1')!.members].sort()).toEqual(['10.8.0.5', '10.8.0.6'])
+    expect([...flows.keys()]).toEqual(['10.8.0.6'])
+    await expect(fw.changeAdmitted({add: [], del: ['10.8.0.6'], renew: ['10.8.0.6']})).rejects.toThrow('client address 10.8.0.6 is both admitted and withdrawn in one change')
+  })
+
+  it('past the set\'s limit refuses the additions but still makes the withdrawals', async () => {
+    const {runner, sets} = fakeRunner()
+    const full = Array.from({length: 65_536}, (_, i) => `10.${8 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`)
+    const fw = new NodeFirewall({...SPEC, subnet: '10.8.0.0/15', admitted: full}, {runner})
+    await fw.apply()
+    await expect(fw.changeAdmitted({add: ['10.9.0.1', '10.9.0.2'], del: ['10.8.0.7']})).rejects.toThrow("65537 client addresses exceed the admission set's limit of 65536")
+    expect(sets.get('agent-n1')!.members.has('10.8.0.7')).toBe(false)
+    expect(sets.get('agent-n1')!.members.size).toBe(65_535)
+    expect(fw.admitted).toHaveLength(65_535)
   })
 
   it('deletes withdrawn clients\' conntrack entries, taking "0 flow entries" as done', async () => {

@@ -2,10 +2,10 @@
  * The node's roster (who may connect), its address pool (who gets which tunnel address while
  * the roster changes), admission coalescing, and what a reload may change live.
  */
-import {describe, expect, it} from 'vitest'
+import {describe, expect, it, vi} from 'vitest'
 import {Roster, type ClientIdentity, type RosterChange} from '../../src/core/node/roster.js'
 import {AddressPool} from '../../src/core/node/address-pool.js'
-import {Admission} from '../../src/core/node/admission.js'
+import {Admission, ADMISSION_RETRY_MS} from '../../src/core/node/admission.js'
 import {changedPaths, classifyChange, refusedMessage} from '../../src/core/config/live-change.js'
 import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 import type {ResolvedNodeConfig} from '../../src/core/config/index.js'
@@ -138,20 +138,20 @@ describe('admission coalescing', () => {
       },
     }
     const a = new Admission(target, () => true)
-    const first = a.admit('10.8.0.2')
+    const first = a.admit('10.8.0.2', 'alice')
     await new Promise((r) => setTimeout(r, 0))
-    const second = a.admit('10.8.0.3')
-    const third = a.withdraw('10.8.0.2')
-    const fourth = a.admit('10.8.0.4')
-    a.withdraw('10.8.0.5')
-    a.admit('10.8.0.5') // went and came back: admitted
+    const second = a.admit('10.8.0.3', 'bob')
+    const third = a.withdraw('10.8.0.2', 'alice')
+    const fourth = a.admit('10.8.0.4', 'carol')
+    a.withdraw('10.8.0.5', 'dave')
+    a.admit('10.8.0.5', 'dave') // dave reconnected: admitted, his flows kept
     expect(second).toBe(third)
     expect(third).toBe(fourth)
     release()
     await Promise.all([first, second, third, fourth])
     expect(applied).toEqual([
-      {add: ['10.8.0.2'], del: []},
-      {add: ['10.8.0.3', '10.8.0.4', '10.8.0.5'], del: ['10.8.0.2']},
+      {add: ['10.8.0.2'], del: [], renew: []},
+      {add: ['10.8.0.3', '10.8.0.4', '10.8.0.5'], del: ['10.8.0.2'], renew: []},
     ])
     await a.update() // nothing pending: no call
     expect(applied).toHaveLength(2)
@@ -160,8 +160,65 @@ describe('admission coalescing', () => {
   it('applies nothing once the node is stopping', async () => {
     const applied: unknown[] = []
     const a = new Admission({changeAdmitted: async (c) => void applied.push(c)}, () => false)
-    await a.admit('10.8.0.2')
+    await a.admit('10.8.0.2', 'alice')
     expect(applied).toHaveLength(0)
+  })
+
+  it('renews an address withdrawn from one client and admitted for another in the same batch', async () => {
+    const applied: unknown[] = []
+    let release!: () => void
+    const a = new Admission(
+      {
+        changeAdmitted: async (c) => {
+          applied.push(c)
+          if (applied.length === 1) await new Promise<void>((r) => (release = r))
+        },
+      },
+      () => true,
+    )
+    const first = a.admit('10.8.0.9', 'zed')
+    await new Promise((r) => setTimeout(r, 0))
+    a.withdraw('10.8.0.5', 'alice')
+    a.admit('10.8.0.5', 'bob') // alice's address, now bob's: her flows must not become his
+    a.withdraw('10.8.0.5', 'bob')
+    const last = a.admit('10.8.0.5', 'bob') // and bob flapped: still renewed
+    release()
+    await Promise.all([first, last])
+    expect(applied[1]).toEqual({add: ['10.8.0.5'], del: [], renew: ['10.8.0.5']})
+  })
+
+  it('retries a failed apply until the firewall takes it, and stops retrying when settled', async () => {
+    vi.useFakeTimers()
+    try {
+      const calls: unknown[] = []
+      let fail = 2
+      const errors: string[] = []
+      const a = new Admission(
+        {
+          changeAdmitted: async (c) => {
+            calls.push(c)
+            if (fail-- > 0) throw new Error('ipset restore rejected line 1')
+          },
+        },
+        () => true,
+        () => {},
+        (e) => errors.push(e.message),
+      )
+      await expect(a.withdraw('10.8.0.5', 'alice')).rejects.toThrow(/line 1/)
+      await vi.advanceTimersByTimeAsync(ADMISSION_RETRY_MS)
+      await vi.advanceTimersByTimeAsync(ADMISSION_RETRY_MS)
+      expect(calls).toEqual([{add: [], del: ['10.8.0.5'], renew: []}, {add: [], del: [], renew: []}, {add: [], del: [], renew: []}])
+      expect(errors).toHaveLength(2)
+      await vi.advanceTimersByTimeAsync(5 * ADMISSION_RETRY_MS)
+      expect(calls).toHaveLength(3) // it worked: no more retries
+      fail = 1
+      await expect(a.admit('10.8.0.6', 'bob')).rejects.toThrow(/line 1/)
+      await a.settled()
+      await vi.advanceTimersByTimeAsync(5 * ADMISSION_RETRY_MS)
+      expect(calls).toHaveLength(4)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
 
@@ -225,5 +282,20 @@ describe('admission and flow deletion', () => {
     expect(reported).toEqual(['conntrack -D failed'])
     const failing = new Admission({changeAdmitted: async () => Promise.reject(new Error('ipset restore rejected line 1'))}, () => true)
     await expect(failing.admit('10.8.0.2')).rejects.toThrow(/line 1/)
+  })
+})
+
+describe('CRL replacement', () => {
+  it('refuses a CRL older than the one enforced, or one with no number after a numbered one', async () => {
+    const {RevocationWatch} = await import('../../src/core/node/revocations.js')
+    const log = {info: () => {}, warn: () => {}, error: () => {}, debug: () => {}} as never
+    const w = new RevocationWatch('/nonexistent/crl.pem', '', log, () => {})
+    const list = (number?: bigint) => ({revoked: new Set<string>(), number, thisUpdate: new Date(), issuer: 'CN=ca', file: 'crl.pem', caFingerprint: ''}) as never
+    expect(w.refusal(list(3n))).toBeUndefined() // nothing enforced yet
+    ;(w as unknown as {list: unknown}).list = list(5n)
+    expect(w.refusal(list(5n))).toBeUndefined()
+    expect(w.refusal(list(6n))).toBeUndefined()
+    expect(w.refusal(list(4n))).toBe('it is CRL #4, older than the #5 already enforced')
+    expect(w.refusal(list(undefined))).toBe('it has no CRL number, and CRL #5 is already enforced')
   })
 })

@@ -166,7 +166,9 @@ export class ClientAgent {
             .then(() => this.onWelcome(conn, m, early))
             .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
+          // Nothing more will come: close now rather than wait for the node to.
           refusal = m.reason
+          conn.close('refused by the node')
         } else if (m.type === 'transport' && welcomed) {
           // The session opens once the tunnel is set up: hold what arrives meanwhile.
           if (this.conn !== conn) return

@@ -148,6 +148,12 @@ const FLOW_DELETE_CONCURRENCY = 4
 export interface AdmissionChange {
   add: readonly string[]
   del: readonly string[]
+  /**
+   * Addresses (in `add`, or members already) that passed to another client since the firewall
+   * last heard of them: admitted, but the flows of whoever held them before are deleted, as
+   * for a withdrawal, so the new holder does not inherit them.
+   */
+  renew?: readonly string[]
 }
 
 /**
@@ -160,6 +166,10 @@ export interface AdmissionChange {
  * kernel holds exactly that, so a change is worked out in memory and never lists the set: one
  * client among 10,000 is one line of `ipset restore`, and changeAdmitted() costs the size of the
  * change, not of the roster (a reconnect storm makes thousands of them).
+ *
+ * A change the kernel refused keeps its withdrawals in `members` (those clients are gone
+ * whatever the kernel says) and drops its additions; the next call, even an empty change,
+ * reads the set back and brings the kernel to `members`.
  */
 export class NodeFirewall {
   private spec: NormalizedSpec
@@ -227,15 +237,21 @@ export class NodeFirewall {
     // Checked before anything is queued: a bad change fails its own call and changes nothing.
     const add = this.checked(change.add)
     const del = this.checked(change.del)
+    const renew = this.checked(change.renew ?? [])
     const dels = new Set(del)
-    const both = add.find((n) => dels.has(n))
+    const both = [...add, ...renew].find((n) => dels.has(n))
     if (both !== undefined) throw new Error(`client address ${formatIpv4(both)} is both admitted and withdrawn in one change`)
     return this.serial(async () => {
-      const fresh = add.filter((n) => !this.members.has(n))
-      const grow = new Set(fresh).size - del.filter((n) => this.members.has(n)).length
-      // ipset would refuse the add past maxelem ("Hash is full") after applying part of it.
-      if (this.members.size + grow > SET_MAXELEM) throw new Error(`${this.members.size + grow} client addresses exceed the admission set's limit of ${SET_MAXELEM}`)
-      await this.change(fresh, del.filter((n) => this.members.has(n)))
+      const gone = del.filter((n) => this.members.has(n))
+      const fresh = [...new Set(add)].filter((n) => !this.members.has(n))
+      const size = this.members.size - gone.length + fresh.length
+      if (size > SET_MAXELEM) {
+        // ipset would refuse the add past maxelem ("Hash is full") after applying part of it.
+        // The withdrawals still go: those clients are gone either way.
+        await this.change([], gone, [])
+        throw new Error(`${size} client addresses exceed the admission set's limit of ${SET_MAXELEM}`)
+      }
+      await this.change(fresh, gone, renew)
     })
   }
 
@@ -262,10 +278,9 @@ export class NodeFirewall {
 
   /**
    * Moves `members` by the change (adds not members, dels members) and, once installed, the
-   * kernel set with it. A change the kernel refused is taken back from `members`: the kernel may
-   * hold part of it, so the next change reads the set back and repairs that too.
+   * kernel set with it, then deletes the flows of the withdrawn and the renewed addresses.
    */
-  private async change(add: readonly number[], del: readonly number[]): Promise<void> {
+  private async change(add: readonly number[], del: readonly number[], renew: readonly number[] = []): Promise<void> {
     for (const n of del) this.members.delete(n)
     for (const n of add) this.members.add(n)
     if (!this.installed) return
@@ -278,31 +293,36 @@ export class NodeFirewall {
       // Some earlier change failed part-way: the kernel's set is what it is, bring it to ours.
       diff = diffAdmitted(await readMembers(set, this.runner), this.admitted)
     }
+    // Flows of a renewed address go before its new holder is told it may send (the caller
+    // waits for this call): replies to the old holder's flows are NEW then, and dropped.
+    const flush = [...diff.del.map((a) => parseIpv4(a)!), ...renew]
     try {
       await setRestore(set, renderSetChanges(set, diff), this.runner)
     } catch (err) {
-      // Some prefix of the change may be in: read the set back next time, and remember whom
-      // we meant to withdraw, to delete their flows once they are out of the set.
+      // Some prefix of the change may be in: read the set back next time. Additions are taken
+      // back (their clients are refused); withdrawals stand, and their flows are deleted once
+      // they are out of the set.
       this.setKnown = false
       for (const n of add) this.members.delete(n)
-      for (const n of del) this.members.add(n)
-      for (const a of diff.del) this.unflushed.add(parseIpv4(a)!)
+      for (const n of flush) this.unflushed.add(n)
       throw err
     }
     this.setKnown = true
-    await this.deleteFlows(diff.del.map((a) => parseIpv4(a)!))
+    await this.deleteFlows(flush, renew)
   }
 
   /**
    * Deletes the conntrack entries of `withdrawn` and of earlier withdrawals that failed, except
-   * addresses admitted again since (their flows are the new session's now). Runs only after the
-   * addresses left the set: a packet arriving in between is dropped by the chain, and the
-   * entry it would create is never confirmed.
+   * addresses admitted again since (their flows are the new session's now) unless `renewed`
+   * (a new holder: the flows were the old one's). Runs only after the addresses left the set,
+   * or before a renewed one's new holder may send: a packet arriving in between is dropped by
+   * the chain, and the entry it would create is never confirmed.
    */
-  private async deleteFlows(withdrawn: readonly number[]): Promise<void> {
+  private async deleteFlows(withdrawn: readonly number[], renewed: readonly number[] = []): Promise<void> {
     for (const n of withdrawn) this.unflushed.add(n)
     if (this.unflushed.size === 0) return
-    const todo = [...this.unflushed].filter((n) => !this.members.has(n)).map(formatIpv4)
+    const keep = new Set(renewed)
+    const todo = [...this.unflushed].filter((n) => !this.members.has(n) || keep.has(n)).map(formatIpv4)
     const failed = await deleteConntrack(todo, this.runner)
     this.unflushed = new Set(failed.map((f) => parseIpv4(f.address)!))
     if (failed.length > 0) {
@@ -536,11 +556,15 @@ const FLOW_LIST_OVER = 8
 export async function deleteConntrack(addresses: readonly string[], runner: Runner = run): Promise<Array<{address: string; message: string}>> {
   let blocks = flowBlocks(addresses)
   if (blocks.length > FLOW_LIST_OVER) {
-    const args = conntrackListArgs(addresses)
-    const res = await tool(runner, 'conntrack', args, {allowFail: true})
-    if (res.code === 0) {
-      const tracked = conntrackSources(res.stdout)
-      blocks = flowBlocks(addresses.filter((a) => tracked.has(a)))
+    try {
+      const res = await tool(runner, 'conntrack', conntrackListArgs(addresses), {allowFail: true})
+      if (res.code === 0) {
+        const tracked = conntrackSources(res.stdout)
+        blocks = flowBlocks(addresses.filter((a) => tracked.has(a)))
+      }
+    } catch (err) {
+      if (err instanceof CommandNotFoundError) throw err
+      // Killed (timeout, an output past the buffer): as any failed listing, below.
     }
     // A listing that failed proves nothing: delete block by block, as with a few.
   }

@@ -1,9 +1,18 @@
 /**
  * Keeps the firewall's admitted set equal to the clients with a live session. Sessions say
- * which address comes and goes (admit, withdraw); the changes are coalesced: one apply at a
- * time, and however many changes arrive meanwhile go together in the next one. An apply costs
- * the size of its change, not of the roster, so a reconnect storm of 10,000 clients is a few
- * hundred small batches, not 10,000 passes over 10,000 addresses.
+ * which address comes and goes, and whose it is (admit, withdraw); the changes are coalesced:
+ * one apply at a time, and however many changes arrive meanwhile go together in the next one.
+ * An apply costs the size of its change, not of the roster, so a reconnect storm of 10,000
+ * clients is a few hundred small batches, not 10,000 passes over 10,000 addresses.
+ *
+ * Within a batch the last word per address wins, with one thing remembered: an address
+ * withdrawn from one client and admitted for another is "renewed", so the old holder's flows
+ * are deleted although the address stays in the set. The same client reconnecting keeps its
+ * flows (a player's game connections survive a flap of the control connection).
+ *
+ * An apply that fails is retried (an empty change: the firewall then reads its set back and
+ * repairs it) until one succeeds, so a withdrawal is never left in the kernel for want of a
+ * next change.
  */
 import {FlowDeletionError, type AdmissionChange} from '../firewall/index.js'
 
@@ -12,11 +21,23 @@ export interface AdmittedSet {
   changeAdmitted(change: AdmissionChange): Promise<void>
 }
 
+/** After a failed apply, the next try comes this much later. */
+export const ADMISSION_RETRY_MS = 1_000
+
+interface Pending {
+  admitted: boolean
+  /** The client the address is admitted for, or withdrawn from. */
+  owner: string
+  /** Withdrawn from another client earlier in this batch: its flows must go. */
+  renew: boolean
+}
+
 export class Admission {
   private running: Promise<void> = Promise.resolve()
   private pending: Promise<void> | null = null
-  /** What the next apply does: true to admit the address, false to withdraw it; the last word wins. */
-  private changes = new Map<string, boolean>()
+  private changes = new Map<string, Pending>()
+  private retry: NodeJS.Timeout | null = null
+  private failed = false
 
   constructor(
     private readonly target: AdmittedSet,
@@ -24,17 +45,22 @@ export class Admission {
     private readonly active: () => boolean,
     /** The set was applied but a withdrawn client's tracked flows could not all be deleted. */
     private readonly onFlowError: (e: Error) => void = () => {},
+    /** An apply failed; it is retried. */
+    private readonly onApplyError: (e: Error) => void = () => {},
   ) {}
 
-  /** Admits the address; resolves once the firewall does. */
-  admit(address: string): Promise<void> {
-    this.changes.set(address, true)
+  /** Admits the address for `owner`; resolves once the firewall does. */
+  admit(address: string, owner: string): Promise<void> {
+    const before = this.changes.get(address)
+    const renew = before !== undefined && (before.renew || (!before.admitted && before.owner !== owner))
+    this.changes.set(address, {admitted: true, owner, renew})
     return this.update()
   }
 
-  /** Withdraws the address; resolves once the firewall has. */
-  withdraw(address: string): Promise<void> {
-    this.changes.set(address, false)
+  /** Withdraws the address from `owner`; resolves once the firewall has. */
+  withdraw(address: string, owner: string): Promise<void> {
+    const before = this.changes.get(address)
+    this.changes.set(address, {admitted: false, owner, renew: before?.renew ?? false})
     return this.update()
   }
 
@@ -47,8 +73,10 @@ export class Admission {
     return this.pending
   }
 
-  /** Resolves when no apply is running (for teardown). */
+  /** Resolves when no apply is running (for teardown); stops retrying. */
   settled(): Promise<void> {
+    if (this.retry !== null) clearTimeout(this.retry)
+    this.retry = null
     return (this.pending ?? this.running).catch(() => {})
   }
 
@@ -57,16 +85,33 @@ export class Admission {
     this.pending = null
     const changes = this.changes
     this.changes = new Map()
-    if (!this.active() || changes.size === 0) return
-    const change: {add: string[]; del: string[]} = {add: [], del: []}
-    for (const [address, admitted] of changes) (admitted ? change.add : change.del).push(address)
+    if (!this.active() || (changes.size === 0 && !this.failed)) return
+    const change = {add: [] as string[], del: [] as string[], renew: [] as string[]}
+    for (const [address, c] of changes) {
+      ;(c.admitted ? change.add : change.del).push(address)
+      if (c.admitted && c.renew) change.renew.push(address)
+    }
     try {
       await this.target.changeAdmitted(change)
+      this.failed = false
     } catch (e) {
       // The admitted set is right (the firewall retries the flows on its next change): the
       // clients waiting for this apply must not be refused for it.
-      if (!(e instanceof FlowDeletionError)) throw e
-      this.onFlowError(e)
+      if (e instanceof FlowDeletionError) {
+        this.failed = false
+        this.onFlowError(e)
+        return
+      }
+      this.failed = true
+      this.onApplyError(e as Error)
+      if (this.retry === null) {
+        this.retry = setTimeout(() => {
+          this.retry = null
+          this.update().catch(() => {})
+        }, ADMISSION_RETRY_MS)
+        this.retry.unref()
+      }
+      throw e
     }
   }
 }

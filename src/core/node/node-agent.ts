@@ -39,7 +39,7 @@ import {Roster} from './roster.js'
 import {AddressPool} from './address-pool.js'
 import {ControlServer, type Handshake} from './control-server.js'
 import {NodeSessions} from './sessions.js'
-import {Admission} from './admission.js'
+import {Admission, ADMISSION_RETRY_MS} from './admission.js'
 import {RevocationWatch} from './revocations.js'
 
 /** workers: "auto" runs one per core, up to this many. */
@@ -227,8 +227,8 @@ export class NodeAgent {
           return a.ok ? null : a.reason
         },
         addressFor: (name) => this.pool.assign(name),
-        admit: (address) => this.admission!.admit(address),
-        withdraw: (address) => this.admission!.withdraw(address),
+        admit: (address, name) => this.admission!.admit(address, name),
+        withdraw: (address, name) => this.admission!.withdraw(address, name),
         closing: () => this.closing,
       })
       this.sessions = sessions
@@ -236,6 +236,7 @@ export class NodeAgent {
         firewall,
         () => !this.closing,
         (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`),
+        (e) => this.log.error(`the firewall's admitted set could not be updated (retrying in ${ADMISSION_RETRY_MS / 1000} s): ${e.message}`),
       )
       this.ticker = setInterval(() => sessions.tick(), SESSION_TICK_MS)
       this.ticker.unref()
@@ -324,11 +325,13 @@ export class NodeAgent {
     if (next.role !== 'node') throw new Error(`${file} configures a client, not a node`)
     const {live, refused} = classifyChange(this.config, next)
     if (refused.length > 0) throw new Error(refusedMessage(refused))
-    if (live.length === 0) return {changed: [], effects: []}
+    if (live.length === 0) return this.rereadCrl()
 
     // The CRL is read and verified before anything changes: a bad one refuses the reload.
     const crlFile = next.pki.crl
     const crl = crlFile === undefined ? null : await loadCrl(crlFile, (await loadCredentials(next.pki)).ca)
+    const older = crl === null ? undefined : this.revocations?.refusal(crl)
+    if (older !== undefined) throw new Error(`the CRL ${crlFile} is not applied: ${older}; nothing was changed`)
     if (this.closing) throw new Error('the node is stopping')
 
     const effects: string[] = []
@@ -355,9 +358,39 @@ export class NodeAgent {
     }
     effects.push(...this.lastCuts)
     this.control?.setCapacity(this.capacity())
-    await this.admission?.update()
+    effects.push(...(await this.firewallFollows()))
     this.log.info(`reloaded ${file}: ${live.join(', ')} changed; ${this.rosterText()}${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
     return {changed: live, effects}
+  }
+
+  /**
+   * A reload that changes no field still re-reads the CRL: it may have been re-issued at the
+   * same path, and the file watch can miss that (a symlink swapped in another directory, a
+   * file system without events). One that is not usable refuses the reload.
+   */
+  private async rereadCrl(): Promise<ReloadResult> {
+    const revocations = this.revocations
+    if (revocations === null) return {changed: [], effects: []}
+    this.lastCuts = []
+    await revocations.reload()
+    const effects = this.lastCuts
+    this.lastCuts = []
+    const {error, file} = revocations.status()
+    if (error !== undefined) throw new Error(`the CRL ${file} is not applied (the node still enforces the last good one): ${error}`)
+    return {changed: [], effects: [...effects, ...(await this.firewallFollows())]}
+  }
+
+  /**
+   * Waits for the firewall to follow the sessions cut by a reload. Its failure is reported, not
+   * thrown: the roster is applied, the cut clients are gone, and admission retries the set.
+   */
+  private async firewallFollows(): Promise<string[]> {
+    try {
+      await this.admission?.update()
+      return []
+    } catch (e) {
+      return [`the firewall has not followed yet (retrying): ${(e as Error).message}`]
+    }
   }
 
   /** Something the node cannot carry on without broke: say what, then end (and tear down). */

@@ -66,6 +66,19 @@ export class RevocationWatch {
     return this.reading
   }
 
+  /**
+   * Why a list that verified must still not replace the one enforced, or undefined. An older
+   * CRL copied back (a restored backup), or one with no number after a numbered one, would
+   * un-revoke whatever came after it.
+   */
+  refusal(list: RevocationList): string | undefined {
+    const now = this.list?.number
+    if (now === undefined) return undefined
+    if (list.number === undefined) return `it has no CRL number, and CRL #${String(now)} is already enforced`
+    if (list.number < now) return `it is CRL #${String(list.number)}, older than the #${String(now)} already enforced`
+    return undefined
+  }
+
   status(): RevocationStatus {
     const l = this.list
     return {
@@ -89,11 +102,8 @@ export class RevocationWatch {
   private async read(): Promise<void> {
     try {
       const list = await loadCrl(this.file, this.caPem)
-      const now = this.list?.number
-      // An older CRL copied back (a restored backup) would un-revoke whatever came after it.
-      if (now !== undefined && list.number !== undefined && list.number < now) {
-        throw new Error(`it is CRL #${String(list.number)}, older than the #${String(now)} already enforced`)
-      }
+      const why = this.refusal(list)
+      if (why !== undefined) throw new Error(why)
       this.accept(list)
     } catch (e) {
       const was = this.error

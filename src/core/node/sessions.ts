@@ -31,8 +31,12 @@ import type {Handshake} from './control-server.js'
 
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
-/** A refused client is given this long to read why before its connection is closed. */
-const REFUSAL_LINGER_MS = 1_000
+/**
+ * A refused client is given this long to read why before its connection is closed. An agent
+ * closes its end as soon as it has read the refusal; this bounds the others. Half a second
+ * keeps a cut (revoked, removed) client's connection gone within a second of the cut.
+ */
+const REFUSAL_LINGER_MS = 500
 
 export interface ClientSession {
   name: string
@@ -64,9 +68,9 @@ export interface SessionsOptions {
   /** The client's tunnel address, or undefined when the pool has none left. */
   addressFor(name: string): string | undefined
   /** A client's session is on the data path: resolves once the firewall admits its address. */
-  admit(address: string): Promise<void>
+  admit(address: string, name: string): Promise<void>
   /** A client's session ended: resolves once the firewall has withdrawn its address. */
-  withdraw(address: string): Promise<void>
+  withdraw(address: string, name: string): Promise<void>
   /** The node is stopping: no new sessions, no firewall changes. */
   closing(): boolean
 }
@@ -238,7 +242,7 @@ export class NodeSessions {
       datapath.hasFastPath() &&
       recordsPossible(conn.socket, this.o.mtu + STREAM_FRAME_SLACK)
     this.o
-      .admit(address)
+      .admit(address, name)
       .then(() => {
         // Cut (roster change, replaced) while the firewall was being updated: say nothing more.
         if (conn.isClosed || client.peer !== peer) return
@@ -321,16 +325,12 @@ export class NodeSessions {
     peer.session.close()
     for (const id of client.ids.owned) this.sessionIds.delete(id)
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
-    const current = this.sessions.get(client.name)
-    if (current === client) {
-      this.sessions.delete(client.name)
-      if (!this.o.closing()) this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
-    }
-    // A session replaced by one of the same client at the same address leaves it admitted;
-    // at another address (a static address moved), the old one goes.
-    if (!this.o.closing() && current?.peer?.address !== peer.address) {
-      this.o.withdraw(peer.addressText).catch((e: Error) => this.o.log.error(`could not withdraw ${peer.addressText} from the admitted set: ${e.message}`))
-    }
+    if (this.sessions.get(client.name) === client) this.sessions.delete(client.name)
+    if (this.o.closing()) return
+    this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
+    // Withdrawn even when a new session of the same client replaces this one (it closes this
+    // one first, then admits its own address): admission folds the two into no change.
+    this.o.withdraw(peer.addressText, client.name).catch((e: Error) => this.o.log.error(`could not withdraw ${peer.addressText} from the admitted set: ${e.message}`))
   }
 
   /**

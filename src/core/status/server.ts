@@ -1,13 +1,14 @@
 /**
  * A running instance's local socket, in the run directory: `agent status` asks it for one JSON
  * report, `agent reload` asks it to re-read a config file and answers with what changed or
- * why nothing did. Root-only by the directory's permissions, like the rest of /run.
+ * why nothing did. A reload can change who may connect, so the socket is its owner's alone
+ * (mode 0600, from the moment it exists), whatever the umask.
  *
  * One request per connection: a JSON line {"op": "status"} or {"op": "reload", "config": path},
  * answered by one JSON line.
  */
 import {createConnection, createServer, type Server} from 'node:net'
-import {rmSync} from 'node:fs'
+import {chmodSync, rmSync} from 'node:fs'
 import type {StatusReport} from './report.js'
 
 /** What a reload did: the fields it applied, and a line per effect (clients cut, routes added...). */
@@ -29,11 +30,12 @@ type ReloadAnswer = {ok: true; result: ReloadResult} | {ok: false; error: string
 const MAX_REQUEST = 4096
 const REQUEST_TIMEOUT_MS = 5_000
 
-export async function startStatusServer(path: string, handlers: LocalHandlers): Promise<Server> {
+export async function startStatusServer(path: string, handlers: LocalHandlers, opts: {requestTimeoutMs?: number} = {}): Promise<Server> {
   rmSync(path, {force: true})
   const server = createServer((socket) => {
     socket.on('error', () => socket.destroy())
-    socket.setTimeout(REQUEST_TIMEOUT_MS, () => socket.destroy())
+    // A peer that connects and says nothing (or never a whole line) is let go.
+    socket.setTimeout(opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, () => socket.destroy())
     let text = ''
     const onData = (chunk: Buffer) => {
       text += chunk.toString('utf8')
@@ -43,17 +45,27 @@ export async function startStatusServer(path: string, handlers: LocalHandlers): 
         return
       }
       socket.off('data', onData)
+      // Read: what is left is the node's work (a reload may take a while), not the peer's.
+      socket.setTimeout(0)
       void answer(text.slice(0, end), handlers).then((reply) => socket.end(JSON.stringify(reply) + '\n'))
     }
     socket.on('data', onData)
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(path, () => {
-      server.off('error', reject)
-      resolve()
-    })
+    // The socket file is created by the bind inside listen(), synchronously: the umask set
+    // around it makes it 0600 from the start, with no moment when others could connect.
+    const umask = process.umask(0o177)
+    try {
+      server.listen(path, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    } finally {
+      process.umask(umask)
+    }
   })
+  chmodSync(path, 0o600)
   server.unref()
   return server
 }
