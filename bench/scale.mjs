@@ -4,7 +4,7 @@
 // on a fresh testbed).
 //
 //   node bench/scale.mjs [--rosters 1,1000,5000,10000] [--concurrency 128] [--seconds 5]
-//                        [--repeat 3] [--pings 200] [--ping-interval 0.01] [--json out.json] [--logs DIR]
+//                        [--repeat 5] [--pings 200] [--ping-interval 0.01] [--json out.json] [--logs DIR]
 //                        [--cache bench/.cache] [--profile DIR]
 // Environment equivalents: BENCH_SCALE_ROSTERS, BENCH_SCALE_CONCURRENCY, BENCH_SCALE_SECONDS, BENCH_SCALE_REPEAT,
 // BENCH_SCALE_PINGS, BENCH_SCALE_PING_INTERVAL, BENCH_JSON (suffixed -scale), BENCH_LOGS,
@@ -68,7 +68,7 @@ const cfg = {
   rosters: [...new Set([1, ...(flags.rosters ?? env.BENCH_SCALE_ROSTERS ?? '1,1000,5000,10000').split(',').map((s) => Number(s.trim()))])],
   concurrency: num(flags.concurrency ?? env.BENCH_SCALE_CONCURRENCY, 128),
   seconds: num(flags.seconds ?? env.BENCH_SCALE_SECONDS, 5),
-  repeat: num(flags.repeat ?? env.BENCH_SCALE_REPEAT, 3),
+  repeat: num(flags.repeat ?? env.BENCH_SCALE_REPEAT, 5),
   pings: num(flags.pings ?? env.BENCH_SCALE_PINGS, 200),
   pingInterval: num(flags['ping-interval'] ?? env.BENCH_SCALE_PING_INTERVAL, 0.01),
   json: flags.json ?? (env.BENCH_JSON ? env.BENCH_JSON.replace(/(\.json)?$/, '-scale.json') : undefined),
@@ -627,9 +627,11 @@ function report(results, m, meta) {
       "A real client's data path, connected after all N (its address admitted last):",
       '',
       table(
-        ['roster', 'peers', 'TCP 1 stream (Mbit/s)', 'vs roster 1', 'RTT p50 (ms)', 'vs roster 1', 'RTT p99 (ms)', 'loss', 'node CPU, iperf3 (% of a core)', 'before, idle: node / simulator CPU (% of a core)'],
+        ['roster', 'peers', 'TCP 1 stream (Mbit/s)', 'its runs, lowest to highest', 'vs roster 1', 'RTT p50 (ms)', 'vs roster 1', 'RTT p99 (ms)', 'loss', 'node CPU, iperf3 (% of a core)', 'before, idle: node / simulator CPU (% of a core)'],
         results.filter((r) => ok(r, 'dataPath')).map((r) => [
-          r.roster, r.dataPath.peers, f0(r.dataPath.mbps), base?.dataPath ? `${((r.dataPath.mbps / base.dataPath.mbps) * 100).toFixed(0)}%` : '—',
+          r.roster, r.dataPath.peers, f0(r.dataPath.mbps),
+          r.dataPath.runs.tcp.map((x) => x.mbps).sort((a, b) => a - b).map(f0).join(', '),
+          base?.dataPath ? `${((r.dataPath.mbps / base.dataPath.mbps) * 100).toFixed(0)}%` : '—',
           f3(r.dataPath.rttP50), base?.dataPath ? `${((r.dataPath.rttP50 / base.dataPath.rttP50) * 100).toFixed(0)}%` : '—',
           f3(r.dataPath.rttP99), `${(r.dataPath.loss * 100).toFixed(1)}%`, f0(r.dataPath.nodeCpuPercent),
           r.idleCpu ? `${f1(r.idleCpu.nodePercent)} / ${f1(r.idleCpu.simPercent)}` : '—',

@@ -37,6 +37,8 @@ export interface NativeStreamStats {
   /** KeyUpdates read from the peer, and sent (one per KEY_UPDATE_AFTER records). */
   keyUpdatesIn: number
   keyUpdatesOut: number
+  /** Pings answered in C (every one after the first record; JS never sees them). */
+  pingsAnswered: number
 }
 
 /** Bytes of one direction's traffic secret (its key and IV are derived from it, as in TLS 1.3). */

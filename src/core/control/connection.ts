@@ -244,6 +244,8 @@ export class ControlConnection {
         this.handlers.onData(buf, offset, length)
         return
       case FrameType.Ping:
+        // Through Node's TLS, and in the first native record: after that, native records
+        // answer pings themselves (stream.c) and neither pings nor pongs reach us.
         this.pinged = true
         return
       case FrameType.Pong:
