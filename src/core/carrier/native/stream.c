@@ -21,8 +21,10 @@
  * is in src/core/control/native-records.ts.
  *
  * What this does with a frame:
- *   in:  Data of a session the fast path carries -> fastpath.c (checks, TUN); anything else
- *        (control, ping, pong, an unusual Data frame) -> onFrame(type, Buffer) in JS
+ *   in:  Data of a session the fast path carries -> fastpath.c (checks, TUN); keepalives once
+ *        JS has had a frame (a Ping is answered with one Pong per wakeup, a Pong is dropped:
+ *        lastHeard says the peer is alive); anything else (control, the first frames, an
+ *        unusual Data frame) -> onFrame(type, Buffer) in JS
  *   out: the fast path queues Data frames per TUN batch and flushes once (one record, one
  *        write); JS sends its frames with send()
  * A byte that is not a valid record ends the connection: past it nothing can be trusted.
@@ -34,7 +36,8 @@
  *        (records, for tests) defaults to KEY_UPDATE_AFTER
  *   send(handle, type, payload) -> boolean       false: dropped (queue full or closed)
  *   lastHeard(handle) -> ms since the epoch of the last bytes received (0: none)
- *   stats(handle) -> {recordsIn, recordsOut, queuedBytes, sendDrops, keyUpdatesIn, keyUpdatesOut}
+ *   stats(handle) -> {recordsIn, recordsOut, queuedBytes, sendDrops, keyUpdatesIn, keyUpdatesOut,
+ *                     pingsAnswered}
  *   close(handle)                                idempotent; onClose is not called
  * onClose(reason) is called once, when the peer or the socket ends the stream.
  */
@@ -134,6 +137,8 @@ struct tls_stream {
 
   uint64_t records_in, records_out, send_drops;
   uint64_t pings_answered;
+  bool js_heard;  /* JS has had a frame: the node's connection.ts learnt the client reads us */
+  bool pong_owed; /* a Ping came in this wakeup: one Pong once the reads are done */
   bool dirty; /* for the fast path: has frames queued in the current TUN batch */
 };
 
@@ -523,6 +528,7 @@ static void deliver_frame(tls_stream *s, uint8_t type, const uint8_t *p, uint32_
   napi_value argv[2];
   void *data;
   if (napi_open_handle_scope(s->env, &scope) != napi_ok) return;
+  s->js_heard = true;
   if (napi_create_uint32(s->env, type, &argv[0]) == napi_ok &&
       napi_create_buffer_copy(s->env, len, p, &data, &argv[1]) == napi_ok) {
     call_js(s, s->on_frame_ref, 2, argv);
@@ -593,10 +599,9 @@ static bool open_record(tls_stream *s, uint8_t *rec, uint32_t total) {
     return false;
   }
   /* Keepalives are answered here, not in JS: at 10,000 clients that is 1,000 a second, and
-   * each trip through JS cost more than the rest of the record. The first record goes to JS
-   * whole: it is how the node learns the client reads native records (connection.ts). */
-  const bool keepalive_here = s->records_in > 1;
-  bool ping_owed = false;
+   * each trip through JS cost more than the rest of the record. Not before JS has had a frame:
+   * the node's JS learns from its first one that the client reads native records. */
+  const bool keepalive_here = s->js_heard;
   for (uint32_t off = 0; off < plen;) {
     if (plen - off < FRAME_HDR) {
       fail(s, "protocol error: a frame split across records");
@@ -616,19 +621,15 @@ static bool open_record(tls_stream *s, uint8_t *rec, uint32_t total) {
     off += FRAME_HDR + fl;
     if (ft == FRAME_DATA && s->fp != NULL && fast_stream_take(s->fp, s->address, payload, fl)) continue;
     if (keepalive_here && fl == 0 && (ft == FRAME_PING || ft == FRAME_PONG)) {
-      /* Many pings in one record get one pong, as in JS (last_rx_ms already says we heard). */
-      ping_owed |= ft == FRAME_PING;
+      /* However many pings a wakeup reads get one pong: a peer cannot make us write more
+       * than it sends (last_rx_ms already says we heard). */
+      s->pong_owed |= ft == FRAME_PING;
       continue;
     }
     /* JS's: written in order after what the fast path took so far. */
     if (s->fp != NULL) fast_stream_flush(s->fp);
     deliver_frame(s, ft, payload, fl);
     if (s->closed) return false;
-  }
-  if (ping_owed) {
-    /* A pong that does not fit the send queue is dropped: a peer that pings without reading
-     * is not owed one, and its queue is full of what it did not read anyway. */
-    if (send_one(s, FRAME_PONG, NULL, 0)) s->pings_answered++;
   }
   return true;
 }
@@ -675,7 +676,7 @@ static bool consume(tls_stream *s, uint8_t *d, uint32_t n) {
   return true;
 }
 
-static void on_readable(tls_stream *s) {
+static void read_some(tls_stream *s) {
   if (read_buf == NULL && (read_buf = malloc(READ_BYTES)) == NULL) return fail(s, "out of memory");
   for (int i = 0; i < READS_PER_WAKEUP && !s->closed; i++) {
     ssize_t n = read(s->fd, read_buf, READ_BYTES);
@@ -688,6 +689,16 @@ static void on_readable(tls_stream *s) {
     s->last_rx_ms = agent_now_ms();
     if (!consume(s, read_buf, (uint32_t)n)) return;
     if ((uint32_t)n < READ_BYTES) return;
+  }
+}
+
+static void on_readable(tls_stream *s) {
+  read_some(s);
+  if (s->pong_owed && !s->closed) {
+    s->pong_owed = false;
+    /* A pong that does not fit the send queue is dropped: a peer that pings without reading
+     * is not owed one, and its queue is full of what it did not read anyway. */
+    if (send_one(s, FRAME_PONG, NULL, 0)) s->pings_answered++;
   }
 }
 
