@@ -35,7 +35,7 @@ export interface RosterPolicy {
   any: boolean
 }
 
-export type Admission = {ok: true; name: string; entry?: RosterEntry} | {ok: false; reason: string}
+export type RosterVerdict = {ok: true; name: string; entry?: RosterEntry} | {ok: false; reason: string}
 
 /** What one update changed; empty sets when nothing did. */
 export interface RosterChange {
@@ -60,7 +60,7 @@ export class Roster {
   }
 
   /** Whether this certificate's holder may connect now, and if so its entry. */
-  check(id: ClientIdentity): Admission {
+  check(id: ClientIdentity): RosterVerdict {
     if (id.name === '') return {ok: false, reason: 'certificate has no common name'}
     if (this.revokedSerials.has(id.serial)) return {ok: false, reason: `certificate ${id.serial} of "${id.name}" is revoked`}
     const entry = this.listed.get(id.name)
@@ -123,7 +123,7 @@ export class Roster {
   }
 }
 
-export function isEmpty(change: RosterChange): boolean {
+function isEmpty(change: RosterChange): boolean {
   return change.names.size === 0 && !change.any && change.revoked.size === 0
 }
 
