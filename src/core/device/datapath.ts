@@ -18,6 +18,7 @@ import type {TunQueue} from '../tun/linux.js'
 import {checkIpv4, ipv4Destination, ipv4Source} from '../net/packet.js'
 import {isKeepalive} from '../nat/keepalive.js'
 import type {Peer} from './peer.js'
+import type {Drop} from '../transport/contract.js'
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import {DatagramLink} from '../carrier/datagram-link.js'
 import {NativeStreamLink} from '../carrier/native-stream.js'
@@ -56,6 +57,8 @@ export class DataPath {
   /** Keepalives are inner packets addressed to this end's own tunnel address. */
   localAddress = 0
   onKeepalive: KeepaliveHandler | null = null
+  /** Told when a transport threw on a packet (peer null: outside any transport's call). */
+  onTransportError: ((peer: Peer | null, err: unknown) => void) | null = null
 
   constructor(
     private readonly tun: TunDevice,
@@ -167,9 +170,11 @@ export class DataPath {
     const only = client ? this.single : undefined
     try {
       this.encapBatch(count, buf, slotSize, lengths, headroom, slotSize - headroom - tailroom, client, only)
-    } catch {
-      // A transport that throws (a plugin bug) loses the rest of this batch, not the process.
+    } catch (e) {
+      // Not a transport's (those are caught per packet): whatever it is loses the rest of this
+      // batch, not the process (this runs in a native callback).
       this.counters.transportErrors++
+      this.onTransportError?.(null, e)
     } finally {
       // Whatever happened, what was queued goes out and the next batch starts clean; a link
       // that fails to flush costs its batch, never the process (this runs in a native callback).
@@ -203,7 +208,7 @@ export class DataPath {
       // The payload must stay inside this packet's slot: a transport that says otherwise is
       // wrong, and its packet is dropped rather than sent from a neighbour's bytes.
       const slot = off - headroom
-      if (!peer.session.encap(buf, off, len, out) || out.offset < slot || out.offset + out.length > slot + slotSize) {
+      if (!this.encapOne(peer, buf, off, len) || out.offset < slot || out.offset + out.length > slot + slotSize) {
         peer.stats.drop('encap')
         continue
       }
@@ -211,6 +216,17 @@ export class DataPath {
       peer.link.send(buf, out.offset, out.length)
       peer.stats.txPackets++
       peer.stats.txBytes += len
+    }
+  }
+
+  /** The session's encap; a transport that throws (a plugin bug) loses this packet only. */
+  private encapOne(peer: Peer, buf: Buffer, offset: number, length: number): boolean {
+    try {
+      return peer.session.encap(buf, offset, length, peer.span)
+    } catch (e) {
+      this.counters.transportErrors++
+      this.onTransportError?.(peer, e)
+      return false
     }
   }
 
@@ -223,7 +239,16 @@ export class DataPath {
   receive(peer: Peer, buf: Buffer, offset: number, length: number, addr = 0, port = 0): void {
     const stats = peer.stats
     const out = peer.span
-    const drop = peer.session.decap(buf, offset, length, out)
+    let drop: Drop | null
+    try {
+      drop = peer.session.decap(buf, offset, length, out)
+    } catch (e) {
+      // Whatever a stranger sends, a transport that throws on it (a plugin bug) loses this
+      // payload, not the node and not its other clients.
+      this.counters.transportErrors++
+      this.onTransportError?.(peer, e)
+      return
+    }
     if (drop !== null) {
       stats.drop(drop)
       return

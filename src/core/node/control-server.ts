@@ -3,75 +3,114 @@
  * fleet CA, and hands each finished handshake on with the identity its certificate gives.
  * Whether that identity is admitted is the roster's business, not this listener's: a refused
  * client still gets a connection, so that it can be told why instead of seeing a reset.
+ *
+ * Connections pass the gate (connection-gate.ts) before any TLS work: a plain TCP listener
+ * accepts them, the gate keeps or closes each, and only those kept are handed to the TLS
+ * server. They stay the gate's until the handshake proves an identity the node accepts.
  */
+import {createServer as createTcpServer, type Server as TcpServer, type Socket} from 'node:net'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Credentials} from '../pki/index.js'
 import {tlsServerOptions} from '../pki/index.js'
 import {serialKey} from '../pki/crl.js'
 import {describeTlsFailure} from '../pki/tls-failure.js'
-import type {Logger} from '../log.js'
+import type {LogLimiter} from '../log-limit.js'
 import type {ClientIdentity} from './roster.js'
-
-/** A TLS handshake must complete this soon (Node's default is 120 s: a slowloris gift). */
-const HANDSHAKE_TIMEOUT_MS = 5_000
-/**
- * Connections allowed beyond two per admissible client (handshakes, reconnects, strangers).
- * A tls session in native records holds its own descriptor, no longer counted by the server
- * once Node's socket is freed: one more per client, so base + 3 per client descriptors at most.
- */
-const MAX_CONNECTIONS_BASE = 64
+import {ConnectionGate, DEFAULT_GATE_LIMITS, type GateCounters, type GateLimits} from './connection-gate.js'
 
 /** A finished handshake: the identity its certificate proves, or why it proves none. */
 export type Handshake = {ok: true; identity: ClientIdentity} | {ok: false; reason: string}
 
+/**
+ * Told of each finished handshake; returns true when the connection is now an admitted
+ * client's session (the gate lets go of it), false when it is being refused.
+ */
+export type HandshakeHandler = (socket: TLSSocket, result: Handshake) => boolean
+
 export class ControlServer {
-  private server: TlsServer | null = null
+  private tcp: TcpServer | null = null
+  private tls: TlsServer | null = null
+  private readonly gate: ConnectionGate
+  private readonly deadlineMs: number
 
   constructor(
     private readonly address: string,
     private readonly port: number,
-    private readonly log: Logger,
-    private readonly onHandshake: (socket: TLSSocket, result: Handshake) => void,
-  ) {}
+    /** Lines a stranger can cause go through here. */
+    private readonly limited: LogLimiter,
+    private readonly onHandshake: HandshakeHandler,
+    limits: GateLimits = DEFAULT_GATE_LIMITS,
+  ) {
+    this.deadlineMs = limits.deadlineMs
+    this.gate = new ConnectionGate(limits, (why, source) => {
+      const text = {
+        'source-full': `${source} holds ${limits.perSource} unauthenticated control connections: closing its new ones`,
+        evicted: `control port full (${limits.total} unauthenticated connections): closed the oldest, from ${source}`,
+        expired: `closed a control connection from ${source}: not authenticated within ${limits.deadlineMs / 1000} s`,
+      }[why]
+      this.limited.warn(`control ${why}`, text)
+    })
+  }
 
   get endpoint(): string {
     return `${this.address}:${this.port}`
   }
 
-  /**
-   * Starts listening. `clients` is how many clients may be connected at once (the roster's
-   * size, or the pool's when it admits anyone): it bounds the connections held open.
-   */
-  async listen(credentials: Credentials, clients: number): Promise<void> {
-    // Certificates are checked right after the handshake (see identify), so a refused client
-    // is told why instead of seeing a bare connection reset.
-    const server = createTlsServer({...tlsServerOptions(credentials, false), handshakeTimeout: HANDSHAKE_TIMEOUT_MS})
-    this.server = server
-    this.setCapacity(clients)
-    server.on('secureConnection', (socket) => this.onHandshake(socket, identify(socket)))
-    server.on('tlsClientError', (err, socket) => {
-      this.log.warn(`refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
-    })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) =>
-        reject(new Error(`cannot listen on ${this.endpoint}: ${e.code === 'EADDRINUSE' ? 'address already in use' : e.message}`)),
-      )
-      server.listen(this.port, this.address, () => resolve())
-    })
-    server.on('error', (e) => this.log.error(`control server: ${e.message}`))
+  /** What the gate has done since start, and how many connections it holds now. */
+  get gateStatus(): GateCounters & {pending: number} {
+    return {...this.gate.counters, pending: this.gate.size}
   }
 
-  /**
-   * Connections still in the handshake count too: bounded, so nobody can exhaust descriptors
-   * (which iptables-restore needs) by opening connections and saying nothing.
-   */
-  setCapacity(clients: number): void {
-    if (this.server !== null) this.server.maxConnections = MAX_CONNECTIONS_BASE + 2 * clients
+  async listen(credentials: Credentials): Promise<void> {
+    // Certificates are checked right after the handshake (see identify), so a refused client
+    // is told why instead of seeing a bare connection reset. Node's handshakeTimeout is an
+    // inactivity timer (a trickled ClientHello keeps it alive); the gate's deadline is absolute.
+    const tls = createTlsServer({...tlsServerOptions(credentials, false), handshakeTimeout: this.deadlineMs})
+    this.tls = tls
+    tls.on('secureConnection', (socket: TLSSocket) => {
+      const key = connectionKey(socket.remoteAddress, socket.remotePort)
+      if (this.onHandshake(socket, identify(socket))) this.gate.authenticated(key)
+    })
+    tls.on('tlsClientError', (err, socket) => {
+      this.limited.warn('control handshake', `refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
+    })
+    const tcp = createTcpServer((socket: Socket) => this.onConnection(socket))
+    this.tcp = tcp
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', (e: NodeJS.ErrnoException) =>
+        reject(new Error(`cannot listen on ${this.endpoint}: ${e.code === 'EADDRINUSE' ? 'address already in use' : e.message}`)),
+      )
+      tcp.listen(this.port, this.address, () => resolve())
+    })
+    tcp.on('error', (e) => this.limited.warn('control server', `control server: ${e.message}`))
+  }
+
+  private onConnection(socket: Socket): void {
+    const source = sourceOf(socket.remoteAddress)
+    const key = connectionKey(socket.remoteAddress, socket.remotePort)
+    // A reset before or during the handshake is the peer's business; never an uncaught error.
+    socket.on('error', () => {})
+    if (this.tls === null || !this.gate.enter(key, source, socket)) return
+    socket.once('close', () => this.gate.closed(key))
+    this.tls.emit('connection', socket)
   }
 
   close(): void {
-    this.server?.close()
+    this.tcp?.close()
+    this.tls?.close()
+    this.gate.clear()
   }
+}
+
+/** A connection's name while it lives: its remote address and port. */
+function connectionKey(address: string | undefined, port: number | undefined): string {
+  return `${address ?? '?'}:${port ?? 0}`
+}
+
+/** The source a connection counts against: its address, IPv4-mapped IPv6 as plain IPv4. */
+function sourceOf(address: string | undefined): string {
+  if (address === undefined) return '?'
+  return address.startsWith('::ffff:') ? address.slice(7) : address
 }
 
 /** The identity a finished handshake proves, from the verified peer certificate. */

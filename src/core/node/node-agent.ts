@@ -20,6 +20,7 @@ import {openTun} from '../tun/index.js'
 import {loadCredentials} from '../pki/index.js'
 import {loadCrl, type RevocationList} from '../pki/crl.js'
 import {DataPath} from '../device/datapath.js'
+import {LogLimiter} from '../log-limit.js'
 import {fastPathDisabled, tunOffload} from '../device/fast-path.js'
 import type {Peer} from '../device/peer.js'
 import {fastPathCounters, peerReport} from '../device/report.js'
@@ -62,6 +63,8 @@ export class NodeAgent {
   private revocations: RevocationWatch | null = null
   private tun: TunDevice | null = null
   private datapath: DataPath | null = null
+  /** Lines a stranger can cause (handshake failures, refusals, transport errors), rate-limited. */
+  private readonly limited: LogLimiter
   private firewall: NodeFirewall | null = null
   private admission: Admission | null = null
   private sessions: NodeSessions | null = null
@@ -92,6 +95,7 @@ export class NodeAgent {
     private readonly log: Logger,
   ) {
     this.config = config
+    this.limited = new LogLimiter(log)
     this.ended = new Promise((resolve) => (this.endWith = resolve))
     this.stateFile = new StateFile(runDir, config.name)
     this.prefix = parseCidr(config.tunnel.subnet)!.prefix
@@ -200,6 +204,8 @@ export class NodeAgent {
       const datapath = new DataPath(tun, 'node')
       this.datapath = datapath
       datapath.localAddress = ipv4ToNumber(address)
+      datapath.onTransportError = (peer, e) =>
+        this.limited.warn('transport error', `transport ${this.transport.name} failed on a packet${peer === null ? '' : ` of ${peer.name}`}: ${(e as Error)?.message ?? e}; dropped it`)
       if (carrier.kind !== 'stream') {
         this.datagrams = new NodeDatagrams(carrier, this.transport, datapath, this.config.listen.address, this.mtu, this.log, lanes)
         this.datagrams.start()
@@ -222,6 +228,7 @@ export class NodeAgent {
         datapath,
         datagrams: this.datagrams,
         log: this.log,
+        limited: this.limited,
         check: (identity) => {
           const a = this.roster.check(identity)
           return a.ok ? null : a.reason
@@ -240,10 +247,10 @@ export class NodeAgent {
       )
       this.ticker = setInterval(() => sessions.tick(), SESSION_TICK_MS)
       this.ticker.unref()
-      this.control = new ControlServer(this.config.listen.address, this.config.listen.port, this.log, (socket: TLSSocket, h: Handshake) =>
+      this.control = new ControlServer(this.config.listen.address, this.config.listen.port, this.limited, (socket: TLSSocket, h: Handshake) =>
         sessions.accept(socket, h),
       )
-      await this.control.listen(credentials, this.capacity())
+      await this.control.listen(credentials)
       this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
       this.checkNotStopped()
@@ -261,13 +268,6 @@ export class NodeAgent {
 
   private watchRevocations(file: string, caPem: string): RevocationWatch {
     return new RevocationWatch(file, caPem, this.log, (list: RevocationList) => this.roster.setRevoked(list.revoked))
-  }
-
-  /** How many clients may be connected at once: what bounds the control port's connections. */
-  private capacity(): number {
-    if (!this.roster.admitsAny) return this.roster.entries.length
-    const pool = this.config.tunnel.pool
-    return ipv4ToNumber(pool.end) - ipv4ToNumber(pool.start) + 1
   }
 
   private rosterText(): string {
@@ -357,7 +357,6 @@ export class NodeAgent {
       }
     }
     effects.push(...this.lastCuts)
-    this.control?.setCapacity(this.capacity())
     effects.push(...(await this.firewallFollows()))
     this.log.info(`reloaded ${file}: ${live.join(', ')} changed; ${this.rosterText()}${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
     return {changed: live, effects}
@@ -429,6 +428,7 @@ export class NodeAgent {
       peers: (this.datapath?.peers() ?? []).map((p) => this.peerWithWorker(p)),
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast)},
       ...(this.lanes > 1 && fast != null ? {workers: fast.workers} : {}),
+      ...(this.control === null ? {} : {control: {...this.control.gateStatus, logSuppressed: this.limited.suppressedTotal}}),
       roster: {
         listed: this.roster.entries.length,
         any: this.roster.admitsAny,
@@ -473,6 +473,7 @@ export class NodeAgent {
       this.tun?.close()
       this.datagrams?.close()
       await this.admission?.settled()
+      this.limited.flush()
       return finishTeardown(this.state, this.stateFile, this.log)
     })()
     return this.tearingDown

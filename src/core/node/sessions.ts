@@ -13,6 +13,7 @@ import {randomInt} from 'node:crypto'
 import type {TLSSocket} from 'node:tls'
 import type {NodeSession, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
+import type {LogLimiter} from '../log-limit.js'
 import {ControlConnection} from '../control/connection.js'
 import type {ControlMessage, Hello} from '../control/messages.js'
 import {PROTOCOL_VERSION} from '../control/messages.js'
@@ -63,6 +64,8 @@ export interface SessionsOptions {
   /** The datagram carrier, or null for a stream transport (tls). */
   datagrams: NodeDatagrams | null
   log: Logger
+  /** For lines a stranger can cause (refusals). */
+  limited: LogLimiter
   /** Why the roster does not admit this client now, or null when it does. */
   check(identity: ClientIdentity): string | null
   /** The client's tunnel address, or undefined when the pool has none left. */
@@ -95,9 +98,9 @@ export class NodeSessions {
 
   /**
    * A finished handshake. A client whose certificate proves no identity, or whom the roster
-   * does not admit, is told why and let go.
+   * does not admit, is told why and let go. True when it is now an admitted client's session.
    */
-  accept(socket: TLSSocket, handshake: Handshake): void {
+  accept(socket: TLSSocket, handshake: Handshake): boolean {
     const identity = handshake.ok ? handshake.identity : null
     const refusal = handshake.ok ? this.o.check(handshake.identity) : handshake.reason
     const remote = `${socket.remoteAddress}:${socket.remotePort}`
@@ -107,13 +110,16 @@ export class NodeSessions {
       onClose: () => this.connections.delete(conn),
     })
     this.connections.add(conn)
-    if (this.o.closing()) return conn.close('node stopping')
+    if (this.o.closing()) {
+      conn.close('node stopping')
+      return false
+    }
     if (identity === null || refusal !== null) {
-      this.o.log.warn(`refused client from ${remote}: ${refusal}; no forwarding`)
+      this.o.limited.warn('refused client', `refused client from ${remote}: ${refusal}; no forwarding`)
       conn.send({type: 'refused', reason: refusal ?? 'no identity'})
       socket.end()
       setTimeout(() => conn.close('refused'), REFUSAL_LINGER_MS).unref()
-      return
+      return false
     }
     const client: ClientSession = {
       name: identity.name,
@@ -133,7 +139,12 @@ export class NodeSessions {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
         } else if (m.type === 'transport' && client.peer !== null && client.welcomed) {
-          client.peer.session.onControl?.(m.body)
+          try {
+            client.peer.session.onControl?.(m.body)
+          } catch (e) {
+            // A transport bug costs this session, never the node.
+            conn.close(`transport ${this.o.transport.name} failed on a control message: ${(e as Error).message}`)
+          }
         } else {
           conn.close(`unexpected ${m.type} message`)
         }
@@ -147,6 +158,7 @@ export class NodeSessions {
         this.end(client, reason)
       },
     }
+    return true
   }
 
   private welcome(client: ClientSession, hello: Hello, remote: string): void {

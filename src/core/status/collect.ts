@@ -1,7 +1,7 @@
 /** Gathering and printing the status of every instance found in a run directory. */
 import {readdirSync} from 'node:fs'
 import {StateFile, isAgentAlive} from '../state/state-file.js'
-import type {RosterReport, StatusReport} from './report.js'
+import type {ControlReport, RosterReport, StatusReport} from './report.js'
 import {queryStatus} from './server.js'
 
 export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
@@ -45,6 +45,12 @@ function rosterLine(r: RosterReport): string {
   return `roster ${who}, ${r.connected} connected, ${r.revoked} revoked${crl}`
 }
 
+function controlLine(c: ControlReport): string {
+  const closed = [`${c.sourceFull} over a source's limit`, `${c.evicted} evicted`, `${c.expired} past the deadline`]
+  const quiet = c.logSuppressed > 0 ? `; ${c.logSuppressed} log line(s) suppressed` : ''
+  return `control port ${c.pending} unauthenticated now; closed unauthenticated: ${closed.join(', ')}${quiet}`
+}
+
 function formatOne(s: InstanceStatus): string {
   if (!('role' in s)) return `${s.name} (pid ${s.pid}): ${s.state}`
   const head = [
@@ -52,6 +58,7 @@ function formatOne(s: InstanceStatus): string {
     `  interface ${s.interface} ${s.address ?? '-'} mtu ${s.mtu ?? '-'}, ${s.role === 'node' ? 'listening on' : 'node'} ${s.endpoint}`,
   ]
   if (s.roster !== undefined) head.push(`  ${rosterLine(s.roster)}`)
+  if (s.control !== undefined) head.push(`  ${controlLine(s.control)}`)
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {

@@ -51,6 +51,24 @@ export interface StatusReport {
   workers?: WorkerReport[]
   /** Node: who may connect. */
   roster?: RosterReport
+  /** Node: its control port's gate for connections not yet authenticated (connection-gate.ts). */
+  control?: ControlReport
+}
+
+/** What the control port's gate has done since start. */
+export interface ControlReport {
+  /** Unauthenticated connections held now. */
+  pending: number
+  accepted: number
+  authenticated: number
+  /** Closed at once: their source held its limit of unauthenticated connections. */
+  sourceFull: number
+  /** Closed to make room when the port was full. */
+  evicted: number
+  /** Closed at the handshake deadline. */
+  expired: number
+  /** Log lines a stranger could cause that were suppressed (counted, not written). */
+  logSuppressed: number
 }
 
 /** A node's roster as `agent status` shows it. */
