@@ -8,7 +8,8 @@ import {DataPath} from '../../src/core/device/datapath.js'
 import {Peer} from '../../src/core/device/peer.js'
 import type {DatagramLink} from '../../src/core/carrier/datagram-link.js'
 import type {DatagramRing} from '../../src/core/carrier/datagram.js'
-import {KEEPALIVE_VERIFY_BURST, KEEPALIVE_VERIFY_PER_SECOND, NodeDatagrams} from '../../src/core/node/node-datagrams.js'
+import {NodeDatagrams} from '../../src/core/node/node-datagrams.js'
+import {FOREIGN_VERIFY_PER_SOURCE, SESSION_VERIFY_BURST, SESSION_VERIFY_PER_SECOND} from '../../src/core/nat/keepalive-budget.js'
 import {KEEPALIVE_PACKET, KeepaliveKind, makeKeepalive} from '../../src/core/nat/keepalive.js'
 import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 import {createLogger} from '../../src/core/log.js'
@@ -154,23 +155,47 @@ describe('node datagrams', () => {
     expect(alice.stats.dropsSnapshot()).toEqual({authentication: 2})
   })
 
-  it('verifies at most a burst of keepalive MACs per session, then a steady rate, counting the rest', () => {
+  it("charges a stranger's forged keepalives to the stranger, never to the session it names", () => {
+    vi.useFakeTimers({toFake: ['Date']})
+    vi.setSystemTime(1_000_000)
+    const {nd, add, feed, keepalive} = setup(false)
+    const alice = add('alice', '10.8.0.2')
+    feed([keepalive('10.8.0.2'), '192.0.2.1', 1000])
+    // A stranger who knows alice's tunnel address floods forged keepalives from its own address.
+    const forged = Buffer.from(keepalive('10.8.0.2'))
+    forged[KEEPALIVE_PACKET - 1] ^= 1
+    const flood = 3 * FOREIGN_VERIFY_PER_SOURCE
+    feed(...Array.from({length: flood}, (_, i) => [forged, '198.51.100.66', 1000 + (i % 7)] as [Buffer, string, number]))
+    // Its address's budget is verified and refused; the rest never costs a MAC.
+    expect(alice.stats.dropsSnapshot()).toEqual({authentication: FOREIGN_VERIFY_PER_SOURCE})
+    expect(nd.counters.keepaliveForeignRate).toBe(flood - FOREIGN_VERIFY_PER_SOURCE)
+    // Within the same second, alice's own keepalives still verify (her budget is untouched)...
+    for (let i = 0; i < SESSION_VERIFY_BURST; i++) feed([keepalive('10.8.0.2'), '192.0.2.1', 1000])
+    expect(alice.stats.dropsSnapshot()).toEqual({authentication: FOREIGN_VERIFY_PER_SOURCE})
+    // ...and a NAT rebinding of hers, from another address than the stranger's, still moves her.
+    feed([keepalive('10.8.0.2'), '192.0.2.9', 3000])
+    expect((alice.link as DatagramLink).endpoint).toBe('192.0.2.9:3000')
+  })
+
+  it('verifies at most a burst of keepalives from a session\'s own endpoint, then a steady rate', () => {
     vi.useFakeTimers({toFake: ['Date']})
     vi.setSystemTime(1_000_000)
     const {add, feed, keepalive} = setup(false)
     const alice = add('alice', '10.8.0.2')
     feed([keepalive('10.8.0.2'), '192.0.2.1', 1000])
-    // A stranger who knows alice's tunnel address floods forged keepalives.
+    // Someone forging alice's own address and port spends her budget (and only that).
     const forged = Buffer.from(keepalive('10.8.0.2'))
     forged[KEEPALIVE_PACKET - 1] ^= 1
-    const flood = 3 * KEEPALIVE_VERIFY_BURST
-    feed(...Array.from({length: flood}, () => [forged, '198.51.100.66', 999] as [Buffer, string, number]))
-    // The burst (less alice's own keepalive) is verified and refused; the rest never costs a MAC.
-    expect(alice.stats.dropsSnapshot()).toEqual({authentication: KEEPALIVE_VERIFY_BURST - 1, 'keepalive-rate': flood - KEEPALIVE_VERIFY_BURST + 1})
-    // Alice's own next keepalive, after a second's worth of budget came back, still moves her.
-    vi.setSystemTime(1_000_000 + Math.ceil(1000 / KEEPALIVE_VERIFY_PER_SECOND))
-    feed([keepalive('10.8.0.2'), '192.0.2.1', 3000])
-    expect((alice.link as DatagramLink).endpoint).toBe('192.0.2.1:3000')
+    const flood = 3 * SESSION_VERIFY_BURST
+    feed(...Array.from({length: flood}, () => [forged, '192.0.2.1', 1000] as [Buffer, string, number]))
+    // (Her first keepalive came before her endpoint was known: that was the foreign budget's.)
+    expect(alice.stats.dropsSnapshot()).toEqual({authentication: SESSION_VERIFY_BURST, 'keepalive-rate': flood - SESSION_VERIFY_BURST})
+    // After a tenth of a second's worth of budget came back, her own keepalive verifies again.
+    vi.setSystemTime(1_000_000 + Math.ceil(1000 / SESSION_VERIFY_PER_SECOND))
+    const seen = alice.stats.lastSeen
+    vi.setSystemTime(1_000_000 + Math.ceil(1000 / SESSION_VERIFY_PER_SECOND) + 1)
+    feed([keepalive('10.8.0.2'), '192.0.2.1', 1000])
+    expect(alice.stats.lastSeen).toBeGreaterThan(seen)
   })
 
   it('releases every id a session was bound under when it ends, including one it no longer uses', () => {

@@ -20,6 +20,7 @@ import {openCarrierSocket} from '../carrier/carrier-socket.js'
 import {laneFor} from '../carrier/datagram.js'
 import {KeepaliveKind} from '../nat/keepalive.js'
 import {KeepaliveState} from '../nat/session-keepalive.js'
+import {ForeignBudget, SESSION_VERIFY_BURST, SESSION_VERIFY_PER_SECOND, TokenBucket} from '../nat/keepalive-budget.js'
 import {ipv4Source} from '../net/packet.js'
 import type {LinuxTunDevice, TunQueue} from '../tun/linux.js'
 
@@ -27,29 +28,6 @@ import type {LinuxTunDevice, TunQueue} from '../tun/linux.js'
 function endpointKey(addr: number, port: number): number {
   return addr * 65536 + port
 }
-
-/**
- * Keepalive MACs verified per session at most: a steady rate and a burst (tokens). A client
- * sends one a second while probing and one per interval after; anyone who knows a session's
- * GRE key or tunnel address can send more, and each costs the node an HMAC on its main
- * thread. Past the limit they are dropped unverified and counted (`keepalive-rate`).
- */
-export const KEEPALIVE_VERIFY_PER_SECOND = 10
-export const KEEPALIVE_VERIFY_BURST = 20
-
-class VerifyBudget {
-  private tokens = KEEPALIVE_VERIFY_BURST
-  private last = Date.now()
-
-  take(now: number): boolean {
-    this.tokens = Math.min(KEEPALIVE_VERIFY_BURST, this.tokens + ((now - this.last) / 1000) * KEEPALIVE_VERIFY_PER_SECOND)
-    this.last = now
-    if (this.tokens < 1) return false
-    this.tokens--
-    return true
-  }
-}
-
 
 export class NodeDatagrams {
   private readonly byId = new Map<number, Peer>()
@@ -59,13 +37,15 @@ export class NodeDatagrams {
   private readonly byEndpoint = new Map<number, Peer>()
   private readonly inner = {offset: 0, length: 0}
   private readonly keepalives = new Map<Peer, KeepaliveState>()
-  private readonly budgets = new Map<Peer, VerifyBudget>()
+  /** Keepalives from a session's own endpoint spend its budget; from elsewhere, the sender's. */
+  private readonly budgets = new Map<Peer, TokenBucket>()
+  private readonly foreign = new ForeignBudget()
   private readonly socket: DatagramSocket
   /** Each worker's socket (of the main one's SO_REUSEPORT group) and TUN queue. */
   private readonly workerSockets: DatagramSocket[] = []
   private readonly workerQueues: TunQueue[] = []
   readonly queue: SendQueue
-  readonly counters = {unknownSession: 0}
+  readonly counters = {unknownSession: 0, keepaliveForeignRate: 0}
 
   constructor(
     private readonly carrier: CarrierSpec,
@@ -151,7 +131,7 @@ export class NodeDatagrams {
       throw new Error(`transport "${this.transport.name}" has neither session ids nor innerOf: its datagrams cannot be placed`)
     }
     this.keepalives.set(peer, new KeepaliveState(keys.receive, keys.send))
-    this.budgets.set(peer, new VerifyBudget())
+    this.budgets.set(peer, new TokenBucket(SESSION_VERIFY_PER_SECOND, SESSION_VERIFY_BURST))
   }
 
   /** What the client is told in its welcome: where to send. */
@@ -233,17 +213,21 @@ export class NodeDatagrams {
 
   private readonly onKeepalive = (peer: Peer, buf: Buffer, offset: number, addr: number, port: number): void => {
     const state = this.keepalives.get(peer)
-    if (this.budgets.get(peer)?.take(Date.now()) === false) {
-      peer.stats.drop('keepalive-rate')
+    const link = peer.link as DatagramLink
+    const now = Date.now()
+    const fromItsEndpoint = link.accepts(addr, port)
+    if (fromItsEndpoint ? this.budgets.get(peer)?.take(now) === false : !this.foreign.take(addr, now)) {
+      // From elsewhere it is the sender's budget that ran out, not the session's doing.
+      if (fromItsEndpoint) peer.stats.drop('keepalive-rate')
+      else this.counters.keepaliveForeignRate++
       return
     }
     if (state === undefined || !state.accept(buf, offset, KeepaliveKind.Request)) {
       peer.stats.drop('authentication')
       return
     }
-    peer.stats.lastSeen = Date.now()
-    const link = peer.link as DatagramLink
-    if (!link.accepts(addr, port)) {
+    peer.stats.lastSeen = now
+    if (!fromItsEndpoint) {
       const was = link.addr === 0 ? null : link.endpoint
       const old = endpointKey(link.addr, link.port)
       if (this.byEndpoint.get(old) === peer) this.byEndpoint.delete(old)
