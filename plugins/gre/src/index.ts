@@ -65,12 +65,21 @@ class GreSession implements NodeSession {
   }
 
   decap(buf: Buffer, offset: number, length: number, out: Span): Drop | null {
+    return this.open(buf, offset, length, out, true)
+  }
+
+  /** From an endpoint not proven yet: the sequence number must be there, but moves nothing. */
+  peek(buf: Buffer, offset: number, length: number, out: Span): Drop | null {
+    return this.open(buf, offset, length, out, false)
+  }
+
+  private open(buf: Buffer, offset: number, length: number, out: Span, commit: boolean): Drop | null {
     const h = this.header
     const bad = this.gre.parseGre(buf, offset, length, this.maxPayload, h)
     if (bad !== null) return bad
     if (h.key !== this.id) return 'unknown-session'
     // RFC 2890 2.2: in order or not at all (no reordering buffer: games prefer loss to delay).
-    if (this.flags.sequence && (!h.hasSequence || !this.rx.accept(h.sequence))) return 'replay'
+    if (this.flags.sequence && (!h.hasSequence || (commit && !this.rx.accept(h.sequence)))) return 'replay'
     out.offset = offset + h.headerLength
     out.length = length - h.headerLength
     return null

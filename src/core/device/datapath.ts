@@ -239,9 +239,13 @@ export class DataPath {
   receive(peer: Peer, buf: Buffer, offset: number, length: number, addr = 0, port = 0): void {
     const stats = peer.stats
     const out = peer.span
+    const session = peer.session
+    // From an endpoint the session has not proven only a keepalive is accepted: it must not
+    // move the session's state on the way (see Session.peek).
+    const proven = peer.link.accepts(addr, port)
     let drop: Drop | null
     try {
-      drop = peer.session.decap(buf, offset, length, out)
+      drop = !proven && session.peek !== undefined ? session.peek(buf, offset, length, out) : session.decap(buf, offset, length, out)
     } catch (e) {
       // Whatever a stranger sends, a transport that throws on it (a plugin bug) loses this
       // payload, not the node and not its other clients.
@@ -262,7 +266,7 @@ export class DataPath {
       this.onKeepalive(peer, buf, out.offset, addr, port)
       return
     }
-    if (!peer.link.accepts(addr, port)) {
+    if (!proven) {
       stats.drop('endpoint')
       return
     }

@@ -174,6 +174,14 @@ export interface Session {
   encap(buf: Buffer, offset: number, length: number, out: Span): boolean
   /** Decapsulate a carrier payload (possibly in place); on success (null) `out` is the inner packet. */
   decap(buf: Buffer, offset: number, length: number, out: Span): Drop | null
+  /**
+   * Optional: decapsulate as decap does, but move no state (no sequence or replay window). The
+   * core calls it instead of decap for a payload from an endpoint the session has not proven,
+   * of which it accepts only an authenticated keepalive: without it a stranger's packet could
+   * move state that no MAC protects (a GRE sequence number). A session whose state moves only
+   * for packets that authenticate (ESP's replay window) needs none.
+   */
+  peek?(buf: Buffer, offset: number, length: number, out: Span): Drop | null
   /** A transport message from the other end's session (see SessionContext.sendControl). */
   onControl?(message: SessionParams): void
   /** Called about once a second with Date.now(): time-driven work such as a rekey. */
