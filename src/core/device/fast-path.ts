@@ -75,7 +75,7 @@ export function tunOffload(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 export class FastPath {
-  private readonly counters = new Float64Array(5)
+  private readonly counters = new Float64Array(7)
 
   private constructor(
     private readonly native: NativeFast,
@@ -117,6 +117,8 @@ export class FastPath {
     stats.rxPackets += c[2]
     stats.rxBytes += c[3]
     if (c[4] > stats.lastSeen) stats.lastSeen = c[4]
+    if (c[5] > 0) stats.drop('authentication', c[5])
+    if (c[6] > 0) stats.drop('endpoint', c[6])
   }
 
   remove(address: number): void {

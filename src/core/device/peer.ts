@@ -34,8 +34,8 @@ export class PeerStats {
   /** Brings in what the native fast path counted for this peer (set while it carries it). */
   sync: (() => void) | null = null
 
-  drop(reason: DropCounter): void {
-    this.drops[reason] = (this.drops[reason] ?? 0) + 1
+  drop(reason: DropCounter, count = 1): void {
+    this.drops[reason] = (this.drops[reason] ?? 0) + count
   }
 
   dropsSnapshot(): Record<string, number> {

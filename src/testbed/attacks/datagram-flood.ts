@@ -7,8 +7,9 @@
  *   keepalive  IPIP-in-UDP keepalive-shaped packets (IP protocol 253 to the node's tunnel
  *              address --node-address) from every address of --pool A-B in turn, with a MAC
  *              that does not verify: what someone who knows the tunnel pool can send
- *   esp        ESP in GRE-in-UDP (ipsec-over-gre's wire format) with the genuine --spi, rising
- *              sequence numbers and random ciphertext: what someone who saw one packet can send
+ *   esp        ESP in GRE-in-UDP (ipsec-over-gre's wire format) with the genuine --spi and
+ *              --node-address CLIENT,NODE (tunnel addresses), rising sequence numbers and random
+ *              ciphertext: what someone who saw one packet can send
  *   gre        one GRE-in-UDP packet with --key and sequence number --seq (a far-ahead one)
  *
  * Bounded by --pps and --seconds; prints one JSON line (what it sent) when it ends.
@@ -67,15 +68,27 @@ function packets(): Buffer[] {
     return out
   }
   if (kind === 'esp') {
+    // GRE keyed with the SPI, the outer IPv4 header between the tunnel addresses, ESP: every
+    // check before the ICV passes, so only the MAC can tell it is forged (docs/esp-wire.md).
     const spi = Number(values.spi ?? fail('esp needs --spi'))
-    const size = Number(values.size)
+    const [src, dst] = (values['node-address'] ?? fail('esp needs --node-address CLIENT,NODE (tunnel addresses)')).split(',').map(ipv4ToNumber)
+    const ct = Math.max(4, Math.ceil(Number(values.size) / 4) * 4)
     return Array.from({length: 64}, () => {
-      const b = Buffer.alloc(8 + size)
+      const outer = 20 + 8 + 8 + ct + 16
+      const b = Buffer.alloc(8 + outer)
       b.writeUInt16BE(0x2000, 0) // GRE, key present
       b.writeUInt16BE(0x0800, 2)
       b.writeUInt32BE(spi, 4)
-      b.writeUInt32BE(spi, 8) // ESP SPI
-      randomFillSync(b, 16) // IV, ciphertext, ICV: random
+      b[8] = 0x45
+      b.writeUInt16BE(outer, 10)
+      b[14] = 0x40 // DF
+      b[16] = 64
+      b[17] = 50 // ESP
+      b.writeUInt32BE(src, 20)
+      b.writeUInt32BE(dst, 24)
+      b.writeUInt16BE(internetChecksum(b, 8, 28), 18)
+      b.writeUInt32BE(spi, 28) // ESP SPI; the sequence number at 32 is set per packet
+      randomFillSync(b, 36) // IV, ciphertext, ICV: random
       return b
     })
   }
@@ -96,7 +109,7 @@ const list = packets()
 const total = kind === 'gre' ? 1 : Math.round(pps * seconds)
 const socket = createSocket('udp4')
 let sent = 0
-let seq = 1
+let seq = 1 << 24
 const started = Date.now()
 const TICK_MS = 10
 
@@ -110,7 +123,7 @@ const timer = setInterval(() => {
   const owed = Math.min(total, Math.floor(((Date.now() - started) / 1000) * pps) + 1)
   while (sent < owed) {
     const p = list[sent % list.length]
-    if (kind === 'esp') p.writeUInt32BE(seq++, 12) // rising ESP sequence numbers
+    if (kind === 'esp') p.writeUInt32BE(seq++, 32) // rising ESP sequence numbers, far above a genuine one
     socket.send(p, port, host)
     sent++
   }

@@ -170,17 +170,17 @@ static void rerun_keystream(esp_sa *sa, const uint8_t nonce[12], uint8_t *p, uin
   if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1) EVP_DecryptUpdate(ctx, p, &n, p, (int)len);
 }
 
-bool esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o) {
-  if (len < OUTER_IPV4 || p[0] != 0x45) return false;
-  if ((((uint32_t)p[2] << 8) | p[3]) != len || !checksum_ok(p)) return false;
-  if ((p[6] & 0x3f) != 0 || p[7] != 0 || p[9] != IPPROTO_ESP_) return false;
+esp_open_result esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o) {
+  if (len < OUTER_IPV4 || p[0] != 0x45) return ESP_NOT_OURS;
+  if ((((uint32_t)p[2] << 8) | p[3]) != len || !checksum_ok(p)) return ESP_NOT_OURS;
+  if ((p[6] & 0x3f) != 0 || p[7] != 0 || p[9] != IPPROTO_ESP_) return ESP_NOT_OURS;
   uint8_t *esp = p + OUTER_IPV4;
-  if (len < OUTER_IPV4 + ESP_HEADER + ICV + 4) return false;
+  if (len < OUTER_IPV4 + ESP_HEADER + ICV + 4) return ESP_NOT_OURS;
   const uint32_t ct_len = len - OUTER_IPV4 - ESP_HEADER - ICV;
-  if ((ct_len & 3) != 0 || be32(esp) != sa->spi) return false;
+  if ((ct_len & 3) != 0 || be32(esp) != sa->spi) return ESP_NOT_OURS;
   const uint32_t lo = be32(esp + 4);
   const int64_t hi = infer_high(sa, lo);
-  if (hi < 0 || hi > 0xffffffffLL || !replay_check(sa, (uint32_t)hi, lo)) return false;
+  if (hi < 0 || hi > 0xffffffffLL || !replay_check(sa, (uint32_t)hi, lo)) return ESP_NOT_OURS;
 
   uint8_t *ct = esp + ESP_HEADER;
   uint8_t aad[12];
@@ -188,16 +188,16 @@ bool esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o) {
   nonce_and_aad(sa, (uint32_t)hi, lo, esp + 8, o->nonce, aad);
   EVP_CIPHER_CTX *ctx = sa->ctx;
   if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, o->nonce) != 1 || EVP_DecryptUpdate(ctx, NULL, &n, aad, 12) != 1) {
-    return false;
+    return ESP_NOT_OURS;
   }
   if (EVP_DecryptUpdate(ctx, ct, &n, ct, (int)ct_len) != 1) {
     rerun_keystream(sa, o->nonce, ct, ct_len);
-    return false;
+    return ESP_NOT_OURS;
   }
   if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ICV, ct + ct_len) != 1 ||
       EVP_DecryptFinal_ex(ctx, ct + ct_len, &n) != 1) {
-    rerun_keystream(sa, o->nonce, ct, ct_len); /* not authentic: JS counts it */
-    return false;
+    rerun_keystream(sa, o->nonce, ct, ct_len);
+    return ESP_FORGED;
   }
   o->ct = ct;
   o->ct_len = ct_len;
@@ -208,18 +208,18 @@ bool esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o) {
   const uint8_t next = ct[ct_len - 1];
   if (pad + 2 >= ct_len || next != ESP_NEXT_HEADER_IPV4 || ct[0] >> 4 != 4) {
     esp_reject(sa, o);
-    return false;
+    return ESP_NOT_OURS;
   }
   const uint32_t inner_len = ct_len - 2 - pad;
   for (uint32_t i = 1; i <= pad; i++) {
     if (ct[inner_len + i - 1] != i) {
       esp_reject(sa, o);
-      return false;
+      return ESP_NOT_OURS;
     }
   }
   o->inner = ct;
   o->inner_len = inner_len;
-  return true;
+  return ESP_OPENED;
 }
 
 void esp_accept(esp_sa *sa, const esp_opened *o) {

@@ -63,13 +63,18 @@ typedef struct esp_opened {
   uint8_t nonce[12];
 } esp_opened;
 
+typedef enum {
+  ESP_OPENED,   /* o->inner is an IPv4 packet: esp_accept or esp_reject it */
+  ESP_NOT_OURS, /* p is unchanged: a packet JS must look at (malformed, a replay, odd trailer) */
+  ESP_FORGED,   /* p is unchanged: its ICV does not verify, so nobody with the key sent it */
+} esp_open_result;
+
 /*
  * Checks, authenticates and decrypts in place the outer packet p[0, len) (outer IPv4 + ESP)
- * with sa, in EspOpener.open's order. True: o->inner is an IPv4 packet (next header 4), and the
- * replay window is NOT updated yet: call esp_accept to take it or esp_reject to give the
- * packet back as it came. False: p is unchanged (a packet JS must look at).
+ * with sa, in EspOpener.open's order. ESP_OPENED: the replay window is NOT updated yet: call
+ * esp_accept to take it or esp_reject to give the packet back as it came.
  */
-bool esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o);
+esp_open_result esp_open(esp_sa *sa, uint8_t *p, uint32_t len, esp_opened *o);
 /* The packet is taken: its sequence number is marked in the window. */
 void esp_accept(esp_sa *sa, const esp_opened *o);
 /* The packet is not taken after all: re-encrypts it, so p is again what arrived. */

@@ -12,9 +12,11 @@
  *                   one, from the node's endpoint only) -> decapsulate -> well-formed IPv4,
  *                   not a keepalive, node: from the session's own tunnel address -> TUN
  *
- * Anything else (no native session, an endpoint not learned yet, a keepalive, GRE with
- * checksum or sequence, anything malformed) is left in the ring, moved to its front, and JS
- * handles it exactly as before: the JS data path stays the reference and keeps every check and
+ * Two kinds of datagram are dropped here, counted per session, because they are nobody's and
+ * a stranger can send them at will: ESP whose ICV does not verify, and a found session's
+ * datagram from an endpoint it has not proven that cannot be a keepalive. Anything else (no
+ * native session, an endpoint not learned yet, a keepalive, GRE with checksum or sequence,
+ * anything malformed) is left in the ring, moved to its front, and JS handles it exactly as before: the JS data path stays the reference and keeps every check and
  * counter for the unusual packet. JS owns the session table's contents (set/remove) and reads
  * the counters (take). Everything runs on the main thread, so nothing here needs a lock.
  *
@@ -33,9 +35,11 @@
  *        of stream.c): TUN packets to it become Data frames in one record per batch; its Data
  *        frames come back through fast_stream_take
  *   remove(handle, address)
- *   take(handle, address, Float64Array(5)) -> boolean
+ *   take(handle, address, Float64Array(7)) -> boolean
  *        [txPackets, txBytes, rxPackets, rxBytes] since the last take, then the time of the
- *        last payload received in ms since the epoch (0: none since)
+ *        last payload received in ms since the epoch (0: none since), then the datagrams
+ *        dropped here since: [authentication (forged ESP), endpoint (from an endpoint the
+ *        session has not proven, and no keepalive)]
  *   stats(handle) -> {sessions, txPackets, rxPackets, sendDrops, tunWriteDrops, tunGsoPackets, tunGsoSegments}
  *   close(handle)                              detaches; idempotent
  */
@@ -56,6 +60,7 @@
 
 #define GRE_HEADER 8          /* flags+version, protocol type, key */
 #define KEEPALIVE_PROTOCOL 253 /* src/core/nat/keepalive.ts: always JS's */
+#define KEEPALIVE_PACKET 52    /* its IPv4 header and 32-byte payload */
 #define IPV4_MIN_HEADER 20
 #define MIN_MTU 68
 #define MAX_MTU 65535
@@ -326,9 +331,21 @@ static esp_sa *inbound_sa(esp_codec *e, uint32_t spi) {
   return NULL;
 }
 
-/* Takes one datagram if it is the common case: *out is then its inner packet, for the TUN. */
-static bool receive_one(fast_path *fp, const lane *l, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port,
-                        double now, inner_packet *out) {
+/* What the fast path does with one datagram. */
+typedef enum {
+  RX_SLOW, /* left for JS, as it arrived */
+  RX_TUN,  /* *out is its inner packet, for the TUN */
+  RX_DROP, /* dropped here and counted: nobody's (forged ESP, or not a keepalive from a new endpoint) */
+} rx_verdict;
+
+/* An inner packet that might be a keepalive (JS verifies it): anything else from an endpoint a
+ * session has not proven is dropped. */
+static bool keepalive_shaped(const uint8_t *inner, uint32_t len) {
+  return len == KEEPALIVE_PACKET && inner[9] == KEEPALIVE_PROTOCOL;
+}
+
+static rx_verdict receive_one(fast_path *fp, const lane *l, uint8_t *d, uint32_t len, uint32_t addr, uint16_t port,
+                              double now, inner_packet *out) {
   fast_session *s = NULL;
   if (fp->role == ROLE_CLIENT) {
     if (fp->n == 1) s = &fp->s[0];
@@ -337,30 +354,48 @@ static bool receive_one(fast_path *fp, const lane *l, uint8_t *d, uint32_t len, 
   } else if (fp->n_identity > 0) {
     s = lookup(fp, &fp->by_ep, endpoint_key(addr, port));
   }
+  if (s == NULL || s->ep_addr == 0 || !lane_carries(l, s)) return RX_SLOW;
   /* Data only from the session's current endpoint, which only an authenticated keepalive (JS)
-   * sets. */
-  if (s == NULL || s->ep_addr == 0 || addr != s->ep_addr || port != s->ep_port || !lane_carries(l, s)) return false;
+   * sets. From anywhere else only a keepalive can be accepted: whatever cannot be one costs the
+   * node no JavaScript (a stranger who knows a GRE key or an SPI can send these at will). */
+  const bool proven = addr == s->ep_addr && port == s->ep_port;
   const uint8_t *inner = d;
   uint32_t ilen = len;
   esp_sa *sa = NULL;
   esp_opened opened;
   if (s->codec == CODEC_GRE) {
-    if (!gre_plain(d, len) || be32(d + 4) != s->key) return false;
+    if (!gre_plain(d, len) || be32(d + 4) != s->key) return RX_SLOW;
     inner += GRE_HEADER;
     ilen -= GRE_HEADER;
   } else if (s->codec == CODEC_ESP) {
     /* As the plugin's decap: an ESP packet at most its overhead over the MTU. */
-    if (!gre_plain(d, len) || len - GRE_HEADER > fp->mtu + ESP_HEADROOM + ESP_TAILROOM) return false;
-    if ((sa = inbound_sa(s->esp, be32(d + 4))) == NULL) return false;
-    if (!esp_open(sa, d + GRE_HEADER, len - GRE_HEADER, &opened)) return false;
+    if (!gre_plain(d, len) || len - GRE_HEADER > fp->mtu + ESP_HEADROOM + ESP_TAILROOM) return RX_SLOW;
+    if ((sa = inbound_sa(s->esp, be32(d + 4))) == NULL) return RX_SLOW;
+    switch (esp_open(sa, d + GRE_HEADER, len - GRE_HEADER, &opened)) {
+    case ESP_OPENED:
+      break;
+    case ESP_FORGED: /* one AES-GCM pass in C, not a decryption in JavaScript */
+      FAST_ADD(s->auth_drops, 1);
+      return RX_DROP;
+    default:
+      return RX_SLOW;
+    }
     inner = opened.inner;
     ilen = opened.inner_len;
+  } else if (!proven) {
+    return RX_SLOW; /* identity: found by endpoint, so never here */
+  }
+  if (!proven) {
+    if (sa != NULL) esp_reject(sa, &opened); /* the window moves only once JS takes it */
+    if (ilen >= IPV4_MIN_HEADER && keepalive_shaped(inner, ilen)) return RX_SLOW;
+    FAST_ADD(s->endpoint_drops, 1);
+    return RX_DROP;
   }
   /* A client may only speak for its own tunnel address. */
   if (ilen > fp->mtu || !ipv4_ok(inner, ilen) || inner[9] == KEEPALIVE_PROTOCOL ||
       (fp->role == ROLE_NODE && be32(inner + 12) != s->address)) {
     if (sa != NULL) esp_reject(sa, &opened); /* JS gets the packet as it arrived */
-    return false;
+    return RX_SLOW;
   }
   if (sa != NULL) esp_accept(sa, &opened);
   out->p = inner;
@@ -368,7 +403,7 @@ static bool receive_one(fast_path *fp, const lane *l, uint8_t *d, uint32_t len, 
   FAST_ADD(s->rx_packets, 1);
   FAST_ADD(s->rx_bytes, ilen);
   __atomic_store(&s->last_rx_ms, &now, __ATOMIC_RELAXED);
-  return true;
+  return RX_TUN;
 }
 
 /* Writes inner packets to the lane's TUN descriptor; what the kernel refuses is counted. */
@@ -388,8 +423,9 @@ uint32_t fast_net_batch(fast_path *fp, lane *l, const batch_view *b, uint32_t co
   uint32_t taken = 0;
   for (uint32_t j = 0; j < count; j++) {
     uint8_t *d = b->ring + (size_t)j * b->slot_size + b->headroom;
-    l->slow[j] = !receive_one(fp, l, d, b->lengths[j], b->addrs[j], b->ports[j], now, &l->pending[taken]);
-    if (!l->slow[j]) taken++;
+    const rx_verdict v = receive_one(fp, l, d, b->lengths[j], b->addrs[j], b->ports[j], now, &l->pending[taken]);
+    l->slow[j] = v == RX_SLOW;
+    if (v == RX_TUN) taken++;
   }
   /* Written before the slow ones move down over the slots they were in. Queue full or device
    * gone: dropped and counted, as a router would. */
@@ -856,8 +892,8 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
   fast_path *fp = fast_get(env, argv[0]);
   if (fp == NULL || !agent_get_u32(env, argv[1], &address)) return NULL;
   if (napi_get_typedarray_info(env, argv[2], &type, &count, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || count < 5) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "take: out must be a Float64Array of 5");
+      type != napi_float64_array || count < 7) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "take: out must be a Float64Array of 7");
     return NULL;
   }
   int32_t i = index_of(fp, address);
@@ -871,6 +907,8 @@ static napi_value fast_take(napi_env env, napi_callback_info info) {
     out[2] = (double)__atomic_exchange_n(&s->rx_packets, 0, __ATOMIC_RELAXED);
     out[3] = (double)__atomic_exchange_n(&s->rx_bytes, 0, __ATOMIC_RELAXED);
     __atomic_exchange(&s->last_rx_ms, &zero, &out[4], __ATOMIC_RELAXED);
+    out[5] = (double)__atomic_exchange_n(&s->auth_drops, 0, __ATOMIC_RELAXED);
+    out[6] = (double)__atomic_exchange_n(&s->endpoint_drops, 0, __ATOMIC_RELAXED);
   }
   NAPI_OK(env, napi_get_boolean(env, i >= 0, &result));
   return result;

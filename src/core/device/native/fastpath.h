@@ -57,6 +57,7 @@ typedef struct fast_session {
   napi_ref stream_ref;
   /* Since the last take(); added to by every lane (FAST_ADD). */
   uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+  uint64_t auth_drops, endpoint_drops; /* dropped here: forged ESP; not a keepalive, from elsewhere */
   double last_rx_ms;
 } fast_session;
 
