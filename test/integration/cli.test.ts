@@ -311,6 +311,22 @@ describe('agent up on bad input applies nothing', () => {
     await expectNothingApplied()
   })
 
+  it('a run directory others can write: up, status and down refuse it, naming it and its mode; nothing applied', async () => {
+    const open = join(scratch, 'open-run')
+    mkdirSync(open)
+    chmodSync(open, 0o777)
+    const wanted = `run directory ${open} is writable by group and others (mode 0777)`
+    const up = await agent(['up', '--config', 'node1.yaml'], {ns, runDir: open})
+    expect(up.code).not.toBe(0)
+    expect(up.message).toContain(wanted)
+    await expectNothingApplied(open)
+    for (const args of [['status'], ['down', '--config', 'node1.yaml']]) {
+      const r = await agent(args, {ns, runDir: open})
+      expect(r.code, args[0]).toBe(1)
+      expect(r.message).toContain(wanted)
+    }
+  })
+
   it('a node whose egress interface does not exist comes up (MASQUERADE -o accepts any name) and goes down clean', async () => {
     // Documented truth rather than a wish: iptables takes a nonexistent -o name, so the agent
     // starts and its NAT rule simply matches nothing until such an interface appears.

@@ -3,11 +3,13 @@
  * that `agent down`, or the next `up` after a kill -9, can undo exactly that.
  * One JSON file per instance under the run directory (default /run/agent), plus a lock file
  * held from `up`'s stale-state check until its clean stop, so two `up` of one name cannot both
- * proceed.
+ * proceed. Nothing is written there before the directory is checked (run-dir.ts): a directory
+ * others can write would let them tell `down` what to delete.
  */
-import {linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {linkSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import type {AddedRoute} from '../routes/index.js'
+import {prepareRunDir} from './run-dir.js'
 
 export const DEFAULT_RUN_DIR = '/run/agent'
 
@@ -87,7 +89,7 @@ export class StateFile {
    * gets its start time and boot id.
    */
   write(state: AgentState): void {
-    mkdirSync(this.dir, {recursive: true, mode: 0o755})
+    prepareRunDir(this.dir)
     const record = state.pid === process.pid ? {...state, ...selfIdentity(), pid: state.pid} : state
     const tmp = `${this.path}.${process.pid}.tmp`
     writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n', {mode: 0o644})
@@ -120,7 +122,7 @@ export class StateFile {
    * gone (a kill -9, a reboot, a reused pid) is broken. Re-entrant for this process.
    */
   acquire(): void {
-    mkdirSync(this.dir, {recursive: true, mode: 0o755})
+    prepareRunDir(this.dir)
     const mine = JSON.stringify({...selfIdentity(), pid: process.pid}) + '\n'
     const tmp = `${this.lockPath}.${process.pid}.tmp`
     writeFileSync(tmp, mine, {mode: 0o644})
