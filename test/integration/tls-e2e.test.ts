@@ -4,7 +4,8 @@
  */
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {probeEcho, startEchoServer, type EchoServer} from '../../src/testbed/index.js'
-import {readFileSync, writeFileSync} from 'node:fs'
+import {existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
 import {type AgentProcess, type Fleet, NODE_PORT, admittedAddresses, agentTraces, createFleet} from '../../src/testbed/index.js'
 
 let fleet: Fleet
@@ -93,6 +94,19 @@ describe('tls transport, node and clients behind a NAT', () => {
     const after = status((await fleet.cli(tb.names.client[0], ['status', '--json'])).stdout).peers[0].txPackets
     // Keepalives are control frames, not data: the data counter must not have moved.
     expect(after).toBe(before)
+  })
+
+  it("routes none of the node's subnet but the node's own tunnel address into the tunnel", async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[0]
+    const addr = await tb.exec(ns, 'ip', ['-4', '-o', 'address', 'show', 'dev', 'agtun0'])
+    expect(addr.stdout).toMatch(/inet 10\.99\.0\.2\/24 .*noprefixroute/)
+    const routes = (await tb.exec(ns, 'ip', ['-4', 'route', 'show', 'dev', 'agtun0'])).stdout.trim().split('\n').map((l) => l.split(' ')[0])
+    expect(routes.sort()).toEqual(['10.99.0.1', tb.addr.target].sort())
+    const other = await tb.exec(ns, 'ip', ['route', 'get', '10.99.0.77'])
+    expect(other.stdout).not.toMatch(/agtun0/)
+    const gw = await tb.exec(ns, 'ip', ['route', 'get', '10.99.0.1'])
+    expect(gw.stdout).toMatch(/dev agtun0/)
   })
 
   it('never forwards a client to a denied network, however it routes it', async () => {
@@ -192,6 +206,21 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(JSON.parse(r.stdout)).toEqual({type: 'refused', reason: expect.stringMatching(/certificate not accepted: it is not signed by this fleet's CA/)})
     await node.waitFor(/refused client from 198\.51\.100\.2:\d+: certificate not accepted: it is not signed by this fleet's CA/)
     expect(await admittedAddresses(tb, tb.names.node)).toEqual(['10.99.0.2']) // alice only
+  })
+
+  it("a client refuses a node whose subnet overlaps one of its host's routes, and applies nothing", async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[1]
+    await tb.exec(ns, 'ip', ['route', 'add', 'blackhole', '10.99.0.0/16'])
+    try {
+      const bob = await fleet.startClient('bob', 1, {wait: null})
+      expect(await bob.exited).not.toBe(0)
+      expect(bob.output).toMatch(/refusing the node's tunnel address 10\.99\.0\.50\/24: 10\.99\.0\.0\/24 overlaps this host's route 10\.99\.0\.0\/16 blackhole/)
+      expect(await agentTraces(tb, ns)).toEqual([])
+      expect(existsSync(join(fleet.runDir(ns), 'bob.json'))).toBe(false)
+    } finally {
+      await tb.exec(ns, 'ip', ['route', 'del', 'blackhole', '10.99.0.0/16'])
+    }
   })
 
   it('removes every TUN, route and rule on SIGTERM, in every namespace', async () => {
