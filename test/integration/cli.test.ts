@@ -59,6 +59,8 @@ function agentEnv(o: CliOptions): NodeJS.ProcessEnv {
     OCLIF_COLUMNS: '1000',
     AGENT_DATA_DIR: o.dataDir ?? inject('agentDataDir'),
     AGENT_RUN_DIR: o.runDir ?? runDir,
+    // Not the host's /run: the namespace is the testbed's (state/ip-forward.ts).
+    AGENT_IP_FORWARD_DIR: join(scratch, 'ip-forward'),
     ...o.env,
   }
 }

@@ -6,7 +6,7 @@ import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {probeEcho, startEchoServer, type EchoServer} from '../../src/testbed/index.js'
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {type AgentProcess, type Fleet, NODE_PORT, admittedAddresses, agentTraces, createFleet} from '../../src/testbed/index.js'
+import {AgentProcess, BIN, type Fleet, NODE_PORT, admittedAddresses, agentEnv, agentTraces, createFleet} from '../../src/testbed/index.js'
 
 let fleet: Fleet
 let echo: EchoServer
@@ -263,5 +263,57 @@ describe('tls transport, node and clients behind a NAT', () => {
     const down = await fleet.cli(tb.names.node, ['down', '--config', fleet.nodeConfig])
     expect(down.stdout).toMatch(/was not running; removed what its last run left behind/)
     expect(await agentTraces(tb, tb.names.node)).toEqual([])
+  })
+})
+
+describe('two nodes in one network namespace', () => {
+  /** A second node beside node1: its own name, TUN, subnet, port, and run directory. */
+  async function startSecondNode(): Promise<{p: AgentProcess; config: string; runDir: string}> {
+    const {tb} = fleet
+    const config = fleet.nodeConfig.replace(/node1\.yaml$/, 'node2.yaml')
+    writeFileSync(
+      config,
+      readFileSync(fleet.nodeConfig, 'utf8')
+        .replace('name: node1', 'name: node2')
+        .replace('interface: agtun0', 'interface: agtun1')
+        .replace('10.99.0.0/24', '10.98.0.0/24')
+        .replace('10.99.0.50', '10.98.0.50')
+        .replace(`port: ${NODE_PORT}`, `port: ${NODE_PORT + 1}`),
+    )
+    const runDir = join(fleet.runDir(tb.names.node), '..', 'run2')
+    const env = {...agentEnv(fleet.runDir(tb.names.node), fleet.dataDir), AGENT_RUN_DIR: runDir}
+    const p = new AgentProcess(tb.spawn(tb.names.node, process.execPath, [BIN, 'up', '--config', config], {env, stdio: ['ignore', 'pipe', 'pipe']}))
+    running.push(p)
+    await p.waitFor(/node node2 up/)
+    return {p, config, runDir}
+  }
+
+  const forwarding = async () => (await fleet.tb.exec(fleet.tb.names.node, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).stdout.trim()
+
+  it('the first to stop leaves ip_forward on for the other (even with another run directory); the last puts back 0', async () => {
+    expect(await forwarding()).toBe('0')
+    const node1 = await fleet.startNode()
+    running.push(node1)
+    const second = await startSecondNode()
+    expect(await forwarding()).toBe('1')
+    expect(await stop(node1)).toBe(0)
+    expect(await forwarding()).toBe('1')
+    expect(await stop(second.p)).toBe(0)
+    expect(await forwarding()).toBe('0')
+    expect(await agentTraces(fleet.tb, fleet.tb.names.node)).toEqual([])
+  })
+
+  it('a node killed with -9 does not keep ip_forward on after the other stops; down cleans up after it', async () => {
+    const node1 = await fleet.startNode()
+    running.push(node1)
+    const second = await startSecondNode()
+    second.p.child.kill('SIGKILL')
+    await second.p.exited
+    expect(await stop(node1)).toBe(0)
+    expect(await forwarding()).toBe('0')
+    const down = await fleet.cli(fleet.tb.names.node, ['down', '--config', second.config, '--run-dir', second.runDir])
+    expect(down.stdout, down.stderr).toMatch(/node2 was not running; removed what its last run left behind/)
+    expect(await forwarding()).toBe('0')
+    expect(await agentTraces(fleet.tb, fleet.tb.names.node)).toEqual([])
   })
 })
