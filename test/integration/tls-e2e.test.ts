@@ -146,6 +146,32 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(r).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
   })
 
+  it('moves a client to a new tunnel address live: its routes stay, and still none of the subnet is routed', async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[0]
+    const moved = fleet.nodeConfig.replace(/\.yaml$/, '-moved.yaml')
+    writeFileSync(moved, readFileSync(fleet.nodeConfig, 'utf8').replace('  - name: alice\n', '  - name: alice\n    address: 10.99.0.7\n'))
+    let mark = alice.output.length
+    const there = await fleet.cli(tb.names.node, ['reload', '--config', moved])
+    expect(there.code, there.stderr).toBe(0)
+    try {
+      await alice.waitFor(/connected to node .* as 10\.99\.0\.7/, 20_000, mark)
+      expect(alice.output.slice(mark)).toMatch(/node moved us from 10\.99\.0\.2 to 10\.99\.0\.7/)
+      const addr = await tb.exec(ns, 'ip', ['-4', '-o', 'address', 'show', 'dev', 'agtun0'])
+      expect(addr.stdout.trim().split('\n')).toHaveLength(1)
+      expect(addr.stdout).toMatch(/inet 10\.99\.0\.7\/24 .*noprefixroute/)
+      const routes = (await tb.exec(ns, 'ip', ['-4', 'route', 'show', 'dev', 'agtun0'])).stdout.trim().split('\n').map((l) => l.split(' ')[0])
+      expect(routes.sort()).toEqual(['10.99.0.1', tb.addr.target].sort())
+      const r = await probeEcho(tb, ns, tb.addr.target, echo.port, {proto: 'udp'})
+      expect(r).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    } finally {
+      mark = alice.output.length
+      const back = await fleet.cli(tb.names.node, ['reload', '--config', fleet.nodeConfig])
+      expect(back.code, back.stderr).toBe(0)
+      await alice.waitFor(/connected to node .* as 10\.99\.0\.2/, 20_000, mark)
+    }
+  })
+
   it("keeps the client's route to the node outside the tunnel when its routes cover the node", async () => {
     const {tb} = fleet
     // The node's whole public network goes into the tunnel, node address included: without a
