@@ -4,6 +4,7 @@ import {fail} from '../cli/fail.js'
 import {loadConfig} from '../core/config/index.js'
 import {describeReload} from '../core/lifecycle.js'
 import {StateFile, isAgentAlive, runDir} from '../core/state/state-file.js'
+import {checkRunDir} from '../core/state/run-dir.js'
 import {type ReloadResult, requestReload} from '../core/status/server.js'
 
 export default class Reload extends Command {
@@ -24,8 +25,15 @@ export default class Reload extends Command {
     const {flags} = await this.parse(Reload)
     // Checked here first, so an invalid file gets the usual field-and-line errors in this terminal.
     const config = await loadConfig(flags.config).catch((e: Error) => fail(this, e.message, 2))
-    const file = new StateFile(runDir(flags['run-dir']), config.name)
-    const state = file.read()
+    const dir = runDir(flags['run-dir'])
+    let known: boolean
+    try {
+      known = checkRunDir(dir)
+    } catch (e) {
+      fail(this, (e as Error).message, 1)
+    }
+    const file = new StateFile(dir, config.name)
+    const state = known ? file.read() : null
     if (state === null || !isAgentAlive(state.pid, state.startTime, state.bootId)) fail(this, `agent "${config.name}" is not running`, 1)
     let result: ReloadResult
     try {

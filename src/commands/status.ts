@@ -14,7 +14,7 @@ export default class Status extends Command {
 
   async run(): Promise<InstanceStatus[]> {
     const {flags} = await this.parse(Status)
-    const all = await collectStatus(runDir(flags['run-dir']), flags.name)
+    const all = await collectStatus(runDir(flags['run-dir']), flags.name).catch((e: Error) => fail(this, e.message, 1))
     if (flags.name !== undefined && all.length === 0) fail(this, `no agent named "${flags.name}" is running`, 1)
     this.log(formatStatus(all))
     return all

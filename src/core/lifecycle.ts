@@ -6,6 +6,7 @@ import type {Logger} from './log.js'
 import type {ReloadResult} from './status/server.js'
 import {StateFile, isAgentAlive} from './state/state-file.js'
 import {teardown} from './state/teardown.js'
+import {checkRunDir} from './state/run-dir.js'
 
 export interface RunningAgent {
   /** Brings the agent up; rejects, with everything undone, if it cannot. */
@@ -123,6 +124,8 @@ export interface DownResult {
 
 /** Stop a running instance by SIGTERM and wait; or, if it died, undo what its state records. */
 export async function bringDown(dir: string, name: string, log: Logger, timeoutMs = 15_000): Promise<DownResult> {
+  // The record says which pid to signal and what to delete: only one in a safe directory counts.
+  if (!checkRunDir(dir)) return {stoppedPid: null, cleanedStale: false}
   const file = new StateFile(dir, name)
   const state = file.read()
   if (state === null) return {stoppedPid: null, cleanedStale: false}

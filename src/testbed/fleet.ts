@@ -7,7 +7,7 @@
 import type {ChildProcess} from 'node:child_process'
 import {execFile} from 'node:child_process'
 import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
-import {join, resolve} from 'node:path'
+import {dirname, join, resolve} from 'node:path'
 import {promisify} from 'node:util'
 import {createTestbed} from './topology.js'
 import type {Testbed} from './types.js'
@@ -17,9 +17,13 @@ export const ROOT = resolve(import.meta.dirname, '../..')
 export const BIN = join(ROOT, 'bin/run.js')
 const pexec = promisify(execFile)
 
-/** Environment for an agent: its own run dir and the fleet's plugin dir. */
+/**
+ * Environment for an agent: its own run dir and the fleet's plugin dir. The registry of nodes
+ * holding ip_forward (state/ip-forward.ts) goes beside the run dir, in the testbed's scratch
+ * dir rather than the host's /run: the namespaces are the testbed's, and it removes both.
+ */
 export function agentEnv(runDir: string, dataDir: string): NodeJS.ProcessEnv {
-  return {...process.env, AGENT_RUN_DIR: runDir, AGENT_DATA_DIR: dataDir, NO_COLOR: '1'}
+  return {...process.env, AGENT_RUN_DIR: runDir, AGENT_IP_FORWARD_DIR: join(dirname(runDir), 'ip-forward'), AGENT_DATA_DIR: dataDir, NO_COLOR: '1'}
 }
 
 /** Run the agent CLI to completion outside any namespace (pki, config validate...). */

@@ -59,6 +59,8 @@ function agentEnv(o: CliOptions): NodeJS.ProcessEnv {
     OCLIF_COLUMNS: '1000',
     AGENT_DATA_DIR: o.dataDir ?? inject('agentDataDir'),
     AGENT_RUN_DIR: o.runDir ?? runDir,
+    // Not the host's /run: the namespace is the testbed's (state/ip-forward.ts).
+    AGENT_IP_FORWARD_DIR: join(scratch, 'ip-forward'),
     ...o.env,
   }
 }
@@ -309,6 +311,22 @@ describe('agent up on bad input applies nothing', () => {
     expect(r.code).not.toBe(0)
     expect(r.message).toContain(`cannot read pki bundle ${pki}/missing.pem: no such file`)
     await expectNothingApplied()
+  })
+
+  it('a run directory others can write: up, status and down refuse it, naming it and its mode; nothing applied', async () => {
+    const open = join(scratch, 'open-run')
+    mkdirSync(open)
+    chmodSync(open, 0o777)
+    const wanted = `run directory ${open} is writable by group and others (mode 0777)`
+    const up = await agent(['up', '--config', 'node1.yaml'], {ns, runDir: open})
+    expect(up.code).not.toBe(0)
+    expect(up.message).toContain(wanted)
+    await expectNothingApplied(open)
+    for (const args of [['status'], ['down', '--config', 'node1.yaml']]) {
+      const r = await agent(args, {ns, runDir: open})
+      expect(r.code, args[0]).toBe(1)
+      expect(r.message).toContain(wanted)
+    }
   })
 
   it('a node whose egress interface does not exist comes up (MASQUERADE -o accepts any name) and goes down clean', async () => {

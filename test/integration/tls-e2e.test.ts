@@ -4,8 +4,9 @@
  */
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {probeEcho, startEchoServer, type EchoServer} from '../../src/testbed/index.js'
-import {readFileSync, writeFileSync} from 'node:fs'
-import {type AgentProcess, type Fleet, NODE_PORT, admittedAddresses, agentTraces, createFleet} from '../../src/testbed/index.js'
+import {existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {AgentProcess, BIN, type Fleet, NODE_PORT, admittedAddresses, agentEnv, agentTraces, createFleet} from '../../src/testbed/index.js'
 
 let fleet: Fleet
 let echo: EchoServer
@@ -95,6 +96,19 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(after).toBe(before)
   })
 
+  it("routes none of the node's subnet but the node's own tunnel address into the tunnel", async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[0]
+    const addr = await tb.exec(ns, 'ip', ['-4', '-o', 'address', 'show', 'dev', 'agtun0'])
+    expect(addr.stdout).toMatch(/inet 10\.99\.0\.2\/24 .*noprefixroute/)
+    const routes = (await tb.exec(ns, 'ip', ['-4', 'route', 'show', 'dev', 'agtun0'])).stdout.trim().split('\n').map((l) => l.split(' ')[0])
+    expect(routes.sort()).toEqual(['10.99.0.1', tb.addr.target].sort())
+    const other = await tb.exec(ns, 'ip', ['route', 'get', '10.99.0.77'])
+    expect(other.stdout).not.toMatch(/agtun0/)
+    const gw = await tb.exec(ns, 'ip', ['route', 'get', '10.99.0.1'])
+    expect(gw.stdout).toMatch(/dev agtun0/)
+  })
+
   it('never forwards a client to a denied network, however it routes it', async () => {
     const {tb} = fleet
     // The default denies link-local (a cloud metadata service); here the second target too.
@@ -130,6 +144,32 @@ describe('tls transport, node and clients behind a NAT', () => {
     await alice.waitFor(/connected to node/, 20_000, mark)
     const r = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'udp'})
     expect(r).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+  })
+
+  it('moves a client to a new tunnel address live: its routes stay, and still none of the subnet is routed', async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[0]
+    const moved = fleet.nodeConfig.replace(/\.yaml$/, '-moved.yaml')
+    writeFileSync(moved, readFileSync(fleet.nodeConfig, 'utf8').replace('  - name: alice\n', '  - name: alice\n    address: 10.99.0.7\n'))
+    let mark = alice.output.length
+    const there = await fleet.cli(tb.names.node, ['reload', '--config', moved])
+    expect(there.code, there.stderr).toBe(0)
+    try {
+      await alice.waitFor(/connected to node .* as 10\.99\.0\.7/, 20_000, mark)
+      expect(alice.output.slice(mark)).toMatch(/node moved us from 10\.99\.0\.2 to 10\.99\.0\.7/)
+      const addr = await tb.exec(ns, 'ip', ['-4', '-o', 'address', 'show', 'dev', 'agtun0'])
+      expect(addr.stdout.trim().split('\n')).toHaveLength(1)
+      expect(addr.stdout).toMatch(/inet 10\.99\.0\.7\/24 .*noprefixroute/)
+      const routes = (await tb.exec(ns, 'ip', ['-4', 'route', 'show', 'dev', 'agtun0'])).stdout.trim().split('\n').map((l) => l.split(' ')[0])
+      expect(routes.sort()).toEqual(['10.99.0.1', tb.addr.target].sort())
+      const r = await probeEcho(tb, ns, tb.addr.target, echo.port, {proto: 'udp'})
+      expect(r).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
+    } finally {
+      mark = alice.output.length
+      const back = await fleet.cli(tb.names.node, ['reload', '--config', fleet.nodeConfig])
+      expect(back.code, back.stderr).toBe(0)
+      await alice.waitFor(/connected to node .* as 10\.99\.0\.2/, 20_000, mark)
+    }
   })
 
   it("keeps the client's route to the node outside the tunnel when its routes cover the node", async () => {
@@ -194,6 +234,21 @@ describe('tls transport, node and clients behind a NAT', () => {
     expect(await admittedAddresses(tb, tb.names.node)).toEqual(['10.99.0.2']) // alice only
   })
 
+  it("a client refuses a node whose subnet overlaps one of its host's routes, and applies nothing", async () => {
+    const {tb} = fleet
+    const ns = tb.names.client[1]
+    await tb.exec(ns, 'ip', ['route', 'add', 'blackhole', '10.99.0.0/16'])
+    try {
+      const bob = await fleet.startClient('bob', 1, {wait: null})
+      expect(await bob.exited).not.toBe(0)
+      expect(bob.output).toMatch(/refusing the node's tunnel address 10\.99\.0\.50\/24: 10\.99\.0\.0\/24 overlaps this host's route 10\.99\.0\.0\/16 blackhole/)
+      expect(await agentTraces(tb, ns)).toEqual([])
+      expect(existsSync(join(fleet.runDir(ns), 'bob.json'))).toBe(false)
+    } finally {
+      await tb.exec(ns, 'ip', ['route', 'del', 'blackhole', '10.99.0.0/16'])
+    }
+  })
+
   it('removes every TUN, route and rule on SIGTERM, in every namespace', async () => {
     const {tb} = fleet
     expect(await stop(alice)).toBe(0)
@@ -234,5 +289,57 @@ describe('tls transport, node and clients behind a NAT', () => {
     const down = await fleet.cli(tb.names.node, ['down', '--config', fleet.nodeConfig])
     expect(down.stdout).toMatch(/was not running; removed what its last run left behind/)
     expect(await agentTraces(tb, tb.names.node)).toEqual([])
+  })
+})
+
+describe('two nodes in one network namespace', () => {
+  /** A second node beside node1: its own name, TUN, subnet, port, and run directory. */
+  async function startSecondNode(): Promise<{p: AgentProcess; config: string; runDir: string}> {
+    const {tb} = fleet
+    const config = fleet.nodeConfig.replace(/node1\.yaml$/, 'node2.yaml')
+    writeFileSync(
+      config,
+      readFileSync(fleet.nodeConfig, 'utf8')
+        .replace('name: node1', 'name: node2')
+        .replace('interface: agtun0', 'interface: agtun1')
+        .replace('10.99.0.0/24', '10.98.0.0/24')
+        .replace('10.99.0.50', '10.98.0.50')
+        .replace(`port: ${NODE_PORT}`, `port: ${NODE_PORT + 1}`),
+    )
+    const runDir = join(fleet.runDir(tb.names.node), '..', 'run2')
+    const env = {...agentEnv(fleet.runDir(tb.names.node), fleet.dataDir), AGENT_RUN_DIR: runDir}
+    const p = new AgentProcess(tb.spawn(tb.names.node, process.execPath, [BIN, 'up', '--config', config], {env, stdio: ['ignore', 'pipe', 'pipe']}))
+    running.push(p)
+    await p.waitFor(/node node2 up/)
+    return {p, config, runDir}
+  }
+
+  const forwarding = async () => (await fleet.tb.exec(fleet.tb.names.node, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).stdout.trim()
+
+  it('the first to stop leaves ip_forward on for the other (even with another run directory); the last puts back 0', async () => {
+    expect(await forwarding()).toBe('0')
+    const node1 = await fleet.startNode()
+    running.push(node1)
+    const second = await startSecondNode()
+    expect(await forwarding()).toBe('1')
+    expect(await stop(node1)).toBe(0)
+    expect(await forwarding()).toBe('1')
+    expect(await stop(second.p)).toBe(0)
+    expect(await forwarding()).toBe('0')
+    expect(await agentTraces(fleet.tb, fleet.tb.names.node)).toEqual([])
+  })
+
+  it('a node killed with -9 does not keep ip_forward on after the other stops; down cleans up after it', async () => {
+    const node1 = await fleet.startNode()
+    running.push(node1)
+    const second = await startSecondNode()
+    second.p.child.kill('SIGKILL')
+    await second.p.exited
+    expect(await stop(node1)).toBe(0)
+    expect(await forwarding()).toBe('0')
+    const down = await fleet.cli(fleet.tb.names.node, ['down', '--config', second.config, '--run-dir', second.runDir])
+    expect(down.stdout, down.stderr).toMatch(/node2 was not running; removed what its last run left behind/)
+    expect(await forwarding()).toBe('0')
+    expect(await agentTraces(fleet.tb, fleet.tb.names.node)).toEqual([])
   })
 })

@@ -5,7 +5,7 @@
  */
 import {type ChildProcess, spawn} from 'node:child_process'
 import {EventEmitter} from 'node:events'
-import {existsSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, afterEach, beforeEach, describe, expect, it, vi} from 'vitest'
@@ -240,6 +240,24 @@ describe('bringDown', () => {
     await expect(bringDown(dir, 'alice', logger().log)).rejects.toThrow(/cleanup of "alice" incomplete: remove routes: RTNETLINK busy/)
     expect(f.read()).not.toBeNull()
     expect(existsSync(f.lockPath)).toBe(false)
+  })
+
+  it('trusts no record in a run directory others can write, or behind a symlink', async () => {
+    const c = await child()
+    const real = join(dir, 'real')
+    mkdirSync(real, {mode: 0o700})
+    const f = new StateFile(real, 'alice')
+    f.write(state(c.pid, processStartTime(c.pid)))
+    const link = join(dir, 'run')
+    symlinkSync(real, link)
+    await expect(bringDown(link, 'alice', logger().log, 1_000)).rejects.toThrow(`run directory ${link} is a symbolic link`)
+    chmodSync(real, 0o777)
+    await expect(bringDown(real, 'alice', logger().log, 1_000)).rejects.toThrow(`run directory ${real} is writable by group and others (mode 0777)`)
+    // Neither the recorded pid was signalled nor anything it records removed.
+    expect(c.signalCode).toBeNull()
+    expect(mocks.removeRoutes).not.toHaveBeenCalled()
+    expect(existsSync(f.path)).toBe(true)
+    c.kill()
   })
 
   it('does not clean up under an `up` of the same name that holds the lock', async () => {

@@ -50,6 +50,12 @@ describe('configureInterface', () => {
     ])
   })
 
+  it("sets a client's address without the subnet's route", async () => {
+    const {calls, runner} = ipScript()
+    await configureInterface('tun0', {address: '10.8.0.2', prefix: 24, noPrefixRoute: true, mtu: 1400}, {runner})
+    expect(calls[0]).toBe('ip address replace 10.8.0.2/24 noprefixroute dev tun0')
+  })
+
   it('sets a point-to-point address', async () => {
     const {calls, runner} = ipScript()
     await configureInterface('tun0', {address: '10.8.0.2', peer: '10.8.0.1', mtu: 1400}, {runner})

@@ -34,6 +34,8 @@ afterAll(() => {
 let scratch: string
 beforeEach(() => {
   scratch = mkdtempSync(join(tmpdir(), 'agent-state-test-'))
+  // The registry of nodes holding ip_forward, which teardown consults: ours, not the host's.
+  process.env.AGENT_IP_FORWARD_DIR = join(scratch, 'ip-forward')
   vi.clearAllMocks()
 })
 afterEach(() => rmSync(scratch, {recursive: true, force: true}))
@@ -169,6 +171,19 @@ describe('instance lock', () => {
     other.kill()
   })
 
+  it('given time, waits for a live holder to go (the registry of ip_forward holders does)', async () => {
+    // A holder that ends by itself: our event loop is blocked while acquire waits.
+    const brief = spawn('/bin/sleep', ['0.3'], {stdio: 'ignore'})
+    children.push(brief)
+    await new Promise((resolve, reject) => brief.once('spawn', resolve).once('error', reject))
+    const f = new StateFile(scratch, 'alice')
+    writeFileSync(f.lockPath, lockOf(brief.pid!, processStartTime(brief.pid!)))
+    expect(() => f.acquire()).toThrow(/is already running/)
+    f.acquire(10_000)
+    expect(f.lockHolder()?.pid).toBe(process.pid)
+    f.release()
+  })
+
   it('breaks a lock whose holder is gone, or whose pid now belongs to another process', async () => {
     const f = new StateFile(scratch, 'alice')
     writeFileSync(f.lockPath, lockOf(await deadPid(), 12345))
@@ -254,7 +269,7 @@ describe('teardown', () => {
   it('never deletes the interface named in the record (it may be another instance’s TUN now)', async () => {
     expect(await teardown(record({firewall: 'node1', ipForwardBefore: '0'}), quiet)).toEqual([])
     expect(mocks.removeFirewall).toHaveBeenCalledWith('node1')
-    expect(mocks.setSysctl).toHaveBeenCalledWith('net.ipv4.ip_forward', '0')
+    expect(mocks.setSysctl).toHaveBeenCalledWith('net.ipv4.ip_forward', '0', expect.anything())
     expect(mocks.deleteLink).not.toHaveBeenCalled()
   })
 

@@ -35,6 +35,7 @@ import {tunnelMtu} from '../transport/mtu.js'
 import {checkSessionRoom} from '../transport/room.js'
 import {SESSION_TICK_MS, sessionContext} from '../transport/session-context.js'
 import {backoffDelay} from './backoff.js'
+import {checkWelcomeAddress, hostRoutes} from './welcome-address.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
 import {keepaliveKeys} from '../nat/keepalive.js'
@@ -58,6 +59,9 @@ export class ClientAgent {
   private ticker: NodeJS.Timeout | null = null
   private datagrams: ClientDatagrams | null = null
   private nodeIp = ''
+  /** The route to the node's tunnel address, the one route of the tunnel subnet the client has. */
+  private gatewayRoute: AddedRoute | null = null
+  private gateway: string | null = null
   private attempts = 0
   private retryTimer: NodeJS.Timeout | null = null
   private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
@@ -213,8 +217,12 @@ export class ClientAgent {
     const gone = () => conn.isClosed || this.phase === 'stopped'
     if (gone()) return
     if (w.transport !== this.transport.name) throw new Error(`node answered for transport ${JSON.stringify(w.transport)}`)
+    // Before anything is applied: a refused address leaves the system as it was.
+    checkWelcomeAddress(w, {nodeIp: this.nodeIp, tunInterface: this.config.tunnel.interface, routes: await hostRoutes()})
+    if (gone()) return
     if (this.tun === null) await this.bringUpTunnel(w)
     else if (w.address !== this.address) await this.readdress(w)
+    if (w.gateway !== this.gateway) await this.routeGateway(w.gateway)
     // The connection may have dropped, or the agent been stopped, while the tunnel was set up.
     if (gone()) return
     const ctx = sessionContext({
@@ -281,7 +289,8 @@ export class ClientAgent {
     this.mtu = Math.min(wanted, w.mtu)
     // The virtio header lets the fast path write runs of TCP segments as one packet.
     this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
-    await configureInterface(ifname, {address: w.address, prefix: w.prefix, mtu: this.mtu})
+    // No route for the subnet: the tunnel carries `routes:` and the gateway, nothing a node says.
+    await configureInterface(ifname, {address: w.address, prefix: w.prefix, noPrefixRoute: true, mtu: this.mtu})
     this.address = w.address
     // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.
     const outside = await keepEndpointOutside(this.nodeIp, this.config.routes, {tunInterface: ifname})
@@ -343,7 +352,8 @@ export class ClientAgent {
       if (pin !== null) await this.unrecordRoutes([pin])
       throw e
     }
-    const gone = this.state.routes.filter((r) => r.dev === ifname && removed.includes(r.dst))
+    // The gateway's route stays even if `routes:` named the same address and no longer does.
+    const gone = this.state.routes.filter((r) => r.dev === ifname && removed.includes(r.dst) && r.dst !== this.gatewayRoute?.dst)
     await this.unrecordRoutes(gone)
     const effects = [...added.map((r) => `route ${r} added`), ...removed.map((r) => `route ${r} removed`)]
     const ip = ipv4ToNumber(this.nodeIp)
@@ -367,8 +377,22 @@ export class ClientAgent {
 
   private async readdress(w: Welcome): Promise<void> {
     this.log.warn(`node moved us from ${this.address} to ${w.address}`)
-    await readdressInterface(this.config.tunnel.interface, {address: w.address, prefix: w.prefix, mtu: this.mtu!})
+    await readdressInterface(this.config.tunnel.interface, {address: w.address, prefix: w.prefix, noPrefixRoute: true, mtu: this.mtu!})
     this.address = w.address
+  }
+
+  /**
+   * Routes the node's tunnel address (the gateway) into the tunnel, replacing the route to a
+   * previous one. It is the only address of the tunnel subnet the client needs (replies to the
+   * node itself); the subnet has no route (see welcome-address.ts).
+   */
+  private async routeGateway(gateway: string): Promise<void> {
+    const old = this.gatewayRoute
+    const [added] = await addRoutes(this.config.tunnel.interface, [`${gateway}/32`])
+    this.gatewayRoute = added ?? null
+    this.gateway = gateway
+    if (added !== undefined) this.recordRoute(added)
+    if (old !== null && !this.config.routes.some((r) => formatCidr(parseRoutePrefix(r)) === old.dst)) await this.unrecordRoutes([old])
   }
 
   /** Time-driven transport work (rekeys); a session that throws costs its connection. */

@@ -28,7 +28,7 @@ import {DatagramLink} from '../carrier/datagram-link.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
 import {configureInterface} from '../routes/index.js'
-import {getSysctl, setSysctl} from '../sys/sysctl.js'
+import {holdIpForward} from '../state/ip-forward.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
 import {type ReloadResult, startStatusServer} from '../status/server.js'
@@ -178,9 +178,12 @@ export class NodeAgent {
       await configureInterface(ifname, {address, prefix: this.prefix, mtu: this.mtu})
       this.checkNotStopped()
 
-      this.state.ipForwardBefore = await getSysctl('net.ipv4.ip_forward')
-      this.stateFile.write(this.state)
-      await setSysctl('net.ipv4.ip_forward', '1')
+      // Shared with any other node of this network namespace (ip-forward.ts).
+      await holdIpForward(this.config.name, (before, netns) => {
+        this.state.ipForwardBefore = before
+        this.state.netns = netns
+        this.stateFile.write(this.state)
+      })
       this.checkNotStopped()
 
       const firewall = new NodeFirewall({

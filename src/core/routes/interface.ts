@@ -6,10 +6,13 @@ import {assertInterfaceName} from '../sys/ifname.js'
 import {run, type Runner} from '../sys/run.js'
 
 export type InterfaceAddress =
-  /** A subnet on the link: the node's side, 10.8.0.1/24. */
-  | {address: string; prefix: number; peer?: undefined; mtu: number}
+  /**
+   * A subnet on the link: the node's side, 10.8.0.1/24. With noPrefixRoute the kernel adds no
+   * route for the subnet (a client's side: it routes only what it chose, welcome-address.ts).
+   */
+  | {address: string; prefix: number; peer?: undefined; noPrefixRoute?: boolean; mtu: number}
   /** Point-to-point: local address and the other end, e.g. a client's 10.8.0.2 peer 10.8.0.1. */
-  | {address: string; peer: string; prefix?: undefined; mtu: number}
+  | {address: string; peer: string; prefix?: undefined; noPrefixRoute?: undefined; mtu: number}
 
 export interface IpOptions {
   /** How to run `ip`; tests pass netnsRunner(ns). */
@@ -27,7 +30,7 @@ export async function configureInterface(name: string, cfg: InterfaceAddress, op
     local = [cfg.address, 'peer', cfg.peer]
   } else {
     if (!Number.isInteger(cfg.prefix) || cfg.prefix < 0 || cfg.prefix > 32) throw new Error(`invalid prefix length ${cfg.prefix} for ${name}`)
-    local = [`${cfg.address}/${cfg.prefix}`]
+    local = [`${cfg.address}/${cfg.prefix}`, ...(cfg.noPrefixRoute === true ? ['noprefixroute'] : [])]
   }
   // "replace", not "add": the same address already being there (a restart that reuses a
   // persistent device) is success, not "Address already assigned".

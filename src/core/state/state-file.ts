@@ -3,11 +3,13 @@
  * that `agent down`, or the next `up` after a kill -9, can undo exactly that.
  * One JSON file per instance under the run directory (default /run/agent), plus a lock file
  * held from `up`'s stale-state check until its clean stop, so two `up` of one name cannot both
- * proceed.
+ * proceed. Nothing is written there before the directory is checked (run-dir.ts): a directory
+ * others can write would let them tell `down` what to delete.
  */
-import {linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {linkSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import type {AddedRoute} from '../routes/index.js'
+import {prepareRunDir} from './run-dir.js'
 
 export const DEFAULT_RUN_DIR = '/run/agent'
 
@@ -37,8 +39,13 @@ export interface AgentState {
   routes: RouteRecord[]
   /** The node's firewall instance name, once its chains may exist. */
   firewall?: string
-  /** net.ipv4.ip_forward before the node set it, to put back on down. */
+  /**
+   * net.ipv4.ip_forward before the first node of the network namespace set it, to put back when
+   * the last one stops (ip-forward.ts).
+   */
   ipForwardBefore?: string
+  /** The network namespace the agent ran in (`net:[inode]`), where ip_forward is to be put back. */
+  netns?: string
 }
 
 /** Who holds an instance's lock: the same identity as a state record's. */
@@ -87,7 +94,7 @@ export class StateFile {
    * gets its start time and boot id.
    */
   write(state: AgentState): void {
-    mkdirSync(this.dir, {recursive: true, mode: 0o755})
+    prepareRunDir(this.dir)
     const record = state.pid === process.pid ? {...state, ...selfIdentity(), pid: state.pid} : state
     const tmp = `${this.path}.${process.pid}.tmp`
     writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n', {mode: 0o644})
@@ -116,16 +123,18 @@ export class StateFile {
   }
 
   /**
-   * Takes the instance's lock, or throws if a live process holds it. A lock whose holder is
-   * gone (a kill -9, a reboot, a reused pid) is broken. Re-entrant for this process.
+   * Takes the instance's lock, or throws if a live process holds it (still, after `waitMs`). A
+   * lock whose holder is gone (a kill -9, a reboot, a reused pid) is broken. Re-entrant for this
+   * process.
    */
-  acquire(): void {
-    mkdirSync(this.dir, {recursive: true, mode: 0o755})
+  acquire(waitMs = 0): void {
+    prepareRunDir(this.dir)
     const mine = JSON.stringify({...selfIdentity(), pid: process.pid}) + '\n'
     const tmp = `${this.lockPath}.${process.pid}.tmp`
     writeFileSync(tmp, mine, {mode: 0o644})
     try {
-      for (let attempt = 0; attempt < ACQUIRE_TRIES; attempt++) {
+      const deadline = Date.now() + waitMs
+      for (let attempt = 0; attempt < ACQUIRE_TRIES || Date.now() < deadline; attempt++) {
         try {
           // link() creates the lock with its whole content at once, or fails if it exists.
           linkSync(tmp, this.lockPath)
@@ -145,6 +154,10 @@ export class StateFile {
         } else if (isSelf(holder)) {
           return
         } else if (isAgentAlive(holder.pid, holder.startTime, holder.bootId)) {
+          if (Date.now() < deadline) {
+            pause(ACQUIRE_PAUSE_MS)
+            continue
+          }
           throw new Error(`agent "${this.name}" is already running (pid ${holder.pid}); stop it with \`agent down\` first`)
         }
         if (!this.breakStale(seen)) pause(ACQUIRE_PAUSE_MS)

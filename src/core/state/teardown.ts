@@ -6,7 +6,7 @@
 import type {Logger} from '../log.js'
 import {removeFirewall} from '../firewall/index.js'
 import {removeRoutes} from '../routes/index.js'
-import {setSysctl} from '../sys/sysctl.js'
+import {releaseIpForward} from './ip-forward.js'
 import {type AgentState, type StateFile, isAgentAlive} from './state-file.js'
 
 /**
@@ -29,9 +29,8 @@ export async function teardown(state: AgentState, log: Logger): Promise<string[]
   }
   await step('remove routes', () => removeRoutes(state.routes))
   if (state.firewall !== undefined) await step('remove firewall chains', () => removeFirewall(state.firewall!))
-  if (state.ipForwardBefore !== undefined && state.ipForwardBefore !== '1') {
-    await step('restore net.ipv4.ip_forward', () => setSysctl('net.ipv4.ip_forward', state.ipForwardBefore!))
-  }
+  // Put back only if no other live node of the namespace still forwards (ip-forward.ts).
+  if (state.ipForwardBefore !== undefined) await step('restore net.ipv4.ip_forward', () => releaseIpForward(state, log))
   return problems
 }
 

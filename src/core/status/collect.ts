@@ -1,12 +1,15 @@
 /** Gathering and printing the status of every instance found in a run directory. */
 import {readdirSync} from 'node:fs'
 import {StateFile, isAgentAlive} from '../state/state-file.js'
+import {checkRunDir} from '../state/run-dir.js'
 import type {ControlReport, RosterReport, StatusReport} from './report.js'
 import {queryStatus} from './server.js'
 
 export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
 
+/** Throws if the run directory exists but is not safe to trust (run-dir.ts). */
 export async function collectStatus(dir: string, only?: string): Promise<InstanceStatus[]> {
+  if (!checkRunDir(dir)) return []
   let names: string[]
   try {
     names = readdirSync(dir)

@@ -1,7 +1,7 @@
 /**
  * Kernel parameters through /proc/sys (no `sysctl` binary needed). The node sets
- * net.ipv4.ip_forward=1 on `up`; the caller keeps the value setSysctl returns and writes it back
- * on `down`, so a host that had forwarding off gets it off again.
+ * net.ipv4.ip_forward=1 on `up` and the last node of the namespace to stop writes the value
+ * from before back (state/ip-forward.ts), so a host that had forwarding off gets it off again.
  *
  * /proc/sys/net belongs to the network namespace of the process, so these act on the namespace
  * the agent runs in.
