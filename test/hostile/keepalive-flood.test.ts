@@ -6,7 +6,7 @@
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {join} from 'node:path'
 import {type Fleet, createFleet, ROOT} from '../../src/testbed/index.js'
-import {pingOk as pingFrom, sleep} from '../integration/datagram-helpers.js'
+import {peers as peersOf, pingOk as pingFrom, sleep} from '../integration/datagram-helpers.js'
 
 const FLOOD = join(ROOT, 'dist/testbed/attacks/datagram-flood.js')
 const IDLE_TIMEOUT = 10
@@ -42,15 +42,18 @@ describe('forged keepalive flood on ipip', () => {
     // A new client comes up during the flood.
     await sleep(1_000)
     const bob = await fleet.startClient('bob', 1)
-    // Alice's NAT moves her to another port: her next keepalive still moves her session.
-    const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-s', tb.addr.client[0], '-j', 'MASQUERADE', '--to-ports', '41000-41999']
-    await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
+    // Alice's NAT moves her to another port (a range that does not hold her port now): her
+    // next keepalive still moves her session.
+    const now = Number((await peersOf(fleet, tb.names.node)).find((p) => p.name === 'alice')!.endpoint.split(':')[1])
+    const range = now >= 41000 && now <= 41999 ? [43000, 43999] : [41000, 41999]
+    const rule = ['-o', tb.ifaces.natWan, '-p', 'udp', '-s', tb.addr.client[0], '-j', 'MASQUERADE', '--to-ports', range.join('-')]
+    await tb.exec(tb.names.nat, 'iptables', ['-w', '-t', 'nat', '-I', 'POSTROUTING', '1', ...rule], {check: true})
     try {
       const moved = node.output.length
       await tb.flushNatConntrack()
-      await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:41\d\d\d/, 12_000, moved)
+      await node.waitFor(new RegExp(`client alice moved from 198\\.51\\.100\\.2:${now} to 198\\.51\\.100\\.2:${String(range[0]).slice(0, 2)}\\d{3}`), 12_000, moved)
     } finally {
-      await tb.exec(tb.names.nat, 'iptables', ['-w', '-t', 'nat', '-D', 'POSTROUTING', '-o', tb.ifaces.natWan, '-p', 'udp', '-s', tb.addr.client[0], '-j', 'MASQUERADE', '--to-ports', '41000-41999'])
+      await tb.exec(tb.names.nat, 'iptables', ['-w', '-t', 'nat', '-D', 'POSTROUTING', ...rule])
     }
     expect(await flooded).toBe(0)
     const report = JSON.parse(out.trim()) as {sent: number; seconds: number}
