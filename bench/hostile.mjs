@@ -79,15 +79,17 @@ async function run(name) {
     attacker.stdout.on('data', (b) => (out += b))
     const ended = new Promise((r) => attacker.once('exit', r))
     const c0 = cpuSeconds(node.pid)
+    const a0 = cpuSeconds(attacker.pid)
     await sleep(ATTACK_ALONE_S * 1000)
     const nodeCpu = ((cpuSeconds(node.pid) - c0) / ATTACK_ALONE_S) * 100
-    log(`${name}: under attack (node ${nodeCpu.toFixed(1)}% of a core for the attack alone)`)
+    const attackerCpu = ((cpuSeconds(attacker.pid) - a0) / ATTACK_ALONE_S) * 100
+    log(`${name}: under attack (node ${nodeCpu.toFixed(1)}%, attacker ${attackerCpu.toFixed(1)}% of a core for the attack alone)`)
     const loud = await measure(tb, ns, [node.pid])
     await tb.stop(attacker, 1000)
     await ended
     const report = out.trim() === '' ? {} : JSON.parse(out.trim().split('\n').pop())
     const alive = node.child.exitCode === null
-    return {attack: name, transport: sc.transport, what: sc.what, quiet, loud, nodeCpuPercent: nodeCpu, attacker: report, nodeAlive: alive}
+    return {attack: name, transport: sc.transport, what: sc.what, quiet, loud, nodeCpuPercent: nodeCpu, attackerCpuPercent: attackerCpu, attacker: report, nodeAlive: alive}
   } finally {
     await tb.destroy()
   }
@@ -101,7 +103,7 @@ const f3 = (x) => (x == null ? '-' : x.toFixed(3))
 const lines = [
   `Real client: iperf3 1 stream ${seconds} s, then ${pings} pings every ${PING_INTERVAL} s; quiet, then under the attack, in the same run.`,
   '',
-  '| attack | transport | throughput quiet / attacked (Mbit/s) | ratio | ping p50 quiet / attacked (ms) | p50 ratio | p99 quiet / attacked (ms) | loss attacked | node CPU, attack alone (% of a core) | met |',
+  '| attack | transport | throughput quiet / attacked (Mbit/s) | ratio | ping p50 quiet / attacked (ms) | p50 ratio | p99 quiet / attacked (ms) | loss attacked | node / attacker CPU, attack alone (% of a core) | met |',
   '|---|---|---|---|---|---|---|---|---|---|',
 ]
 for (const r of results) {
@@ -109,7 +111,7 @@ for (const r of results) {
   const rtt = r.loud.p50 / r.quiet.p50
   const met = ratio >= 0.9 && rtt <= 1.5 && r.nodeAlive ? 'yes' : 'NO'
   lines.push(
-    `| ${r.what} | ${r.transport} | ${f1(r.quiet.mbps)} / ${f1(r.loud.mbps)} | ${ratio.toFixed(2)} | ${f3(r.quiet.p50)} / ${f3(r.loud.p50)} | ${rtt.toFixed(2)} | ${f3(r.quiet.p99)} / ${f3(r.loud.p99)} | ${(r.loud.loss * 100).toFixed(0)}% | ${f1(r.nodeCpuPercent)} | ${met} |`,
+    `| ${r.what} | ${r.transport} | ${f1(r.quiet.mbps)} / ${f1(r.loud.mbps)} | ${ratio.toFixed(2)} | ${f3(r.quiet.p50)} / ${f3(r.loud.p50)} | ${rtt.toFixed(2)} | ${f3(r.quiet.p99)} / ${f3(r.loud.p99)} | ${(r.loud.loss * 100).toFixed(0)}% | ${f1(r.nodeCpuPercent)} / ${f1(r.attackerCpuPercent)} | ${met} |`,
   )
 }
 console.log(lines.join('\n'))

@@ -218,6 +218,15 @@ describe('chain rules', () => {
     expect(() => chainRules(spec({admitted: [], deny: ['169.254.1.1/16']}), 'fwd')).toThrow(/host bits set; did you mean 169\.254\.0\.0\/16/)
   })
 
+  it('limits new control connections per source address in the kernel, before anything else of the input chain', () => {
+    const rules = chainRules(spec({controlPort: 4443}), 'in')
+    expect(rules[0]).toBe(
+      '-A AGENT-node1-IN -p tcp -m tcp --dport 4443 --tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above 500/sec --hashlimit-burst 1000 --hashlimit-mode srcip --hashlimit-name agent-node1-syn -j DROP',
+    )
+    expect(chainRules(spec(), 'in')).toEqual(rules.slice(1))
+    expect(() => chainRules(spec({controlPort: 70000}), 'in')).toThrow(/invalid control port 70000/)
+  })
+
   it('admits through the set: one rule per direction, the same for no client or many', () => {
     const none = chainRules(spec({admitted: []}), 'fwd')
     expect(none).toEqual([

@@ -29,10 +29,13 @@
  * entries (iptables.ts), so none of its flows survive to be picked up by the next client given
  * the same address.
  *
- * Input policy (chain AGENT-<instance>-IN, entered from INPUT at position 1): from the tunnel,
- * the node itself answers pings (echo-request) and replies to what it started, and nothing
- * else: tunnel clients must not reach the node's own services (sshd...) through the tunnel.
- * Packets from other interfaces return to INPUT untouched.
+ * Input policy (chain AGENT-<instance>-IN, entered from INPUT at position 1): new connections
+ * to the control port from one source address are limited in the kernel (CONTROL_SYN_* below),
+ * so a host that opens and reopens connections as fast as it can costs the node a hash lookup
+ * per SYN past the limit, not a connection in JavaScript. From the tunnel, the node itself
+ * answers pings (echo-request) and replies to what it started, and nothing else: tunnel
+ * clients must not reach the node's own services (sshd...) through the tunnel. Packets from
+ * other interfaces return to INPUT untouched.
  *
  * The source check trusts the core to decapsulate a peer's packets only when their source is
  * that peer's tunnel address: the firewall sees one TUN for all clients and cannot tell who sent
@@ -59,7 +62,19 @@ export interface FirewallSpec {
   admitted: readonly string[]
   /** Networks (CIDR) no client may reach through the node, whatever else allows it. */
   deny?: readonly string[]
+  /** The control port (TCP): new connections to it are rate-limited per source address. */
+  controlPort?: number
 }
+
+/**
+ * New control connections (SYNs) per source address: past the rate and its burst they are
+ * dropped in the kernel, and the sender's TCP retries a second later. Far above what players
+ * need even behind one carrier-grade NAT (the scale benchmark's 10,000 players from one
+ * address reconnect at about 360 a second); a flood from one address costs the node at most
+ * this many connections a second.
+ */
+export const CONTROL_SYN_PER_SECOND = 500
+export const CONTROL_SYN_BURST = 1000
 
 /** A spec checked and put in canonical form (admitted: unique, numerically sorted). */
 export interface NormalizedSpec extends FirewallSpec {
@@ -86,6 +101,9 @@ export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
     if (!isNetworkAddress(n)) throw new Error(`denied network ${d} has host bits set; did you mean ${formatCidr({address: networkAddress(n), prefix: n.prefix})}?`)
     return formatCidr(n)
   })
+  if (spec.controlPort !== undefined && !(Number.isInteger(spec.controlPort) && spec.controlPort > 0 && spec.controlPort < 65536)) {
+    throw new Error(`invalid control port ${JSON.stringify(spec.controlPort)}: expected 1 to 65535`)
+  }
   return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet), deny: [...new Set(deny)]}
 }
 
@@ -128,6 +146,12 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
       ]
     case 'in':
       return [
+        ...(s.controlPort === undefined
+          ? []
+          : [
+              `${A} -p tcp -m tcp --dport ${s.controlPort} --tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above ${CONTROL_SYN_PER_SECOND}/sec ` +
+                `--hashlimit-burst ${CONTROL_SYN_BURST} --hashlimit-mode srcip --hashlimit-name ${setName(s.instance)}-syn -j DROP`,
+            ]),
         `${A} -i ${tun} -p icmp -m icmp --icmp-type 8 -j ACCEPT`,
         `${A} -i ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
         `${A} -i ${tun} -j DROP`,

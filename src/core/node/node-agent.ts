@@ -194,6 +194,7 @@ export class NodeAgent {
         snat: this.config.egress.snat,
         admitted: [],
         deny: this.config.egress.deny,
+        controlPort: this.config.listen.port,
       })
       this.firewall = firewall
       await firewall.apply()
