@@ -86,7 +86,7 @@ describe('ConfigError', () => {
       'node1.yaml:1:1: tunnel: is required',
       'node1.yaml:1:1: egress: is required',
       'node1.yaml:1:1: pki: is required',
-      'node1.yaml:3:10: listen.prot: unknown key (allowed: address, port); did you mean port?',
+      'node1.yaml:3:10: listen.prot: unknown key (allowed: address, port, limits); did you mean port?',
     ])
   })
 
@@ -124,7 +124,7 @@ describe('loadConfig', () => {
       role: 'node',
       name: 'n',
       transport: 'tls',
-      listen: {address: '0.0.0.0', port: 443},
+      listen: {address: '0.0.0.0', port: 443, limits: {perSource: 256, pending: 2048, handshakeSeconds: 5, newPerSecond: 500}},
       tunnel: {interface: 'agent0', subnet: '10.8.0.0/24', address: '10.8.0.1', pool: {start: '10.8.0.1', end: '10.8.0.254'}},
       egress: {interface: 'eth0', snat: 'masquerade', deny: ['169.254.0.0/16']},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/n.pem')},

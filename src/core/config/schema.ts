@@ -230,6 +230,47 @@ export const nodeConfigSchema = {
       properties: {
         address: {...ipv4, default: '0.0.0.0', description: 'Address to listen on.'},
         port: {...port, default: 443, description: 'TCP port to listen on.'},
+        limits: {
+          type: 'object',
+          default: {},
+          description:
+            'What a source may cost the node before it is authenticated (docs/hardening.md). A connected ' +
+            "player's session never counts against these.",
+          properties: {
+            perSource: {
+              type: 'integer',
+              minimum: 1,
+              maximum: 65536,
+              default: 256,
+              description:
+                'Unauthenticated control connections one source address may hold at once; more are closed at once. ' +
+                'Raise it for very many players behind one carrier-grade NAT address.',
+            },
+            pending: {
+              type: 'integer',
+              minimum: 1,
+              maximum: 65536,
+              default: 2048,
+              description: 'Unauthenticated control connections in all; past it the oldest is closed to make room.',
+            },
+            handshakeSeconds: {
+              type: 'integer',
+              minimum: 1,
+              maximum: 120,
+              default: 5,
+              description: 'A connection must be authenticated this many seconds after it is accepted, whatever it sends.',
+            },
+            newPerSecond: {
+              type: 'integer',
+              minimum: 1,
+              maximum: 1000000,
+              default: 500,
+              description:
+                'New control connections per second from one source address (bursts of twice as many); the firewall drops the rest.',
+            },
+          },
+          additionalProperties: false,
+        },
       },
       additionalProperties: false,
     },

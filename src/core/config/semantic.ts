@@ -75,6 +75,11 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
   const issues: SemanticIssue[] = []
   const add = (path: FieldPath, message: string, atKey = false) => issues.push({path, message, atKey})
 
+  const limits = config.listen?.limits
+  if (limits?.perSource !== undefined && limits.perSource > (limits.pending ?? 2048)) {
+    add(['listen', 'limits', 'perSource'], `${limits.perSource} must not exceed pending (${limits.pending ?? 2048}): one source could fill the port`)
+  }
+
   const {tunnel} = config
   const written = cidrOf(tunnel.subnet)
   if (written.prefix < SUBNET_MIN_PREFIX || written.prefix > SUBNET_MAX_PREFIX) {

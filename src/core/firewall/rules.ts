@@ -64,6 +64,8 @@ export interface FirewallSpec {
   deny?: readonly string[]
   /** The control port (TCP): new connections to it are rate-limited per source address. */
   controlPort?: number
+  /** New control connections a second per source address (default CONTROL_SYN_PER_SECOND); bursts of twice as many. */
+  controlPerSecond?: number
 }
 
 /**
@@ -74,12 +76,12 @@ export interface FirewallSpec {
  * this many connections a second.
  */
 export const CONTROL_SYN_PER_SECOND = 500
-export const CONTROL_SYN_BURST = 1000
 
 /** A spec checked and put in canonical form (admitted: unique, numerically sorted). */
 export interface NormalizedSpec extends FirewallSpec {
   admitted: string[]
   deny: string[]
+  controlPerSecond: number
 }
 
 export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
@@ -104,7 +106,9 @@ export function normalizeSpec(spec: FirewallSpec): NormalizedSpec {
   if (spec.controlPort !== undefined && !(Number.isInteger(spec.controlPort) && spec.controlPort > 0 && spec.controlPort < 65536)) {
     throw new Error(`invalid control port ${JSON.stringify(spec.controlPort)}: expected 1 to 65535`)
   }
-  return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet), deny: [...new Set(deny)]}
+  const controlPerSecond = spec.controlPerSecond ?? CONTROL_SYN_PER_SECOND
+  if (!(Number.isInteger(controlPerSecond) && controlPerSecond > 0)) throw new Error(`invalid control connection rate ${JSON.stringify(spec.controlPerSecond)}: expected a positive integer`)
+  return {...spec, subnet: formatCidr(cidr), admitted: normalizeAdmitted(spec.admitted, spec.subnet), deny: [...new Set(deny)], controlPerSecond}
 }
 
 export function normalizeAdmitted(addresses: readonly string[], subnet: string): string[] {
@@ -149,8 +153,8 @@ export function chainRules(spec: FirewallSpec, role: ChainRole): string[] {
         ...(s.controlPort === undefined
           ? []
           : [
-              `${A} -p tcp -m tcp --dport ${s.controlPort} --tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above ${CONTROL_SYN_PER_SECOND}/sec ` +
-                `--hashlimit-burst ${CONTROL_SYN_BURST} --hashlimit-mode srcip --hashlimit-name ${setName(s.instance)}-syn -j DROP`,
+              `${A} -p tcp -m tcp --dport ${s.controlPort} --tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above ${s.controlPerSecond}/sec ` +
+                `--hashlimit-burst ${2 * s.controlPerSecond} --hashlimit-mode srcip --hashlimit-name ${setName(s.instance)}-syn -j DROP`,
             ]),
         `${A} -i ${tun} -p icmp -m icmp --icmp-type 8 -j ACCEPT`,
         `${A} -i ${tun} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,

@@ -195,6 +195,7 @@ export class NodeAgent {
         admitted: [],
         deny: this.config.egress.deny,
         controlPort: this.config.listen.port,
+        controlPerSecond: this.config.listen.limits.newPerSecond,
       })
       this.firewall = firewall
       await firewall.apply()
@@ -251,8 +252,13 @@ export class NodeAgent {
       )
       this.ticker = setInterval(() => sessions.tick(), SESSION_TICK_MS)
       this.ticker.unref()
-      this.control = new ControlServer(this.config.listen.address, this.config.listen.port, this.limited, (socket: TLSSocket, h: Handshake) =>
-        sessions.accept(socket, h),
+      const limits = this.config.listen.limits
+      this.control = new ControlServer(
+        this.config.listen.address,
+        this.config.listen.port,
+        this.limited,
+        (socket: TLSSocket, h: Handshake) => sessions.accept(socket, h),
+        {perSource: limits.perSource, total: limits.pending, deadlineMs: limits.handshakeSeconds * 1000},
       )
       await this.control.listen(credentials)
       this.checkNotStopped()
