@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
 # drive (iproute2, iptables, ipset (the node's admission set), conntrack, ping, iperf3, tshark, openvpn and wireguard-go as the benchmark's
-# baseline, python3-cryptography for the ESP interop test), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
+# baseline, python3-cryptography for the ESP interop test, etcd and etcdctl for the fleet roster's tests), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
 # Idempotent: installs only what is missing. Needs root, as the agent itself does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,9 @@ have g++ || need+=(g++)
 # The addon is C (cc), and test/unit/checksum.test.ts builds a C harness with it.
 have cc || need+=(gcc)
 have python3 || need+=(python3)
+# The fleet's roster lives in etcd (3.4 on Debian 12); tests start their own clusters in the testbed.
+have etcd || need+=(etcd-server)
+have etcdctl || need+=(etcd-client)
 # The ESP interop test seals packets with Debian's Python and its cryptography package.
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 
@@ -44,6 +47,10 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package enables a system etcd on localhost:2379; the tests never use it, so do not leave it running.
+  if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
