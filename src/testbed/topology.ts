@@ -3,9 +3,12 @@
  *
  *   client1..N (192.168.77.11.., gw .1) ── bridge `lan` in nat (192.168.77.1/24)
  *   nat: wan 198.51.100.2/24, default via .1, MASQUERADE out of wan, ip_forward=1
- *   wan: an L2 switch (bridge `sw`) joining nat, node and public clients (198.51.100.50..)
- *   node: wan 198.51.100.1/24, egress 203.0.113.1/24; no forwarding, no NAT (the agent's job)
- *   target: 203.0.113.10/24 + .20/24, no default route (replies need the node's SNAT)
+ *   wan: an L2 switch (bridge `sw`) joining nat, the nodes, public clients (198.51.100.50..) and ctl
+ *   node (node1), node2..: wan 198.51.100.1/24 (.3, .4.. for node2..), egress 203.0.113.k/24;
+ *     no forwarding, no NAT (the agent's job)
+ *   target: bridge `eth0` with 203.0.113.10/24 + .20/24, one port per node's egress link, no
+ *     default route (replies need the node's SNAT; each node's SNAT source is its own .k)
+ *   ctl (optional): eth0 198.51.100.200/24 on the wan switch, for fleet services (etcd)
  *
  * Every link is created from inside a namespace with its peer placed straight into another
  * (`ip -n A link add ... peer ... netns B`), so the root namespace never sees a link, route or
@@ -16,7 +19,7 @@ import {spawn} from 'node:child_process'
 import {mkdirSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {addressPlan, INTERFACES, MAX_CLIENTS} from './addresses.js'
+import {addressPlan, INTERFACES, MAX_CLIENTS, MAX_NODES} from './addresses.js'
 import {registerCleanup} from './cleanup.js'
 import {checkPrefix, nsName} from './names.js'
 import {addNamespace, deleteNamespace, deleteNamespaceSync, listNamespaces} from './netns.js'
@@ -46,7 +49,7 @@ class NsTestbed implements Testbed {
   private destroying: Promise<void> | undefined
   private readonly unregister: () => void
 
-  constructor(prefix: string, clients: number, publicClients: number) {
+  constructor(prefix: string, clients: number, publicClients: number, nodeCount: number, withCtl: boolean) {
     const seq = takeSeq()
     this.id = `${prefix}${process.pid}-${seq}`
     const name = (role: string) => {
@@ -58,10 +61,22 @@ class NsTestbed implements Testbed {
     const publicClient = Array.from({length: publicClients}, (_, i) => name(`p${i + 1}`))
     const nat = name('nat')
     const wan = name('wan')
-    const node = name('node')
+    // Node 1 keeps the role `node` (and so its nsDir) whatever the count.
+    const nodes = Array.from({length: nodeCount}, (_, i) => name(i === 0 ? 'node' : `node${i + 1}`))
     const target = name('tgt')
-    this.names = {client, publicClient, nat, wan, node, target, all: [wan, nat, node, target, ...client, ...publicClient]}
-    this.addr = addressPlan(clients, publicClients)
+    const ctl = withCtl ? name('ctl') : undefined
+    this.names = {
+      client,
+      publicClient,
+      nat,
+      wan,
+      node: nodes[0],
+      nodes,
+      ...(ctl ? {ctl} : {}),
+      target,
+      all: [wan, nat, ...nodes, target, ...client, ...publicClient, ...(ctl ? [ctl] : [])],
+    }
+    this.addr = addressPlan(clients, publicClients, nodeCount, withCtl)
     mkdirSync(SCRATCH_ROOT, {recursive: true})
     this.dir = mkdtempSync(join(SCRATCH_ROOT, `${this.id}-`))
     // Registered before the first namespace exists, so even a crash mid-build cleans up.
@@ -174,7 +189,7 @@ class NsTestbed implements Testbed {
     // Bridged frames should not go through iptables (br_netfilter may be built in); best effort,
     // as the keys exist only where br_netfilter is.
     const noBrNf = ['net.bridge.bridge-nf-call-iptables=0', 'net.bridge.bridge-nf-call-ip6tables=0', 'net.bridge.bridge-nf-call-arptables=0']
-    await Promise.all([n.nat, n.wan].map((ns) => this.exec(ns, 'sysctl', ['-q', '-e', '-w', ...noBrNf])))
+    await Promise.all([n.nat, n.wan, n.target].map((ns) => this.exec(ns, 'sysctl', ['-q', '-e', '-w', ...noBrNf])))
 
     await this.ipBatch(n.wan, ['link set dev lo up', 'link add name sw type bridge', 'link set dev sw up'])
 
@@ -196,15 +211,34 @@ class NsTestbed implements Testbed {
         `link set dev c${k + 1} up`,
       ]),
     ])
-    await this.ipBatch(n.node, [
-      'link set dev lo up',
-      `link add name ${i.nodeWan} type veth peer name node netns ${n.wan}`,
-      `link add name ${i.nodeEgress} type veth peer name ${i.target} netns ${n.target}`,
-      `addr add ${a.nodeWan}/${wanLen} dev ${i.nodeWan}`,
-      `addr add ${a.nodeEgress}/${egressLen} dev ${i.nodeEgress}`,
-      `link set dev ${i.nodeWan} up`,
-      `link set dev ${i.nodeEgress} up`,
-    ])
+    // The target's interface is a bridge, so any number of nodes share one egress segment and
+    // the target answers each on the link its own address lives on.
+    await this.ipBatch(n.target, ['link set dev lo up', `link add name ${i.target} type bridge`, `link set dev ${i.target} up`])
+    // Switch port names: `node` for node 1 (as it always was), `node2`.. for the others.
+    const nodePort = (k: number) => (k === 0 ? 'node' : `node${k + 1}`)
+    for (const [k, ns] of n.nodes.entries()) {
+      await this.ipBatch(ns, [
+        'link set dev lo up',
+        `link add name ${i.nodeWan} type veth peer name ${nodePort(k)} netns ${n.wan}`,
+        `link add name ${i.nodeEgress} type veth peer name n${k + 1} netns ${n.target}`,
+        `addr add ${a.nodesWan[k]}/${wanLen} dev ${i.nodeWan}`,
+        `addr add ${a.nodesEgress[k]}/${egressLen} dev ${i.nodeEgress}`,
+        `link set dev ${i.nodeWan} up`,
+        `link set dev ${i.nodeEgress} up`,
+      ])
+    }
+    await this.ipBatch(
+      n.target,
+      n.nodes.flatMap((_, k) => [`link set dev n${k + 1} master ${i.target}`, `link set dev n${k + 1} up`]),
+    )
+    if (n.ctl && a.ctl) {
+      await this.ipBatch(n.ctl, [
+        'link set dev lo up',
+        `link add name ${i.ctl} type veth peer name ctl netns ${n.wan}`,
+        `addr add ${a.ctl}/${wanLen} dev ${i.ctl}`,
+        `link set dev ${i.ctl} up`,
+      ])
+    }
     for (const [k, ns] of n.publicClient.entries()) {
       await this.ipBatch(ns, [
         'link set dev lo up',
@@ -214,7 +248,7 @@ class NsTestbed implements Testbed {
         `route add default via ${a.nodeWan}`,
       ])
     }
-    const ports = ['nat', 'node', ...n.publicClient.map((_, k) => `p${k + 1}`)]
+    const ports = ['nat', ...n.nodes.map((_, k) => nodePort(k)), ...n.publicClient.map((_, k) => `p${k + 1}`), ...(n.ctl ? ['ctl'] : [])]
     await this.ipBatch(
       n.wan,
       ports.flatMap((p) => [`link set dev ${p} master sw`, `link set dev ${p} up`]),
@@ -230,10 +264,8 @@ class NsTestbed implements Testbed {
         ]),
       ),
       this.ipBatch(n.target, [
-        'link set dev lo up',
         `addr add ${a.target}/${egressLen} dev ${i.target}`,
         `addr add ${a.target2}/${egressLen} dev ${i.target}`,
-        `link set dev ${i.target} up`,
       ]),
       this.exec(n.nat, 'iptables', ['-w', '-t', 'nat', '-A', 'POSTROUTING', '-o', i.natWan, '-j', 'MASQUERADE'], {check: true}),
     ])
@@ -249,7 +281,9 @@ export async function createTestbed(opts: TestbedOptions = {}): Promise<Testbed>
   for (const [what, v] of [['clients', clients], ['publicClients', publicClients]] as const) {
     if (!Number.isInteger(v) || v < 0 || v > MAX_CLIENTS) throw new Error(`testbed ${what}: an integer 0..${MAX_CLIENTS}, got ${v}`)
   }
-  const tb = new NsTestbed(prefix, clients, publicClients)
+  const nodes = opts.nodes ?? 1
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > MAX_NODES) throw new Error(`testbed nodes: an integer 1..${MAX_NODES}, got ${nodes}`)
+  const tb = new NsTestbed(prefix, clients, publicClients, nodes, opts.ctl ?? false)
   try {
     await tb.build(opts.ipv6 ?? false)
   } catch (e) {

@@ -11,6 +11,13 @@ export interface TestbedOptions {
    * `true` means one. Default none.
    */
   publicClients?: number | boolean
+  /**
+   * Proxy nodes on the wan switch, each with its own public address and its own egress link to
+   * the target (see addresses.ts). Default 1, at most 8. names.node, addr.nodeWan... are node 1.
+   */
+  nodes?: number
+  /** Add the `ctl` namespace on the wan switch (198.51.100.200) for fleet services such as etcd. Default no. */
+  ctl?: boolean
   /** Keep IPv6 on. Off by default so captures hold only the IPv4 traffic a test makes. */
   ipv6?: boolean
 }
@@ -24,8 +31,12 @@ export interface TestbedNames {
   nat: string
   /** An L2 switch (bridge only, no addresses) joining nat, node and public clients on 198.51.100.0/24. */
   wan: string
-  /** The proxy node. */
+  /** The proxy node: node 1, nodes[0]. */
   node: string
+  /** Every node's namespace, node 1 first (namespace roles node, node2, node3...). */
+  nodes: string[]
+  /** The fleet-services namespace on the wan switch, when TestbedOptions.ctl. */
+  ctl?: string
   /** The destination ("game server"). */
   target: string
   /** Every namespace of this testbed. */
@@ -39,15 +50,21 @@ export interface TestbedAddresses {
   /** One per entry of names.client. */
   client: string[]
   wanSubnet: string
-  /** The node's public address, where clients connect. */
+  /** Node 1's public address, where clients connect. */
   nodeWan: string
+  /** Every node's public address, one per entry of names.nodes. */
+  nodesWan: string[]
   /** The NAT's public address: what the node sees as the NATed clients' source. */
   natWan: string
   /** One per entry of names.publicClient. */
   publicClient: string[]
+  /** The ctl namespace's address on the wan switch, when TestbedOptions.ctl. */
+  ctl?: string
   egressSubnet: string
   /** The node's address towards the target: the source the target sees after the node's SNAT. */
   nodeEgress: string
+  /** Every node's egress address (node k: 203.0.113.k), one per entry of names.nodes. */
+  nodesEgress: string[]
   target: string
   /** Second address of the target, for tests that route one destination and not another. */
   target2: string
@@ -61,7 +78,9 @@ export interface TestbedInterfaces {
   natWan: string
   nodeWan: string
   nodeEgress: string
+  /** The target's bridge, holding its addresses; the nodes' egress links are its ports. */
   target: string
+  ctl: string
 }
 
 export interface Testbed {
