@@ -75,11 +75,19 @@ export interface Fleet {
   pki: string
   /** A CA that is not the fleet's, with a client "alice" of its own. */
   foreignPki: string
+  /** Node 1's config file (nodeConfigs[0]). */
   nodeConfig: string
-  clientConfig(name: string, opts?: {transport?: string; index?: number; routes?: string[]}): string
-  /** env: more environment for this process only (over FleetOptions.env). */
-  startNode(opts?: {args?: string[]; config?: string; env?: Record<string, string>}): Promise<AgentProcess>
-  startClient(name: string, index?: number, opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]; env?: Record<string, string>}): Promise<AgentProcess>
+  /** One config per node: node k is named `nodek`, with its own certificate, in tb.names.nodes[k-1]. */
+  nodeConfigs: string[]
+  /** node: which node (1-based, default 1) the client connects to. */
+  clientConfig(name: string, opts?: {transport?: string; index?: number; routes?: string[]; node?: number}): string
+  /** node: which node to start (1-based, default 1), in its own namespace. env: more environment for this process only (over FleetOptions.env). */
+  startNode(opts?: {args?: string[]; config?: string; env?: Record<string, string>; node?: number}): Promise<AgentProcess>
+  startClient(
+    name: string,
+    index?: number,
+    opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]; env?: Record<string, string>; node?: number},
+  ): Promise<AgentProcess>
   /** Run the agent CLI inside a namespace with that namespace's run dir. */
   cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
   runDir(ns: string): string
@@ -90,6 +98,10 @@ export const NODE_PORT = 4443
 export interface FleetOptions {
   prefix: string
   clients?: number
+  /** Nodes in the testbed, as in createTestbed (default 1). */
+  nodes?: number
+  /** The ctl namespace for fleet services (etcd), as in createTestbed. */
+  ctl?: boolean
   /** Clients with public addresses on the node's link (no NAT), as in createTestbed. */
   publicClients?: number
   /** Default tls. */
@@ -118,7 +130,13 @@ export interface FleetOptions {
  * the transport plugin, and config files.
  */
 export async function createFleet(opts: FleetOptions): Promise<Fleet> {
-  const tb = await createTestbed({prefix: opts.prefix, clients: opts.clients ?? 2, publicClients: opts.publicClients ?? 0})
+  const tb = await createTestbed({
+    prefix: opts.prefix,
+    clients: opts.clients ?? 2,
+    publicClients: opts.publicClients ?? 0,
+    nodes: opts.nodes ?? 1,
+    ctl: opts.ctl ?? false,
+  })
   try {
     return await prepareFleet(tb, opts)
   } catch (e) {
@@ -128,7 +146,7 @@ export async function createFleet(opts: FleetOptions): Promise<Fleet> {
 }
 
 /** Prepare a fleet on an existing testbed (the benchmark makes its own testbeds). */
-export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix" | "clients">): Promise<Fleet> {
+export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, 'prefix' | 'clients' | 'nodes' | 'ctl'>): Promise<Fleet> {
   const transport = opts.transport ?? 'tls'
   const keepalive = opts.keepalive ?? 2
   const nodeTransportOptions = Object.entries({keepalive, ...opts.transportOptions})
@@ -141,7 +159,8 @@ export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix
     if (r.code !== 0) throw new Error(`agent ${args.join(' ')} failed: ${r.stderr}`)
   }
   await must(['pki', 'init', '--dir', pki])
-  await must(['pki', 'issue', 'node1', '--node', '--dir', pki])
+  const nodeCount = tb.names.nodes.length
+  for (let k = 1; k <= nodeCount; k++) await must(['pki', 'issue', `node${k}`, '--node', '--dir', pki])
   const extra = opts.extraClients ?? []
   for (const c of ['alice', 'bob', 'mallory', ...extra]) await must(['pki', 'issue', c, '--dir', pki])
   await must(['pki', 'init', '--dir', foreignPki])
@@ -154,16 +173,18 @@ export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, "prefix
 
   const configs = join(tb.dir, 'configs')
   mkdirSync(configs, {recursive: true})
-  const nodeConfig = join(configs, 'node1.yaml')
-  writeFileSync(
-    nodeConfig,
-    `role: node
-name: node1
+  // Every node has the same clients and tunnel subnet: each lives in its own namespace.
+  const nodeConfigs = tb.names.nodes.map((_, i) => join(configs, `node${i + 1}.yaml`))
+  for (const [i, file] of nodeConfigs.entries()) {
+    writeFileSync(
+      file,
+      `role: node
+name: node${i + 1}
 transport: ${transport}
 listen: {address: 0.0.0.0, port: ${NODE_PORT}}
 tunnel: {interface: agtun0, subnet: 10.99.0.0/24}
 egress: {interface: ${tb.ifaces.nodeEgress}}
-pki: {bundle: ${pki}/node1.pem}
+pki: {bundle: ${pki}/node${i + 1}.pem}
 clients:
   - name: alice
   - name: bob
@@ -171,17 +192,26 @@ clients:
 ${extra.map((n) => `  - name: ${n}\n`).join('')}transports:
   ${transport}: {${nodeTransportOptions}}
 ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeout}}\n`}${opts.workers === undefined ? '' : `workers: ${opts.workers}\n`}`,
-  )
+    )
+  }
+  /** 1-based node number, checked against the testbed. */
+  const nodeNo = (k: number | undefined) => {
+    const n = k ?? 1
+    if (!Number.isInteger(n) || n < 1 || n > nodeCount) throw new Error(`node ${n}: this fleet has nodes 1..${nodeCount}`)
+    return n
+  }
 
   const runDir = (ns: string) => join(tb.nsDir(ns), 'run')
-  const clientConfig = (name: string, o: {transport?: string; index?: number; routes?: string[]} = {}) => {
-    const file = join(configs, `${name}-${o.index ?? 0}.yaml`)
+  const clientConfig = (name: string, o: {transport?: string; index?: number; routes?: string[]; node?: number} = {}) => {
+    const k = nodeNo(o.node)
+    // Node 1 keeps the old file name; a config for another node must not overwrite it.
+    const file = join(configs, `${name}-${o.index ?? 0}${k === 1 ? '' : `-node${k}`}.yaml`)
     writeFileSync(
       file,
       `role: client
 name: ${name}
 transport: ${o.transport ?? transport}
-node: {host: ${tb.addr.nodeWan}, port: ${NODE_PORT}, name: node1}
+node: {host: ${tb.addr.nodesWan[k - 1]}, port: ${NODE_PORT}, name: node${k}}
 routes: [${(o.routes ?? [`${tb.addr.target}/32`]).join(', ')}]
 tunnel: {interface: agtun0}
 pki: {bundle: ${pki}/${name}.pem}
@@ -202,16 +232,18 @@ transports:
     dataDir,
     pki,
     foreignPki,
-    nodeConfig,
+    nodeConfig: nodeConfigs[0],
+    nodeConfigs,
     clientConfig,
     runDir,
     async startNode(o = {}) {
-      const p = spawnAgent(tb.names.node, ['up', '--config', o.config ?? nodeConfig, ...(o.args ?? [])], o.env)
-      await p.waitFor(/node node1 up/)
+      const k = nodeNo(o.node)
+      const p = spawnAgent(tb.names.nodes[k - 1], ['up', '--config', o.config ?? nodeConfigs[k - 1], ...(o.args ?? [])], o.env)
+      await p.waitFor(new RegExp(`node node${k} up`))
       return p
     },
     async startClient(name, index = 0, o = {}) {
-      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes}), ...(o.args ?? [])], o.env)
+      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes, node: o.node}), ...(o.args ?? [])], o.env)
       if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
       return p
     },
