@@ -64,7 +64,7 @@ function resolvePki(pki: NodeConfig['pki'] | ClientConfig['pki'], dir: string): 
 }
 
 function resolveNode(config: NodeConfig, file: string, dir: string): ResolvedNodeConfig {
-  const {$schema: _schema, tunnel, pki, clients, ...rest} = applyDefaults(nodeConfigSchema, config) as DefaultedNodeConfig
+  const {$schema: _schema, tunnel, pki, clients, fleet, ...rest} = applyDefaults(nodeConfigSchema, config) as DefaultedNodeConfig
   const written = parseCidr(tunnel.subnet)
   if (!written) throw new Error(`unvalidated config: bad subnet ${tunnel.subnet}`)
   const subnet = canonicalCidr(written)
@@ -83,6 +83,19 @@ function resolveNode(config: NodeConfig, file: string, dir: string): ResolvedNod
       ...(c.fingerprint === undefined ? {} : {fingerprint: normalizeFingerprint(c.fingerprint)}),
     })),
     admitAny: clients === 'any' || clients.includes('any'),
+    ...(fleet === undefined
+      ? {}
+      : {
+          fleet: {
+            ...fleet,
+            prefix: fleet.prefix ?? '/agent/fleet',
+            unreachable: fleet.unreachable ?? 'start',
+            ca: resolvePath(dir, fleet.ca),
+            cert: resolvePath(dir, fleet.cert),
+            key: resolvePath(dir, fleet.key),
+            advertise: fleet.advertise ?? (rest.listen.address === '0.0.0.0' ? undefined : rest.listen.address),
+          },
+        }),
   }
 }
 

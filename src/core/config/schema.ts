@@ -111,6 +111,49 @@ const nodePki = {
   },
 } as const
 
+/** A node's shared roster and registry in etcd (src/core/fleet, docs/fleet.md). */
+const fleet = {
+  type: 'object',
+  description:
+    'The fleet this node belongs to: its roster (authorized clients, revocations) comes from etcd as well as from ' +
+    'this file, and it registers itself there. Omit for a node on its own. Relative paths are relative to the config file.',
+  properties: {
+    endpoints: {
+      type: 'array',
+      minItems: 1,
+      items: {type: 'string', pattern: '^https://[^/\\s]+:[0-9]{1,5}$', patternErrorMessage: 'must be https://host:port'},
+      description: 'etcd client URLs (https): every member, or as many as you like; any one that answers is enough.',
+    },
+    ca: {...path, description: "PEM file of the CA that signed the etcd members' certificates."},
+    cert: {...path, description: "PEM file of this node's etcd client certificate (its common name is its etcd user)."},
+    key: {...path, description: 'PEM file of its private key.'},
+    prefix: {
+      type: 'string',
+      pattern: '^(/[A-Za-z0-9_.-]+)+$',
+      patternErrorMessage: 'must be an absolute key path such as /agent/fleet1, without a trailing slash',
+      default: '/agent/fleet',
+      description: "The fleet's key prefix in etcd: several fleets can share one etcd cluster.",
+    },
+    advertise: {
+      type: 'string',
+      minLength: 1,
+      description:
+        'Host (address or name) clients use to reach this node, as told to other nodes\' clients and shown by ' +
+        '`agent fleet nodes`. Default: listen.address, unless that is 0.0.0.0.',
+    },
+    unreachable: {
+      type: 'string',
+      enum: ['start', 'refuse'],
+      default: 'start',
+      description:
+        'When etcd cannot be reached at start-up: "start" serves with the roster of this file and catches up once etcd ' +
+        'answers; "refuse" fails the start.',
+    },
+  },
+  required: ['endpoints', 'ca', 'cert', 'key'],
+  additionalProperties: false,
+} as const
+
 const carrier = {
   type: 'string',
   enum: ['udp', 'ip'],
@@ -349,6 +392,7 @@ export const nodeConfigSchema = {
         '"auto": one per CPU core, at most 8, or one where the host cannot have more. Only gre (without checksum or ' +
         'sequence) and ipip over udp spread over workers; tls, ipsec-over-gre and bare IP carriers run on one.',
     },
+    fleet,
     session: {
       type: 'object',
       default: {},

@@ -51,8 +51,22 @@ export interface ResolvedClientEntry {
   fingerprint?: string
 }
 
+/** A node's fleet section with paths made absolute and defaults applied. */
+export interface ResolvedFleetConfig {
+  endpoints: string[]
+  ca: string
+  cert: string
+  key: string
+  prefix: string
+  /** Where clients reach this node; undefined: not known (listen.address 0.0.0.0 and no advertise). */
+  advertise?: string
+  unreachable: 'start' | 'refuse'
+}
+
 export type ResolvedNodeConfig = Located &
-  Omit<DefaultedNode, '$schema' | 'tunnel' | 'pki' | 'clients'> & {
+  Omit<DefaultedNode, '$schema' | 'tunnel' | 'pki' | 'clients' | 'fleet'> & {
+    /** Absent: a node on its own. */
+    fleet?: ResolvedFleetConfig
     tunnel: {
       interface: string
       subnet: string
