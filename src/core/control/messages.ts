@@ -4,7 +4,7 @@
  * client gets, not who it is.
  *
  *   client -> node   hello    {transport, records?}
- *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params, records?}
+ *   node   -> client welcome  {address, prefix, gateway, mtu, keepalive, carrier, params, records?, fleet?}
  *                    refused  {reason}               (then the node closes)
  *   either way       transport {body}                (after the welcome: a transport's own message)
  */
@@ -37,6 +37,15 @@ export interface Welcome {
   params: SessionParams
   /** The node agrees to native records: nothing more comes through Node's TLS. */
   records?: string
+  /** A fleet's node: the other nodes that serve this transport now, where a client may go instead. */
+  fleet?: FleetPeer[]
+}
+
+/** Another node of the fleet, as a client needs it to connect there. */
+export interface FleetPeer {
+  name: string
+  host: string
+  port: number
 }
 
 export interface Refused {
@@ -80,6 +89,7 @@ export function decodeMessage(buf: Buffer, offset: number, length: number): Cont
         throw new Error('welcome.carrier must be {kind: stream|udp|ip}')
       }
       optional(m, 'records', 'string')
+      if (m.fleet !== undefined) checkFleet(m.fleet)
       return m as unknown as Welcome
     case 'refused':
       need(m, 'reason', 'string')
@@ -103,4 +113,17 @@ function need(m: Record<string, unknown>, key: string, type: 'string' | 'number'
 
 function optional(m: Record<string, unknown>, key: string, type: 'string' | 'number'): void {
   if (m[key] !== undefined) need(m, key, type)
+}
+
+/** At most this many other nodes in a welcome: a client needs a few to fail over to, not the fleet. */
+export const MAX_FLEET_PEERS = 64
+
+function checkFleet(v: unknown): void {
+  if (!Array.isArray(v) || v.length > MAX_FLEET_PEERS) throw new Error(`welcome.fleet must be a list of at most ${MAX_FLEET_PEERS} nodes`)
+  for (const [i, p] of v.entries()) {
+    const o = p as Record<string, unknown>
+    if (typeof o !== 'object' || o === null || typeof o.name !== 'string' || typeof o.host !== 'string' || !Number.isInteger(o.port) || (o.port as number) < 1 || (o.port as number) > 65535) {
+      throw new Error(`welcome.fleet[${i}] must be {name, host, port}`)
+    }
+  }
 }

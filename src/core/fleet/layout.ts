@@ -20,6 +20,7 @@ export const LAYOUT_VERSION = '1'
 export function fleetKeys(prefix: string) {
   checkPrefix(prefix)
   return {
+    prefix,
     version: `${prefix}/version`,
     clients: `${prefix}/clients/`,
     client: (name: string) => `${prefix}/clients/${checkName(name)}`,

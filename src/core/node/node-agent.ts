@@ -42,6 +42,8 @@ import {ControlServer, type Handshake} from './control-server.js'
 import {NodeSessions} from './sessions.js'
 import {Admission, ADMISSION_RETRY_MS} from './admission.js'
 import {RevocationWatch} from './revocations.js'
+import {NodeFleet} from './node-fleet.js'
+import {agentVersion} from '../version.js'
 
 /** workers: "auto" runs one per core, up to this many. */
 const MAX_AUTO_WORKERS = 8
@@ -63,6 +65,8 @@ export class NodeAgent {
   private revocations: RevocationWatch | null = null
   private tun: TunDevice | null = null
   private datapath: DataPath | null = null
+  /** The config's `fleet:`: the roster from etcd and this node's registry entry. */
+  private fleet: NodeFleet | null = null
   /** Lines a stranger can cause (handshake failures, refusals, transport errors), rate-limited. */
   private readonly limited: LogLimiter
   private firewall: NodeFirewall | null = null
@@ -106,7 +110,11 @@ export class NodeAgent {
       (name) => this.sessions?.isConnected(name) === true,
     )
     this.pool.setListed(config.clients)
-    this.roster.subscribe(() => (this.lastCuts = this.recheckSessions()))
+    // The pool first: re-checking a session compares its address with the pool's plan.
+    this.roster.subscribe(() => {
+      this.pool.setListed(this.roster.entries)
+      this.lastCuts = this.recheckSessions()
+    })
     this.mtu = config.tunnel.mtu ?? tunnelMtu(transport, this.transportOptions())
     this.state = {
       pid: process.pid,
@@ -163,6 +171,13 @@ export class NodeAgent {
     if (this.config.pki.crl !== undefined) {
       this.revocations = this.watchRevocations(this.config.pki.crl, credentials.ca)
       await this.revocations.start()
+    }
+    if (this.config.fleet !== undefined) {
+      this.fleet = this.joinFleet(carrier)
+      await this.fleet.start().catch(async (e) => {
+        await this.fleet?.close().catch(() => {})
+        throw e
+      })
     }
     this.checkNotStopped()
     await reclaimStale(this.stateFile, this.log)
@@ -242,6 +257,7 @@ export class NodeAgent {
         admit: (address, name) => this.admission!.admit(address, name),
         withdraw: (address, name) => this.admission!.withdraw(address, name),
         closing: () => this.closing,
+        ...(this.fleet === null ? {} : {fleetPeers: () => this.fleet?.peers() ?? []}),
       })
       this.sessions = sessions
       this.admission = new Admission(
@@ -264,6 +280,7 @@ export class NodeAgent {
       this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
       this.checkNotStopped()
+      this.fleet?.register()
       this.log.info(
         `node ${this.config.name} up: ${ifname} ${address}/${this.prefix} mtu ${this.mtu}, ` +
           `transport ${this.transport.name}, listening on ${this.control.endpoint}` +
@@ -274,6 +291,32 @@ export class NodeAgent {
       await this.tearDown()
       throw e
     }
+  }
+
+  private joinFleet(carrier: CarrierSpec): NodeFleet {
+    const config = this.config.fleet!
+    return new NodeFleet({
+      config,
+      name: this.config.name,
+      version: agentVersion(),
+      transport: this.transport.name,
+      controlPort: this.config.listen.port,
+      ...(carrier.kind === 'udp' ? {carrier: `udp ${config.advertise ?? this.config.listen.address}:${carrier.port}`} : {}),
+      subnet: this.config.tunnel.subnet,
+      nodeAddress: this.config.tunnel.address,
+      log: this.log,
+      apply: (part) => this.roster.setFleet(part),
+      figures: () => {
+        let rxBytes = 0
+        let txBytes = 0
+        for (const p of this.datapath?.peers() ?? []) {
+          p.stats.sync?.()
+          rxBytes += p.stats.rxBytes
+          txBytes += p.stats.txBytes
+        }
+        return {sessions: this.sessions?.live.size ?? 0, rxBytes, txBytes, problems: []}
+      },
+    })
   }
 
   private watchRevocations(file: string, caPem: string): RevocationWatch {
@@ -347,8 +390,8 @@ export class NodeAgent {
     const effects: string[] = []
     this.config = next
     this.log.setLevel(next.log.level)
-    this.pool.setListed(next.clients)
     this.lastCuts = []
+    // The roster's subscriber gives the pool the merged list (the fleet's too) before re-checking.
     this.roster.setPolicy({listed: next.clients, any: next.admitAny})
     effects.push(...this.lastCuts)
     this.lastCuts = []
@@ -439,6 +482,7 @@ export class NodeAgent {
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast)},
       ...(this.lanes > 1 && fast != null ? {workers: fast.workers} : {}),
       ...(this.control === null ? {} : {control: {...this.control.gateStatus, logSuppressed: this.limited.suppressedTotal}}),
+      ...(this.fleet === null ? {} : {fleet: this.fleet.status()}),
       roster: {
         listed: this.roster.entries.length,
         any: this.roster.admitsAny,
@@ -473,6 +517,8 @@ export class NodeAgent {
 
   private tearDown(): Promise<string[]> {
     this.tearingDown ??= (async () => {
+      // First: other nodes' clients stop being sent here, and the lease goes with the entry.
+      await this.fleet?.close().catch((e) => this.log.warn(`fleet: ${(e as Error).message}`))
       this.control?.close()
       this.revocations?.close()
       if (this.expiry !== null) clearInterval(this.expiry)

@@ -5,9 +5,11 @@
  * admits any certificate of the CA, and in both cases not a revoked certificate.
  *
  * Its parts come from sources that each replace their own part: the node's config (the list
- * and `any`), its CRL (revoked serials), and later a fleet store. Every change is announced to
- * subscribers, which re-check the sessions they hold: a change costs one check per live
- * session, never a restart.
+ * and `any`), its CRL (revoked serials), and the fleet's roster in etcd (clients, revoked names
+ * and serials). They merge so that any source can revoke and either can list, and the node's own
+ * file wins where both list a name (docs/fleet.md). Every change is announced to subscribers,
+ * which re-check the sessions they hold: a change costs one check per live session, never a
+ * restart.
  */
 
 /** What a client's certificate says about it, as the node sees it after the handshake. */
@@ -37,6 +39,13 @@ export interface RosterPolicy {
 
 export type RosterVerdict = {ok: true; name: string; entry?: RosterEntry} | {ok: false; reason: string}
 
+/** The fleet's part (src/core/fleet): its clients and what it revokes. */
+export interface FleetRosterPart {
+  listed: readonly RosterEntry[]
+  revokedNames: ReadonlySet<string>
+  revokedSerials: ReadonlySet<string>
+}
+
 /** What one update changed; empty sets when nothing did. */
 export interface RosterChange {
   /** Names added to, removed from, or changed in the list. */
@@ -48,21 +57,26 @@ export interface RosterChange {
 }
 
 export class Roster {
+  /** The merged list: the fleet's entries, then the config's over them. */
   private listed = new Map<string, RosterEntry>()
+  private configListed = new Map<string, RosterEntry>()
+  private fleet: FleetRosterPart | null = null
   private anyCertificate = false
-  private revokedSerials: ReadonlySet<string> = new Set()
+  private crlSerials: ReadonlySet<string> = new Set()
   private readonly listeners = new Set<(change: RosterChange) => void>()
 
   constructor(policy: RosterPolicy, revoked: ReadonlySet<string> = new Set()) {
-    this.listed = byName(policy.listed)
+    this.configListed = byName(policy.listed)
+    this.listed = this.merge()
     this.anyCertificate = policy.any
-    this.revokedSerials = revoked
+    this.crlSerials = revoked
   }
 
   /** Whether this certificate's holder may connect now, and if so its entry. */
   check(id: ClientIdentity): RosterVerdict {
     if (id.name === '') return {ok: false, reason: 'certificate has no common name'}
-    if (this.revokedSerials.has(id.serial)) return {ok: false, reason: `certificate ${id.serial} of "${id.name}" is revoked`}
+    if (this.crlSerials.has(id.serial) || this.fleet?.revokedSerials.has(id.serial)) return {ok: false, reason: `certificate ${id.serial} of "${id.name}" is revoked`}
+    if (this.fleet?.revokedNames.has(id.name)) return {ok: false, reason: `client "${id.name}" is revoked in the fleet`}
     const entry = this.listed.get(id.name)
     if (entry === undefined) {
       if (this.anyCertificate) return {ok: true, name: id.name}
@@ -87,27 +101,57 @@ export class Roster {
     return this.anyCertificate
   }
 
+  /** Revocations in force: serials (CRL and fleet) and names (fleet). */
   get revokedCount(): number {
-    return this.revokedSerials.size
+    return this.crlSerials.size + (this.fleet === null ? 0 : this.fleet.revokedSerials.size + this.fleet.revokedNames.size)
   }
 
-  /** Replaces the list and `any`; announces what changed. */
+  /** Clients the fleet lists (before the config's entries are laid over them). */
+  get fleetListed(): number {
+    return this.fleet?.listed.length ?? 0
+  }
+
+  /** Replaces the config's list and `any`; announces what changed. */
   setPolicy(policy: RosterPolicy): RosterChange {
-    const next = byName(policy.listed)
-    const names = new Set<string>()
-    for (const [name, e] of next) if (!sameEntry(this.listed.get(name), e)) names.add(name)
-    for (const name of this.listed.keys()) if (!next.has(name)) names.add(name)
-    const change = {names, any: policy.any !== this.anyCertificate, revoked: new Set<string>()}
-    this.listed = next
+    this.configListed = byName(policy.listed)
+    const change = {names: this.relist(), any: policy.any !== this.anyCertificate, revoked: new Set<string>()}
     this.anyCertificate = policy.any
     return this.announce(change)
   }
 
-  /** Replaces the revoked serials; announces the newly revoked ones. */
+  /** Replaces the CRL's revoked serials; announces the newly revoked ones. */
   setRevoked(serials: ReadonlySet<string>): RosterChange {
-    const added = new Set([...serials].filter((s) => !this.revokedSerials.has(s)))
-    this.revokedSerials = serials
+    const added = new Set([...serials].filter((s) => !this.crlSerials.has(s)))
+    this.crlSerials = serials
     return this.announce({names: new Set(), any: false, revoked: added})
+  }
+
+  /** Replaces the fleet's part (null: none); announces the names it changed or revoked and the serials it revoked. */
+  setFleet(part: FleetRosterPart | null): RosterChange {
+    const was = this.fleet
+    this.fleet = part === null ? null : {listed: part.listed, revokedNames: new Set(part.revokedNames), revokedSerials: new Set(part.revokedSerials)}
+    const names = this.relist()
+    for (const n of this.fleet?.revokedNames ?? []) if (!was?.revokedNames.has(n)) names.add(n)
+    for (const n of was?.revokedNames ?? []) if (!this.fleet?.revokedNames.has(n)) names.add(n)
+    const revoked = new Set([...(this.fleet?.revokedSerials ?? [])].filter((x) => !was?.revokedSerials.has(x)))
+    return this.announce({names, any: false, revoked})
+  }
+
+  /** Names that differ between the merged lists before and after a source changed. */
+  private relist(): Set<string> {
+    const next = this.merge()
+    const names = new Set<string>()
+    for (const [name, e] of next) if (!sameEntry(this.listed.get(name), e)) names.add(name)
+    for (const name of this.listed.keys()) if (!next.has(name)) names.add(name)
+    this.listed = next
+    return names
+  }
+
+  private merge(): Map<string, RosterEntry> {
+    if (this.fleet === null || this.fleet.listed.length === 0) return new Map(this.configListed)
+    const merged = byName(this.fleet.listed)
+    for (const [name, e] of this.configListed) merged.set(name, e)
+    return merged
   }
 
   /** Calls `listener` after every change; returns the unsubscribe function. */

@@ -15,8 +15,8 @@ import type {NodeSession, Transport} from '../transport/contract.js'
 import type {Logger} from '../log.js'
 import type {LogLimiter} from '../log-limit.js'
 import {ControlConnection} from '../control/connection.js'
-import type {ControlMessage, Hello} from '../control/messages.js'
-import {PROTOCOL_VERSION} from '../control/messages.js'
+import type {ControlMessage, FleetPeer, Hello} from '../control/messages.js'
+import {MAX_FLEET_PEERS, PROTOCOL_VERSION} from '../control/messages.js'
 import type {DataPath} from '../device/datapath.js'
 import {Peer} from '../device/peer.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
@@ -76,6 +76,8 @@ export interface SessionsOptions {
   withdraw(address: string, name: string): Promise<void>
   /** The node is stopping: no new sessions, no firewall changes. */
   closing(): boolean
+  /** A fleet's node: the other nodes a client may go to (for its welcome); undefined: no fleet. */
+  fleetPeers?(): FleetPeer[]
 }
 
 export class NodeSessions {
@@ -159,6 +161,11 @@ export class NodeSessions {
       },
     }
     return true
+  }
+
+  private fleetPart(): {fleet?: FleetPeer[]} {
+    const peers = this.o.fleetPeers?.()
+    return peers === undefined ? {} : {fleet: peers.slice(0, MAX_FLEET_PEERS)}
   }
 
   private welcome(client: ClientSession, hello: Hello, remote: string): void {
@@ -270,6 +277,7 @@ export class NodeSessions {
           carrier: datagrams === null ? {kind: 'stream'} : datagrams.spec,
           params: session.params,
           ...(records ? {records: RECORDS} : {}),
+          ...this.fleetPart(),
         })
         if (records && !this.goNative(client, remote)) return
         conn.keepalive(keepalive, false)

@@ -62,6 +62,13 @@ function formatOne(s: InstanceStatus): string {
   ]
   if (s.roster !== undefined) head.push(`  ${rosterLine(s.roster)}`)
   if (s.control !== undefined) head.push(`  ${controlLine(s.control)}`)
+  if (s.fleet !== undefined) {
+    const f = s.fleet
+    head.push(
+      `  fleet ${f.prefix}: etcd ${f.state} since ${f.since}${f.lastError === undefined ? '' : ` (${f.lastError})`}, revision ${f.revision}, ` +
+        `${f.clients} client(s), ${f.revokedNames + f.revokedSerials} revocation(s), ${f.nodes} node(s)${f.registered ? '' : ', this node not registered'}`,
+    )
+  }
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {

@@ -53,6 +53,23 @@ export interface StatusReport {
   roster?: RosterReport
   /** Node: its control port's gate for connections not yet authenticated (connection-gate.ts). */
   control?: ControlReport
+  /** Node of a fleet: etcd's state as this node sees it (src/core/fleet/fleet-watch.ts). */
+  fleet?: FleetReport
+}
+
+/** A fleet node's view of etcd. */
+export interface FleetReport {
+  prefix: string
+  state: 'connecting' | 'connected' | 'unreachable'
+  /** The last etcd revision applied. */
+  revision: number
+  since: string
+  lastError?: string
+  clients: number
+  revokedNames: number
+  revokedSerials: number
+  nodes: number
+  registered: boolean
 }
 
 /** What the control port's gate has done since start. */
