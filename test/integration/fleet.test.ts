@@ -1,0 +1,146 @@
+/**
+ * A fleet of three nodes with one roster in a real 3-member etcd cluster (client TLS), the real
+ * binary in namespaces. The roster is written here with etcdctl as etcd's root; the operator's
+ * commands (`agent fleet ...`) have tests of their own.
+ */
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {readFileSync, writeFileSync} from 'node:fs'
+import {type AgentProcess, type Fleet, admittedAddresses, createFleet} from '../../src/testbed/index.js'
+import {type EtcdCluster, startEtcd} from '../../src/testbed/etcd.js'
+
+const PREFIX = '/agent/t'
+let fleet: Fleet
+let etcd: EtcdCluster
+const nodes: AgentProcess[] = []
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Node k's config with a fleet section, and without carol and dave (the fleet lists them). */
+async function fleetConfig(k: number): Promise<string> {
+  const creds = await etcd.clientCert(`node${k}`)
+  const base = readFileSync(fleet.nodeConfigs[k - 1], 'utf8').replace(/^ {2}- name: (carol|dave)\n/gm, '')
+  const file = fleet.nodeConfigs[k - 1].replace(/\.yaml$/, '-fleet.yaml')
+  writeFileSync(
+    file,
+    `${base}fleet:
+  endpoints: [${etcd.endpoints.join(', ')}]
+  ca: ${creds.ca}
+  cert: ${creds.cert}
+  key: ${creds.key}
+  prefix: ${PREFIX}
+  advertise: ${fleet.tb.addr.nodesWan[k - 1]}
+`,
+  )
+  return file
+}
+
+async function put(key: string, value: string): Promise<void> {
+  await etcd.etcdctl(['put', `${PREFIX}/${key}`, value], {check: true})
+}
+
+async function status(k: number): Promise<{fleet: Record<string, unknown>; peers: {name: string; address: string}[]}> {
+  const r = await fleet.cli(fleet.tb.names.nodes[k - 1], ['status', '--json'])
+  expect(r.code, r.stderr).toBe(0)
+  return JSON.parse(r.stdout)[0]
+}
+
+/** Polls until `check` holds, up to `ms`; returns how long it took. */
+async function within(ms: number, check: () => Promise<boolean>, what: string): Promise<number> {
+  const t0 = Date.now()
+  for (;;) {
+    if (await check()) return Date.now() - t0
+    if (Date.now() - t0 > ms) throw new Error(`not within ${ms} ms: ${what}`)
+    await sleep(25)
+  }
+}
+
+beforeAll(async () => {
+  fleet = await createFleet({prefix: 'flt', nodes: 3, ctl: true, clients: 3, transport: 'tls', extraClients: ['carol', 'dave'], dataDir: inject('agentDataDir')})
+  etcd = await startEtcd(fleet.tb, {members: 3})
+  await put('version', '1')
+  for (let k = 1; k <= 3; k++) nodes.push(await fleet.startNode({node: k, config: await fleetConfig(k)}))
+}, 180_000)
+
+afterAll(async () => {
+  await fleet?.tb.destroy()
+})
+
+describe('a fleet of three nodes on one etcd roster', () => {
+  it('each node lists the fleet and registers itself', async () => {
+    for (let k = 1; k <= 3; k++) {
+      await within(10_000, async () => (await status(k)).fleet.nodes === 3, `node${k} sees 3 nodes`)
+      expect((await status(k)).fleet).toMatchObject({state: 'connected', prefix: PREFIX, registered: true})
+    }
+    const r = await etcd.etcdctl(['get', '--prefix', '--print-value-only', `${PREFIX}/nodes/`], {check: true})
+    const records = r.stdout.trim().split('\n').map((l) => JSON.parse(l))
+    expect(records.map((n: {name: string}) => n.name).sort()).toEqual(['node1', 'node2', 'node3'])
+    expect(records[0]).toMatchObject({transport: 'tls', health: 'ok', endpoints: {control: `${fleet.tb.addr.nodesWan[0]}:4443`}})
+  })
+
+  it('a client added to etcd connects to any node without a restart, and learns the other nodes', async () => {
+    const {tb} = fleet
+    const refused = await fleet.startClient('carol', 0, {node: 1, wait: /refused/})
+    await refused.exited
+    await put('clients/carol', '{}')
+    const carols = []
+    for (let k = 1; k <= 3; k++) carols.push(await fleet.startClient('carol', k - 1, {node: k}))
+    for (let k = 1; k <= 3; k++) expect((await status(k)).peers.map((p) => p.name)).toContain('carol')
+    expect(carols[0].output).toMatch(/fleet: 2 other node\(s\) serve tls: node2 \(198\.51\.100\.3:4443\), node3 \(198\.51\.100\.4:4443\)/)
+    const ping = await tb.exec(tb.names.client[1], 'ping', ['-c', '2', '-i', '0.2', '-W', '1', tb.addr.target])
+    expect(ping.stdout).toMatch(/2 received/)
+  })
+
+  it('a revocation in etcd cuts the client on every node within 1 s, admission included, and it stays out', async () => {
+    const {tb} = fleet
+    const carolAt = await Promise.all([1, 2, 3].map(async (k) => (await status(k)).peers.find((p) => p.name === 'carol')!.address))
+    const t0 = Date.now()
+    await put('revoked/names/carol', JSON.stringify({at: new Date().toISOString()}))
+    const done = await Promise.all(
+      [1, 2, 3].map((k) =>
+        within(
+          2_000,
+          async () => !(await admittedAddresses(tb, tb.names.nodes[k - 1])).includes(carolAt[k - 1]) && !(await status(k)).peers.some((p) => p.name === 'carol'),
+          `carol gone from node${k}`,
+        ).then(() => Date.now() - t0),
+      ),
+    )
+    console.log(`fleet revocation: carol out of node1, node2, node3 after ${done.join(', ')} ms`)
+    for (const ms of done) expect(ms).toBeLessThan(1_000)
+    // It cannot come back anywhere.
+    await sleep(1_500)
+    for (let k = 1; k <= 3; k++) expect((await status(k)).peers.some((p) => p.name === 'carol')).toBe(false)
+  })
+
+  it('keeps working with one etcd member down, and through a full etcd outage', async () => {
+    const {tb} = fleet
+    await etcd.stopMember(0)
+    await put('clients/dave', '{}')
+    const dave = await fleet.startClient('dave', 2, {node: 3})
+    await put('revoked/names/dave', '{}')
+    await within(3_000, async () => !(await status(3)).peers.some((p) => p.name === 'dave'), 'dave cut with a member down')
+    await dave.exited.catch(() => {})
+
+    await etcd.stopAll()
+    await within(20_000, async () => (await status(1)).fleet.state === 'unreachable', 'node1 notices etcd is gone')
+    // Current clients keep flowing; nothing admitted is refused.
+    const ping = await tb.exec(tb.names.client[0], 'ping', ['-c', '2', '-i', '0.2', '-W', '1', tb.addr.target])
+    expect(ping.stdout).toMatch(/2 received/)
+    expect((await status(1)).peers.map((p) => p.name)).toContain('alice')
+
+    await etcd.startAll()
+    await within(20_000, async () => (await status(1)).fleet.state === 'connected', 'node1 back on etcd')
+    await put('revoked/names/alice', '{}')
+    for (let k = 1; k <= 3; k++) await within(3_000, async () => !(await status(k)).peers.some((p) => p.name === 'alice'), `alice cut on node${k}`)
+  }, 90_000)
+
+  it('a node killed with -9 leaves the registry within the lease TTL', async () => {
+    nodes[2].child.kill('SIGKILL')
+    await nodes[2].exited
+    const ms = await within(
+      15_000,
+      async () => (await etcd.etcdctl(['get', '--prefix', '--keys-only', `${PREFIX}/nodes/`])).stdout.trim().split('\n').filter(Boolean).length === 2,
+      'node3 gone from the registry',
+    )
+    console.log(`fleet registry: node3 gone ${ms} ms after kill -9`)
+    await within(5_000, async () => (await status(1)).fleet.nodes === 2, 'node1 sees 2 nodes')
+  }, 30_000)
+})
