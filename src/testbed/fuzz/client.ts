@@ -211,6 +211,8 @@ async function datagramSession(o: FuzzClientOptions, transport: Transport, crede
     if (!learned) return closed ?? 'the node never answered a keepalive'
     const spec: InnerSpec = {src, dst: ipv4ToNumber(o.target), mtu: w.mtu}
     const fuzzer = new DatagramFuzzer(s, spec, rng, summary.kinds, keepalive, gateway)
+    // Most sessions end on a garbled control message sooner or later; a calm one runs on.
+    const calm = rng.chance(0.3)
     let nextControl = budget.sent + rng.int(17_000)
     while (closed === null && !budget.done) {
       const n = budget.allowance()
@@ -227,7 +229,7 @@ async function datagramSession(o: FuzzClientOptions, transport: Transport, crede
       }
       if (budget.sent >= nextControl) {
         nextControl = budget.sent + 2_000 + rng.int(15_000)
-        sendControlFuzz(conn.socket, rng, summary.kinds)
+        sendControlFuzz(conn.socket, rng, summary.kinds, calm)
       }
       // Let the socket's sends and the node's answers through.
       await new Promise((r) => setImmediate(r))
@@ -340,7 +342,7 @@ class DatagramFuzzer {
 // ---------------------------------------------------------------- control messages
 
 /** A control message as an authenticated client might garble it. */
-function controlFuzz(rng: Rng): Buffer {
+function controlFuzz(rng: Rng, calm: boolean): Buffer {
   const spi = rng.pick([0, 1, 255, 256, 0xffffffff, rng.u32()])
   const messages: unknown[] = [
     {type: 'transport', body: {hello: true, spi}},
@@ -355,7 +357,10 @@ function controlFuzz(rng: Rng): Buffer {
     {type: rng.u32()},
     [1, 2, 3],
   ]
-  let text = JSON.stringify(rng.pick(messages))
+  // A calm session says only what a node should take without ending the connection: transport
+  // messages, well formed, whatever they ask (so it lives long enough to see rekeys).
+  let text = JSON.stringify(calm ? messages[rng.int(5)] : rng.pick(messages))
+  if (calm) return Buffer.from(text)
   if (rng.chance(0.3)) {
     // Byte damage to the JSON itself.
     const b = Buffer.from(text)
@@ -366,11 +371,11 @@ function controlFuzz(rng: Rng): Buffer {
 }
 
 /** Over Node's TLS (datagram transports' control connection). */
-function sendControlFuzz(socket: TLSSocket, rng: Rng, kinds: Record<string, number>): void {
-  const r = rng.int(10)
+function sendControlFuzz(socket: TLSSocket, rng: Rng, kinds: Record<string, number>, calm: boolean): void {
+  const r = calm ? 0 : rng.int(10)
   if (r < 7) {
     count(kinds, 'control')
-    socket.write(encodeFrame(FrameType.Control, controlFuzz(rng)))
+    socket.write(encodeFrame(FrameType.Control, controlFuzz(rng, calm)))
   } else if (r < 8) {
     count(kinds, 'control-ping')
     socket.write(encodeFrame(FrameType.Ping))
@@ -492,6 +497,8 @@ function write(raw: Socket, b: Buffer): Promise<void> {
 /** Records for the tls transport's native stream: mostly valid ones full of fuzzed frames. */
 class RecordFuzzer {
   private flow: TcpFlow
+  /** No record that ends the connection, no control message that would (see controlFuzz). */
+  private readonly calm: boolean
   private frames = 0
   private nextFatal: number
   private nextKeyUpdate: number
@@ -506,6 +513,7 @@ class RecordFuzzer {
     private readonly maxData: number,
   ) {
     this.flow = new TcpFlow(rng)
+    this.calm = rng.chance(0.3)
     this.nextFatal = rng.int(80_000)
     this.nextKeyUpdate = rng.int(20_000)
     this.nextControl = rng.int(12_000)
@@ -515,7 +523,7 @@ class RecordFuzzer {
   next(want: number): {bytes: Buffer; frames: number} {
     // Spaced by Data frames sent, not by chance per record: the record that ends the connection
     // (and costs a reconnect), a KeyUpdate, a control message, each now and then.
-    if (this.frames >= this.nextFatal) {
+    if (this.frames >= this.nextFatal && !this.calm) {
       this.nextFatal = this.frames + 20_000 + this.rng.int(60_000)
       return {bytes: this.fatalRecord(), frames: 0}
     }
@@ -527,7 +535,7 @@ class RecordFuzzer {
     if (this.frames >= this.nextControl) {
       this.nextControl = this.frames + 2_000 + this.rng.int(10_000)
       count(this.kinds, 'control')
-      return {bytes: this.writer.seal(encodeFrame(FrameType.Control, controlFuzz(this.rng)), CT_APPLICATION), frames: 0}
+      return {bytes: this.writer.seal(encodeFrame(FrameType.Control, controlFuzz(this.rng, this.calm)), CT_APPLICATION), frames: 0}
     }
     const frames: Buffer[] = []
     let size = 0
