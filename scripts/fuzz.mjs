@@ -60,11 +60,14 @@ try {
     const r = await runFuzz({transport, packets, seconds, seed, rate, dataDir, log: (l) => console.log(l)})
     const took = ((Date.now() - started) / 1000).toFixed(1)
     const c = r.client
-    const fast = Object.fromEntries(Object.entries(r.counters).filter(([k]) => k.startsWith('fastPath')))
+    // fastPathSessions is a gauge, not a count: its difference says nothing.
+    const fast = Object.fromEntries(Object.entries(r.counters).filter(([k]) => k.startsWith('fastPath') && k !== 'fastPathSessions'))
+    const other = Object.fromEntries(Object.entries(r.counters).filter(([k, v]) => !k.startsWith('fastPath') && v !== 0))
     console.log(`fuzz ${transport}: ${c?.packets ?? 0} packets in ${c?.seconds.toFixed(1) ?? '?'} s over ${c?.sessions ?? 0} sessions (run ${took} s)`)
     console.log(`  sent: ${JSON.stringify(c?.kinds ?? {})}`)
     console.log(`  sessions ended: ${JSON.stringify(c?.closes ?? {})}`)
     console.log(`  node fast path: ${JSON.stringify(fast)}`)
+    console.log(`  node's other counters that moved: ${JSON.stringify(other)}`)
     console.log(`  node alive: ${r.nodeAliveAfter}, ASan reports: ${r.asanReports.length}, real client ping: ${r.realClientPing}, node exit on SIGTERM: ${r.nodeExit}`)
     const problems = fuzzProblems(r)
     if (problems.length > 0) {
