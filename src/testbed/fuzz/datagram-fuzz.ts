@@ -35,6 +35,8 @@ export async function datagramSession(o: FuzzClientOptions, transport: Transport
     onMessage: (m) => {
       if (m.type === 'welcome') onWelcome(m)
       else if (m.type === 'transport') {
+        // The node's rekeys (ipsec-over-gre): counted, as evidence the fuzz ran through them.
+        if (typeof m.body.rekey === 'number') count(summary.kinds, 'node-rekey')
         // The real session answers rekeys: the fuzz goes on under each new SA.
         if (session !== null) session.onControl?.(m.body)
         else early.push(m)
@@ -157,7 +159,15 @@ class DatagramFuzzer {
     const r = this.rng.int(100)
     if (r < 3) return this.tcpRun()
     if (r < 55) return this.one('inner', (b, off, len) => (this.rng.chance(0.65) ? mutateInner(b, off, len, this.spec.mtu + 64, this.rng) : len), null)
-    if (r < 82) return this.one('outer', null, (b, off, len) => mutateBytes(b, off, len, b.length, this.rng))
+    if (r < 80) return this.one('outer', null, (b, off, len) => mutateBytes(b, off, len, b.length, this.rng))
+    if (r < 82) {
+      // Valid, then longer than the MTU, or than the node's ring slots (which cut it short).
+      const more = this.rng.pick([1, 16, 100, 1500, 4000, 9000])
+      return this.one('oversize', null, (b, off, len) => {
+        this.rng.fill(b, off + len, off + len + more)
+        return len + more
+      }, more)
+    }
     if (r < 90) {
       const len = this.rng.int(this.spec.mtu + 100)
       const d = Buffer.allocUnsafe(len)
@@ -199,14 +209,14 @@ class DatagramFuzzer {
     return d
   }
 
-  private one(kind: string, inner: ((b: Buffer, off: number, len: number) => number) | null, outer: ((b: Buffer, off: number, len: number) => number) | null): Buffer[] {
+  private one(kind: string, inner: ((b: Buffer, off: number, len: number) => number) | null, outer: ((b: Buffer, off: number, len: number) => number) | null, slack = 64): Buffer[] {
     let len = makeInner(this.scratch, 256, 2048, this.spec, this.rng)
     if (inner !== null) len = inner(this.scratch, 256, len)
     const d = this.encap(len)
     if (d === null) return []
     count(this.kinds, kind)
     if (outer === null) return [d]
-    const room = Buffer.alloc(d.length + 64)
+    const room = Buffer.alloc(d.length + slack)
     d.copy(room)
     return [room.subarray(0, outer(room, 0, d.length))]
   }
