@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The agent_native addon built with AddressSanitizer, for the fuzzer (scripts/fuzz.mjs): the
+// The agent_native addon built with AddressSanitizer (and UndefinedBehaviorSanitizer), for the
+// fuzzer (scripts/fuzz.mjs): the
 // same C sources as binding.gyp's, compiled by cc into build-asan/ so build/Release, which
 // everything else loads, is never touched. Node itself is not ASan-built, so a process that
 // loads this addon must start with the ASan runtime preloaded (asanEnv below).
@@ -52,6 +53,8 @@ export function asanEnv(addon = ASAN_ADDON) {
   return {
     LD_PRELOAD: asanRuntime(),
     ASAN_OPTIONS: 'detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0:print_summary=1:allocator_may_return_null=1',
+    // UndefinedBehaviorSanitizer rides along (-fsanitize=undefined, no recovery): with a stack.
+    UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1',
     AGENT_NATIVE_ADDON: addon,
   }
 }
@@ -70,7 +73,7 @@ export function buildAsanAddon({log = () => {}} = {}) {
     'cc',
     [
       '-shared', '-fPIC', '-pthread', '-std=c11', '-g', '-O1',
-      '-fsanitize=address', '-fno-omit-frame-pointer', '-fno-common',
+      '-fsanitize=address,undefined', '-fno-sanitize-recover=undefined', '-fno-omit-frame-pointer', '-fno-common',
       '-Wall', '-Wextra', '-Wno-unused-parameter',
       '-DNAPI_VERSION=8', '-DBUILDING_NODE_EXTENSION', '-DNODE_GYP_MODULE_NAME=agent_native',
       `-I${inc}`, `-I${join(ROOT, 'src/core/native')}`,
