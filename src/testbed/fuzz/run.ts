@@ -9,7 +9,7 @@
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {pathToFileURL} from 'node:url'
-import {createFleet, ROOT} from '../fleet.js'
+import {createFleet, NODE_PORT, ROOT} from '../fleet.js'
 import type {FuzzClientOptions, FuzzClientSummary} from './client.js'
 
 export const FUZZ_TRANSPORTS = ['ipip', 'gre', 'ipsec-over-gre', 'tls'] as const
@@ -101,7 +101,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzReport> {
     const options: FuzzClientOptions = {
       transport: o.transport,
       host: tb.addr.nodeWan,
-      port: 4443,
+      port: NODE_PORT,
       nodeName: 'node1',
       bundle: join(fleet.pki, 'alice.pem'),
       root: ROOT,
