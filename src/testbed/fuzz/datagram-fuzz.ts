@@ -13,7 +13,8 @@ import {KeepaliveKind, keepaliveKeys} from '../../core/nat/keepalive.js'
 import {KeepaliveState} from '../../core/nat/session-keepalive.js'
 import {ipv4ToNumber} from '../../core/net/ipv4.js'
 import {tlsClientOptions, type Credentials} from '../../core/pki/index.js'
-import type {Session, Span, Transport} from '../../core/transport/contract.js'
+import {openCarrierSocket} from '../../core/carrier/carrier-socket.js'
+import type {CarrierSpec, Session, Span, Transport} from '../../core/transport/contract.js'
 import {sessionContext} from '../../core/transport/session-context.js'
 import {sendControlFuzz} from './control-fuzz.js'
 import {type InnerSpec, TcpFlow, makeInner, mutateBytes, mutateInner} from './packets.js'
@@ -67,13 +68,10 @@ export async function datagramSession(o: FuzzClientOptions, transport: Transport
   session = s
   for (const m of early.splice(0)) if (m.type === 'transport') s.onControl?.(m.body)
   conn.keepalive(w.keepalive, true)
-  const port = w.carrier.port!
-  const udp: UdpSocket = createSocket('udp4')
-  await new Promise<void>((resolve) => udp.bind(0, resolve))
   let learned = false
-  udp.on('message', () => {
-    // The node sends to an endpoint only once an authenticated keepalive taught it: the first
-    // datagram back says our endpoint is learned.
+  // The node sends to an endpoint only once an authenticated keepalive taught it: the first
+  // datagram back says our endpoint is learned.
+  const carrier = await openCarrier(w.carrier, o.host, () => {
     learned = true
     summary.received++
   })
@@ -83,7 +81,7 @@ export async function datagramSession(o: FuzzClientOptions, transport: Transport
   const gateway = ipv4ToNumber(w.gateway)
   const sendKeepalive = () => {
     const k = keepalive.build(s, src, gateway, KeepaliveKind.Request)
-    if (k !== null) udp.send(k.buf, k.span.offset, k.span.length, port, o.host)
+    if (k !== null) carrier.send(k.buf.subarray(k.span.offset, k.span.offset + k.span.length))
   }
   const tick = setInterval(() => {
     sendKeepalive()
@@ -115,7 +113,7 @@ export async function datagramSession(o: FuzzClientOptions, transport: Transport
       }
       for (let i = 0; i < n; ) {
         for (const d of fuzzer.next()) {
-          udp.send(d, port, o.host)
+          carrier.send(d)
           i++
           budget.sent++
         }
@@ -130,11 +128,43 @@ export async function datagramSession(o: FuzzClientOptions, transport: Transport
     return closed ?? 'budget spent'
   } finally {
     clearInterval(tick)
-    udp.close()
+    carrier.close()
     conn.close('fuzz session over')
     s.close()
   }
 }
+
+interface Carrier {
+  send(d: Buffer): void
+  close(): void
+}
+
+/**
+ * Our end of the carrier: a UDP socket (through the NAT), or for carrier ip a raw socket of the
+ * core's own (the kernel writes the outer IPv4 header; this namespace must reach the node
+ * without NAT). `onReceive` for each datagram from the node.
+ */
+async function openCarrier(spec: CarrierSpec, host: string, onReceive: () => void): Promise<Carrier> {
+  if (spec.kind === 'udp') {
+    const udp: UdpSocket = createSocket('udp4')
+    await new Promise<void>((resolve) => udp.bind(0, resolve))
+    udp.on('message', onReceive)
+    return {send: (d) => udp.send(d, spec.port!, host), close: () => udp.close()}
+  }
+  const raw = openCarrierSocket(spec, RAW_MTU, '0.0.0.0', 0)
+  const node = ipv4ToNumber(host)
+  raw.start((count, ring) => {
+    for (let i = 0; i < count; i++) if (ring.addrs[i] === node) onReceive()
+  })
+  return {
+    // A raw socket takes no more than its ring's payload; longer ones are cut to that.
+    send: (d) => void raw.send(d, 0, Math.min(d.length, RAW_MTU), node, 0),
+    close: () => raw.close(),
+  }
+}
+
+/** The payload size the fuzzer's raw socket is opened for (and sends at most). */
+const RAW_MTU = 9000
 
 /** What goes in each datagram: see next(). */
 class DatagramFuzzer {

@@ -1,7 +1,8 @@
 /**
  * One fuzz run of one transport, end to end: a fleet on a testbed, the real `agent` node on the
  * AddressSanitizer build of the addon (scripts/asan-addon.mjs), the fuzzing client (client.ts)
- * as the authenticated client alice from a NATed client namespace, and afterwards the checks:
+ * as the authenticated client alice from a NATed client namespace (or, over the ip carrier, one
+ * with a public address), and afterwards the checks:
  * the node is alive, ASan reported nothing, the fast path's counters moved (the fuzz reached
  * the C, not only JS's drops), a real `agent` client (bob) still pings through the node, and
  * the node stops cleanly. Used by scripts/fuzz.mjs (npm run fuzz) and test/integration/fuzz.test.ts.
@@ -21,6 +22,11 @@ export interface FuzzRunOptions {
   seed: number
   /** Packets per second the client sends at most. */
   rate: number
+  /**
+   * The datagram transports' carrier (default udp, through the testbed's NAT). ip: raw IP
+   * packets (net.c's raw sockets), from a client namespace with a public address.
+   */
+  carrier?: 'udp' | 'ip'
   /** An oclif data dir with the transport installed (else the fleet installs it). */
   dataDir?: string
   log?: (line: string) => void
@@ -28,6 +34,8 @@ export interface FuzzRunOptions {
 
 export interface FuzzReport {
   transport: string
+  /** What the fuzzed packets travelled in: udp or ip datagrams, or tls's stream. */
+  carrier: 'udp' | 'ip' | 'stream'
   seed: number
   client: FuzzClientSummary | null
   clientError: string | null
@@ -70,18 +78,29 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzReport> {
   const {buildAsanAddon, asanEnv} = await asan()
   const addon = buildAsanAddon({log})
   const env = asanEnv(addon)
+  const ip = o.carrier === 'ip'
+  if (ip && o.transport === 'tls') throw new Error('fuzz: the tls transport has no ip carrier')
   const fleet = await createFleet({
     prefix: 'fz',
     clients: 2,
+    publicClients: ip ? 1 : 0,
     transport: o.transport,
     keepalive: 2,
     dataDir: o.dataDir,
-    // ipsec-over-gre rekeys under fire: the fast path's SAs change while the fuzz runs.
-    transportOptions: o.transport === 'ipsec-over-gre' ? {rekeySeconds: 10} : undefined,
+    transportOptions: {
+      ...(ip ? {carrier: 'ip'} : {}),
+      // ipsec-over-gre rekeys under fire: the fast path's SAs change while the fuzz runs.
+      ...(o.transport === 'ipsec-over-gre' ? {rekeySeconds: 10} : {}),
+    },
   })
   const {tb} = fleet
+  // Raw IP does not cross the testbed's NAT: over ip, both clients (one after the other) use
+  // the namespace with a public address.
+  const fuzzNs = ip ? tb.names.publicClient[0] : tb.names.client[0]
+  const realNs = ip ? tb.names.publicClient[0] : tb.names.client[1]
   const report: FuzzReport = {
     transport: o.transport,
+    carrier: o.transport === 'tls' ? 'stream' : ip ? 'ip' : 'udp',
     seed: o.seed,
     client: null,
     clientError: null,
@@ -112,7 +131,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzReport> {
       rate: o.rate,
     }
     log(`fuzz ${o.transport}: seed ${o.seed}, up to ${o.packets} packets in ${o.seconds} s at ${o.rate}/s`)
-    const client = tb.spawn(tb.names.client[0], process.execPath, [join(ROOT, 'dist/testbed/fuzz/client.js'), JSON.stringify(options)], {stdio: ['ignore', 'pipe', 'pipe']})
+    const client = tb.spawn(fuzzNs, process.execPath, [join(ROOT, 'dist/testbed/fuzz/client.js'), JSON.stringify(options)], {stdio: ['ignore', 'pipe', 'pipe']})
     let out = ''
     let err = ''
     client.stdout!.on('data', (b: Buffer) => (out += b.toString()))
@@ -134,8 +153,8 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzReport> {
       const after = await nodeCounters(cli)
       for (const [k, v] of Object.entries(after)) if (typeof v === 'number') report.counters[k] = v - (before[k] ?? 0)
       // A real client, through the node that was fuzzed.
-      const bob = await fleet.startClient('bob', 1)
-      const ping = await tb.exec(tb.names.client[1], 'ping', ['-c', '3', '-i', '0.2', '-W', '2', tb.addr.target])
+      const bob = await fleet.startClient('bob', 1, {ns: realNs})
+      const ping = await tb.exec(realNs, 'ping', ['-c', '3', '-i', '0.2', '-W', '2', tb.addr.target])
       report.realClientPing = ping.code === 0
       await tb.stop(bob.child)
       await tb.stop(node.child, 10_000)
