@@ -39,7 +39,7 @@ export function asanRuntime() {
   }
   // cc prints the bare name back when it has no such library.
   if (!lib.startsWith('/') || !existsSync(lib)) {
-    throw new Error(`asan: the AddressSanitizer runtime libasan.so is not installed (cc -print-file-name=libasan.so says "${lib}"); install gcc's libasan (apt-get install gcc, scripts/setup.sh)`)
+    throw new Error(`asan: the AddressSanitizer runtime libasan.so is not installed (cc -print-file-name=libasan.so says "${lib}"); install gcc's libasan (scripts/setup.sh does: apt-get install libgcc-N-dev, N gcc's major version)`)
   }
   return lib
 }
