@@ -34,6 +34,14 @@ have make || need+=(make)
 have g++ || need+=(g++)
 # The addon is C (cc), and test/unit/checksum.test.ts builds a C harness with it.
 have cc || need+=(gcc)
+# The fuzzer (npm run fuzz, and its bounded run in npm test) preloads gcc's AddressSanitizer
+# runtime into the node: cc -print-file-name=libasan.so must name a file (libgcc-N-dev has it).
+if have gcc; then
+  asan=$(gcc -print-file-name=libasan.so)
+  [ "${asan#/}" != "$asan" ] && [ -e "$asan" ] || need+=("libgcc-$(gcc -dumpversion | cut -d. -f1)-dev")
+elif [[ " ${need[*]} " != *" gcc "* ]]; then
+  need+=(gcc)
+fi
 have python3 || need+=(python3)
 # The fleet's roster lives in etcd (3.4 on Debian 12); tests start their own clusters in the testbed.
 have etcd || need+=(etcd-server)

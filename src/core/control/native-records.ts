@@ -31,7 +31,8 @@ import {loadAgentNative} from '../native/addon.js'
 
 /** What hello and welcome carry to ask for and agree to the native records. */
 export const RECORDS = 'aes-256-gcm-1'
-const EXPORTER_LABEL = 'EXPORTER-agent-tls-records'
+/** The TLS exporter label of the records' traffic secrets (exported for the fuzzer, which writes records itself). */
+export const EXPORTER_LABEL = 'EXPORTER-agent-tls-records'
 
 interface TlsHandle {
   readStop(): number

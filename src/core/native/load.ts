@@ -2,10 +2,13 @@
  * What the wrappers of our N-API addons share (src/core/tun/linux.ts over agent_tun,
  * src/core/carrier/datagram.ts over agent_net): finding and loading build/Release/<name>.node,
  * built by node-gyp from binding.gyp, and the rule for an error the addon reports while reading.
+ *
+ * AGENT_NATIVE_ADDON=/path/to/agent_native.node loads that file instead of build/Release's: the
+ * fuzzer (scripts/fuzz.mjs) runs the real agent on an AddressSanitizer build of the same sources.
  */
 import {existsSync, readFileSync} from 'node:fs'
 import {createRequire} from 'node:module'
-import {dirname, join} from 'node:path'
+import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 export interface AddonSpec {
@@ -31,7 +34,15 @@ export function addonLoader<T>(spec: AddonSpec): () => T {
   }
 }
 
+/** The environment variable that points the agent_native addon at another build. */
+export const ADDON_OVERRIDE_ENV = 'AGENT_NATIVE_ADDON'
+
 function loadAddon(spec: AddonSpec): unknown {
+  const override = spec.name === 'agent_native' ? process.env[ADDON_OVERRIDE_ENV] : undefined
+  if (override !== undefined && override !== '') {
+    if (!existsSync(override)) throw codeError(`${spec.what} named by ${ADDON_OVERRIDE_ENV} is missing: ${override}`, spec.code)
+    return createRequire(spec.from)(resolve(override))
+  }
   const file = join(packageRoot(spec), 'build', 'Release', `${spec.name}.node`)
   if (!existsSync(file)) {
     const hint = 'run "npx node-gyp rebuild"'
