@@ -63,6 +63,8 @@ export class ClientAgent {
   private gatewayRoute: AddedRoute | null = null
   private gateway: string | null = null
   private attempts = 0
+  /** The other nodes of the fleet as last logged. */
+  private fleetSaid = ''
   private retryTimer: NodeJS.Timeout | null = null
   private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
   private stopping: Promise<string[]> | null = null
@@ -264,6 +266,10 @@ export class ClientAgent {
       this.phase = 'connected'
       const via = datagrams === null ? '' : ` over ${w.carrier.kind} to ${link.endpoint} from ${datagrams.local}`
       this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}${via}, mtu ${this.mtu}`)
+      // Where this client could go instead (the failover issue uses them); said when it changes.
+      const others = (w.fleet ?? []).map((n) => `${n.name} (${n.host}:${n.port})`).join(', ')
+      if (w.fleet !== undefined && others !== this.fleetSaid) this.log.info(`fleet: ${w.fleet.length} other node(s) serve ${this.transport.name}${others === '' ? '' : `: ${others}`}`)
+      this.fleetSaid = others
       this.firstWelcome?.resolve()
       this.firstWelcome = null
     }
