@@ -72,14 +72,17 @@ describe('gre transport', () => {
   it('follows a NAT rebinding within one keepalive interval', async () => {
     const {tb} = fleet
     const before = (await peers(tb.names.node)).find((p) => p.name === 'alice')!.endpoint
-    // The home router reboots into another port range: every UDP mapping changes.
-    const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40999']
+    // The home router reboots into another port range: every UDP mapping changes. The range
+    // must not hold alice's port now (MASQUERADE keeps a port that is in range: nothing moves).
+    const port = Number(before.split(':')[1])
+    const range = port >= 40000 && port <= 40999 ? '42000-42999' : '40000-40999'
+    const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', tb.ifaces.natWan, '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', range]
     await tb.exec(tb.names.nat, 'iptables', ['-w', ...rule], {check: true})
     try {
       // Marked before the flush: a keepalive can cross the new mapping while the flush returns.
       const mark = node.output.length
       await tb.flushNatConntrack()
-      await node.waitFor(/client alice moved from 198\.51\.100\.2:\d+ to 198\.51\.100\.2:40\d\d\d/, (KEEPALIVE + 3) * 1000, mark)
+      await node.waitFor(new RegExp(`client alice moved from 198\\.51\\.100\\.2:${port} to 198\\.51\\.100\\.2:${range.slice(0, 2)}\\d{3}`), (KEEPALIVE + 3) * 1000, mark)
       const after = (await peers(tb.names.node)).find((p) => p.name === 'alice')!.endpoint
       expect(after).not.toBe(before)
       await pingOk(tb.names.client[0])
