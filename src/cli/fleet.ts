@@ -17,6 +17,21 @@ export const fleetFlags = {
   timeout: Flags.integer({summary: 'Seconds to wait for etcd before giving up.', default: 10, min: 1}),
 }
 
+/**
+ * grpc-js sets the TLS server name to the endpoint's host even when it is an IP address, and
+ * Node warns about that (DEP0123) on every connection: noise on an operator's terminal that says
+ * nothing about their setup (the certificate is still checked against its IP SANs). Only that
+ * warning is dropped.
+ */
+function quietIpServerNameWarning(): void {
+  const emit = process.emitWarning.bind(process) as (...a: unknown[]) => void
+  process.emitWarning = ((warning: unknown, ...rest: unknown[]) => {
+    const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as {code?: string}).code : rest[1]
+    if (code === 'DEP0123') return
+    emit(warning, ...rest)
+  }) as typeof process.emitWarning
+}
+
 type FleetFlagValues = FleetAccessOptions & {timeout: number}
 
 function isEtcdError(e: unknown): boolean {
@@ -36,10 +51,12 @@ export async function withFleet<T>(cmd: Command, flags: FleetFlagValues, doing: 
     return fail(cmd, (e as Error).message, e instanceof FleetAccessError ? 2 : 1)
   }
   let admin: FleetAdmin
+  quietIpServerNameWarning()
   try {
     admin = new FleetAdmin(connectEtcd(access), access.prefix)
   } catch (e) {
-    return fail(cmd, (e as Error).message, 2)
+    const m = (e as Error).message
+    return fail(cmd, m.startsWith('cannot read') ? m : `cannot use the etcd credentials (ca ${access.ca}, cert ${access.cert}, key ${access.key}): ${m}`, 2)
   }
   let result: T
   try {
