@@ -54,7 +54,7 @@ export function formatNodes(nodes: NodeEntry[]): string {
     ['NAME', 'TRANSPORT', 'CONTROL', 'CARRIER', 'SESSIONS', 'RX', 'TX', 'HEALTH', 'HEARTBEAT'],
     nodes.map(({name, record: r, heartbeatAgeSeconds}) =>
       r === null
-        ? [name, '(invalid record)', '', '', '', '', '', '', '']
+        ? [name, '?', '?', '?', '?', '?', '?', 'invalid record', '?']
         : [
             name,
             r.transport,
