@@ -56,6 +56,17 @@ export function checkSerial(serial: string): string {
   return serial
 }
 
+/**
+ * A serial as the revoked/serials/ keys spell it, from any form an operator types (colons,
+ * "serial=", upper case, leading zeros): lower-case hex without leading zeros ("0" for zero).
+ * serialKey() of pki/crl.ts turns it back into the roster's form.
+ */
+export function normalizeSerial(text: string): string {
+  const hex = text.trim().replace(/^serial=/i, '').replace(/^0x/i, '').replace(/[:\s]/g, '').toLowerCase()
+  if (!/^[0-9a-f]+$/.test(hex)) throw new Error(`invalid serial ${JSON.stringify(text)}: expected hexadecimal, as \`openssl x509 -noout -serial\` or agent pki prints it`)
+  return checkSerial(hex.replace(/^0+/, '') || '0')
+}
+
 /** A client's value: what the roster needs beyond its name. */
 export interface ClientValue {
   address?: string
