@@ -1,11 +1,13 @@
 /**
- * A fleet of three nodes with one roster in a real 3-member etcd cluster (client TLS), the real
- * binary in namespaces. The roster is written here with etcdctl as etcd's root; the operator's
- * commands (`agent fleet ...`) have tests of their own.
+ * A fleet of three nodes with one roster in a real 3-member etcd cluster (client TLS, etcd's own
+ * users and roles), the real binary in namespaces. Root sets the fleet up with `agent fleet init`
+ * and `node add`; an operator changes the roster with `agent fleet`; each node reads it with its
+ * own etcd user. The commands' own checks are in fleet-cli.test.ts.
  */
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {readFileSync, writeFileSync} from 'node:fs'
-import {type AgentProcess, type Fleet, admittedAddresses, createFleet} from '../../src/testbed/index.js'
+import {join} from 'node:path'
+import {type AgentProcess, type Fleet, admittedAddresses, BIN, createFleet} from '../../src/testbed/index.js'
 import {type EtcdCluster, startEtcd} from '../../src/testbed/etcd.js'
 
 const PREFIX = '/agent/t'
@@ -33,8 +35,22 @@ async function fleetConfig(k: number): Promise<string> {
   return file
 }
 
-async function put(key: string, value: string): Promise<void> {
-  await etcd.etcdctl(['put', `${PREFIX}/${key}`, value], {check: true})
+let rootConfig: string
+let opsConfig: string
+
+/** `agent fleet ...` in the ctl namespace, where etcd is, with the credentials of `config`. */
+async function fleetCli(config: string, args: string[]): Promise<string> {
+  const r = await fleet.tb.exec(fleet.tb.names.ctl!, process.execPath, [BIN, 'fleet', ...args, '--config', config], {timeoutMs: 30_000})
+  expect(r.code, r.stderr + r.stdout).toBe(0)
+  return r.stdout
+}
+
+/** A fleet access file for etcd user `user`. */
+async function access(user: string): Promise<string> {
+  const c = await etcd.clientCert(user)
+  const file = join(etcd.dir, `fleet-${user}.yaml`)
+  writeFileSync(file, `endpoints: [${etcd.endpoints.join(', ')}]\nca: ${c.ca}\ncert: ${c.cert}\nkey: ${c.key}\nprefix: ${PREFIX}\n`)
+  return file
 }
 
 async function status(k: number): Promise<{fleet: Record<string, unknown>; peers: {name: string; address: string}[]}> {
@@ -56,7 +72,12 @@ async function within(ms: number, check: () => Promise<boolean>, what: string): 
 beforeAll(async () => {
   fleet = await createFleet({prefix: 'flt', nodes: 3, ctl: true, clients: 3, transport: 'tls', extraClients: ['carol', 'dave'], dataDir: inject('agentDataDir')})
   etcd = await startEtcd(fleet.tb, {members: 3})
-  await put('version', '1')
+  await etcd.enableAuth()
+  rootConfig = await access('root')
+  await fleetCli(rootConfig, ['init'])
+  for (let k = 1; k <= 3; k++) await fleetCli(rootConfig, ['node', 'add', `node${k}`])
+  await fleetCli(rootConfig, ['operator', 'add', 'ops'])
+  opsConfig = await access('ops')
   for (let k = 1; k <= 3; k++) nodes.push(await fleet.startNode({node: k, config: await fleetConfig(k)}))
 }, 180_000)
 
@@ -70,17 +91,17 @@ describe('a fleet of three nodes on one etcd roster', () => {
       await within(10_000, async () => (await status(k)).fleet.nodes === 3, `node${k} sees 3 nodes`)
       expect((await status(k)).fleet).toMatchObject({state: 'connected', prefix: PREFIX, registered: true})
     }
-    const r = await etcd.etcdctl(['get', '--prefix', '--print-value-only', `${PREFIX}/nodes/`], {check: true})
-    const records = r.stdout.trim().split('\n').map((l) => JSON.parse(l))
-    expect(records.map((n: {name: string}) => n.name).sort()).toEqual(['node1', 'node2', 'node3'])
-    expect(records[0]).toMatchObject({transport: 'tls', health: 'ok', endpoints: {control: `${fleet.tb.addr.nodesWan[0]}:4443`}})
+    const list = JSON.parse(await fleetCli(opsConfig, ['nodes', '--json'])) as {name: string; record: Record<string, unknown>; heartbeatAgeSeconds: number}[]
+    expect(list.map((n) => n.name)).toEqual(['node1', 'node2', 'node3'])
+    expect(list[0].record).toMatchObject({transport: 'tls', health: 'ok', endpoints: {control: `${fleet.tb.addr.nodesWan[0]}:4443`}})
+    expect(list[0].heartbeatAgeSeconds).toBeLessThan(10)
   })
 
   it('a client added to etcd connects to any node without a restart, and learns the other nodes', async () => {
     const {tb} = fleet
     const refused = await fleet.startClient('carol', 0, {node: 1, wait: /refused/})
     await refused.exited
-    await put('clients/carol', '{}')
+    await fleetCli(opsConfig, ['client', 'add', 'carol'])
     const carols = []
     for (let k = 1; k <= 3; k++) carols.push(await fleet.startClient('carol', k - 1, {node: k}))
     for (let k = 1; k <= 3; k++) expect((await status(k)).peers.map((p) => p.name)).toContain('carol')
@@ -93,8 +114,8 @@ describe('a fleet of three nodes on one etcd roster', () => {
     const {tb} = fleet
     const carolAt = await Promise.all([1, 2, 3].map(async (k) => (await status(k)).peers.find((p) => p.name === 'carol')!.address))
     const marks = nodes.map((n) => n.output.length)
-    await put('revoked/names/carol', JSON.stringify({at: new Date().toISOString()}))
-    // From the put returning (as `agent fleet revoke` would) to each node's cut, by the nodes' own clocks.
+    await fleetCli(opsConfig, ['revoke', 'carol'])
+    // From `agent fleet revoke` returning to each node's cut, by the nodes' own clocks.
     const returned = Date.now()
     const cutAt = await Promise.all(
       nodes.map(async (n, i) => {
@@ -102,8 +123,8 @@ describe('a fleet of three nodes on one etcd roster', () => {
         return Date.parse(line.split(' ')[0]) - returned
       }),
     )
-    // Negative: the node cut her before the etcdctl process had even exited.
-    console.log(`fleet revocation: carol cut on node1, node2, node3 ${cutAt.join(', ')} ms after the put returned`)
+    // Negative: the node cut her before the command's process had even exited.
+    console.log(`fleet revocation: carol cut on node1, node2, node3 ${cutAt.join(', ')} ms after agent fleet revoke returned`)
     for (const ms of cutAt) expect(ms).toBeLessThan(1_000)
     // Her admission (and with it her flows) went with her session.
     for (let k = 1; k <= 3; k++) {
@@ -118,9 +139,9 @@ describe('a fleet of three nodes on one etcd roster', () => {
     const {tb} = fleet
     await fleet.startClient('alice', 0, {node: 1})
     await etcd.stopMember(0)
-    await put('clients/dave', '{}')
+    await fleetCli(opsConfig, ['client', 'add', 'dave'])
     const dave = await fleet.startClient('dave', 2, {node: 3})
-    await put('revoked/names/dave', '{}')
+    await fleetCli(opsConfig, ['revoke', 'dave'])
     await within(3_000, async () => !(await status(3)).peers.some((p) => p.name === 'dave'), 'dave cut with a member down')
     await dave.exited.catch(() => {})
 
@@ -133,7 +154,7 @@ describe('a fleet of three nodes on one etcd roster', () => {
 
     await etcd.startAll()
     await within(20_000, async () => (await status(1)).fleet.state === 'connected', 'node1 back on etcd')
-    await put('revoked/names/alice', '{}')
+    await fleetCli(opsConfig, ['revoke', 'alice'])
     for (let k = 1; k <= 3; k++) await within(3_000, async () => !(await status(k)).peers.some((p) => p.name === 'alice'), `alice cut on node${k}`)
   }, 90_000)
 
@@ -142,7 +163,10 @@ describe('a fleet of three nodes on one etcd roster', () => {
     await nodes[2].exited
     const ms = await within(
       15_000,
-      async () => (await etcd.etcdctl(['get', '--prefix', '--keys-only', `${PREFIX}/nodes/`])).stdout.trim().split('\n').filter(Boolean).length === 2,
+      async () => {
+        const list = JSON.parse(await fleetCli(opsConfig, ['nodes', '--json'])) as {name: string}[]
+        return list.map((n) => n.name).join() === 'node1,node2'
+      },
       'node3 gone from the registry',
     )
     console.log(`fleet registry: node3 gone ${ms} ms after kill -9`)

@@ -68,7 +68,7 @@ describe('roles', () => {
     expect([roles.operator, roles.node, roles.ownNode('node1')]).toEqual(['agent-operator-agent.fleet', 'agent-node-agent.fleet', 'agent-node-agent.fleet-node1'])
     const p = rolePermissions('/agent/fleet')
     expect(p.operator.map(describePermission)).toEqual(['readwrite /agent/fleet/ (prefix)'])
-    expect(p.node.map(describePermission)).toEqual(['read /agent/fleet/version', 'read /agent/fleet/clients/ (prefix)', 'read /agent/fleet/revoked/ (prefix)', 'read /agent/fleet/nodes/ (prefix)'])
+    expect(p.node.map(describePermission)).toEqual(['read /agent/fleet/ (prefix)'])
     expect(p.ownNode('node1').map(describePermission)).toEqual(['readwrite /agent/fleet/nodes/node1'])
     expect(() => roles.ownNode('../x')).toThrow(/invalid name/)
   })

@@ -41,13 +41,10 @@ export function rolePermissions(prefix: string) {
   return {
     // `<prefix>/`, not `<prefix>`: a range on "/agent/fleet" would cover "/agent/fleet2" too.
     operator: [{permission: 'Readwrite', range: Range.prefix(`${prefix}/`)}] as IPermissionRequest[],
-    node: [
-      {permission: 'Read', key: keys.version},
-      {permission: 'Read', range: Range.prefix(keys.clients)},
-      {permission: 'Read', range: Range.prefix(`${prefix}/revoked/`)},
-      // Nodes read the registry to tell their clients about the other nodes.
-      {permission: 'Read', range: Range.prefix(keys.nodes)},
-    ] as IPermissionRequest[],
+    // Read on the whole prefix: a node lists and watches it as one range, at one revision
+    // (fleet-watch.ts), and in layout v1 it holds nothing a node may not read (the version, the
+    // roster, and the registry it tells its clients about).
+    node: [{permission: 'Read', range: Range.prefix(`${prefix}/`)}] as IPermissionRequest[],
     ownNode: (name: string) => [{permission: 'Readwrite', key: keys.node(name)}] as IPermissionRequest[],
   }
 }

@@ -13,6 +13,7 @@
  * zeros, as the roster compares them (pki/crl.ts serialKey).
  */
 import type {RosterEntry} from '../node/roster.js'
+import {serialKey} from '../pki/crl.js'
 
 export const LAYOUT_VERSION = '1'
 
@@ -113,8 +114,10 @@ export function applyRosterKey(keys: FleetKeys, roster: FleetRoster, key: string
   }
   if ((name = tail(keys.revokedSerials)) !== null) {
     if (!SERIAL.test(name)) return false
-    if (value === null) roster.revokedSerials.delete(name)
-    else roster.revokedSerials.add(name)
+    // Stored lower-case without leading zeros; the roster compares serials as serialKey spells them.
+    const serial = serialKey(name)
+    if (value === null) roster.revokedSerials.delete(serial)
+    else roster.revokedSerials.add(serial)
     return true
   }
   return false
