@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // A real client's throughput and latency while a stranger attacks its node (issue #14).
 //
-//   node bench/hostile.mjs [--attacks control,keepalive,esp] [--seconds 10] [--pings 100] [--json out.json]
+//   node bench/hostile.mjs [--attacks control,keepalive,esp] [--seconds 8] [--pings 100] [--repeat 3] [--json out.json]
 // Environment equivalents: BENCH_HOSTILE_ATTACKS, BENCH_HOSTILE_SECONDS, BENCH_JSON (suffixed -hostile).
 //
 // For each attack, on a fresh namespace testbed with the real `agent` node and client: the
 // client's iperf3 TCP throughput (1 stream, --seconds) and --pings pings at 0.1 s to the target,
-// first quiet, then while a stranger on the node's public side (198.51.100.50, no credential)
-// runs the attack (src/testbed/attacks/). The node's CPU is sampled over the first 3 s of the
-// attack, before the client's traffic starts: what the attack alone costs it.
+// quiet, then while a stranger on the node's public side (198.51.100.50, no credential) runs the
+// attack (src/testbed/attacks/), --repeat times in turn on the same testbed; the medians are
+// compared, because this VM's throughput drifts by more than 10% within minutes. The node's CPU
+// is sampled over the first 3 s of each attack, before the client's traffic starts: what the
+// attack alone costs it. The attacker runs on the same 2 cores as everything else.
 //
 //   control    tls: one host opens the control port as fast as it can and holds what it gets
 //   keepalive  ipip over UDP: forged keepalives, 50 a second for every pool address (12,650/s)
@@ -20,14 +22,18 @@ import {join} from 'node:path'
 import {parseArgs} from 'node:util'
 import {createTestbed, NODE_PORT, prepareFleet, ROOT} from '../dist/testbed/index.js'
 import {cpuSeconds, iperf, pingRtt, startIperfServer} from './lib/measure.mjs'
+import {median, percentile} from './lib/stats.mjs'
 
-const {values: flags} = parseArgs({options: {attacks: {type: 'string'}, seconds: {type: 'string'}, pings: {type: 'string'}, json: {type: 'string'}}})
+const {values: flags} = parseArgs({options: {attacks: {type: 'string'}, seconds: {type: 'string'}, pings: {type: 'string'}, repeat: {type: 'string'}, json: {type: 'string'}}})
 const env = process.env
 const attacks = (flags.attacks ?? env.BENCH_HOSTILE_ATTACKS ?? 'control,keepalive,esp').split(',')
-const seconds = Number(flags.seconds ?? env.BENCH_HOSTILE_SECONDS ?? 10)
+const seconds = Number(flags.seconds ?? env.BENCH_HOSTILE_SECONDS ?? 8)
 const pings = Number(flags.pings ?? 100)
+const repeat = Number(flags.repeat ?? 3)
 const jsonOut = flags.json ?? (env.BENCH_JSON ? env.BENCH_JSON.replace(/(\.json)?$/, '-hostile.json') : undefined)
-if (!(seconds >= 2 && seconds <= 60) || !(pings >= 10 && pings <= 1000)) throw new Error('--seconds must be 2 to 60, --pings 10 to 1000')
+if (!(seconds >= 2 && seconds <= 60) || !(pings >= 10 && pings <= 1000) || !(Number.isInteger(repeat) && repeat >= 1 && repeat <= 10)) {
+  throw new Error('--seconds must be 2 to 60, --pings 10 to 1000, --repeat 1 to 10')
+}
 const log = (m) => console.error(`[bench:hostile] ${m}`)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const ATTACK_ALONE_S = 3
@@ -55,7 +61,7 @@ for (const a of attacks) if (!(a in SCENARIOS)) throw new Error(`unknown attack 
 async function measure(tb, ns, pids) {
   const t = await iperf(tb, ns, {seconds, streams: 1, pids})
   const p = await pingRtt(tb, ns, {count: pings, intervalS: PING_INTERVAL})
-  return {mbps: t.mbps, p50: p.p50, p99: p.p99, loss: p.loss}
+  return {mbps: t.mbps, p50: p.p50, p99: p.p99, loss: p.loss, samples: p.samples}
 }
 
 async function run(name) {
@@ -70,26 +76,38 @@ async function run(name) {
     const st = await fleet.cli(tb.names.node, ['status', '--json'])
     const peer = JSON.parse(st.stdout)[0].peers.find((p) => p.name === 'alice')
     const ns = tb.names.client[0]
-    log(`${name} (${sc.transport}): quiet`)
-    const quiet = await measure(tb, ns, [node.pid])
-
-    const attackSeconds = ATTACK_ALONE_S + seconds + pings * PING_INTERVAL + 8
-    const attacker = tb.spawn(tb.names.publicClient[0], process.execPath, sc.args({tb, peer}, attackSeconds), {stdio: ['ignore', 'pipe', 'pipe']})
-    let out = ''
-    attacker.stdout.on('data', (b) => (out += b))
-    const ended = new Promise((r) => attacker.once('exit', r))
-    const c0 = cpuSeconds(node.pid)
-    const a0 = cpuSeconds(attacker.pid)
-    await sleep(ATTACK_ALONE_S * 1000)
-    const nodeCpu = ((cpuSeconds(node.pid) - c0) / ATTACK_ALONE_S) * 100
-    const attackerCpu = ((cpuSeconds(attacker.pid) - a0) / ATTACK_ALONE_S) * 100
-    log(`${name}: under attack (node ${nodeCpu.toFixed(1)}%, attacker ${attackerCpu.toFixed(1)}% of a core for the attack alone)`)
-    const loud = await measure(tb, ns, [node.pid])
-    await tb.stop(attacker, 1000)
-    await ended
-    const report = out.trim() === '' ? {} : JSON.parse(out.trim().split('\n').pop())
+    const rounds = []
+    for (let round = 1; round <= repeat; round++) {
+      log(`${name} (${sc.transport}) round ${round}/${repeat}: quiet`)
+      const quiet = await measure(tb, ns, [node.pid])
+      const attackSeconds = ATTACK_ALONE_S + seconds + pings * PING_INTERVAL + 8
+      const attacker = tb.spawn(tb.names.publicClient[0], process.execPath, sc.args({tb, peer}, attackSeconds), {stdio: ['ignore', 'pipe', 'pipe']})
+      let out = ''
+      attacker.stdout.on('data', (b) => (out += b))
+      const ended = new Promise((r) => attacker.once('exit', r))
+      const c0 = cpuSeconds(node.pid)
+      const a0 = cpuSeconds(attacker.pid)
+      await sleep(ATTACK_ALONE_S * 1000)
+      const nodeCpu = ((cpuSeconds(node.pid) - c0) / ATTACK_ALONE_S) * 100
+      const attackerCpu = ((cpuSeconds(attacker.pid) - a0) / ATTACK_ALONE_S) * 100
+      log(`${name} round ${round}: under attack (node ${nodeCpu.toFixed(1)}%, attacker ${attackerCpu.toFixed(1)}% of a core for the attack alone)`)
+      const loud = await measure(tb, ns, [node.pid])
+      await tb.stop(attacker, 1000)
+      await ended
+      rounds.push({quiet, loud, nodeCpu, attackerCpu, attacker: out.trim() === '' ? {} : JSON.parse(out.trim().split('\n').pop())})
+      log(`${name} round ${round}: ${quiet.mbps.toFixed(0)} / ${loud.mbps.toFixed(0)} Mbit/s, p50 ${quiet.p50} / ${loud.p50} ms`)
+    }
+    const med = (f) => median(rounds.map(f))
+    // Throughput: the median round. RTT: every ping of every round pooled (a sub-millisecond RTT
+    // on this VM swings between rounds with how deeply the CPUs slept).
+    const pooled = (k) => rounds.flatMap((r) => r[k].samples)
+    const summary = (k) => ({mbps: med((r) => r[k].mbps), p50: percentile(pooled(k), 50), p99: percentile(pooled(k), 99), loss: 1 - pooled(k).length / (pings * repeat)})
+    const quiet = summary('quiet')
+    const loud = summary('loud')
+    const nodeCpu = med((r) => r.nodeCpu)
+    const attackerCpu = med((r) => r.attackerCpu)
     const alive = node.child.exitCode === null
-    return {attack: name, transport: sc.transport, what: sc.what, quiet, loud, nodeCpuPercent: nodeCpu, attackerCpuPercent: attackerCpu, attacker: report, nodeAlive: alive}
+    return {attack: name, transport: sc.transport, what: sc.what, quiet, loud, nodeCpuPercent: nodeCpu, attackerCpuPercent: attackerCpu, rounds, nodeAlive: alive}
   } finally {
     await tb.destroy()
   }
@@ -101,7 +119,7 @@ for (const a of attacks) results.push(await run(a))
 const f1 = (x) => (x == null ? '-' : x.toFixed(1))
 const f3 = (x) => (x == null ? '-' : x.toFixed(3))
 const lines = [
-  `Real client: iperf3 1 stream ${seconds} s, then ${pings} pings every ${PING_INTERVAL} s; quiet, then under the attack, in the same run.`,
+  `Real client: iperf3 1 stream ${seconds} s, then ${pings} pings every ${PING_INTERVAL} s; quiet, then under the attack, ${repeat} times in turn on one testbed. Throughput: the median round; RTT: all rounds' pings pooled.`,
   '',
   '| attack | transport | throughput quiet / attacked (Mbit/s) | ratio | ping p50 quiet / attacked (ms) | p50 ratio | p99 quiet / attacked (ms) | loss attacked | node / attacker CPU, attack alone (% of a core) | met |',
   '|---|---|---|---|---|---|---|---|---|---|',
@@ -115,4 +133,4 @@ for (const r of results) {
   )
 }
 console.log(lines.join('\n'))
-if (jsonOut) writeFileSync(jsonOut, JSON.stringify({seconds, pings, results}, null, 2))
+if (jsonOut) writeFileSync(jsonOut, JSON.stringify({seconds, pings, repeat, results}, null, 2))
