@@ -158,6 +158,27 @@ describe('a fleet of three nodes on one etcd roster', () => {
     for (let k = 1; k <= 3; k++) await within(3_000, async () => !(await status(k)).peers.some((p) => p.name === 'alice'), `alice cut on node${k}`)
   }, 90_000)
 
+  it('a node cut off from etcd while its revision is compacted lists the fleet again and misses nothing', async () => {
+    const {tb} = fleet
+    const ns = tb.names.nodes[1]
+    const mark = nodes[1].output.length
+    const drop = ['-d', tb.addr.ctl!, '-j', 'DROP']
+    await tb.exec(ns, 'iptables', ['-w', '-I', 'OUTPUT', '1', ...drop], {check: true})
+    try {
+      // Silent: no reset, no close. The stream's keepalive notices.
+      await within(30_000, async () => (await status(2)).fleet.state === 'unreachable', 'node2 notices the partition')
+      await fleetCli(opsConfig, ['client', 'add', 'erin'])
+      await fleetCli(opsConfig, ['client', 'add', 'frank'])
+      const rev = JSON.parse((await etcd.etcdctl(['get', `${PREFIX}/version`, '-w', 'json'], {check: true})).stdout).header.revision
+      await etcd.etcdctl(['compact', String(rev)], {check: true})
+    } finally {
+      await tb.exec(ns, 'iptables', ['-w', '-D', 'OUTPUT', ...drop])
+    }
+    await nodes[1].waitFor(/fleet: watch ended .*; listing the fleet again/, 30_000, mark)
+    await within(10_000, async () => (await status(2)).fleet.clients === 4, 'node2 has carol, dave, erin and frank')
+    expect((await status(2)).fleet.state).toBe('connected')
+  }, 90_000)
+
   it('a node killed with -9 leaves the registry within the lease TTL', async () => {
     nodes[2].child.kill('SIGKILL')
     await nodes[2].exited

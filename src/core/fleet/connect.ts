@@ -31,5 +31,8 @@ export function connectEtcd(access: EtcdAccess): Etcd3 {
     hosts: [...access.endpoints],
     credentials: {rootCertificate: readPem(access.ca, 'CA'), certChain: readPem(access.cert, 'certificate'), privateKey: readPem(access.key, 'key')},
     dialTimeout: ETCD_DIAL_TIMEOUT_MS,
+    // A silent partition (no RST, no FIN) must end the watch's stream so it moves to another
+    // member, or says etcd is unreachable: ping every 10 s (etcd allows one per 5 s by default).
+    grpcOptions: {'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.keepalive_permit_without_calls': 1},
   })
 }

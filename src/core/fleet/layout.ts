@@ -14,6 +14,7 @@
  */
 import type {RosterEntry} from '../node/roster.js'
 import {serialKey} from '../pki/crl.js'
+import {parseIpv4} from '../net/ipv4.js'
 
 export const LAYOUT_VERSION = '1'
 
@@ -135,7 +136,7 @@ export function parseClient(text: string): ClientValue | null {
   const o = v as Record<string, unknown>
   const out: ClientValue = {}
   if (o.address !== undefined) {
-    if (typeof o.address !== 'string' || !/^\d{1,3}(\.\d{1,3}){3}$/.test(o.address)) return null
+    if (typeof o.address !== 'string' || parseIpv4(o.address) === undefined) return null
     out.address = o.address
   }
   if (o.fingerprint !== undefined) {
