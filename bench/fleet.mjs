@@ -242,13 +242,16 @@ try {
       putMs: r.t1 - r.t0,
       watchers: (seen.get(name) ?? []).map((x) => x - r.t1),
       nodes: cuts.map((c) => (c.has(name) ? c.get(name) - r.t1 : null)),
+      t1: r.t1,
       refused: refused.map((c) => (c.has(name) ? c.get(name) - r.t1 : null)),
-      clients: closed.map((c) => (c.has(name) ? c.get(name) - r.t1 : null)),
     })
     if (!reached()) result.errors.push(`${name}: not seen by all within ${REACH_TIMEOUT_MS} ms (watchers ${seen.get(name)?.length ?? 0}/${cfg.watchers}, nodes ${cuts.filter((c) => c.has(name)).length}/3, clients told ${refused.filter((c) => c.has(name)).length}/3)`)
     await sleep(GAP_MS)
   }
   const revSeconds = (Date.now() - t1) / 1000
+  // The closes come the node's linger (500 ms) after the refusal: read them once all are in.
+  await sleep(1_000)
+  for (const r of rev) r.clients = closed.map((c) => (c.has(r.name) ? c.get(r.name) - r.t1 : null))
   // Admission: no victim's address left in any node's set; alice's still there, and connected.
   const admission = []
   for (let k = 1; k <= 3; k++) {
@@ -304,17 +307,22 @@ try {
       const upLine = /^(\S+) \S+ +node1: node node1 up/m.exec(node.output)
       r.upMs = Date.parse(upLine[1]) - spawned
       r.memUp = memory(node.pid)
-      for (;;) {
-        const st = await status(1)
-        if (st.fleet?.clients === cfg.roster) break
-        if (Date.now() - spawned > 120_000) throw new Error(`node1's status shows fleet.clients ${st.fleet?.clients} after 120 s, expected ${cfg.roster}`)
-        await sleep(100)
+      // A node that cannot list the fleet still comes up (fleet.unreachable: start) on its file's roster.
+      r.unreachableAtStart = /fleet: etcd unreachable at start \(([^\n]*)\)/.exec(node.output)?.[1]
+      try {
+        for (;;) {
+          const st = await status(1)
+          if (st.fleet?.clients === cfg.roster) break
+          if (Date.now() - spawned > 60_000) throw new Error(`node1's status shows fleet.clients ${st.fleet?.clients} after 60 s, expected ${cfg.roster}${r.unreachableAtStart ? `; at start: ${r.unreachableAtStart}` : ''}`)
+          await sleep(100)
+        }
+        r.statusMs = Date.now() - spawned
+      } finally {
+        r.memStatus = memory(node.pid)
+        await sleep(10_000)
+        r.memLater = memory(node.pid)
+        r.cpuSecondsTotal = cpuSeconds(node.pid)
       }
-      r.statusMs = Date.now() - spawned
-      r.memStatus = memory(node.pid)
-      await sleep(10_000)
-      r.memLater = memory(node.pid)
-      r.cpuSecondsTotal = cpuSeconds(node.pid)
     } catch (e) {
       result.errors.push(`roster ${cfg.roster}: ${e.message.slice(0, 2000)}`)
     }
@@ -381,9 +389,10 @@ if (ro) {
     table(
       ['measure', 'figure', 'target', 'met'],
       [
-        ['spawn to "node node1 up"', ro.upMs === undefined ? '—' : `${f1(ro.upMs / 1000)} s`, '≤ 10 s', ro.upMs === undefined ? '**no**' : ro.upMs <= 10_000 ? 'yes' : '**no**'],
-        [`spawn to \`agent status --json\` showing fleet.clients ${ro.roster}`, ro.statusMs === undefined ? '—' : `${f1(ro.statusMs / 1000)} s`, '', ''],
-        ['VmRSS once up / VmHWM', ro.memUp ? `${f0(ro.memUp.rss)} MiB (${f0(mb(ro.memUp.rss))} MB) / ${f0(ro.memUp.hwm)} MiB (${f0(mb(ro.memUp.hwm))} MB)` : '—', '≤ 300 MB', ro.memUp ? (mb(Math.max(ro.memUp.rss, ro.memLater?.rss ?? 0)) <= 300 ? 'yes' : '**no**') : '**no**'],
+        ['spawn to "node node1 up" (the fleet listed first, unless etcd fails: then it serves its file)', ro.upMs === undefined ? '—' : `${f1(ro.upMs / 1000)} s${ro.unreachableAtStart ? ` (**without the fleet**: ${ro.unreachableAtStart})` : ''}`, '≤ 10 s', ro.upMs !== undefined && !ro.unreachableAtStart && ro.upMs <= 10_000 ? 'yes' : '**no**'],
+        [`spawn to \`agent status --json\` showing fleet.clients ${ro.roster}`, ro.statusMs === undefined ? '**never** (60 s)' : `${f1(ro.statusMs / 1000)} s`, '≤ 10 s', ro.statusMs !== undefined && ro.statusMs <= 10_000 ? 'yes' : '**no**'],
+        ['VmRSS / VmHWM once status shows them', ro.memStatus ? `${f0(ro.memStatus.rss)} / ${f0(ro.memStatus.hwm)} MiB` : '—', '', ''],
+        ['VmRSS once up / VmHWM', ro.memUp ? `${f0(ro.memUp.rss)} MiB (${f0(mb(ro.memUp.rss))} MB) / ${f0(ro.memUp.hwm)} MiB (${f0(mb(ro.memUp.hwm))} MB)` : '—', '≤ 300 MB', ro.memUp && ro.statusMs !== undefined ? (mb(Math.max(ro.memUp.rss, ro.memStatus?.rss ?? 0, ro.memLater?.rss ?? 0)) <= 300 ? 'yes' : '**no**') : '**no**'],
         ['VmRSS / VmHWM 10 s later (heartbeats: watch events)', ro.memLater ? `${f0(ro.memLater.rss)} / ${f0(ro.memLater.hwm)} MiB` : '—', '', ''],
         ["node's CPU since spawn, by then", ro.cpuSecondsTotal === undefined ? '—' : `${f1(ro.cpuSecondsTotal)} s`, '', ''],
       ],
