@@ -6,12 +6,14 @@
 //
 //   node bench/idle/simulate.mjs <pkiDir> <count> <nodeHost> <nodePort>
 //        [--prefix c] [--pad 4] [--start 0] [--concurrency 32] [--retries 0] [--report-close] [--progress 0]
+//        [--node-name node1]
 //
 // Client i (start <= i < start + count) is <prefix><i padded to --pad digits>, with
 // <pkiDir>/<name>.crt and .key. Certificates are read before the first connection.
 // --concurrency: handshakes in flight at once (connect, TLS, hello, welcome). --retries: a
 // client whose connection fails before its welcome tries again that many times, 1 s later,
 // as a reconnecting agent would (default 0: the first failure ends the simulator).
+// --node-name: the name the node's certificate must carry (bench/fleet.mjs connects to node2, node3).
 //
 // Output, stdout:
 //   "starting <n>" once the certificates are read, as the first connection is opened
@@ -43,6 +45,7 @@ const {values: flags, positionals} = parseArgs({
     retries: {type: 'string', default: '0'},
     'report-close': {type: 'boolean', default: false},
     progress: {type: 'string', default: '0'},
+    'node-name': {type: 'string', default: 'node1'},
   },
 })
 const [pkiDir, countText, host, portText] = positionals
@@ -77,7 +80,7 @@ function open({name, creds: c}) {
   const t0 = performance.now()
   return new Promise((resolve, reject) => {
     let isWelcomed = false
-    const socket = connect({...tlsClientOptions(c, 'node1'), host, port})
+    const socket = connect({...tlsClientOptions(c, flags['node-name']), host, port})
     const conn = new ControlConnection(socket, 0xffff, {
       onMessage(m) {
         if (m.type === 'welcome') {

@@ -12,7 +12,7 @@
  * - Unreachable at start: `start` serves with what the node's own file says and keeps trying in
  *   the background; `refuse` fails the start.
  */
-import type {Etcd3, IKeyValue, IWatchResponse, Watcher} from 'etcd3'
+import {Range, type Etcd3, type IKeyValue, type IWatchResponse, type Watcher} from 'etcd3'
 import type {Logger} from '../log.js'
 import {applyRosterKey, emptyFleetRoster, LAYOUT_VERSION, type FleetKeys, type FleetRoster, type NodeRecord} from './layout.js'
 
@@ -40,6 +40,12 @@ export interface FleetStatus {
 
 /** How long between tries while etcd does not answer a list. */
 const RETRY_MS = 2_000
+/**
+ * Keys per page when listing. A roster of 100,000 clients is ~16 MB in one range response, past
+ * gRPC's 4 MiB limit on a message: the list would fail forever. A page of 5,000 roster keys is
+ * about 1 MB (names and values are small by the layout).
+ */
+const LIST_PAGE = 5_000
 
 export class FleetWatch {
   private view: FleetView = {roster: emptyFleetRoster(), nodes: new Map()}
@@ -103,7 +109,7 @@ export class FleetWatch {
 
   /** Everything under the prefix at one revision, then a watch from the next. */
   private async relist(): Promise<void> {
-    const res = await this.etcd.getAll().prefix(`${this.keys.prefix}/`).exec()
+    const res = await this.listAll()
     if (this.closed) return
     const version = res.kvs.find((kv) => kv.key.toString() === this.keys.version)?.value.toString()
     if (version !== undefined && version !== LAYOUT_VERSION) {
@@ -112,11 +118,27 @@ export class FleetWatch {
     const view: FleetView = {roster: emptyFleetRoster(), nodes: new Map()}
     for (const kv of res.kvs) this.apply(view, kv.key.toString(), kv.value.toString())
     this.view = view
-    this.revision = Number(res.header.revision)
+    this.revision = Number(res.revision)
     this.listed = true
     this.setState('connected')
     this.onChange(view)
     await this.watchFrom(this.revision + 1)
+  }
+
+  /** Everything under the prefix, page by page, every page at the first one's revision (one consistent view). */
+  private async listAll(): Promise<{kvs: IKeyValue[]; revision: string}> {
+    const range = Range.prefix(`${this.keys.prefix}/`)
+    const kvs: IKeyValue[] = []
+    let key = range.start
+    let revision: string | undefined
+    for (;;) {
+      const res = await this.etcd.kv.range({key, range_end: range.end, limit: LIST_PAGE, ...(revision === undefined ? {} : {revision})})
+      revision ??= res.header.revision
+      for (const kv of res.kvs) kvs.push(kv)
+      if (!res.more || res.kvs.length === 0) return {kvs, revision}
+      // The next page starts just after this page's last key.
+      key = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])])
+    }
   }
 
   private async watchFrom(revision: number): Promise<void> {
