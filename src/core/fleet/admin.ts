@@ -7,6 +7,7 @@ import {Etcd3, EtcdRoleExistsError, EtcdUserExistsError, Range, type IPermission
 import {isIpv4} from '../net/ipv4.js'
 import {normalizeFingerprint} from '../pki/pem.js'
 import {connectEtcd, type EtcdAccess} from './connect.js'
+import {listStrings} from './list.js'
 import {
   checkName,
   checkPrefix,
@@ -196,7 +197,7 @@ export class FleetAdmin {
 
   async listClients(): Promise<ClientEntry[]> {
     await this.layoutVersion()
-    const all = await this.etcd.getAll().prefix(this.keys.clients).strings()
+    const all = await listStrings(this.etcd, this.keys.clients)
     return Object.entries(all)
       .map(([key, text]): ClientEntry => {
         const name = tail(key, this.keys.clients)
@@ -234,8 +235,8 @@ export class FleetAdmin {
   async listRevocations(): Promise<Revocations> {
     await this.layoutVersion()
     const [names, serials] = await Promise.all([
-      this.etcd.getAll().prefix(this.keys.revokedNames).strings(),
-      this.etcd.getAll().prefix(this.keys.revokedSerials).strings(),
+      listStrings(this.etcd, this.keys.revokedNames),
+      listStrings(this.etcd, this.keys.revokedSerials),
     ])
     return {
       names: Object.entries(names)
@@ -250,7 +251,7 @@ export class FleetAdmin {
   /** The registry: every node with a live lease, with the age of its last heartbeat. */
   async nodes(now: Date = new Date()): Promise<NodeEntry[]> {
     await this.layoutVersion()
-    const all = await this.etcd.getAll().prefix(this.keys.nodes).strings()
+    const all = await listStrings(this.etcd, this.keys.nodes)
     return Object.entries(all)
       .map(([key, text]): NodeEntry => {
         const name = tail(key, this.keys.nodes)

@@ -12,7 +12,8 @@
  * - Unreachable at start: `start` serves with what the node's own file says and keeps trying in
  *   the background; `refuse` fails the start.
  */
-import {Range, type Etcd3, type IKeyValue, type IWatchResponse, type Watcher} from 'etcd3'
+import type {Etcd3, IKeyValue, IWatchResponse, Watcher} from 'etcd3'
+import {listPrefix} from './list.js'
 import type {Logger} from '../log.js'
 import {applyRosterKey, emptyFleetRoster, LAYOUT_VERSION, type FleetKeys, type FleetRoster, type NodeRecord} from './layout.js'
 
@@ -45,7 +46,6 @@ const RETRY_MS = 2_000
  * gRPC's 4 MiB limit on a message: the list would fail forever. A page of 5,000 roster keys is
  * about 1 MB (names and values are small by the layout).
  */
-const LIST_PAGE = 5_000
 
 export class FleetWatch {
   private view: FleetView = {roster: emptyFleetRoster(), nodes: new Map()}
@@ -63,7 +63,11 @@ export class FleetWatch {
     private readonly etcd: Etcd3,
     private readonly keys: FleetKeys,
     private readonly log: Logger,
-    /** Told after every change of the view (once per watch response or list). */
+    /**
+     * Told after a change of the roster (once per watch response or list that touched it); a
+     * response that only moved the registry of nodes (heartbeats, every few seconds) is not
+     * one: the roster is not rebuilt for it.
+     */
     private readonly onChange: (view: FleetView) => void,
   ) {}
 
@@ -109,7 +113,7 @@ export class FleetWatch {
 
   /** Everything under the prefix at one revision, then a watch from the next. */
   private async relist(): Promise<void> {
-    const res = await this.listAll()
+    const res = await listPrefix(this.etcd, `${this.keys.prefix}/`)
     if (this.closed) return
     const version = res.kvs.find((kv) => kv.key.toString() === this.keys.version)?.value.toString()
     if (version !== undefined && version !== LAYOUT_VERSION) {
@@ -123,22 +127,6 @@ export class FleetWatch {
     this.setState('connected')
     this.onChange(view)
     await this.watchFrom(this.revision + 1)
-  }
-
-  /** Everything under the prefix, page by page, every page at the first one's revision (one consistent view). */
-  private async listAll(): Promise<{kvs: IKeyValue[]; revision: string}> {
-    const range = Range.prefix(`${this.keys.prefix}/`)
-    const kvs: IKeyValue[] = []
-    let key = range.start
-    let revision: string | undefined
-    for (;;) {
-      const res = await this.etcd.kv.range({key, range_end: range.end, limit: LIST_PAGE, ...(revision === undefined ? {} : {revision})})
-      revision ??= res.header.revision
-      for (const kv of res.kvs) kvs.push(kv)
-      if (!res.more || res.kvs.length === 0) return {kvs, revision}
-      // The next page starts just after this page's last key.
-      key = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])])
-    }
   }
 
   private async watchFrom(revision: number): Promise<void> {
@@ -172,16 +160,18 @@ export class FleetWatch {
 
   private onData(res: IWatchResponse): void {
     if (this.closed || res.events.length === 0) return
+    let roster = false
     for (const ev of res.events) {
       const kv: IKeyValue = ev.kv
-      this.apply(this.view, kv.key.toString(), ev.type === 'Delete' ? null : kv.value.toString())
+      if (this.apply(this.view, kv.key.toString(), ev.type === 'Delete' ? null : kv.value.toString())) roster = true
     }
     this.revision = Math.max(this.revision, Number(res.header.revision))
     if (this.state !== 'connected') this.setState('connected')
-    this.onChange(this.view)
+    if (roster) this.onChange(this.view)
   }
 
-  private apply(view: FleetView, key: string, value: string | null): void {
+  /** Applies one key to `view`; true when it was the roster's (not the registry's). */
+  private apply(view: FleetView, key: string, value: string | null): boolean {
     if (key.startsWith(this.keys.nodes)) {
       const name = key.slice(this.keys.nodes.length)
       if (value === null) view.nodes.delete(name)
@@ -189,9 +179,9 @@ export class FleetWatch {
         const record = parseNodeRecord(value)
         if (record !== null) view.nodes.set(name, record)
       }
-      return
+      return false
     }
-    applyRosterKey(this.keys, view.roster, key, value)
+    return applyRosterKey(this.keys, view.roster, key, value)
   }
 
   private scheduleRelist(): void {
