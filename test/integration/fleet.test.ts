@@ -193,4 +193,23 @@ describe('a fleet of three nodes on one etcd roster', () => {
     console.log(`fleet registry: node3 gone ${ms} ms after kill -9`)
     await within(5_000, async () => (await status(1)).fleet.nodes === 2, 'node1 sees 2 nodes')
   }, 30_000)
+
+  it('a node that starts while etcd is unreachable serves its own file and catches up, or refuses to start', async () => {
+    await etcd.stopAll()
+    const file = await fleetConfig(3)
+    const refuse = file.replace(/\.yaml$/, '-refuse.yaml')
+    writeFileSync(refuse, `${readFileSync(file, 'utf8').trimEnd()}\n  unreachable: refuse\n`)
+    const refused = await fleet.startNode({node: 3, config: refuse}).then(
+      () => null,
+      (e: Error) => e.message,
+    )
+    expect(refused).toMatch(/fleet: /)
+    // The default: up at once on the file's roster, and the fleet's once etcd answers.
+    const node3 = await fleet.startNode({node: 3, config: file})
+    expect(node3.output).toMatch(/fleet: etcd unreachable at start .*serving with this file's roster/)
+    expect((await status(3)).fleet).toMatchObject({state: 'unreachable', clients: 0})
+    await etcd.startAll()
+    await within(20_000, async () => (await status(3)).fleet.clients === 4, 'node3 catches up with the fleet')
+    expect((await status(3)).fleet.state).toBe('connected')
+  }, 90_000)
 })
