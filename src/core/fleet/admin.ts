@@ -15,6 +15,7 @@ import {
   LAYOUT_VERSION,
   normalizeSerial,
   parseClient,
+  parseNodeRecord,
   type ClientValue,
   type FleetKeys,
   type NodeRecord,
@@ -127,25 +128,6 @@ function parseRevocation(text: string): RevocationValue {
     // A revocation counts by its key alone; an unreadable value only loses the details.
   }
   return {at: ''}
-}
-
-/** A NodeRecord, or null if `text` is not one (only the fields the table needs are checked). */
-export function parseNodeRecord(text: string): NodeRecord | null {
-  let v: unknown
-  try {
-    v = JSON.parse(text)
-  } catch {
-    return null
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return null
-  const o = v as Record<string, unknown>
-  const ep = o.endpoints as Record<string, unknown> | undefined
-  const tp = o.throughput as Record<string, unknown> | undefined
-  if (typeof o.name !== 'string' || typeof o.transport !== 'string' || typeof o.heartbeatAt !== 'string') return null
-  if (!ep || typeof ep !== 'object' || typeof ep.control !== 'string') return null
-  if (typeof o.sessions !== 'number' || !tp || typeof tp.rxBytesPerSecond !== 'number' || typeof tp.txBytesPerSecond !== 'number') return null
-  if (o.health !== 'ok' && o.health !== 'degraded') return null
-  return o as unknown as NodeRecord
 }
 
 export class FleetAdmin {

@@ -15,7 +15,7 @@
 import type {Etcd3, IKeyValue, IWatchResponse, Watcher} from 'etcd3'
 import {listPrefix} from './list.js'
 import type {Logger} from '../log.js'
-import {applyRosterKey, emptyFleetRoster, LAYOUT_VERSION, type FleetKeys, type FleetRoster, type NodeRecord} from './layout.js'
+import {applyRosterKey, emptyFleetRoster, LAYOUT_VERSION, parseNodeRecord, type FleetKeys, type FleetRoster, type NodeRecord} from './layout.js'
 
 /** What the node knows of its fleet now. */
 export interface FleetView {
@@ -215,14 +215,6 @@ export class FleetWatch {
 
 class FatalFleetError extends Error {}
 
-function parseNodeRecord(text: string): NodeRecord | null {
-  try {
-    const v = JSON.parse(text) as NodeRecord
-    return v !== null && typeof v === 'object' && typeof v.name === 'string' && typeof v.endpoints?.control === 'string' ? v : null
-  } catch {
-    return null
-  }
-}
 
 /** One line for an etcd error (grpc errors carry long details). */
 export function describe(e: unknown): string {

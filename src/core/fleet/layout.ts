@@ -124,16 +124,21 @@ export function applyRosterKey(keys: FleetKeys, roster: FleetRoster, key: string
   return false
 }
 
-/** A client's JSON value, or null if it is not one (a bad address or fingerprint is not admitted silently). */
-export function parseClient(text: string): ClientValue | null {
+/** A JSON object's fields, or null when `text` is not one. */
+function jsonObject(text: string): Record<string, unknown> | null {
   let v: unknown
   try {
     v = JSON.parse(text)
   } catch {
     return null
   }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return null
-  const o = v as Record<string, unknown>
+  return v === null || typeof v !== 'object' || Array.isArray(v) ? null : (v as Record<string, unknown>)
+}
+
+/** A client's JSON value, or null if it is not one (a bad address or fingerprint is not admitted silently). */
+export function parseClient(text: string): ClientValue | null {
+  const o = jsonObject(text)
+  if (o === null) return null
   const out: ClientValue = {}
   if (o.address !== undefined) {
     if (typeof o.address !== 'string' || parseIpv4(o.address) === undefined) return null
@@ -161,4 +166,17 @@ export interface NodeRecord {
   problems?: string[]
   startedAt: string
   heartbeatAt: string
+}
+
+/** A NodeRecord, or null if `text` is not one (the fields the registry's readers use are checked). */
+export function parseNodeRecord(text: string): NodeRecord | null {
+  const o = jsonObject(text)
+  if (o === null) return null
+  const ep = o.endpoints as Record<string, unknown> | undefined
+  const tp = o.throughput as Record<string, unknown> | undefined
+  if (typeof o.name !== 'string' || typeof o.transport !== 'string' || typeof o.heartbeatAt !== 'string') return null
+  if (!ep || typeof ep !== 'object' || typeof ep.control !== 'string') return null
+  if (typeof o.sessions !== 'number' || !tp || typeof tp.rxBytesPerSecond !== 'number' || typeof tp.txBytesPerSecond !== 'number') return null
+  if (o.health !== 'ok' && o.health !== 'degraded') return null
+  return o as unknown as NodeRecord
 }

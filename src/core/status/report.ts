@@ -1,4 +1,5 @@
 import type {LaneStats} from '../device/fast-path.js'
+import type {FleetStatus} from '../fleet/fleet-watch.js'
 
 /** What `agent status` shows: one report per running instance. */
 export interface PeerReport {
@@ -57,20 +58,8 @@ export interface StatusReport {
   fleet?: FleetReport
 }
 
-/** A fleet node's view of etcd. */
-export interface FleetReport {
-  prefix: string
-  state: 'connecting' | 'connected' | 'unreachable'
-  /** The last etcd revision applied. */
-  revision: number
-  since: string
-  lastError?: string
-  clients: number
-  revokedNames: number
-  revokedSerials: number
-  nodes: number
-  registered: boolean
-}
+/** A fleet node's view of etcd (src/core/fleet/fleet-watch.ts), with its prefix and whether it registered. */
+export type FleetReport = FleetStatus & {prefix: string; registered: boolean}
 
 /** What the control port's gate has done since start. */
 export interface ControlReport {
