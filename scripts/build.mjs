@@ -3,7 +3,7 @@
 // bundled plugin, the native TUN addon, the plugin tarballs `plugins:install <name>` installs
 // offline, and the JSON Schema of the config files.
 import {execFileSync} from 'node:child_process'
-import {existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync} from 'node:fs'
+import {existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
@@ -43,3 +43,9 @@ if (existsSync(join(root, 'scripts/gen-schema.mjs'))) run('node', ['scripts/gen-
 // The committed command manifest lets oclif list commands without loading them all; CI fails
 // when the committed one differs from this.
 run('npx', ['oclif', 'manifest'], {stdio: 'ignore'})
+// oclif lists commands in the order it finds their files, which differs between machines (and
+// runs) for nested topics; sorted, the committed manifest is the same wherever it is built.
+const manifestFile = join(root, 'oclif.manifest.json')
+const manifest = JSON.parse(readFileSync(manifestFile, 'utf8'))
+manifest.commands = Object.fromEntries(Object.keys(manifest.commands).sort().map((k) => [k, manifest.commands[k]]))
+writeFileSync(manifestFile, `${JSON.stringify(manifest, null, 2)}\n`)

@@ -12,6 +12,7 @@ export {CommandError, type ExecOptions, type ExecResult} from './run.js'
 export type {Testbed, TestbedAddresses, TestbedInterfaces, TestbedNames, TestbedOptions} from './types.js'
 export {AgentProcess, admittedAddresses, agentCli, agentEnv, agentTraces, BIN, createFleet, NODE_PORT, prepareFleet, ROOT, type Fleet, type FleetOptions} from './fleet.js'
 export {runScript, spawnScript} from './script.js'
+export {startDelayRelay, type DelayRelay, type RelayPath} from './relay.js'
 export {
   ETCD_CLIENT_PORT,
   ETCD_SCRIPT_PRELUDE,
