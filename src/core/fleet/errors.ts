@@ -24,8 +24,18 @@ export function etcdUser(certFile: string): string {
   }
 }
 
+/** The first line of an etcd (gRPC) error, which may run to many lines of details. */
+export function etcdErrorLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0].trim().slice(0, 200)
+}
+
+/** Whether retrying cannot help: etcd refused who we are or what we may read. */
+export function isAccessError(e: unknown): boolean {
+  return e instanceof EtcdPermissionDeniedError || e instanceof EtcdAuthenticationFailedError || e instanceof GRPCUnauthenticatedError || e instanceof EtcdUserNotFoundError
+}
+
 export function etcdErrorMessage(e: unknown, access: EtcdAccess, doing: string): string {
-  const first = (e instanceof Error ? e.message : String(e)).split('\n')[0].trim()
+  const first = etcdErrorLine(e)
   const user = () => `etcd user "${etcdUser(access.cert)}" (the CN of ${access.cert})`
   if (e instanceof EtcdPermissionDeniedError) return `permission denied: ${user()} may not ${doing}`
   if (e instanceof EtcdUserNotFoundError) return `etcd has no ${user().slice(5)}: have an operator create it (agent fleet node add / operator add)`

@@ -14,6 +14,7 @@
  */
 import type {Etcd3, IKeyValue, IWatchResponse, Watcher} from 'etcd3'
 import {listPrefix} from './list.js'
+import {etcdErrorLine, isAccessError} from './errors.js'
 import type {Logger} from '../log.js'
 import {applyRosterKey, emptyFleetRoster, LAYOUT_VERSION, parseNodeRecord, type FleetKeys, type FleetRoster, type NodeRecord} from './layout.js'
 
@@ -56,8 +57,6 @@ export class FleetWatch {
   private lastError: string | undefined
   private retry: NodeJS.Timeout | null = null
   private closed = false
-  /** Whether the view has ever been listed (the roster part is real). */
-  private listed = false
 
   constructor(
     private readonly etcd: Etcd3,
@@ -79,9 +78,9 @@ export class FleetWatch {
     try {
       await this.relist()
     } catch (e) {
-      if (unreachable === 'refuse' || this.isFatal(e)) throw new Error(`fleet: ${describe(e)}`)
-      this.setState('unreachable', describe(e))
-      this.log.warn(`fleet: etcd unreachable at start (${describe(e)}): serving with this file's roster, retrying every ${RETRY_MS / 1000} s`)
+      if (unreachable === 'refuse' || this.isFatal(e)) throw new Error(`fleet: ${etcdErrorLine(e)}`)
+      this.setState('unreachable', etcdErrorLine(e))
+      this.log.warn(`fleet: etcd unreachable at start (${etcdErrorLine(e)}): serving with this file's roster, retrying every ${RETRY_MS / 1000} s`)
       this.scheduleRelist()
     }
   }
@@ -123,7 +122,6 @@ export class FleetWatch {
     for (const kv of res.kvs) this.apply(view, kv.key.toString(), kv.value.toString())
     this.view = view
     this.revision = Number(res.revision)
-    this.listed = true
     this.setState('connected')
     this.onChange(view)
     await this.watchFrom(this.revision + 1)
@@ -138,8 +136,8 @@ export class FleetWatch {
     this.watcher = w
     w.on('data', (res: IWatchResponse) => this.onData(res))
     w.on('disconnected', (err: Error) => {
-      if (this.state === 'connected') this.log.warn(`fleet: lost etcd (${describe(err)}): serving with the last roster it gave (revision ${this.revision})`)
-      this.setState('unreachable', describe(err))
+      if (this.state === 'connected') this.log.warn(`fleet: lost etcd (${etcdErrorLine(err)}): serving with the last roster it gave (revision ${this.revision})`)
+      this.setState('unreachable', etcdErrorLine(err))
     })
     w.on('connected', () => {
       if (this.state !== 'connected') this.log.info(`fleet: etcd is back; resuming from revision ${this.revision + 1}`)
@@ -149,10 +147,10 @@ export class FleetWatch {
     w.on('error', (err: Error) => {
       if (this.watcher !== w || this.closed) return
       this.watcher = null
-      this.log.warn(`fleet: watch ended (${describe(err)}); listing the fleet again`)
-      this.setState('unreachable', describe(err))
+      this.log.warn(`fleet: watch ended (${etcdErrorLine(err)}); listing the fleet again`)
+      this.setState('unreachable', etcdErrorLine(err))
       void this.relist().catch((e) => {
-        this.setState('unreachable', describe(e))
+        this.setState('unreachable', etcdErrorLine(e))
         this.scheduleRelist()
       })
     })
@@ -190,7 +188,7 @@ export class FleetWatch {
       this.retry = null
       this.relist().catch((e) => {
         if (e instanceof FatalFleetError) this.log.error(`fleet: ${e.message}; keeping the last roster`)
-        this.setState('unreachable', describe(e))
+        this.setState('unreachable', etcdErrorLine(e))
         this.scheduleRelist()
       })
     }, RETRY_MS)
@@ -203,21 +201,9 @@ export class FleetWatch {
     this.lastError = state === 'connected' ? undefined : error
   }
 
-  /** Whether the fleet part was ever listed (before that, the node serves its own file's roster). */
-  get ready(): boolean {
-    return this.listed
-  }
-
   private isFatal(e: unknown): boolean {
-    return e instanceof FatalFleetError || /permission denied|authentication/i.test(describe(e))
+    return e instanceof FatalFleetError || isAccessError(e)
   }
 }
 
 class FatalFleetError extends Error {}
-
-
-/** One line for an etcd error (grpc errors carry long details). */
-export function describe(e: unknown): string {
-  const m = (e as Error)?.message ?? String(e)
-  return m.split('\n')[0].slice(0, 200)
-}

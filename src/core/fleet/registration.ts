@@ -7,7 +7,7 @@
 import type {Etcd3, Lease} from 'etcd3'
 import type {Logger} from '../log.js'
 import type {FleetKeys, NodeRecord} from './layout.js'
-import {describe} from './fleet-watch.js'
+import {etcdErrorLine} from './errors.js'
 
 export const LEASE_TTL_S = 10
 export const HEARTBEAT_MS = 3_000
@@ -52,7 +52,7 @@ export class NodeRegistration {
       if (this.failing) this.log.info('fleet: registered again')
       this.failing = false
     } catch (e) {
-      if (!this.failing) this.log.warn(`fleet: cannot write this node's registry entry (${describe(e)}); retrying every ${HEARTBEAT_MS / 1000} s`)
+      if (!this.failing) this.log.warn(`fleet: cannot write this node's registry entry (${etcdErrorLine(e)}); retrying every ${HEARTBEAT_MS / 1000} s`)
       this.failing = true
     }
   }
