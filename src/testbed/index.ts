@@ -13,6 +13,7 @@ export type {Testbed, TestbedAddresses, TestbedInterfaces, TestbedNames, Testbed
 export {AgentProcess, admittedAddresses, agentCli, agentEnv, agentTraces, BIN, createFleet, NODE_PORT, prepareFleet, ROOT, type Fleet, type FleetOptions} from './fleet.js'
 export {runScript, spawnScript} from './script.js'
 export {startDelayRelay, type DelayRelay, type RelayPath} from './relay.js'
+export {MAX_LAG_MS, startEgressLag, type EgressLag} from './lag.js'
 export {
   ETCD_CLIENT_PORT,
   ETCD_SCRIPT_PRELUDE,
