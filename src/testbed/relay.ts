@@ -30,10 +30,11 @@ let up = 0
 const ready = () => { if (++up === 2) console.log('relay ready ' + listen.port) }
 net.createServer((c) => {
   const u = net.connect(to.port, to.host)
-  const toNode = lane((b) => u.write(b)), toClient = lane((b) => c.write(b))
-  c.on('data', toNode); u.on('data', toClient)
   const end = () => { c.destroy(); u.destroy() }
-  c.on('error', end); u.on('error', end); c.on('close', end); u.on('close', end)
+  // An end travels in its lane too: a FIN must not overtake the bytes sent before it.
+  const toNode = lane((b) => b === null ? end() : u.write(b)), toClient = lane((b) => b === null ? end() : c.write(b))
+  c.on('data', toNode); u.on('data', toClient)
+  c.on('error', end); u.on('error', end); c.on('close', () => toNode(null)); u.on('close', () => toClient(null))
 }).listen(listen.port, listen.host, ready)
 const s = dgram.createSocket('udp4')
 const flows = new Map()
