@@ -80,13 +80,13 @@ export interface Fleet {
   /** One config per node: node k is named `nodek`, with its own certificate, in tb.names.nodes[k-1]. */
   nodeConfigs: string[]
   /** node: which node (1-based, default 1) the client connects to. */
-  clientConfig(name: string, opts?: {transport?: string; index?: number; routes?: string[]; node?: number}): string
+  clientConfig(name: string, opts?: ClientConfigOptions): string
   /** node: which node to start (1-based, default 1), in its own namespace. env: more environment for this process only (over FleetOptions.env). */
   startNode(opts?: {args?: string[]; config?: string; env?: Record<string, string>; node?: number}): Promise<AgentProcess>
   startClient(
     name: string,
     index?: number,
-    opts?: {args?: string[]; wait?: RegExp | null; ns?: string; routes?: string[]; env?: Record<string, string>; node?: number},
+    opts?: {args?: string[]; wait?: RegExp | null; ns?: string; env?: Record<string, string>} & Omit<ClientConfigOptions, 'index'>,
   ): Promise<AgentProcess>
   /** Run the agent CLI inside a namespace with that namespace's run dir. */
   cli(ns: string, args: string[]): Promise<{stdout: string; stderr: string; code: number}>
@@ -94,6 +94,19 @@ export interface Fleet {
 }
 
 export const NODE_PORT = 4443
+
+/** A client's config as the testbed writes it. */
+export interface ClientConfigOptions {
+  transport?: string
+  index?: number
+  routes?: string[]
+  /** The one node to ride (1-based, default 1)... */
+  node?: number
+  /** ...or several: by number, or reached at another host and port (a delay relay) with that node's name. */
+  nodes?: (number | {node: number; host: string; port?: number})[]
+  /** More YAML for the end of the file (a `selection:` section...). */
+  extra?: string
+}
 
 export interface FleetOptions {
   prefix: string
@@ -202,23 +215,27 @@ ${opts.idleTimeout === undefined ? '' : `session: {idleTimeout: ${opts.idleTimeo
   }
 
   const runDir = (ns: string) => join(tb.nsDir(ns), 'run')
-  const clientConfig = (name: string, o: {transport?: string; index?: number; routes?: string[]; node?: number} = {}) => {
+  const clientConfig = (name: string, o: ClientConfigOptions = {}) => {
     const k = nodeNo(o.node)
+    const many = o.nodes?.map((n) => (typeof n === 'number' ? {node: nodeNo(n), host: tb.addr.nodesWan[nodeNo(n) - 1], port: NODE_PORT} : {...n, node: nodeNo(n.node)}))
     // Node 1 keeps the old file name; a config for another node must not overwrite it.
-    const file = join(configs, `${name}-${o.index ?? 0}${k === 1 ? '' : `-node${k}`}.yaml`)
+    const file = join(configs, `${name}-${o.index ?? 0}${many !== undefined ? `-nodes${many.map((n) => n.node).join('')}` : k === 1 ? '' : `-node${k}`}.yaml`)
+    const nodeLines =
+      many === undefined
+        ? `node: {host: ${tb.addr.nodesWan[k - 1]}, port: ${NODE_PORT}, name: node${k}}\n`
+        : `nodes:\n${many.map((n) => `  - {host: ${n.host}, port: ${n.port ?? NODE_PORT}, name: node${n.node}}\n`).join('')}`
     writeFileSync(
       file,
       `role: client
 name: ${name}
 transport: ${o.transport ?? transport}
-node: {host: ${tb.addr.nodesWan[k - 1]}, port: ${NODE_PORT}, name: node${k}}
-routes: [${(o.routes ?? [`${tb.addr.target}/32`]).join(', ')}]
+${nodeLines}routes: [${(o.routes ?? [`${tb.addr.target}/32`]).join(', ')}]
 tunnel: {interface: agtun0}
 pki: {bundle: ${pki}/${name}.pem}
 reconnect: {minSeconds: 0.2, maxSeconds: 1}
 transports:
   ${o.transport ?? transport}: {keepalive: ${keepalive}}
-`,
+${o.extra ?? ''}`,
     )
     return file
   }
@@ -243,7 +260,7 @@ transports:
       return p
     },
     async startClient(name, index = 0, o = {}) {
-      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {index, routes: o.routes, node: o.node}), ...(o.args ?? [])], o.env)
+      const p = spawnAgent(o.ns ?? tb.names.client[index], ['up', '--config', clientConfig(name, {...o, index}), ...(o.args ?? [])], o.env)
       if (o.wait !== null) await p.waitFor(o.wait ?? /connected to node/)
       return p
     },

@@ -33,7 +33,9 @@ describe('gre transport', () => {
     const {tb} = fleet
     node = await fleet.startNode()
     expect(node.output).toMatch(/transport gre, listening on 0\.0\.0\.0:\d+ and udp 0\.0\.0\.0:4754/)
-    alice = await fleet.startClient('alice', 0)
+    // Slow to give up on a silent node: the expiry test below is the node's own, which a
+    // client failing over at once (after selection.deadSeconds) would pre-empt.
+    alice = await fleet.startClient('alice', 0, {extra: 'selection: {deadSeconds: 60}\n'})
     expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4754/)
 
     const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)

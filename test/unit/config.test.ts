@@ -130,6 +130,7 @@ describe('loadConfig', () => {
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/n.pem')},
       clients: [],
       workers: 'auto',
+      gameProbe: {method: 'tcp', port: 443, intervalSeconds: 2, destinations: 1024},
       session: {idleTimeout: 180},
       transports: {
         tls: {keepalive: 10},
@@ -176,7 +177,8 @@ describe('loadConfig', () => {
       file,
       role: 'client',
       transport: 'tls',
-      node: {host: '198.51.100.1', port: 443, name: '198.51.100.1'},
+      nodes: [{host: '198.51.100.1', port: 443, name: '198.51.100.1', preference: 0}],
+      selection: {probeSeconds: 0.5, probeOthersSeconds: 4, deadSeconds: 1.5, switchAfterSeconds: 10, betterByMs: 10, betterRatio: 0.667, fleet: true, startSeconds: 1},
       routes: ['121.201.64.81/32'],
       tunnel: {interface: 'agent0'},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/alice.pem')},
@@ -194,7 +196,7 @@ describe('loadConfig', () => {
       cert: join(fixtures, 'good/alice.crt'),
       key: join(fixtures, 'good/alice.key'),
     })
-    expect(config.node).toEqual({host: 'proxy.example.com', port: 8443, name: 'node1'})
+    expect(config.nodes).toEqual([{host: 'proxy.example.com', port: 8443, name: 'node1', preference: 0}])
     expect(config.transports['ipsec-over-gre']).toEqual({carrier: 'ip', port: 4754, keepalive: 15, rekeySeconds: 120})
   })
 

@@ -1,7 +1,10 @@
 /**
- * The client: connects to the node over the control channel, gets its tunnel address and
+ * The client: connects to a node over the control channel, gets its tunnel address and
  * session parameters, creates the TUN device, routes only the configured destinations into it,
- * and keeps the session alive, reconnecting with backoff whenever the node goes away.
+ * and keeps the session alive. With more than one node to choose from (`nodes`, or a fleet's
+ * welcome), it rides the best by measurement (node-probing.ts, probe/ranking.ts), moves when
+ * another is clearly better, and fails over at once when its node stops answering: the TUN
+ * device and the routes stay, only the carrier moves (docs/failover.md).
  */
 import {lookup} from 'node:dns/promises'
 import {isIP} from 'node:net'
@@ -39,9 +42,21 @@ import {checkWelcomeAddress, hostRoutes} from './welcome-address.js'
 import {isFatalTlsError} from './tls-errors.js'
 import {ClientDatagrams} from './client-datagrams.js'
 import {keepaliveKeys} from '../nat/keepalive.js'
+import {probeKey} from '../probe/probe-packet.js'
+import {rank, score, basisOf, Switcher} from '../probe/ranking.js'
+import {type Candidate, mergeCandidates} from './candidates.js'
+import {NodeProbing} from './node-probing.js'
+import type {SelectionReport, SwitchRecord} from '../status/report.js'
 
 const CONNECT_TIMEOUT_MS = 10_000
 const WELCOME_TIMEOUT_MS = 10_000
+/** How often the current node's liveness, and whether to move, is looked at. */
+const WATCH_MS = 100
+const SELECT_MS = 1000
+/** A node that refused us is not tried again for this long (while others remain). */
+const REFUSED_NODE_MS = 60_000
+/** Switches kept for `agent status`. */
+const SWITCHES_KEPT = 10
 
 export class ClientAgent {
   private readonly stateFile: StateFile
@@ -58,7 +73,23 @@ export class ClientAgent {
   private peerConn: ControlConnection | null = null
   private ticker: NodeJS.Timeout | null = null
   private datagrams: ClientDatagrams | null = null
+  /** The address of the node connected to (or being connected to). */
   private nodeIp = ''
+  /** The nodes to choose from, the one being connected to, the one welcomed us. */
+  private candidates: Candidate[]
+  private target: Candidate
+  private current: Candidate | null = null
+  private readonly probing: NodeProbing
+  private readonly switcher: Switcher
+  /** Set by a move to a better node: the next connection goes there. */
+  private moveTo: {cand: Candidate; why: string} | null = null
+  private readonly refusedNodes = new Map<string, {reason: string; until: number}>()
+  private readonly switches: SwitchRecord[] = []
+  private switchCount = 0
+  private watchTimer: NodeJS.Timeout | null = null
+  private selectTimer: NodeJS.Timeout | null = null
+  private welcomedAt = 0
+  private credentials: Credentials | null = null
   /** The route to the node's tunnel address, the one route of the tunnel subnet the client has. */
   private gatewayRoute: AddedRoute | null = null
   private gateway: string | null = null
@@ -95,6 +126,23 @@ export class ClientAgent {
       routes: [],
     }
     this.ended = new Promise((resolve) => (this.endWith = resolve))
+    this.candidates = mergeCandidates(config.nodes, [])
+    this.target = this.candidates[0]
+    const sel = config.selection
+    this.switcher = new Switcher({betterByMs: sel.betterByMs, betterRatio: sel.betterRatio, switchAfterMs: sel.switchAfterSeconds * 1000})
+    this.probing = new NodeProbing({
+      credentials: () => this.credentials,
+      transport: transport.name,
+      routes: () => this.gameRoutes(),
+      probeMs: sel.probeSeconds * 1000,
+      probeOthersMs: sel.probeOthersSeconds * 1000,
+      log,
+    })
+  }
+
+  /** The /32 routes: the game servers a node may measure for us. */
+  private gameRoutes(): string[] {
+    return this.config.routes.filter((r) => r.endsWith('/32')).slice(0, 8)
   }
 
   private transportOptions(): Record<string, unknown> {
@@ -102,7 +150,7 @@ export class ClientAgent {
   }
 
   private nodeText(): string {
-    return `${this.config.node.host}:${this.config.node.port}`
+    return `${this.target.host}:${this.target.port}`
   }
 
   /**
@@ -111,14 +159,19 @@ export class ClientAgent {
    */
   async start(): Promise<void> {
     const credentials = await loadCredentials(this.config.pki)
-    this.nodeIp = await this.resolveNode()
+    this.credentials = credentials
+    // One node: it must resolve now, as it always had to. Several: one that does not is skipped.
+    if (this.candidates.length === 1) this.nodeIp = await this.resolveNode(this.target)
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
     try {
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
+      this.probing.setCandidates(this.candidates)
+      this.probing.start()
+      if (this.candidates.length > 1) await this.chooseFirst()
       await new Promise<void>((resolve, reject) => {
         this.firstWelcome = {resolve, reject}
-        this.connect(credentials)
+        this.connect(credentials, this.target)
       })
     } catch (e) {
       await this.stop()
@@ -126,8 +179,20 @@ export class ClientAgent {
     }
   }
 
-  private async resolveNode(): Promise<string> {
-    const host = this.config.node.host
+  /** Probes every node for up to `selection.startSeconds`, then takes the best to start with. */
+  private async chooseFirst(): Promise<void> {
+    const ms = this.config.selection.startSeconds * 1000
+    this.probing.burst(ms)
+    const until = Date.now() + ms
+    while (Date.now() < until && !this.probing.settled() && this.phase !== 'stopped') await new Promise((r) => setTimeout(r, 50))
+    const best = rank(this.probing.views())[0]
+    const chosen = this.candidates.find((c) => c.key === best?.key && Number.isFinite(score(best, basisOf(this.probing.views()))))
+    if (chosen !== undefined) this.target = chosen
+    this.log.info(`starting with node ${this.target.name} (${this.nodeText()})${chosen === undefined ? ': no node answered probes yet, taking the first listed' : ', the best measured'}`)
+  }
+
+  private async resolveNode(cand: Candidate): Promise<string> {
+    const host = cand.host
     if (isIP(host) === 4) return host
     try {
       return (await lookup(host, {family: 4})).address
@@ -136,13 +201,26 @@ export class ClientAgent {
     }
   }
 
-  private connect(credentials: Credentials): void {
+  private connect(credentials: Credentials, cand: Candidate): void {
     if (this.phase === 'stopped') return
     this.phase = 'connecting'
+    this.target = cand
+    if (this.candidates.length === 1) return this.dial(credentials, cand)
+    this.resolveNode(cand).then(
+      (ip) => {
+        this.nodeIp = ip
+        this.dial(credentials, cand)
+      },
+      (e: Error) => this.scheduleReconnect(credentials, cand, e.message, false),
+    )
+  }
+
+  private dial(credentials: Credentials, cand: Candidate): void {
+    if (this.phase === 'stopped' || this.target !== cand) return
     const socket: TLSSocket = tlsConnect({
-      ...tlsClientOptions(credentials, this.config.node.name),
+      ...tlsClientOptions(credentials, cand.name),
       host: this.nodeIp,
-      port: this.config.node.port,
+      port: cand.port,
       timeout: CONNECT_TIMEOUT_MS,
     })
     socket.once('timeout', () => socket.destroy(new Error(`no answer from ${this.nodeText()} within ${CONNECT_TIMEOUT_MS / 1000} s`)))
@@ -157,6 +235,8 @@ export class ClientAgent {
         if (m.type === 'welcome' && !welcomed) {
           welcomed = true
           clearTimeout(welcomeTimer)
+          // The probe ticket's key is the TLS session's: taken before native records free it.
+          const probe = m.probe === undefined ? undefined : {grant: m.probe, key: probeKey(socket)}
           // The node's last words through Node's TLS: read nothing more there (native-records.ts).
           if (m.records !== undefined) {
             if (!askedRecords || m.records !== RECORDS) return conn.close(`node answered with records ${JSON.stringify(m.records)} we did not ask for`)
@@ -169,12 +249,14 @@ export class ClientAgent {
           // One welcome at a time: a fast reconnect must not set the tunnel up twice at once,
           // nor a reload change the routes while the tunnel is being set up.
           this.welcoming = Promise.all([this.welcoming, this.routing.catch(() => {})])
-            .then(() => this.onWelcome(conn, m, early))
+            .then(() => this.onWelcome(conn, cand, m, early, probe))
             .catch((e: Error) => this.fatal(new Error(`tunnel setup failed: ${e.message}`)))
         } else if (m.type === 'refused') {
           // Nothing more will come: close now rather than wait for the node to.
           refusal = m.reason
           conn.close('refused by the node')
+        } else if (m.type === 'probed' && welcomed) {
+          if (this.conn === conn) this.probing.onProbed(m.n, m.game)
         } else if (m.type === 'transport' && welcomed) {
           // The session opens once the tunnel is set up: hold what arrives meanwhile.
           if (this.conn !== conn) return
@@ -189,14 +271,20 @@ export class ClientAgent {
       },
       onClose: (reason, cause) => {
         clearTimeout(welcomeTimer)
-        if (this.conn === conn) this.conn = null
+        if (this.conn !== conn) return
+        this.conn = null
+        const wasCurrent = this.current === cand
+        if (wasCurrent) {
+          this.current = null
+          this.probing.setCurrent(null, null)
+        }
         this.dropPeer()
         if (this.phase === 'stopped') return
-        if (refusal !== null) return this.fatal(new Error(`node ${this.nodeText()} refused us: ${refusal}`))
+        if (refusal !== null) return this.nodeRefused(credentials, cand, `node ${this.nodeText()} refused us: ${refusal}`)
         if (!welcomed && cause !== undefined && isFatalTlsError(cause)) {
-          return this.fatal(new Error(`TLS with node ${this.nodeText()} failed: ${cause.message}`))
+          return this.nodeRefused(credentials, cand, `TLS with node ${this.nodeText()} failed: ${cause.message}`)
         }
-        this.scheduleReconnect(credentials, reason)
+        this.scheduleReconnect(credentials, cand, reason, wasCurrent)
       },
     })
     let askedRecords = false
@@ -204,18 +292,107 @@ export class ClientAgent {
       // The timeout guarded the connect; left on, it would cut an idle tunnel every 10 s.
       socket.setTimeout(0)
       askedRecords = this.transport.carrier(this.transportOptions()).kind === 'stream' && recordsPossible(socket, NATIVE_MAX_DATA)
-      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name, ...(askedRecords ? {records: RECORDS} : {})})
+      const routes = this.gameRoutes()
+      conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.transport.name, ...(askedRecords ? {records: RECORDS} : {}), ...(routes.length > 0 ? {routes} : {})})
     })
     this.conn = conn
   }
 
-  private scheduleReconnect(credentials: Credentials, reason: string): void {
+  /**
+   * After a connection to `from` ended: a move to a better node goes there at once; a node
+   * that was carrying us and went away is failed over from at once, to the best other node;
+   * anything else (no node answered) waits the reconnect backoff, trying the nodes in turn.
+   */
+  private scheduleReconnect(credentials: Credentials, from: Candidate, reason: string, wasCurrent: boolean): void {
+    const move = this.moveTo
+    this.moveTo = null
+    if (move !== null) {
+      this.record(from, move.cand, move.why)
+      this.log.info(`moving from node ${from.name} to ${move.cand.name}: ${move.why}`)
+      return this.connect(credentials, move.cand)
+    }
+    const next = this.nextCandidate(from)
+    if (wasCurrent && next !== from) {
+      this.record(from, next, `${from.name} lost: ${reason}`)
+      this.log.warn(`connection to node ${from.name} (${from.host}:${from.port}) lost (${reason}); failing over to ${next.name} (${next.host}:${next.port})`)
+      return this.connect(credentials, next)
+    }
     const delay = backoffDelay(this.attempts++, this.config.reconnect.minSeconds, this.config.reconnect.maxSeconds)
-    this.log.warn(`connection to node ${this.nodeText()} lost (${reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`)
-    this.retryTimer = setTimeout(() => this.connect(credentials), delay)
+    const where = next === from ? '' : ` to node ${next.name} (${next.host}:${next.port})`
+    this.log.warn(`connection to node ${from.host}:${from.port} lost (${reason}); reconnecting${where} in ${(delay / 1000).toFixed(1)} s`)
+    this.retryTimer = setTimeout(() => this.connect(credentials, next), delay)
   }
 
-  private async onWelcome(conn: ControlConnection, w: Welcome, early: SessionParams[]): Promise<void> {
+  /** The best node to go to after `from`: measured and answering first, never one that refused us. */
+  private nextCandidate(from: Candidate): Candidate {
+    const now = Date.now()
+    const open = this.candidates.filter((c) => (this.refusedNodes.get(c.key)?.until ?? 0) <= now)
+    if (open.length === 0) return from
+    const views = this.probing.views()
+    const basis = basisOf(views)
+    const ranked = rank(views.filter((v) => v.key !== from.key && open.some((c) => c.key === v.key)), basis).filter((v) => Number.isFinite(score(v, basis)))
+    const best = ranked[0] === undefined ? undefined : open.find((c) => c.key === ranked[0].key)
+    if (best !== undefined) return best
+    // Nothing measured: the next in the list after `from`, round the list.
+    const i = open.findIndex((c) => c.key === from.key)
+    return open[(i + 1) % open.length]
+  }
+
+  /**
+   * A node refused us (or its certificate failed). With one node that ends the client, as it
+   * always did; with several, that node is left alone for a while, and the client ends only
+   * when every node refuses it.
+   */
+  private nodeRefused(credentials: Credentials, cand: Candidate, message: string): void {
+    if (this.candidates.length === 1) return this.fatal(new Error(message))
+    this.refusedNodes.set(cand.key, {reason: message, until: Date.now() + REFUSED_NODE_MS})
+    const now = Date.now()
+    if (this.candidates.every((c) => (this.refusedNodes.get(c.key)?.until ?? 0) > now)) {
+      return this.fatal(new Error(`every node refused us; the last: ${message}`))
+    }
+    this.log.warn(`${message}; trying another node`)
+    this.scheduleReconnect(credentials, cand, 'refused', false)
+  }
+
+  private record(from: Candidate, to: Candidate, why: string): void {
+    this.switchCount++
+    this.switches.push({at: new Date().toISOString(), from: from.name, to: to.name, reason: why})
+    if (this.switches.length > SWITCHES_KEPT) this.switches.shift()
+    this.switcher.reset()
+  }
+
+  /**
+   * While connected: the current node is gone once nothing was heard from it for
+   * `selection.deadSeconds` (probes, keepalives, and on a stream carrier any byte); and every
+   * second, whether another node has been clearly better for long enough to move.
+   */
+  private watch(): void {
+    this.watchTimer ??= setInterval(() => {
+      const cur = this.current
+      const conn = this.conn
+      if (cur === null || conn === null || this.phase !== 'connected') return
+      // Packets from the node count: under a full link, probes may be lost while data flows.
+      this.peer?.stats.sync?.()
+      const heard = Math.max(this.welcomedAt, this.probing.lastAnswer(cur.key), this.datagrams?.lastAnswer ?? 0, this.peer?.stats.lastSeen ?? 0, this.datagrams === null ? conn.heardAt : 0)
+      const dead = this.config.selection.deadSeconds * 1000
+      if (Date.now() - heard > dead) conn.close(`nothing heard for ${this.config.selection.deadSeconds} s`)
+    }, WATCH_MS)
+    this.watchTimer.unref()
+    this.selectTimer ??= setInterval(() => {
+      const cur = this.current
+      if (cur === null || this.conn === null || this.phase !== 'connected' || this.moveTo !== null || this.candidates.length < 2) return
+      const now = Date.now()
+      const views = this.probing.views().filter((v) => (this.refusedNodes.get(v.key)?.until ?? 0) <= now || v.key === cur.key)
+      const decision = this.switcher.consider(now, views, cur.key)
+      const to = decision === null ? undefined : this.candidates.find((c) => c.key === decision.to)
+      if (to === undefined || decision === null) return
+      this.moveTo = {cand: to, why: `better: ${decision.why}`}
+      this.conn.close(`moving to node ${to.name}`)
+    }, SELECT_MS)
+    this.selectTimer.unref()
+  }
+
+  private async onWelcome(conn: ControlConnection, cand: Candidate, w: Welcome, early: SessionParams[], probe: {grant: NonNullable<Welcome['probe']>; key: Buffer} | undefined): Promise<void> {
     const gone = () => conn.isClosed || this.phase === 'stopped'
     if (gone()) return
     if (w.transport !== this.transport.name) throw new Error(`node answered for transport ${JSON.stringify(w.transport)}`)
@@ -251,7 +428,7 @@ export class ClientAgent {
     const link =
       datagrams !== null ? datagrams.link : native !== null ? new NativeStreamLink(native, this.nodeText()) : new StreamLink(conn.socket, this.nodeText(), STREAM_BATCH_BYTES)
     // The client has one peer, the node, at its tunnel address.
-    const peer = new Peer(this.config.node.name, ipv4ToNumber(w.gateway), w.gateway, session, link)
+    const peer = new Peer(cand.name, ipv4ToNumber(w.gateway), w.gateway, session, link)
     link.stats = peer.stats
     this.dropPeer()
     this.peer = peer
@@ -262,8 +439,17 @@ export class ClientAgent {
     this.ticker.unref()
     conn.keepalive(w.keepalive, true)
     this.attempts = 0
+    this.current = cand
+    this.welcomedAt = Date.now()
+    this.probing.setCurrent(cand.key, {conn, ip: this.nodeIp, ...(probe === undefined ? {} : probe)})
+    if (w.fleet !== undefined && this.config.selection.fleet) {
+      this.candidates = mergeCandidates(this.config.nodes, w.fleet)
+      this.probing.setCandidates(this.candidates)
+    }
     const up = () => {
       this.phase = 'connected'
+      this.welcomedAt = Date.now()
+      this.watch()
       const via = datagrams === null ? '' : ` over ${w.carrier.kind} to ${link.endpoint} from ${datagrams.local}`
       this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}${via}, mtu ${this.mtu}`)
       // Where this client could go instead (the failover issue uses them); said when it changes.
@@ -275,7 +461,7 @@ export class ClientAgent {
     }
     if (datagrams === null) return up()
     // Over datagrams the tunnel is up once the node answers a keepalive: that proves the path.
-    datagrams.begin(peer, w.carrier, keepaliveKeys(conn.socket, 'client'), w.keepalive, up)
+    datagrams.begin(peer, w.carrier, ipv4ToNumber(this.nodeIp), keepaliveKeys(conn.socket, 'client'), w.keepalive, up)
   }
 
   /** The datagram socket for this carrier: kept across sessions so the NAT mapping stays. */
@@ -284,7 +470,7 @@ export class ClientAgent {
       this.datagrams.close()
       this.datagrams = null
     }
-    this.datagrams ??= new ClientDatagrams(carrier, ipv4ToNumber(this.nodeIp), this.datapath!, this.mtu!, this.log)
+    this.datagrams ??= new ClientDatagrams(carrier, this.datapath!, this.mtu!, this.log)
     return this.datagrams
   }
 
@@ -442,8 +628,22 @@ export class ClientAgent {
       startedAt: this.state.startedAt,
       endpoint: this.nodeText(),
       state: this.phase,
+      selection: this.selectionReport(),
       peers: this.peer === null ? [] : [peerReport(this.peer)],
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...fastPathCounters(this.datapath?.fastPathStats())},
+    }
+  }
+
+  private selectionReport(): SelectionReport {
+    const views = this.probing.views()
+    const basis = basisOf(views)
+    const scores = new Map(views.map((v) => [v.key, score(v, basis)]))
+    return {
+      current: this.current?.name ?? null,
+      basis,
+      candidates: this.probing.report(scores),
+      switches: this.switchCount,
+      recent: [...this.switches],
     }
   }
 
@@ -457,6 +657,9 @@ export class ClientAgent {
       this.phase = 'stopped'
       if (this.retryTimer !== null) clearTimeout(this.retryTimer)
       if (this.ticker !== null) clearInterval(this.ticker)
+      if (this.watchTimer !== null) clearInterval(this.watchTimer)
+      if (this.selectTimer !== null) clearInterval(this.selectTimer)
+      this.probing.close()
       this.firstWelcome?.reject(new Error('stopped before the node welcomed us'))
       this.firstWelcome = null
       this.conn?.close('client stopping')

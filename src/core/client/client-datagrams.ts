@@ -33,7 +33,6 @@ export class ClientDatagrams {
 
   constructor(
     private readonly carrier: CarrierSpec,
-    nodeAddress: number,
     private readonly datapath: DataPath,
     mtu: number,
     private readonly log: Logger,
@@ -41,10 +40,14 @@ export class ClientDatagrams {
     this.socket = openCarrierSocket(carrier, mtu, '0.0.0.0', 0)
     this.queue = new SendQueue(this.socket)
     this.link = new DatagramLink(this.queue)
-    this.link.moveTo(nodeAddress, carrier.kind === 'udp' ? carrier.port! : 0)
     datapath.onKeepalive = this.onKeepalive
     datapath.enableFastPath(this.socket, mtu)
     this.socket.start(this.onBatch)
+  }
+
+  /** ms since epoch of the last keepalive the node answered in this session; 0 if none. */
+  get lastAnswer(): number {
+    return this.state?.lastVerified ?? 0
   }
 
   /** Whether this socket still fits what the node now says (a node reconfigured between sessions). */
@@ -56,10 +59,13 @@ export class ClientDatagrams {
     return this.carrier.kind === 'udp' ? `udp port ${this.socket.localPort}` : `ip protocol ${this.carrier.ipProtocol}`
   }
 
-  /** A new session over this socket: probe until the node answers, then `onUp` once. */
-  begin(peer: Peer, carrier: CarrierSpec, keys: {receive: Buffer; send: Buffer}, keepaliveSeconds: number, onUp: () => void): void {
+  /**
+   * A new session over this socket, with the node at `nodeAddress` (another node than the last
+   * one's, after a failover): probe until it answers, then `onUp` once.
+   */
+  begin(peer: Peer, carrier: CarrierSpec, nodeAddress: number, keys: {receive: Buffer; send: Buffer}, keepaliveSeconds: number, onUp: () => void): void {
     this.end()
-    if (carrier.kind === 'udp') this.link.moveTo(this.link.addr, carrier.port!)
+    this.link.moveTo(nodeAddress, carrier.kind === 'udp' ? carrier.port! : 0)
     this.peer = peer
     this.state = new KeepaliveState(keys.receive, keys.send)
     this.probes = 0

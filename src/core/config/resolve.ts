@@ -100,12 +100,14 @@ function resolveNode(config: NodeConfig, file: string, dir: string): ResolvedNod
 }
 
 function resolveClient(config: ClientConfig, file: string, dir: string): ResolvedClientConfig {
-  const {$schema: _schema, node, pki, ...rest} = applyDefaults(clientConfigSchema, config) as DefaultedClientConfig
+  const {$schema: _schema, node, nodes, pki, ...rest} = applyDefaults(clientConfigSchema, config) as DefaultedClientConfig
+  // `node` is a list of one: the semantic check let exactly one of the two through.
+  const listed = nodes ?? [{...node!, preference: 0}]
   return {
     ...rest,
     file,
     dir,
-    node: {host: node.host, port: node.port, name: node.name ?? node.host},
+    nodes: listed.map((n) => ({host: n.host, port: n.port ?? 443, name: n.name ?? n.host, preference: n.preference ?? 0})),
     pki: resolvePki(pki, dir),
   }
 }

@@ -393,6 +393,26 @@ export const nodeConfigSchema = {
         'sequence) and ipip over udp spread over workers; tls, ipsec-over-gre and bare IP carriers run on one.',
     },
     fleet,
+    gameProbe: {
+      type: 'object',
+      default: {},
+      description:
+        "How the node measures its round trip to the game servers its clients route (the clients' /32 routes), so that a " +
+        'client can rank nodes by the whole path. Only destinations the node would forward to (egress.deny applies), at most ' +
+        '8 per client and `destinations` in all, each probed every `intervalSeconds`.',
+      properties: {
+        method: {
+          type: 'string',
+          enum: ['tcp', 'off'],
+          default: 'tcp',
+          description: '"tcp": a TCP SYN to `port` (a SYN-ACK or a reset answers, and the connection is closed at once); "off": measure nothing (clients rank by their RTT to the node alone).',
+        },
+        port: {...port, default: 443, description: 'The port the TCP SYN goes to.'},
+        intervalSeconds: {type: 'number', minimum: 0.5, maximum: 60, default: 2, description: 'Seconds between probes of one destination.'},
+        destinations: {type: 'integer', minimum: 1, maximum: 10000, default: 1024, description: 'Most destinations measured at once, for all clients.'},
+      },
+      additionalProperties: false,
+    },
     session: {
       type: 'object',
       default: {},
@@ -414,6 +434,15 @@ export const nodeConfigSchema = {
   additionalProperties: false,
 } as const
 
+const nodeHost = {
+  type: 'string',
+  pattern: `^(?=.{1,253}\\.?$)${LABEL}(?:\\.${LABEL})*\\.?$`,
+  patternErrorMessage: 'must be an IPv4 address or a DNS name',
+  description: "The node's IPv4 address or DNS name.",
+} as const
+const nodePort = {...port, default: 443, description: "The node's control channel port."} as const
+const nodeCertName = {type: 'string', minLength: 1, maxLength: 253, description: "The name the node's certificate must carry. Default: host."} as const
+
 export const clientConfigSchema = {
   type: 'object',
   title: 'Client config',
@@ -425,23 +454,60 @@ export const clientConfigSchema = {
     transport: {...transportName, description: 'Transport to use.'},
     node: {
       type: 'object',
-      description: 'The proxy node to connect to.',
+      description: 'The proxy node to connect to (or list several under `nodes`).',
       properties: {
-        host: {
-          type: 'string',
-          pattern: `^(?=.{1,253}\\.?$)${LABEL}(?:\\.${LABEL})*\\.?$`,
-          patternErrorMessage: 'must be an IPv4 address or a DNS name',
-          description: "The node's IPv4 address or DNS name.",
-        },
-        port: {...port, default: 443, description: "The node's control channel port."},
-        name: {
-          type: 'string',
-          minLength: 1,
-          maxLength: 253,
-          description: "The name the node's certificate must carry. Default: host.",
-        },
+        host: nodeHost,
+        port: nodePort,
+        name: nodeCertName,
       },
       required: ['host'],
+      additionalProperties: false,
+    },
+    nodes: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 64,
+      description:
+        'Nodes to choose from, instead of `node`: the client rides the best by measured RTT to the node and on to the game ' +
+        'servers, and moves when one is clearly better or the current one stops answering (see `selection`).',
+      items: {
+        type: 'object',
+        properties: {
+          host: nodeHost,
+          port: nodePort,
+          name: nodeCertName,
+          preference: {
+            type: 'number',
+            minimum: -1000,
+            maximum: 1000,
+            default: 0,
+            description: "Milliseconds taken off this node's score when ranking: 10 keeps it unless another is more than 10 ms better.",
+          },
+        },
+        required: ['host'],
+        additionalProperties: false,
+      },
+    },
+    selection: {
+      type: 'object',
+      default: {},
+      description: 'How the client chooses among nodes, probes them, and fails over (docs/failover.md).',
+      properties: {
+        probeSeconds: {type: 'number', minimum: 0.1, maximum: 10, default: 0.5, description: 'Seconds between probes of the current node.'},
+        probeOthersSeconds: {type: 'number', minimum: 1, maximum: 300, default: 4, description: 'Seconds between probes of each other node (jittered).'},
+        deadSeconds: {
+          type: 'number',
+          minimum: 0.3,
+          maximum: 60,
+          default: 1.5,
+          description: 'The current node is gone when nothing was heard from it for this long: the client moves to the next best.',
+        },
+        switchAfterSeconds: {type: 'number', minimum: 1, maximum: 3600, default: 10, description: 'How long another node must stay clearly better before the client moves.'},
+        betterByMs: {type: 'number', minimum: 10, maximum: 1000, default: 10, description: 'Clearly better: at least this many ms better than the current node...'},
+        betterRatio: {type: 'number', minimum: 0.1, maximum: 0.667, default: 0.667, description: "...and under this share of the current node's score."},
+        fleet: {type: 'boolean', default: true, description: "Also weigh the other nodes a fleet's node names in its welcome."},
+        startSeconds: {type: 'number', minimum: 0, maximum: 10, default: 1, description: 'At start, how long to probe the nodes before choosing one (only with more than one).'},
+      },
       additionalProperties: false,
     },
     routes: {
@@ -479,7 +545,7 @@ export const clientConfigSchema = {
     },
     log,
   },
-  required: ['role', 'name', 'node', 'routes', 'pki'],
+  required: ['role', 'name', 'routes', 'pki'],
   additionalProperties: false,
 } as const
 

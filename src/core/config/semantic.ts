@@ -141,10 +141,20 @@ function nodeIssues(config: NodeConfig): SemanticIssue[] {
 function clientIssues(config: ClientConfig): SemanticIssue[] {
   const issues: SemanticIssue[] = []
 
-  const host = config.node.host
-  // The host pattern accepts any DNS name, and "300.1.1.1" is one; nobody means that.
-  if (/^[0-9.]+$/.test(host) && !isIpv4(host.replace(/\.$/, ''))) {
-    issues.push({path: ['node', 'host'], message: `${JSON.stringify(host)} is not a valid IPv4 address`})
+  if (config.node === undefined && config.nodes === undefined) issues.push({path: ['node'], message: 'is required: give `node` (one node) or `nodes` (several)'})
+  if (config.node !== undefined && config.nodes !== undefined) issues.push({path: ['nodes'], message: 'give `node` or `nodes`, not both'})
+  const nodes: [(string | number)[], {host: string; port?: number}][] =
+    config.nodes !== undefined ? config.nodes.map((n, i) => [['nodes', i], n]) : config.node !== undefined ? [[['node'], config.node]] : []
+  const seenNodes = new Map<string, number>()
+  for (const [path, n] of nodes) {
+    // The host pattern accepts any DNS name, and "300.1.1.1" is one; nobody means that.
+    if (/^[0-9.]+$/.test(n.host) && !isIpv4(n.host.replace(/\.$/, ''))) {
+      issues.push({path: [...path, 'host'], message: `${JSON.stringify(n.host)} is not a valid IPv4 address`})
+    }
+    const at = `${n.host.toLowerCase()}:${n.port ?? 443}`
+    const first = seenNodes.get(at)
+    if (first !== undefined) issues.push({path, message: `${at} duplicates nodes[${first}]`})
+    else seenNodes.set(at, path[1] as number)
   }
 
   const seen = new Map<string, number>()

@@ -83,9 +83,20 @@ export type ResolvedNodeConfig = Located &
     admitAny: boolean
   }
 
+/** A node a client may ride. */
+export interface ResolvedNodeEntry {
+  host: string
+  port: number
+  /** The name its certificate must carry. */
+  name: string
+  /** Milliseconds off its score when ranking. */
+  preference: number
+}
+
 export type ResolvedClientConfig = Located &
-  Omit<DefaultedClient, '$schema' | 'node' | 'pki'> & {
-    node: {host: string; port: number; name: string}
+  Omit<DefaultedClient, '$schema' | 'node' | 'nodes' | 'pki'> & {
+    /** `node:` or `nodes:`, as one list. */
+    nodes: ResolvedNodeEntry[]
     pki: ResolvedPki
   }
 

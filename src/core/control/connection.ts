@@ -169,7 +169,7 @@ export class ControlConnection {
     // rest when something was, so the check costs nothing per chunk and is exact.
     const check = () => {
       // Native records are read in C, which keeps its own time of the last bytes heard.
-      const heard = Math.max(this.lastHeard, this.native?.lastHeard() ?? 0)
+      const heard = this.heardAt
       const left = heard + deadMs - Date.now()
       if (left > 0) {
         this.deadTimer = setTimeout(check, left)
@@ -189,6 +189,11 @@ export class ControlConnection {
     this.native?.close()
     this.tls?.destroy()
     this.handlers.onClose(reason, error)
+  }
+
+  /** ms since epoch when anything was last heard on this connection (native records too). */
+  get heardAt(): number {
+    return Math.max(this.lastHeard, this.native?.lastHeard() ?? 0)
   }
 
   get isClosed(): boolean {

@@ -8,7 +8,9 @@
  * accepts them, the gate keeps or closes each, and only those kept are handed to the TLS
  * server. They stay the gate's until the handshake proves an identity the node accepts.
  */
-import {createServer as createTcpServer, type Server as TcpServer, type Socket} from 'node:net'
+import {createServer as createTcpServer, isIPv4, type Server as TcpServer, type Socket} from 'node:net'
+import {ipv4ToNumber} from '../net/ipv4.js'
+import {PROBE_BYTES} from '../probe/probe-packet.js'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Credentials} from '../pki/index.js'
 import {tlsServerOptions} from '../pki/index.js'
@@ -27,7 +29,11 @@ export type Handshake = {ok: true; identity: ClientIdentity} | {ok: false; reaso
  */
 export type HandshakeHandler = (socket: TLSSocket, result: Handshake) => boolean
 
+const TLS_HANDSHAKE = 22
+
 export class ControlServer {
+  /** Probes over TCP (probe-tickets.ts): the reply, or null. Null: every connection is TLS. */
+  answerProbe: ((buf: Buffer, offset: number, length: number, source: number) => Buffer | null) | null = null
   private tcp: TcpServer | null = null
   private tls: TlsServer | null = null
   private readonly gate: ConnectionGate
@@ -92,7 +98,42 @@ export class ControlServer {
     socket.on('error', () => {})
     if (this.tls === null || !this.gate.enter(key, source, socket)) return
     socket.once('close', () => this.gate.closed(key))
-    this.tls.emit('connection', socket)
+    if (this.answerProbe === null) {
+      this.tls.emit('connection', socket)
+      return
+    }
+    // A TLS connection starts with a handshake record (22); a probe with its magic. The first
+    // bytes read are put back for TLS, which takes what its socket already buffered.
+    socket.once('data', (chunk: Buffer) => {
+      socket.pause()
+      if (chunk[0] === TLS_HANDSHAKE) {
+        socket.unshift(chunk)
+        this.tls?.emit('connection', socket)
+      } else {
+        this.onProbe(socket, chunk, source)
+      }
+    })
+  }
+
+  /**
+   * A probe over TCP (tls transports, and datagram transports over raw IP): one request in the
+   * first bytes, one reply, and the connection ends. Anything else is closed unanswered.
+   */
+  private onProbe(socket: Socket, first: Buffer, source: string): void {
+    let got = first
+    const settle = () => {
+      if (got.length < PROBE_BYTES) return false
+      const reply = got.length === PROBE_BYTES && isIPv4(source) ? this.answerProbe?.(got, 0, got.length, ipv4ToNumber(source)) : null
+      if (reply) socket.end(reply)
+      else socket.destroy()
+      return true
+    }
+    if (settle()) return
+    socket.on('data', (more: Buffer) => {
+      got = Buffer.concat([got, more])
+      settle()
+    })
+    socket.resume()
   }
 
   close(): void {

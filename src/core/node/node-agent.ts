@@ -44,6 +44,9 @@ import {Admission, ADMISSION_RETRY_MS} from './admission.js'
 import {RevocationWatch} from './revocations.js'
 import {NodeFleet} from './node-fleet.js'
 import {agentVersion} from '../version.js'
+import {ProbeTickets} from '../probe/probe-tickets.js'
+import {GameProber} from '../probe/game-prober.js'
+import {gameTargetRefusal} from '../probe/game-targets.js'
 
 /** workers: "auto" runs one per core, up to this many. */
 const MAX_AUTO_WORKERS = 8
@@ -87,6 +90,9 @@ export class NodeAgent {
   private reloading: Promise<unknown> = Promise.resolve()
   /** What the last re-check of live sessions did, one line per session cut. */
   private lastCuts: string[] = []
+  /** Probe tickets of clients weighing this node, and its measurements to their game servers. */
+  private tickets: ProbeTickets | null = null
+  private game: GameProber | null = null
 
   /** Resolves when the node must end by itself (its TUN device failed), with why. */
   readonly ended: Promise<Error>
@@ -239,6 +245,23 @@ export class NodeAgent {
       const onWorkerError = (e: Error) => this.fail(new Error(`a fast path worker failed: ${e.message}`))
       this.lanes = this.datagrams?.startWorkers(tun, onWorkerError, this.config.workers !== 'auto') ?? 1
 
+      const gp = this.config.gameProbe
+      // egress.deny read at each want(): a reload that changes it applies to new tickets.
+      this.game =
+        gp.method === 'off'
+          ? null
+          : new GameProber({
+              method: gp.method,
+              port: gp.port,
+              intervalMs: gp.intervalSeconds * 1000,
+              timeoutMs: 1000,
+              maxPerClient: 8,
+              maxDestinations: gp.destinations,
+              refuse: (dest) => gameTargetRefusal(dest, {deny: this.config.egress.deny, subnet, nodeAddresses: [address, this.config.listen.address]}),
+            })
+      const tickets = new ProbeTickets({game: this.game, ...(this.datagrams !== null && carrier.kind === 'udp' ? {udpPort: this.datagrams.spec.port} : {})})
+      this.tickets = tickets
+      if (this.datagrams !== null && carrier.kind === 'udp') this.datagrams.answerProbe = (b, o, l, src) => tickets.answer(b, o, l, src)
       const sessions = new NodeSessions({
         transport: this.transport,
         options: this.transportOptions(),
@@ -258,6 +281,7 @@ export class NodeAgent {
         withdraw: (address, name) => this.admission!.withdraw(address, name),
         closing: () => this.closing,
         ...(this.fleet === null ? {} : {fleetPeers: () => this.fleet?.peers() ?? []}),
+        tickets,
       })
       this.sessions = sessions
       this.admission = new Admission(
@@ -266,7 +290,10 @@ export class NodeAgent {
         (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`),
         (e) => this.log.error(`the firewall's admitted set could not be updated (retrying in ${ADMISSION_RETRY_MS / 1000} s): ${e.message}`),
       )
-      this.ticker = setInterval(() => sessions.tick(), SESSION_TICK_MS)
+      this.ticker = setInterval(() => {
+        sessions.tick()
+        tickets.sweep()
+      }, SESSION_TICK_MS)
       this.ticker.unref()
       const limits = this.config.listen.limits
       this.control = new ControlServer(
@@ -276,6 +303,7 @@ export class NodeAgent {
         (socket: TLSSocket, h: Handshake) => sessions.accept(socket, h),
         {perSource: limits.perSource, total: limits.pending, deadlineMs: limits.handshakeSeconds * 1000},
       )
+      this.control.answerProbe = (b, o, l, src) => tickets.answer(b, o, l, src)
       await this.control.listen(credentials)
       this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
@@ -479,7 +507,7 @@ export class NodeAgent {
       endpoint: this.listenText(),
       state: this.closing ? 'stopping' : 'up',
       peers: (this.datapath?.peers() ?? []).map((p) => this.peerWithWorker(p)),
-      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast)},
+      counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...(this.datagrams ? {sendDropped: this.datagrams.queue.dropped} : {}), ...fastPathCounters(fast), ...(this.tickets === null ? {} : {...this.tickets.counters, probeTickets: this.tickets.size})},
       ...(this.lanes > 1 && fast != null ? {workers: fast.workers} : {}),
       ...(this.control === null ? {} : {control: {...this.control.gateStatus, logSuppressed: this.limited.suppressedTotal}}),
       ...(this.fleet === null ? {} : {fleet: this.fleet.status()}),
@@ -524,6 +552,7 @@ export class NodeAgent {
       if (this.expiry !== null) clearInterval(this.expiry)
       if (this.ticker !== null) clearInterval(this.ticker)
       this.sessions?.closeAll('node stopping')
+      this.game?.close()
       this.statusServer?.close()
       this.datapath?.disableFastPath()
       this.tun?.close()

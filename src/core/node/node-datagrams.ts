@@ -23,6 +23,7 @@ import {KeepaliveState} from '../nat/session-keepalive.js'
 import {ForeignBudget, SESSION_VERIFY_BURST, SESSION_VERIFY_PER_SECOND, TokenBucket} from '../nat/keepalive-budget.js'
 import {ipv4Source} from '../net/packet.js'
 import type {LinuxTunDevice, TunQueue} from '../tun/linux.js'
+import {looksLikeProbe} from '../probe/probe-packet.js'
 
 /** One number per endpoint: an IPv4 address and a port fit in 48 bits, a safe integer. */
 function endpointKey(addr: number, port: number): number {
@@ -46,6 +47,12 @@ export class NodeDatagrams {
   private readonly workerQueues: TunQueue[] = []
   readonly queue: SendQueue
   readonly counters = {unknownSession: 0, keepaliveForeignRate: 0}
+  /**
+   * Probes (probe-packet.ts) that reach this socket: the reply to send back, or null. A probe
+   * comes from the client's probe socket, never its data socket, so the fast path, which takes
+   * only a session's own endpoint, hands it here.
+   */
+  answerProbe: ((buf: Buffer, offset: number, length: number, source: number) => Buffer | null) | null = null
 
   constructor(
     private readonly carrier: CarrierSpec,
@@ -178,6 +185,11 @@ export class NodeDatagrams {
     for (let i = 0; i < count; i++) {
       const off = i * slotSize + headroom
       const len = lengths[i]
+      if (this.answerProbe !== null && looksLikeProbe(buf, off, len)) {
+        const reply = this.answerProbe(buf, off, len, addrs[i])
+        if (reply !== null) this.socket.send(reply, 0, reply.length, addrs[i], ports[i])
+        continue
+      }
       let peer: Peer | undefined
       if (idOf !== undefined) {
         const id = idOf(buf, off, len)

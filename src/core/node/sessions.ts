@@ -29,6 +29,8 @@ import {keepaliveKeys} from '../nat/keepalive.js'
 import type {NodeDatagrams} from './node-datagrams.js'
 import type {ClientIdentity} from './roster.js'
 import type {Handshake} from './control-server.js'
+import type {ProbeTickets} from '../probe/probe-tickets.js'
+import {probeKey} from '../probe/probe-packet.js'
 
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
@@ -78,6 +80,8 @@ export interface SessionsOptions {
   closing(): boolean
   /** A fleet's node: the other nodes a client may go to (for its welcome); undefined: no fleet. */
   fleetPeers?(): FleetPeer[]
+  /** Probe tickets for clients weighing this node (failover); undefined: none given. */
+  tickets?: ProbeTickets
 }
 
 export class NodeSessions {
@@ -123,8 +127,9 @@ export class NodeSessions {
       setTimeout(() => conn.close('refused'), REFUSAL_LINGER_MS).unref()
       return false
     }
+    const name = identity.name
     const client: ClientSession = {
-      name: identity.name,
+      name,
       identity,
       conn,
       peer: null,
@@ -137,9 +142,14 @@ export class NodeSessions {
     conn.handlers = {
       onMessage: (m: ControlMessage) => {
         if (client.refused) return
-        if (m.type === 'hello' && client.peer === null) {
+        if (m.type === 'hello' && client.peer === null && m.probe === true) {
+          clearTimeout(helloTimer)
+          this.grantProbes(client, m)
+        } else if (m.type === 'hello' && client.peer === null) {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
+        } else if (m.type === 'probe' && client.peer !== null && client.welcomed) {
+          conn.send({type: 'probed', n: m.n, game: this.o.tickets?.gameOf(name) ?? []})
         } else if (m.type === 'transport' && client.peer !== null && client.welcomed) {
           try {
             client.peer.session.onControl?.(m.body)
@@ -168,15 +178,35 @@ export class NodeSessions {
     return peers === undefined ? {} : {fleet: peers.slice(0, MAX_FLEET_PEERS)}
   }
 
+  /**
+   * A probe-only hello: a client weighing this node as a place to go gets a ticket for
+   * probes, and no session, address or admission. The connection then ends.
+   */
+  private grantProbes(client: ClientSession, hello: Hello): void {
+    const refusal = this.helloRefusal(hello) ?? this.o.check(client.identity) ?? (this.o.tickets === undefined ? 'this node takes no probes' : null)
+    if (refusal !== null) return this.refuse(client, refusal)
+    const grant = this.o.tickets!.grant(client.name, probeKey(client.conn.socket), hello.routes, this.stillAdmitted(client))
+    client.refused = true
+    client.conn.send({type: 'probing', grant})
+    client.conn.end()
+    setTimeout(() => client.conn.close('probe ticket given'), REFUSAL_LINGER_MS).unref()
+  }
+
+  private stillAdmitted(client: ClientSession): () => boolean {
+    return () => this.o.check(client.identity) === null
+  }
+
+  private helloRefusal(hello: Hello): string | null {
+    if (hello.version !== PROTOCOL_VERSION) return `protocol version ${hello.version} is not supported (node speaks ${PROTOCOL_VERSION})`
+    if (hello.transport !== this.o.transport.name) return `this node serves transport "${this.o.transport.name}", not ${JSON.stringify(hello.transport)}`
+    return null
+  }
+
   private welcome(client: ClientSession, hello: Hello, remote: string): void {
     const {conn, name} = client
     const {transport, datapath, datagrams} = this.o
-    if (hello.version !== PROTOCOL_VERSION) {
-      return this.refuse(client, `protocol version ${hello.version} is not supported (node speaks ${PROTOCOL_VERSION})`)
-    }
-    if (hello.transport !== transport.name) {
-      return this.refuse(client, `this node serves transport "${transport.name}", not ${JSON.stringify(hello.transport)}`)
-    }
+    const wrong = this.helloRefusal(hello)
+    if (wrong !== null) return this.refuse(client, wrong)
     // The roster may have changed since the handshake (a revocation, a reload).
     const refusal = this.o.check(client.identity)
     if (refusal !== null) return this.refuse(client, refusal)
@@ -254,6 +284,8 @@ export class NodeSessions {
     // thing said through Node's TLS (native-records.ts).
     // Only a session whose encap is the identity: the records carry frames as they are, and
     // Node's socket (which a transport's exportKey needs) is freed once they have the connection.
+    // The probe key is the TLS session's: taken now, before native records free the socket.
+    const probe = this.o.tickets?.grant(name, probeKey(conn.socket), hello.routes, this.stillAdmitted(client))
     const records =
       datagrams === null &&
       hello.records === RECORDS &&
@@ -278,6 +310,7 @@ export class NodeSessions {
           params: session.params,
           ...(records ? {records: RECORDS} : {}),
           ...this.fleetPart(),
+          ...(probe === undefined ? {} : {probe}),
         })
         if (records && !this.goNative(client, remote)) return
         conn.keepalive(keepalive, false)

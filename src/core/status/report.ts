@@ -54,6 +54,8 @@ export interface StatusReport {
   roster?: RosterReport
   /** Node: its control port's gate for connections not yet authenticated (connection-gate.ts). */
   control?: ControlReport
+  /** Client: the nodes it may ride, as measured, and its moves between them. */
+  selection?: SelectionReport
   /** Node of a fleet: etcd's state as this node sees it (src/core/fleet/fleet-watch.ts). */
   fleet?: FleetReport
 }
@@ -90,3 +92,25 @@ export interface RosterReport {
   /** The CRL, when the node has one (pki.crl). */
   crl?: {file: string; revoked: number; number?: string; thisUpdate?: string; nextUpdate?: string; expired: boolean; error?: string}
 }
+
+/** A client's choice of node (client/node-probing.ts, probe/ranking.ts). */
+export interface SelectionReport {
+  /** The node it rides now, by name; null between sessions. */
+  current: string | null
+  /** "path": ranked by RTT to the node plus on to the game servers; "node": to the node alone. */
+  basis: 'path' | 'node'
+  candidates: CandidateReport[]
+  /** Moves since start (failovers and moves to a better node). */
+  switches: number
+  recent: SwitchRecord[]
+}
+
+export interface SwitchRecord {
+  at: string
+  from: string
+  to: string
+  reason: string
+}
+
+export type {CandidateReport} from '../client/node-probing.js'
+import type {CandidateReport} from '../client/node-probing.js'

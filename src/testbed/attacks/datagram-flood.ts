@@ -11,6 +11,9 @@
  *              --node-address CLIENT,NODE (tunnel addresses), rising sequence numbers and random
  *              ciphertext: what someone who saw one packet can send
  *   gre        one GRE-in-UDP packet with --key and sequence number --seq (a far-ahead one)
+ *   probe      probe-shaped packets (probe-packet.ts) with random tickets and MACs, to the
+ *              node's UDP port; --tcp sends each as the first bytes of a TCP connection (to the
+ *              control port). Replies are counted: a stranger must get none
  *
  * Bounded by --pps and --seconds; prints one JSON line (what it sent) when it ends.
  */
@@ -20,6 +23,8 @@ import {parseArgs} from 'node:util'
 import {internetChecksum} from '../../core/net/checksum.js'
 import {ipv4ToNumber} from '../../core/net/ipv4.js'
 import {KEEPALIVE_MAGIC, KEEPALIVE_PACKET, KEEPALIVE_PROTOCOL} from '../../core/nat/keepalive.js'
+import {connect as tcpConnect} from 'node:net'
+import {PROBE_BYTES, PROBE_MAGIC, PROBE_VERSION, ProbeKind} from '../../core/probe/probe-packet.js'
 
 const {positionals, values} = parseArgs({
   allowPositionals: true,
@@ -32,6 +37,7 @@ const {positionals, values} = parseArgs({
     key: {type: 'string'},
     seq: {type: 'string', default: '2147483000'},
     size: {type: 'string', default: '100'},
+    tcp: {type: 'boolean', default: false},
   },
 })
 const [kind, host, portText] = positionals
@@ -102,12 +108,33 @@ function packets(): Buffer[] {
     b.writeUInt16BE(28, 14)
     return [b]
   }
-  fail(`unknown kind ${JSON.stringify(kind)}: keepalive, esp or gre`)
+  if (kind === 'probe') {
+    return Array.from({length: 64}, () => {
+      const b = Buffer.alloc(PROBE_BYTES)
+      randomFillSync(b) // ticket, counter, entries and MAC: random
+      b.writeUInt32BE(PROBE_MAGIC, 0)
+      b[4] = ProbeKind.Request
+      b[5] = PROBE_VERSION
+      b[6] = 0
+      return b
+    })
+  }
+  fail(`unknown kind ${JSON.stringify(kind)}: keepalive, esp, gre or probe`)
 }
 
 const list = packets()
 const total = kind === 'gre' ? 1 : Math.round(pps * seconds)
 const socket = createSocket('udp4')
+let replies = 0
+socket.on('message', () => replies++)
+if (kind === 'probe' && values.tcp && pps > 500) fail('probe --tcp: at most 500 connections a second')
+/** One TCP connection per probe (--tcp): its first bytes, then whatever comes back is a reply. */
+function sendTcp(p: Buffer): void {
+  const c = tcpConnect({host, port}, () => c.write(p))
+  c.on('data', () => replies++)
+  c.on('error', () => {})
+  c.setTimeout(2000, () => c.destroy())
+}
 let sent = 0
 let seq = 1 << 24
 const started = Date.now()
@@ -115,7 +142,7 @@ const TICK_MS = 10
 
 function done(): void {
   socket.close()
-  process.stdout.write(`${JSON.stringify({kind, sent, seconds: (Date.now() - started) / 1000})}\n`)
+  process.stdout.write(`${JSON.stringify({kind, sent, replies, seconds: (Date.now() - started) / 1000})}\n`)
 }
 
 // Paced in 10 ms ticks: as many as the rate owes by now, never more than `total`.
@@ -124,12 +151,13 @@ const timer = setInterval(() => {
   while (sent < owed) {
     const p = list[sent % list.length]
     if (kind === 'esp') p.writeUInt32BE(seq++, 32) // rising ESP sequence numbers, far above a genuine one
-    socket.send(p, port, host)
+    if (values.tcp) sendTcp(p)
+    else socket.send(p, port, host)
     sent++
   }
   if (sent >= total || Date.now() - started > seconds * 1000 + 1000) {
     clearInterval(timer)
-    // Let the last sends leave before closing.
-    setTimeout(done, 50)
+    // Let the last sends leave, and any reply come, before closing.
+    setTimeout(done, values.tcp ? 2100 : 300)
   }
 }, TICK_MS)

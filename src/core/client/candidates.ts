@@ -1,0 +1,34 @@
+/**
+ * The nodes a client may ride: those its config lists (`node` or `nodes`), and, for a fleet,
+ * those its node's welcome names. The config's come first and keep their settings; a fleet's
+ * node the config also lists (same host and port) is the config's.
+ */
+import type {FleetPeer} from '../control/messages.js'
+import type {ResolvedNodeEntry} from '../config/types.js'
+
+export interface Candidate {
+  /** host:port, the node's identity here. */
+  key: string
+  host: string
+  port: number
+  /** The name its certificate must carry. */
+  name: string
+  preference: number
+  source: 'config' | 'fleet'
+}
+
+export function candidateKey(host: string, port: number): string {
+  return `${host.toLowerCase()}:${port}`
+}
+
+export function mergeCandidates(configured: readonly ResolvedNodeEntry[], fleet: readonly FleetPeer[]): Candidate[] {
+  const out = configured.map((n): Candidate => ({key: candidateKey(n.host, n.port), host: n.host, port: n.port, name: n.name, preference: n.preference, source: 'config'}))
+  const seen = new Set(out.map((c) => c.key))
+  for (const p of fleet) {
+    const key = candidateKey(p.host, p.port)
+    if (seen.has(key)) continue
+    seen.add(key)
+    out.push({key, host: p.host, port: p.port, name: p.name, preference: 0, source: 'fleet'})
+  }
+  return out
+}

@@ -1,0 +1,391 @@
+/**
+ * The client's measurements of every node it may ride: RTT and loss to the node, and what the
+ * node measures on to the game servers. They feed the ranking (probe/ranking.ts) and tell the
+ * client when its current node stopped answering.
+ *
+ * Each node gives the client a probe ticket over a mutually authenticated TLS connection (a
+ * probe-only hello, or the session's welcome for the current node); the probes then carry a
+ * MAC with the ticket's key (probe/probe-packet.ts), so only that node can answer them:
+ *   - over UDP to the node's carrier port, where the transport's carrier is UDP;
+ *   - otherwise as a one-shot TCP connection to the node's control port, or, for the current
+ *     node, as a `probe` message on the session's own connection (no connection per probe).
+ * The current node is probed every `probeSeconds`, the others every `probeOthersSeconds`
+ * with jitter, so a thousand players do not probe a node in step.
+ */
+import {createSocket, type Socket as UdpSocket} from 'node:dgram'
+import {lookup} from 'node:dns/promises'
+import {connect as tcpConnect, isIP} from 'node:net'
+import {connect as tlsConnect} from 'node:tls'
+import {ControlConnection} from '../control/connection.js'
+import {PROTOCOL_VERSION, type GameReport} from '../control/messages.js'
+import type {Credentials} from '../pki/index.js'
+import {tlsClientOptions} from '../pki/index.js'
+import {PathStats} from '../probe/path-stats.js'
+import {looksLikeProbe, makeProbe, PROBE_BYTES, ProbeKind, probeKey, readProbe} from '../probe/probe-packet.js'
+import type {ProbeGrant} from '../probe/probe-tickets.js'
+import type {RankInput} from '../probe/ranking.js'
+import type {Candidate} from './candidates.js'
+import {isFatalTlsError} from './tls-errors.js'
+
+/** A probe unanswered this long is lost. */
+export const PROBE_TIMEOUT_MS = 1000
+/** Probes sent this often to every node while the client chooses at start. */
+const START_PROBE_MS = 200
+/** A ticket is renewed this long before it expires, or after this many losses in a row. */
+const RENEW_BEFORE_MS = 60_000
+const LOSSES_BEFORE_RENEW = 5
+/** Between two attempts to get a ticket from one node, at least... and at most... */
+const TICKET_RETRY_MIN_MS = 2_000
+const TICKET_RETRY_MAX_MS = 60_000
+const TICKET_TIMEOUT_MS = 5_000
+const TICK_MS = 50
+
+export interface ProbingOptions {
+  /** The client's credentials, once loaded. */
+  credentials(): Credentials | null
+  transport: string
+  /** The routes the client sends into the tunnel: the nodes measure the /32s among them. */
+  routes(): readonly string[]
+  probeMs: number
+  probeOthersMs: number
+  log: {warn(m: string): void; info(m: string): void}
+}
+
+/** The current node's session, for probing it over its own connection. */
+export interface CurrentSession {
+  conn: ControlConnection
+  /** The address the session's connection went to: where its UDP probes go. */
+  ip: string
+  grant?: ProbeGrant
+  key?: Buffer
+}
+
+interface NodeState {
+  cand: Candidate
+  ip: string | null
+  stats: PathStats
+  game: GameReport[]
+  grant: ProbeGrant | null
+  grantedAt: number
+  key: Buffer | null
+  ticket: Buffer | null
+  counter: number
+  /** Why the node gives us no ticket, or why the last attempt failed. */
+  problem: string | null
+  ticketing: boolean
+  nextTicketAt: number
+  ticketFailures: number
+  lossesInRow: number
+  nextProbeAt: number
+}
+
+export interface CandidateReport {
+  name: string
+  endpoint: string
+  source: 'config' | 'fleet'
+  current: boolean
+  rttMs: number | null
+  loss: number
+  gameMs: number | null
+  gameLoss: number
+  game: GameReport[]
+  score: number | null
+  problem: string | null
+}
+
+export class NodeProbing {
+  private readonly nodes = new Map<string, NodeState>()
+  private udp: UdpSocket | null = null
+  private timer: NodeJS.Timeout | null = null
+  private currentKey: string | null = null
+  private session: CurrentSession | null = null
+  private burstUntil = 0
+  private closed = false
+
+  constructor(private readonly o: ProbingOptions) {}
+
+  /** The nodes to measure now: new ones start, gone ones stop. */
+  setCandidates(cands: readonly Candidate[]): void {
+    const keep = new Set(cands.map((c) => c.key))
+    for (const key of this.nodes.keys()) if (!keep.has(key) && key !== this.currentKey) this.nodes.delete(key)
+    for (const cand of cands) {
+      const known = this.nodes.get(cand.key)
+      if (known !== undefined) {
+        known.cand = cand
+        continue
+      }
+      this.nodes.set(cand.key, {
+        cand,
+        ip: null,
+        stats: new PathStats(PROBE_TIMEOUT_MS),
+        game: [],
+        grant: null,
+        grantedAt: 0,
+        key: null,
+        ticket: null,
+        counter: 0,
+        problem: null,
+        ticketing: false,
+        nextTicketAt: 0,
+        ticketFailures: 0,
+        lossesInRow: 0,
+        nextProbeAt: 0,
+      })
+    }
+  }
+
+  start(): void {
+    if (this.timer !== null || this.closed) return
+    this.timer = setInterval(() => this.tick(Date.now()), TICK_MS)
+    this.timer.unref()
+  }
+
+  /** Probe every node often for `ms` (the client is choosing where to start). */
+  burst(ms: number): void {
+    this.burstUntil = Date.now() + ms
+    for (const n of this.nodes.values()) n.nextProbeAt = 0
+  }
+
+  /** The node the client rides now, and its session (null between sessions). */
+  setCurrent(key: string | null, session: CurrentSession | null): void {
+    this.currentKey = key
+    this.session = session
+    const n = key === null ? undefined : this.nodes.get(key)
+    if (n === undefined || session === null) return
+    n.ip = session.ip
+    // The welcome's ticket is as good as a probe-only one, and saves a TLS handshake.
+    if (session.grant !== undefined && session.key !== undefined) this.takeGrant(n, session.grant, session.key)
+    n.nextProbeAt = 0
+  }
+
+  /** The answer to a `probe` message on the current node's session. */
+  onProbed(n: number, game: GameReport[]): void {
+    const state = this.currentKey === null ? undefined : this.nodes.get(this.currentKey)
+    if (state === undefined || state.stats.answered(n, Date.now()) === null) return
+    state.lossesInRow = 0
+    state.game = game
+  }
+
+  /** ms since epoch of the last probe `key` answered; 0 if none. */
+  lastAnswer(key: string): number {
+    return this.nodes.get(key)?.stats.lastAnswer ?? 0
+  }
+
+  has(key: string): boolean {
+    return this.nodes.has(key)
+  }
+
+  /** Measured enough to choose: each node has a few outcomes, or cannot give a ticket. */
+  settled(): boolean {
+    return [...this.nodes.values()].every((n) => n.stats.samples >= 3 || (n.problem !== null && n.grant === null))
+  }
+
+  views(): RankInput[] {
+    return [...this.nodes.values()].map((n) => {
+      const measured = n.game.filter((g) => g.state === 'ok' && g.rttMs !== null)
+      return {
+        key: n.cand.key,
+        rttMs: n.stats.rttMs,
+        loss: n.stats.loss,
+        gameMs: measured.length === 0 ? null : measured.reduce((a, g) => a + g.rttMs!, 0) / measured.length,
+        gameLoss: measured.length === 0 ? 0 : measured.reduce((a, g) => a + g.loss, 0) / measured.length,
+        preference: n.cand.preference,
+        // A node that stopped answering is not a place to go, whatever it measured before.
+        usable: n.stats.samples > 0 && n.lossesInRow < 3 && n.stats.loss < 1,
+      }
+    })
+  }
+
+  report(scores: Map<string, number>): CandidateReport[] {
+    const views = new Map(this.views().map((v) => [v.key, v]))
+    return [...this.nodes.values()].map((n) => {
+      const v = views.get(n.cand.key)!
+      const s = scores.get(n.cand.key)
+      return {
+        name: n.cand.name,
+        endpoint: `${n.cand.host}:${n.cand.port}`,
+        source: n.cand.source,
+        current: n.cand.key === this.currentKey,
+        rttMs: v.rttMs,
+        loss: v.loss,
+        gameMs: v.gameMs,
+        gameLoss: v.gameLoss,
+        game: n.game,
+        score: s === undefined || !Number.isFinite(s) ? null : s,
+        problem: n.problem ?? (n.lossesInRow >= 3 ? `${n.lossesInRow} probes in a row unanswered` : null),
+      }
+    })
+  }
+
+  close(): void {
+    this.closed = true
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    this.udp?.close()
+    this.udp = null
+  }
+
+  private tick(now: number): void {
+    for (const n of this.nodes.values()) {
+      n.stats.expire(now)
+      const current = n.cand.key === this.currentKey
+      const viaSession = current && this.session !== null && n.grant?.udp === undefined
+      if (!viaSession && this.needsTicket(n, now)) this.fetchTicket(n)
+      if (now < n.nextProbeAt) continue
+      const every = now < this.burstUntil ? START_PROBE_MS : current ? this.o.probeMs : this.o.probeOthersMs * (0.75 + Math.random() / 2)
+      n.nextProbeAt = now + every
+      if (viaSession) this.probeSession(n, now)
+      else if (n.grant !== null) this.probe(n, now)
+    }
+  }
+
+  private needsTicket(n: NodeState, now: number): boolean {
+    if (n.ticketing || now < n.nextTicketAt) return false
+    if (n.grant === null) return true
+    const expiresAt = n.grantedAt + n.grant.expires * 1000
+    return now > expiresAt - RENEW_BEFORE_MS || n.lossesInRow >= LOSSES_BEFORE_RENEW
+  }
+
+  private takeGrant(n: NodeState, grant: ProbeGrant, key: Buffer): void {
+    n.grant = grant
+    n.grantedAt = Date.now()
+    n.key = key
+    n.ticket = Buffer.from(grant.ticket, 'hex')
+    n.counter = 0
+    n.problem = null
+    n.ticketFailures = 0
+    n.lossesInRow = 0
+    // Replies for the old ticket will not verify; the window says what the new one finds.
+    n.game = grant.game.map((dest) => ({dest, rttMs: null, loss: 0, state: 'measuring'}))
+  }
+
+  /** A probe-only hello to the node, for a ticket. */
+  private fetchTicket(n: NodeState): void {
+    const credentials = this.o.credentials()
+    if (credentials === null) return
+    n.ticketing = true
+    const failed = (why: string, fatal = false) => {
+      n.ticketing = false
+      n.ticketFailures++
+      n.problem = why
+      // A node that refuses us, or whose certificate is wrong, is asked again rarely.
+      const wait = fatal ? TICKET_RETRY_MAX_MS : Math.min(TICKET_RETRY_MAX_MS, TICKET_RETRY_MIN_MS * 2 ** (n.ticketFailures - 1))
+      n.nextTicketAt = Date.now() + wait
+    }
+    this.resolve(n)
+      .then((ip) => {
+        if (this.closed) return
+        let done = false
+        const socket = tlsConnect({...tlsClientOptions(credentials, n.cand.name), host: ip, port: n.cand.port, timeout: TICKET_TIMEOUT_MS})
+        socket.once('timeout', () => socket.destroy(new Error(`no answer within ${TICKET_TIMEOUT_MS / 1000} s`)))
+        let key: Buffer | null = null
+        const conn = new ControlConnection(socket, 0xffff, {
+          onMessage: (m) => {
+            if (done) return
+            done = true
+            if (m.type === 'probing' && key !== null) {
+              n.ticketing = false
+              this.takeGrant(n, m.grant, key)
+              n.nextProbeAt = 0
+            } else if (m.type === 'refused') {
+              failed(`refuses probes: ${m.reason}`, true)
+            } else {
+              failed(`answered a probe hello with ${m.type}`, true)
+            }
+            conn.close('ticket received')
+          },
+          onData: () => {},
+          onClose: (reason, cause) => {
+            if (done) return
+            done = true
+            failed(`no probe ticket: ${cause !== undefined && isFatalTlsError(cause) ? `TLS failed: ${cause.message}` : reason}`, cause !== undefined && isFatalTlsError(cause))
+          },
+        })
+        socket.once('secureConnect', () => {
+          socket.setTimeout(0)
+          key = probeKey(socket)
+          conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.o.transport, probe: true, routes: [...this.o.routes()]})
+        })
+      })
+      .catch((e: Error) => failed(e.message))
+  }
+
+  private async resolve(n: NodeState): Promise<string> {
+    if (isIP(n.cand.host) === 4) return (n.ip = n.cand.host)
+    try {
+      n.ip = (await lookup(n.cand.host, {family: 4})).address
+      return n.ip
+    } catch (e) {
+      throw new Error(`cannot resolve ${n.cand.host}: ${(e as Error).message}`)
+    }
+  }
+
+  private probe(n: NodeState, now: number): void {
+    const ip = n.ip
+    if (ip === null || n.key === null || n.ticket === null || n.grant === null) return
+    const counter = ++n.counter
+    n.stats.sent(counter, now)
+    this.countLoss(n, counter)
+    const request = makeProbe({kind: ProbeKind.Request, ticket: n.ticket, counter: BigInt(counter), game: []}, n.key)
+    if (n.grant.udp !== undefined) this.sendUdp(request, ip, n.grant.udp)
+    else this.sendTcp(n, request, ip)
+  }
+
+  /** A probe counts as lost in a row until one after it is answered. */
+  private countLoss(n: NodeState, counter: number): void {
+    setTimeout(() => {
+      if (n.stats.lastAnswer < Date.now() - PROBE_TIMEOUT_MS && n.counter >= counter) n.lossesInRow++
+    }, PROBE_TIMEOUT_MS).unref()
+  }
+
+  private probeSession(n: NodeState, now: number): void {
+    const conn = this.session?.conn
+    if (conn === undefined || conn.isClosed) return
+    const counter = ++n.counter
+    n.stats.sent(counter, now)
+    this.countLoss(n, counter)
+    conn.send({type: 'probe', n: counter})
+  }
+
+  private sendUdp(request: Buffer, ip: string, port: number): void {
+    if (this.udp === null) {
+      const udp = createSocket('udp4')
+      udp.on('message', (msg, rinfo) => this.onReply(msg, rinfo.address))
+      // A probe socket's error (an ICMP unreachable, say) is a lost probe, not a failure.
+      udp.on('error', () => {})
+      udp.unref()
+      this.udp = udp
+    }
+    this.udp.send(request, port, ip)
+  }
+
+  private sendTcp(n: NodeState, request: Buffer, ip: string): void {
+    const s = tcpConnect({host: ip, port: n.cand.port})
+    s.setTimeout(PROBE_TIMEOUT_MS, () => s.destroy())
+    s.on('error', () => {})
+    s.once('connect', () => s.write(request))
+    let got = Buffer.alloc(0)
+    s.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d])
+      if (got.length < PROBE_BYTES) return
+      this.onReply(got.subarray(0, PROBE_BYTES), ip)
+      s.destroy()
+    })
+    s.unref()
+  }
+
+  private onReply(msg: Buffer, from: string): void {
+    if (!looksLikeProbe(msg, 0, msg.length)) return
+    const now = Date.now()
+    for (const n of this.nodes.values()) {
+      if (n.ip !== from || n.key === null || n.ticket === null || !msg.subarray(8, 16).equals(n.ticket)) continue
+      const p = readProbe(msg, 0, n.key, ProbeKind.Reply, 0n)
+      if (p === null) return
+      if (n.stats.answered(Number(p.counter), now) === null) return
+      n.lossesInRow = 0
+      const dests = n.grant?.game ?? []
+      n.game = p.game.slice(0, dests.length).map((g, i) => ({dest: dests[i], ...g}))
+      return
+    }
+  }
+}
