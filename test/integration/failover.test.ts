@@ -111,11 +111,13 @@ function replyTimes(output: string): number[] {
 }
 
 describe.skipIf(!isRoot)('failover', () => {
-  it('kill -9 of the current node: pings flow through the other within 2 s; its return moves nothing', async () => {
+  // A datagram transport (probes over UDP) and tls (probes over the session and TCP).
+  it.each(['gre', 'tls'])('%s: kill -9 of the current node: pings flow through the other within 2 s; its return moves nothing', async (transport) => {
     const {tb} = fleet
-    const nodes = [await fleet.startNode({node: 1}), await fleet.startNode({node: 2})]
+    const args = ['--transport', transport]
+    const nodes = [await fleet.startNode({node: 1, args}), await fleet.startNode({node: 2, args})]
     started.push(...nodes)
-    const client = await fleet.startClient('alice', 0, {nodes: [1, 2], extra: SELECTION})
+    const client = await fleet.startClient('alice', 0, {nodes: [1, 2], extra: SELECTION, args})
     started.push(client)
     const first = (await status()).selection!.current!
     const other = first === 'node1' ? 'node2' : 'node1'
@@ -137,13 +139,43 @@ describe.skipIf(!isRoot)('failover', () => {
 
       // The first node comes back, as near as the other: no reason to move.
       await victim.exited
-      started.push(await fleet.startNode({node: first === 'node1' ? 1 : 2}))
+      started.push(await fleet.startNode({node: first === 'node1' ? 1 : 2, args}))
       await new Promise((r) => setTimeout(r, 8000))
       const after = await status()
       expect(after.selection).toMatchObject({current: other, switches: 1})
       expect(after.selection!.candidates.find((c) => c.name === first)!.rttMs).not.toBeNull()
+      // What an operator reads: the nodes, which is current, and the move.
+      const text = await fleet.cli(tb.names.client[0], ['status'])
+      expect(text.stdout).toMatch(new RegExp(`\\* ${other} `))
+      expect(text.stdout).toMatch(new RegExp(`${first} -> ${other}: ${first} lost: `))
     } finally {
       await tb.stop(ping)
+    }
+  })
+})
+
+describe.skipIf(!isRoot)('a node that stops answering', () => {
+  it('is left after selection.deadSeconds, with no connection closed to say so', async () => {
+    const {tb} = fleet
+    const nodes = [await fleet.startNode({node: 1}), await fleet.startNode({node: 2})]
+    started.push(...nodes)
+    started.push(await fleet.startClient('alice', 0, {nodes: [1, 2], extra: SELECTION.replace('}', ', deadSeconds: 1}')}))
+    const first = (await status()).selection!.current!
+    const victim = nodes[first === 'node1' ? 0 : 1]
+    // Frozen, not killed: its sockets stay open, so only the silence can tell.
+    process.kill(victim.pid, 'SIGSTOP')
+    try {
+      const stoppedAt = Date.now()
+      const s = await until('the move away from the frozen node', async () => {
+        const r = await status()
+        return r.selection?.current !== first && r.state === 'connected' ? r : undefined
+      })
+      expect(Date.now() - stoppedAt).toBeLessThan(4000)
+      expect(s.selection!.recent[0].reason).toMatch(/nothing heard for 1 s/)
+      const ping = await tb.exec(tb.names.client[0], 'ping', ['-n', '-c', '3', '-i', '0.2', '-W', '1', tb.addr.target])
+      expect(ping.code, ping.stdout).toBe(0)
+    } finally {
+      process.kill(victim.pid, 'SIGCONT')
     }
   })
 })

@@ -9,6 +9,7 @@ import {readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {type AgentProcess, type Fleet, admittedAddresses, BIN, createFleet} from '../../src/testbed/index.js'
 import {type EtcdCluster, startEtcd} from '../../src/testbed/etcd.js'
+import type {StatusReport} from '../../src/core/status/report.js'
 
 const PREFIX = '/agent/t'
 let fleet: Fleet
@@ -106,6 +107,13 @@ describe('a fleet of three nodes on one etcd roster', () => {
     for (let k = 1; k <= 3; k++) carols.push(await fleet.startClient('carol', k - 1, {node: k}))
     for (let k = 1; k <= 3; k++) expect((await status(k)).peers.map((p) => p.name)).toContain('carol')
     expect(carols[0].output).toMatch(/fleet: 2 other node\(s\) serve tls: node2 \(198\.51\.100\.3:4443\), node3 \(198\.51\.100\.4:4443\)/)
+    // ...and weighs them as places to go (failover): listed, probed, from the fleet.
+    await within(5_000, async () => {
+      const r = await fleet.cli(tb.names.client[0], ['status', '--json'])
+      const sel = (JSON.parse(r.stdout) as StatusReport[])[0].selection!
+      const others = sel.candidates.filter((c) => c.source === 'fleet')
+      return sel.current === 'node1' && others.map((c) => c.name).sort().join() === 'node2,node3' && others.every((c) => c.rttMs !== null)
+    }, 'carol weighs node2 and node3')
     const ping = await tb.exec(tb.names.client[1], 'ping', ['-c', '2', '-i', '0.2', '-W', '1', tb.addr.target])
     expect(ping.stdout).toMatch(/2 received/)
   })

@@ -2,7 +2,7 @@
 import {readdirSync} from 'node:fs'
 import {StateFile, isAgentAlive} from '../state/state-file.js'
 import {checkRunDir} from '../state/run-dir.js'
-import type {ControlReport, RosterReport, StatusReport} from './report.js'
+import type {ControlReport, RosterReport, SelectionReport, StatusReport} from './report.js'
 import {queryStatus} from './server.js'
 
 export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
@@ -75,7 +75,8 @@ function formatOne(s: InstanceStatus): string {
     const lanes = s.workers.map((w, i) => `${i === 0 ? 'main' : i}: rx ${w.rxPackets} tx ${w.txPackets}${w.handedOff > 0 ? ` handed off ${w.handedOff}` : ''}${w.handoffDrops > 0 ? ` dropped ${w.handoffDrops}` : ''}`)
     head.push(`  workers ${s.workers.length} (packets) ${lanes.join(', ')}`)
   }
-  if (s.peers.length === 0) return [...head, `  no ${s.role === 'node' ? 'client' : 'node'} connected`].join('\n')
+  const nodes = s.selection === undefined ? [] : selectionLines(s.selection)
+  if (s.peers.length === 0) return [...head, `  no ${s.role === 'node' ? 'client' : 'node'} connected`, ...nodes].join('\n')
   const rows = s.peers.map((p) => [
     p.name,
     p.address,
@@ -88,7 +89,33 @@ function formatOne(s: InstanceStatus): string {
       .map(([k, v]) => `${k}=${v}`)
       .join(' ') || '-',
   ])
-  return [...head, table(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'path', 'drops'], rows)].join('\n')
+  return [...head, table(['peer', 'tunnel address', 'endpoint', 'received', 'sent', 'last seen', 'path', 'drops'], rows), ...nodes].join('\n')
+}
+
+const ms = (v: number | null) => (v === null ? '-' : `${v.toFixed(1)} ms`)
+const pct = (v: number) => `${Math.round(v * 100)}%`
+
+/** A client's nodes: each one's RTT, on to the game, loss and score; and its moves. */
+function selectionLines(sel: SelectionReport): string[] {
+  const basis =
+    sel.basis === 'path'
+      ? 'ranked by RTT to the node + on to the game servers'
+      : 'ranked by RTT to the node alone (some node measures no game server)'
+  const rows = sel.candidates.map((c) => [
+    `${c.current ? '* ' : '  '}${c.name}`,
+    c.endpoint,
+    ms(c.rttMs),
+    c.game.length === 0 ? 'not measured' : ms(c.gameMs),
+    `${pct(c.loss)}/${pct(c.gameLoss)}`,
+    c.score === null ? '-' : c.score.toFixed(1),
+    c.problem ?? (c.source === 'fleet' ? 'from the fleet' : ''),
+  ])
+  const moves = sel.recent.slice(-3).map((m) => `  ${m.at} ${m.from} -> ${m.to}: ${m.reason}`)
+  return [
+    `  nodes: ${sel.candidates.length}, ${basis}; ${sel.switches} move(s)`,
+    table(['node', 'endpoint', 'rtt', 'to the game', 'loss', 'score', 'note'], rows),
+    ...moves,
+  ]
 }
 
 function bytes(n: number): string {
