@@ -8,7 +8,6 @@ import {describe, expect, it} from 'vitest'
 import {looksLikeProbe, makeProbe, PROBE_BYTES, ProbeKind, readProbe} from '../../src/core/probe/probe-packet.js'
 import {type GameMeasure, ProbeTickets} from '../../src/core/probe/probe-tickets.js'
 import {gameTargetRefusal} from '../../src/core/probe/game-targets.js'
-import {ipv4ToNumber} from '../../src/core/net/ipv4.js'
 
 const key = randomBytes(32)
 const ticket = Buffer.from('0123456789abcdef', 'hex')
@@ -56,8 +55,6 @@ function fakeGame(): GameMeasure & {wanted: Map<string, readonly string[]>} {
 }
 
 describe('probe tickets', () => {
-  const src = ipv4ToNumber('198.51.100.7')
-
   it('answers a probe of its ticket once, with the game servers it measures, and nothing else', () => {
     const game = fakeGame()
     const t = new ProbeTickets({game, udpPort: 4754})
@@ -70,16 +67,16 @@ describe('probe tickets', () => {
     ])
     const id = Buffer.from(grant.ticket, 'hex')
     const req = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 1n, game: []}, k)
-    const reply = t.answer(req, 0, req.length, src)!
+    const reply = t.answer(req, 0, req.length)!
     expect(readProbe(reply, 0, k, ProbeKind.Reply, 0n)).toMatchObject({counter: 1n, game: [{rttMs: 30, loss: 0.1, state: 'ok'}]})
     // The same request again (a replay from anywhere) gets nothing.
-    expect(t.answer(req, 0, req.length, src)).toBeNull()
+    expect(t.answer(req, 0, req.length)).toBeNull()
     // Another key, an unknown ticket, random bytes: nothing.
     const forged = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 2n, game: []}, randomBytes(32))
-    expect(t.answer(forged, 0, forged.length, src)).toBeNull()
+    expect(t.answer(forged, 0, forged.length)).toBeNull()
     const unknown = makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 2n, game: []}, k)
-    expect(t.answer(unknown, 0, unknown.length, src)).toBeNull()
-    expect(t.answer(randomBytes(PROBE_BYTES), 0, PROBE_BYTES, src)).toBeNull()
+    expect(t.answer(unknown, 0, unknown.length)).toBeNull()
+    expect(t.answer(randomBytes(PROBE_BYTES), 0, PROBE_BYTES)).toBeNull()
     expect(t.counters).toMatchObject({probesAnswered: 1, probesRefused: 3})
   })
 
@@ -91,12 +88,12 @@ describe('probe tickets', () => {
     const k = randomBytes(32)
     const id = Buffer.from(t.grant('bob', k, ['203.0.113.10'], () => admitted).ticket, 'hex')
     const probe = (n: bigint) => makeProbe({kind: ProbeKind.Request, ticket: id, counter: n, game: []}, k)
-    expect(t.answer(probe(1n), 0, PROBE_BYTES, src)).not.toBeNull()
+    expect(t.answer(probe(1n), 0, PROBE_BYTES)).not.toBeNull()
     admitted = false
-    expect(t.answer(probe(2n), 0, PROBE_BYTES, src)).toBeNull()
+    expect(t.answer(probe(2n), 0, PROBE_BYTES)).toBeNull()
     admitted = true
     now += 11_000
-    expect(t.answer(probe(3n), 0, PROBE_BYTES, src)).toBeNull()
+    expect(t.answer(probe(3n), 0, PROBE_BYTES)).toBeNull()
     t.sweep()
     expect(t.size).toBe(0)
     expect(game.wanted.has('bob')).toBe(false)
@@ -109,16 +106,27 @@ describe('probe tickets', () => {
     t.grant('carol', k, [], () => true)
     expect(t.size).toBe(1)
     const old = makeProbe({kind: ProbeKind.Request, ticket: first, counter: 1n, game: []}, k)
-    expect(t.answer(old, 0, PROBE_BYTES, src)).toBeNull()
+    expect(t.answer(old, 0, PROBE_BYTES)).toBeNull()
     // Without a game prober, the routes are refused with the reason.
     expect(t.grant('dave', k, ['203.0.113.10/32'], () => true).refused).toEqual([{dest: '203.0.113.10', reason: 'this node does not measure game servers'}])
   })
 
-  it('charges verification to the sender: a flood from one address stops costing HMACs', () => {
-    const t = new ProbeTickets({game: null})
+  it("checks a MAC only for a ticket it gave out, and only within that ticket's budget", () => {
+    let now = 5_000_000
+    const t = new ProbeTickets({game: null, now: () => now})
+    const k = randomBytes(32)
+    const id = Buffer.from(t.grant('erin', k, [], () => true).ticket, 'hex')
+    // A stranger's random tickets: refused on the lookup, never over any budget.
     const junk = makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 1n, game: []}, key)
-    for (let i = 0; i < 1000; i++) t.answer(junk, 0, PROBE_BYTES, src)
-    expect(t.counters.probesOverRate).toBeGreaterThanOrEqual(1000 - 256)
+    for (let i = 0; i < 1000; i++) t.answer(junk, 0, PROBE_BYTES)
+    expect(t.counters).toMatchObject({probesRefused: 1000, probesOverRate: 0})
+    // Someone who saw erin's ticket id sends bad MACs: 40 at once cost HMACs, the rest nothing.
+    const bad = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 9n, game: []}, randomBytes(32))
+    for (let i = 0; i < 100; i++) t.answer(bad, 0, PROBE_BYTES)
+    expect(t.counters.probesOverRate).toBe(60)
+    // A second later the ticket has 20 more: erin's own probe is answered.
+    now += 1000
+    expect(t.answer(makeProbe({kind: ProbeKind.Request, ticket: id, counter: 1n, game: []}, k), 0, PROBE_BYTES)).not.toBeNull()
   })
 })
 

@@ -136,6 +136,10 @@ export class ClientAgent {
       routes: () => this.gameRoutes(),
       probeMs: sel.probeSeconds * 1000,
       probeOthersMs: sel.probeOthersSeconds * 1000,
+      heardFromCurrent: () => {
+        this.peer?.stats.sync?.()
+        return this.peer?.stats.lastSeen ?? 0
+      },
       log,
     })
   }

@@ -9,8 +9,10 @@
  *   - over UDP to the node's carrier port, where the transport's carrier is UDP;
  *   - otherwise as a one-shot TCP connection to the node's control port, or, for the current
  *     node, as a `probe` message on the session's own connection (no connection per probe).
- * The current node is probed every `probeSeconds`, the others every `probeOthersSeconds`
- * with jitter, so a thousand players do not probe a node in step.
+ * The current node is probed every `probeSeconds` while nothing else comes from it, and every
+ * CURRENT_BUSY_MS while its packets do (they prove it alive; the probes then only keep its RTT
+ * fresh), the others every `probeOthersSeconds` with jitter, so that a thousand players do not
+ * probe a node in step.
  */
 import {createSocket, type Socket as UdpSocket} from 'node:dgram'
 import {lookup} from 'node:dns/promises'
@@ -39,6 +41,8 @@ const TICKET_RETRY_MIN_MS = 2_000
 const TICKET_RETRY_MAX_MS = 60_000
 const TICKET_TIMEOUT_MS = 5_000
 const TICK_MS = 50
+/** The current node's probes while its packets arrive anyway. */
+const CURRENT_BUSY_MS = 2_000
 
 export interface ProbingOptions {
   /** The client's credentials, once loaded. */
@@ -48,6 +52,8 @@ export interface ProbingOptions {
   routes(): readonly string[]
   probeMs: number
   probeOthersMs: number
+  /** ms since epoch when packets last came from the current node (data, not probes). */
+  heardFromCurrent(): number
   log: {warn(m: string): void; info(m: string): void}
 }
 
@@ -76,7 +82,9 @@ interface NodeState {
   nextTicketAt: number
   ticketFailures: number
   lossesInRow: number
-  nextProbeAt: number
+  lastProbeAt: number
+  /** This interval's share of probeOthersMs, 0.75 to 1.25. */
+  jitter: number
 }
 
 export interface CandidateReport {
@@ -129,7 +137,8 @@ export class NodeProbing {
         nextTicketAt: 0,
         ticketFailures: 0,
         lossesInRow: 0,
-        nextProbeAt: 0,
+        lastProbeAt: 0,
+        jitter: 1,
       })
     }
   }
@@ -143,7 +152,7 @@ export class NodeProbing {
   /** Probe every node often for `ms` (the client is choosing where to start). */
   burst(ms: number): void {
     this.burstUntil = Date.now() + ms
-    for (const n of this.nodes.values()) n.nextProbeAt = 0
+    for (const n of this.nodes.values()) n.lastProbeAt = 0
   }
 
   /** The node the client rides now, and its session (null between sessions). */
@@ -155,7 +164,7 @@ export class NodeProbing {
     n.ip = session.ip
     // The welcome's ticket is as good as a probe-only one, and saves a TLS handshake.
     if (session.grant !== undefined && session.key !== undefined) this.takeGrant(n, session.grant, session.key)
-    n.nextProbeAt = 0
+    n.lastProbeAt = 0
   }
 
   /** The answer to a `probe` message on the current node's session. */
@@ -231,9 +240,14 @@ export class NodeProbing {
       const current = n.cand.key === this.currentKey
       const viaSession = current && this.session !== null && n.grant?.udp === undefined
       if (!viaSession && this.needsTicket(n, now)) this.fetchTicket(n)
-      if (now < n.nextProbeAt) continue
-      const every = now < this.burstUntil ? START_PROBE_MS : current ? this.o.probeMs : this.o.probeOthersMs * (0.75 + Math.random() / 2)
-      n.nextProbeAt = now + every
+      // The interval is worked out at each look, so a current node whose packets stop is
+      // probed at the idle pace at once, not after the busy interval.
+      const busy = current && now - this.o.heardFromCurrent() < this.o.probeMs
+      const every =
+        now < this.burstUntil ? START_PROBE_MS : current ? (busy ? Math.max(this.o.probeMs, CURRENT_BUSY_MS) : this.o.probeMs) : this.o.probeOthersMs * n.jitter
+      if (now < n.lastProbeAt + every) continue
+      n.lastProbeAt = now
+      n.jitter = 0.75 + Math.random() / 2
       if (viaSession) this.probeSession(n, now)
       else if (n.grant !== null) this.probe(n, now)
     }
@@ -286,7 +300,7 @@ export class NodeProbing {
             if (m.type === 'probing' && key !== null) {
               n.ticketing = false
               this.takeGrant(n, m.grant, key)
-              n.nextProbeAt = 0
+              n.lastProbeAt = 0
             } else if (m.type === 'refused') {
               failed(`refuses probes: ${m.reason}`, true)
             } else {

@@ -6,11 +6,13 @@
  *
  * One ticket per client name (a new one replaces the old), so tickets are bounded by the
  * roster; each expires, and one whose client the roster no longer admits is not answered.
- * Verification is charged to the sender's address before any HMAC, as keepalives are, so a
- * stranger's flood costs the node a map lookup and a counter per datagram.
+ * A probe costs an HMAC only if its ticket id is one the node gave out (8 random bytes), and
+ * then only within that ticket's own budget: a stranger's flood costs a map lookup per
+ * datagram, and one who saw a ticket id on the wire can spend no more than its holder may.
+ * (Not a per-source budget: thousands of players behind one carrier-grade NAT share a source.)
  */
 import {randomBytes} from 'node:crypto'
-import {ForeignBudget} from '../nat/keepalive-budget.js'
+import {TokenBucket} from '../nat/keepalive-budget.js'
 import {looksLikeProbe, makeProbe, PROBE_MAX_GAME, PROBE_TICKET_BYTES, ProbeKind, probeTicketOf, readProbe, type GameEntry} from './probe-packet.js'
 
 /** What a ticket's holder is told: its id, its lifetime, and which of its routes are measured. */
@@ -43,17 +45,17 @@ interface Ticket {
   game: string[]
   expiresAt: number
   lastCounter: bigint
+  budget: TokenBucket
 }
 
 export const PROBE_TICKET_SECONDS = 600
-/** Probes verified per source address per second, and node-wide: a client sends a few. */
-export const PROBE_VERIFY_PER_SOURCE = 256
-export const PROBE_VERIFY_TOTAL = 8192
+/** Probes checked per ticket per second, and at once: a client sends a few a second. */
+export const PROBE_PER_TICKET_PER_SECOND = 20
+export const PROBE_PER_TICKET_BURST = 40
 
 export class ProbeTickets {
   private readonly byId = new Map<string, Ticket>()
   private readonly byName = new Map<string, Ticket>()
-  private readonly budget = new ForeignBudget(PROBE_VERIFY_PER_SOURCE, PROBE_VERIFY_TOTAL)
   readonly counters = {probesAnswered: 0, probesRefused: 0, probesOverRate: 0}
 
   constructor(
@@ -82,7 +84,7 @@ export class ProbeTickets {
     const notHosts = asked.filter((r) => !/^\d+\.\d+\.\d+\.\d+(\/32)?$/.test(r)).map((dest) => ({dest, reason: 'not a single host (/32)'}))
     const measured = this.o.game === null ? {accepted: [], refused: hosts.map((dest) => ({dest, reason: 'this node does not measure game servers'}))} : this.o.game.want(name, hosts.slice(0, PROBE_MAX_GAME))
     const over = hosts.slice(PROBE_MAX_GAME).map((dest) => ({dest, reason: `over the ${PROBE_MAX_GAME} measured per client`}))
-    const t: Ticket = {id: randomBytes(PROBE_TICKET_BYTES).toString('hex'), name, admitted, key, game: measured.accepted.slice(0, PROBE_MAX_GAME), expiresAt: this.now() + ttl * 1000, lastCounter: 0n}
+    const t: Ticket = {id: randomBytes(PROBE_TICKET_BYTES).toString('hex'), name, admitted, key, game: measured.accepted.slice(0, PROBE_MAX_GAME), expiresAt: this.now() + ttl * 1000, lastCounter: 0n, budget: new TokenBucket(PROBE_PER_TICKET_PER_SECOND, PROBE_PER_TICKET_BURST, this.now())}
     this.byId.set(t.id, t)
     this.byName.set(name, t)
     return {
@@ -119,17 +121,17 @@ export class ProbeTickets {
   }
 
   /**
-   * The reply to a probe from `source` (an IPv4 address as a number), or null when it earns
-   * none: not a probe, over the sender's budget, unknown or expired ticket, bad MAC, replay.
+   * The reply to a probe, or null when it earns none: not a probe, unknown or expired ticket,
+   * over the ticket's budget, bad MAC, replay, a client no longer admitted.
    */
-  answer(buf: Buffer, offset: number, length: number, source: number): Buffer | null {
+  answer(buf: Buffer, offset: number, length: number): Buffer | null {
     if (!looksLikeProbe(buf, offset, length)) return null
     const now = this.now()
-    if (!this.budget.take(source, now)) {
+    const t = this.byId.get(probeTicketOf(buf, offset))
+    if (t !== undefined && !t.budget.take(now)) {
       this.counters.probesOverRate++
       return null
     }
-    const t = this.byId.get(probeTicketOf(buf, offset))
     const p = t === undefined ? null : readProbe(buf, offset, t.key, ProbeKind.Request, t.lastCounter)
     if (t === undefined || p === null || t.expiresAt < now || !t.admitted()) {
       this.counters.probesRefused++
