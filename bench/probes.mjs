@@ -25,7 +25,7 @@ function setup() {
   const t = new ProbeTickets({game})
   const held = Array.from({length: ticketCount}, (_, i) => {
     const key = randomBytes(32)
-    return {key, id: Buffer.from(t.grant(`client-${i}`, key, ['203.0.113.10'], () => true).ticket, 'hex'), counter: 0n}
+    return {key, id: Buffer.from(t.grant(`client-${i}`, key, ['203.0.113.10'], () => true).ticket, 'hex'), counter: 0n, source: 0x0a000000 + i}
   })
   return {t, held}
 }
@@ -33,7 +33,7 @@ function setup() {
 function time(label, t, list) {
   const t0 = process.hrtime.bigint()
   let answered = 0
-  for (const p of list) if (t.answer(p, 0, PROBE_BYTES) !== null) answered++
+  for (const [p, source] of list) if (t.answer(p, 0, PROBE_BYTES, source) !== null) answered++
   const us = Number(process.hrtime.bigint() - t0) / 1000 / list.length
   return {label, us: Number(us.toFixed(2)), answered, of: list.length}
 }
@@ -44,28 +44,28 @@ const results = []
   const {t, held} = setup()
   const per = Math.min(40, Math.ceil(probes / ticketCount))
   const list = []
-  for (let r = 0; r < per; r++) for (const h of held) list.push(makeProbe({kind: ProbeKind.Request, ticket: h.id, counter: ++h.counter, game: []}, h.key))
+  for (let r = 0; r < per; r++) for (const h of held) list.push([makeProbe({kind: ProbeKind.Request, ticket: h.id, counter: ++h.counter, game: []}, h.key), h.source])
   results.push(time('genuine', t, list))
 }
 {
   const {t} = setup()
   const key = randomBytes(32)
-  const list = Array.from({length: probes}, () => makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 1n, game: []}, key))
+  const list = Array.from({length: probes}, (_, i) => [makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 1n, game: []}, key), i])
   results.push(time('unknown ticket (a stranger)', t, list))
 }
 {
   const {t, held} = setup()
   const wrong = randomBytes(32)
   const list = []
-  for (let r = 0; r < 40; r++) for (const h of held) list.push(makeProbe({kind: ProbeKind.Request, ticket: h.id, counter: BigInt(r + 1), game: []}, wrong))
+  for (let r = 0; r < 40; r++) for (const h of held) list.push([makeProbe({kind: ProbeKind.Request, ticket: h.id, counter: BigInt(r + 1), game: []}, wrong), h.source])
   results.push(time('known ticket, bad MAC (within its budget)', t, list.slice(0, probes)))
 }
 {
   const {t, held} = setup()
   const h = held[0]
   const bad = makeProbe({kind: ProbeKind.Request, ticket: h.id, counter: 1n, game: []}, randomBytes(32))
-  for (let i = 0; i < 50; i++) t.answer(bad, 0, PROBE_BYTES)
-  results.push(time("over its ticket's budget", t, Array.from({length: probes}, () => bad)))
+  for (let i = 0; i < 50; i++) t.answer(bad, 0, PROBE_BYTES, h.source)
+  results.push(time("over its ticket's budget", t, Array.from({length: probes}, () => [bad, h.source])))
 }
 
 global.gc?.()

@@ -178,7 +178,7 @@ describe('loadConfig', () => {
       role: 'client',
       transport: 'tls',
       nodes: [{host: '198.51.100.1', port: 443, name: '198.51.100.1', preference: 0}],
-      selection: {probeSeconds: 0.5, probeOthersSeconds: 4, deadSeconds: 1.5, switchAfterSeconds: 10, betterByMs: 10, betterRatio: 0.667, fleet: true, startSeconds: 1},
+      selection: {probeSeconds: 0.5, probeOthersSeconds: 4, deadSeconds: 2, switchAfterSeconds: 10, betterByMs: 10, betterRatio: 0.667, fleet: true, startSeconds: 1},
       routes: ['121.201.64.81/32'],
       tunnel: {interface: 'agent0'},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/alice.pem')},

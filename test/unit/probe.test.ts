@@ -6,11 +6,12 @@
 import {randomBytes} from 'node:crypto'
 import {describe, expect, it} from 'vitest'
 import {looksLikeProbe, makeProbe, PROBE_BYTES, ProbeKind, readProbe} from '../../src/core/probe/probe-packet.js'
-import {type GameMeasure, ProbeTickets} from '../../src/core/probe/probe-tickets.js'
+import {type GameMeasure, type ProbeGrant, ProbeTickets} from '../../src/core/probe/probe-tickets.js'
 import {gameTargetRefusal} from '../../src/core/probe/game-targets.js'
 
 const key = randomBytes(32)
 const ticket = Buffer.from('0123456789abcdef', 'hex')
+const SRC = 0xc6336407 // 198.51.100.7
 
 describe('probe packets', () => {
   it('round-trips a reply with game entries, all of a fixed size', () => {
@@ -59,7 +60,7 @@ describe('probe tickets', () => {
     const game = fakeGame()
     const t = new ProbeTickets({game, udpPort: 4754})
     const k = randomBytes(32)
-    const grant = t.grant('alice', k, ['203.0.113.10/32', '10.0.0.1/32', '192.0.2.0/24'], () => true)
+    const grant = t.grant('alice', k, ['203.0.113.10/32', '10.0.0.1/32', '192.0.2.0/24'], () => true) as ProbeGrant
     expect(grant).toMatchObject({udp: 4754, game: ['203.0.113.10'], expires: 600})
     expect(grant.refused).toEqual([
       {dest: '192.0.2.0/24', reason: 'not a single host (/32)'},
@@ -67,16 +68,16 @@ describe('probe tickets', () => {
     ])
     const id = Buffer.from(grant.ticket, 'hex')
     const req = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 1n, game: []}, k)
-    const reply = t.answer(req, 0, req.length)!
+    const reply = t.answer(req, 0, req.length, SRC)!
     expect(readProbe(reply, 0, k, ProbeKind.Reply, 0n)).toMatchObject({counter: 1n, game: [{rttMs: 30, loss: 0.1, state: 'ok'}]})
     // The same request again (a replay from anywhere) gets nothing.
-    expect(t.answer(req, 0, req.length)).toBeNull()
+    expect(t.answer(req, 0, req.length, SRC)).toBeNull()
     // Another key, an unknown ticket, random bytes: nothing.
     const forged = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 2n, game: []}, randomBytes(32))
-    expect(t.answer(forged, 0, forged.length)).toBeNull()
+    expect(t.answer(forged, 0, forged.length, SRC)).toBeNull()
     const unknown = makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 2n, game: []}, k)
-    expect(t.answer(unknown, 0, unknown.length)).toBeNull()
-    expect(t.answer(randomBytes(PROBE_BYTES), 0, PROBE_BYTES)).toBeNull()
+    expect(t.answer(unknown, 0, unknown.length, SRC)).toBeNull()
+    expect(t.answer(randomBytes(PROBE_BYTES), 0, PROBE_BYTES, SRC)).toBeNull()
     expect(t.counters).toMatchObject({probesAnswered: 1, probesRefused: 3})
   })
 
@@ -86,47 +87,56 @@ describe('probe tickets', () => {
     const game = fakeGame()
     const t = new ProbeTickets({game, ttlSeconds: 10, now: () => now})
     const k = randomBytes(32)
-    const id = Buffer.from(t.grant('bob', k, ['203.0.113.10'], () => admitted).ticket, 'hex')
+    const id = Buffer.from((t.grant('bob', k, ['203.0.113.10'], () => admitted) as ProbeGrant).ticket, 'hex')
     const probe = (n: bigint) => makeProbe({kind: ProbeKind.Request, ticket: id, counter: n, game: []}, k)
-    expect(t.answer(probe(1n), 0, PROBE_BYTES)).not.toBeNull()
+    expect(t.answer(probe(1n), 0, PROBE_BYTES, SRC)).not.toBeNull()
     admitted = false
-    expect(t.answer(probe(2n), 0, PROBE_BYTES)).toBeNull()
+    expect(t.answer(probe(2n), 0, PROBE_BYTES, SRC)).toBeNull()
     admitted = true
     now += 11_000
-    expect(t.answer(probe(3n), 0, PROBE_BYTES)).toBeNull()
+    expect(t.answer(probe(3n), 0, PROBE_BYTES, SRC)).toBeNull()
     t.sweep()
     expect(t.size).toBe(0)
     expect(game.wanted.has('bob')).toBe(false)
   })
 
-  it('one ticket per client: a new grant replaces the old', () => {
-    const t = new ProbeTickets({game: null})
+  it('one ticket per client: a new grant replaces the old, at most every 2 s, keeping the game servers', () => {
+    let now = 2_000_000
+    const game = fakeGame()
+    const t = new ProbeTickets({game, now: () => now})
     const k = randomBytes(32)
-    const first = Buffer.from(t.grant('carol', k, [], () => true).ticket, 'hex')
-    t.grant('carol', k, [], () => true)
+    const first = t.grant('carol', k, ['203.0.113.10'], () => true)
+    if (typeof first === 'string') throw new Error(first)
+    expect(t.grant('carol', k, ['203.0.113.10'], () => true)).toMatch(/ask at most every 2 s/)
+    now += 2000
+    expect(typeof t.grant('carol', k, ['203.0.113.10'], () => true)).toBe('object')
     expect(t.size).toBe(1)
-    const old = makeProbe({kind: ProbeKind.Request, ticket: first, counter: 1n, game: []}, k)
-    expect(t.answer(old, 0, PROBE_BYTES)).toBeNull()
+    const old = makeProbe({kind: ProbeKind.Request, ticket: Buffer.from(first.ticket, 'hex'), counter: 1n, game: []}, k)
+    expect(t.answer(old, 0, PROBE_BYTES, SRC)).toBeNull()
+    // A renewal does not make the prober forget the client (its measurements, its limits).
+    expect(game.wanted.get('carol')).toEqual(['203.0.113.10'])
     // Without a game prober, the routes are refused with the reason.
-    expect(t.grant('dave', k, ['203.0.113.10/32'], () => true).refused).toEqual([{dest: '203.0.113.10', reason: 'this node does not measure game servers'}])
+    expect(new ProbeTickets({game: null}).grant('dave', k, ['203.0.113.10/32'], () => true)).toMatchObject({
+      refused: [{dest: '203.0.113.10', reason: 'this node does not measure game servers'}],
+    })
   })
 
   it("checks a MAC only for a ticket it gave out, and only within that ticket's budget", () => {
-    let now = 5_000_000
+    const now = 5_000_000
     const t = new ProbeTickets({game: null, now: () => now})
     const k = randomBytes(32)
-    const id = Buffer.from(t.grant('erin', k, [], () => true).ticket, 'hex')
+    const id = Buffer.from((t.grant('erin', k, [], () => true) as ProbeGrant).ticket, 'hex')
     // A stranger's random tickets: refused on the lookup, never over any budget.
     const junk = makeProbe({kind: ProbeKind.Request, ticket: randomBytes(8), counter: 1n, game: []}, key)
-    for (let i = 0; i < 1000; i++) t.answer(junk, 0, PROBE_BYTES)
+    for (let i = 0; i < 1000; i++) t.answer(junk, 0, PROBE_BYTES, SRC)
     expect(t.counters).toMatchObject({probesRefused: 1000, probesOverRate: 0})
-    // Someone who saw erin's ticket id sends bad MACs: 40 at once cost HMACs, the rest nothing.
+    // erin probes from her address; someone who saw her ticket id sends bad MACs from another:
+    // they spend the ticket's budget for strangers, not hers.
+    expect(t.answer(makeProbe({kind: ProbeKind.Request, ticket: id, counter: 1n, game: []}, k), 0, PROBE_BYTES, SRC)).not.toBeNull()
     const bad = makeProbe({kind: ProbeKind.Request, ticket: id, counter: 9n, game: []}, randomBytes(32))
-    for (let i = 0; i < 100; i++) t.answer(bad, 0, PROBE_BYTES)
+    for (let i = 0; i < 100; i++) t.answer(bad, 0, PROBE_BYTES, SRC + 1)
     expect(t.counters.probesOverRate).toBe(60)
-    // A second later the ticket has 20 more: erin's own probe is answered.
-    now += 1000
-    expect(t.answer(makeProbe({kind: ProbeKind.Request, ticket: id, counter: 1n, game: []}, k), 0, PROBE_BYTES)).not.toBeNull()
+    for (let n = 2n; n < 12n; n++) expect(t.answer(makeProbe({kind: ProbeKind.Request, ticket: id, counter: n, game: []}, k), 0, PROBE_BYTES, SRC)).not.toBeNull()
   })
 })
 

@@ -4,7 +4,7 @@ import {basisOf, clearlyBetter, rank, score, Switcher, type RankInput} from '../
 import {PathStats} from '../../src/core/probe/path-stats.js'
 import {mergeCandidates} from '../../src/core/client/candidates.js'
 
-const node = (key: string, rttMs: number | null, more: Partial<RankInput> = {}): RankInput => ({key, rttMs, loss: 0, gameMs: null, gameLoss: 0, preference: 0, usable: true, ...more})
+const node = (key: string, rttMs: number | null, more: Partial<RankInput> = {}): RankInput => ({key, rttMs, loss: 0, gameMs: null, gameLoss: 0, gameKnown: more.gameMs !== undefined && more.gameMs !== null, preference: 0, usable: true, ...more})
 const RULE = {betterByMs: 10, betterRatio: 2 / 3, switchAfterMs: 5000}
 
 describe('ranking', () => {
@@ -24,6 +24,10 @@ describe('ranking', () => {
   it('prices loss at 10 ms a percent on either leg, and takes preference off', () => {
     expect(score(node('a', 10, {loss: 0.01}), 'node')).toBeCloseTo(20)
     expect(score(node('a', 10, {gameMs: 10, gameLoss: 0.02}), 'path')).toBeCloseTo(40)
+    // A node that reaches none of the game servers: all lost on its leg.
+    const blind = node('b', 5, {gameMs: null, gameLoss: 1, gameKnown: true})
+    expect(score(blind, 'path')).toBeCloseTo(1005)
+    expect(basisOf([node('a', 10, {gameMs: 10}), blind])).toBe('path')
     expect(score(node('a', 10, {preference: 5}), 'node')).toBe(5)
     expect(score(node('a', 10, {preference: 50}), 'node')).toBe(0)
     expect(score(node('a', 10, {usable: false}), 'node')).toBe(Infinity)

@@ -1,7 +1,7 @@
 /**
  * The nodes a client may ride: those its config lists (`node` or `nodes`), and, for a fleet,
  * those its node's welcome names. The config's come first and keep their settings; a fleet's
- * node the config also lists (same host and port) is the config's.
+ * node the config also lists (same host and port, or same certificate name) is the config's.
  */
 import type {FleetPeer} from '../control/messages.js'
 import type {ResolvedNodeEntry} from '../config/types.js'
@@ -23,11 +23,14 @@ export function candidateKey(host: string, port: number): string {
 
 export function mergeCandidates(configured: readonly ResolvedNodeEntry[], fleet: readonly FleetPeer[]): Candidate[] {
   const out = configured.map((n): Candidate => ({key: candidateKey(n.host, n.port), host: n.host, port: n.port, name: n.name, preference: n.preference, source: 'config'}))
-  const seen = new Set(out.map((c) => c.key))
+  // The same node under another host (a name in the config, an address in the fleet) is found
+  // by its certificate name: two entries for one node would have its tickets replace each other.
+  const seen = new Set(out.flatMap((c) => [c.key, `name:${c.name}`]))
   for (const p of fleet) {
     const key = candidateKey(p.host, p.port)
-    if (seen.has(key)) continue
+    if (seen.has(key) || seen.has(`name:${p.name}`)) continue
     seen.add(key)
+    seen.add(`name:${p.name}`)
     out.push({key, host: p.host, port: p.port, name: p.name, preference: 0, source: 'fleet'})
   }
   return out

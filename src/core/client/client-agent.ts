@@ -89,6 +89,9 @@ export class ClientAgent {
   private watchTimer: NodeJS.Timeout | null = null
   private selectTimer: NodeJS.Timeout | null = null
   private welcomedAt = 0
+  /** Every node address the client has resolved, and those pinned outside the tunnel. */
+  private readonly nodeIps = new Set<string>()
+  private readonly pins = new Map<string, AddedRoute>()
   private credentials: Credentials | null = null
   /** The route to the node's tunnel address, the one route of the tunnel subnet the client has. */
   private gatewayRoute: AddedRoute | null = null
@@ -136,6 +139,7 @@ export class ClientAgent {
       routes: () => this.gameRoutes(),
       probeMs: sel.probeSeconds * 1000,
       probeOthersMs: sel.probeOthersSeconds * 1000,
+      resolved: (ip) => void this.pinLate(ip).then((problem) => problem !== null && this.log.warn(problem)),
       heardFromCurrent: () => {
         this.peer?.stats.sync?.()
         return this.peer?.stats.lastSeen ?? 0
@@ -209,14 +213,23 @@ export class ClientAgent {
     if (this.phase === 'stopped') return
     this.phase = 'connecting'
     this.target = cand
-    if (this.candidates.length === 1) return this.dial(credentials, cand)
-    this.resolveNode(cand).then(
-      (ip) => {
-        this.nodeIp = ip
-        this.dial(credentials, cand)
-      },
-      (e: Error) => this.scheduleReconnect(credentials, cand, e.message, false),
-    )
+    this.resolveNode(cand)
+      .then(async (ip) => {
+        // Its address must not go into the tunnel (a route may cover it).
+        const problem = await this.pinLate(ip)
+        if (problem !== null) throw new Error(problem)
+        return ip
+      })
+      .then(
+        (ip) => {
+          if (this.target !== cand || this.phase === 'stopped') return
+          this.nodeIp = ip
+          this.dial(credentials, cand)
+        },
+        (e: Error) => {
+          if (this.target === cand && this.phase !== 'stopped') this.scheduleReconnect(credentials, cand, e.message, false)
+        },
+      )
   }
 
   private dial(credentials: Credentials, cand: Candidate): void {
@@ -403,6 +416,8 @@ export class ClientAgent {
     // Before anything is applied: a refused address leaves the system as it was.
     checkWelcomeAddress(w, {nodeIp: this.nodeIp, tunInterface: this.config.tunnel.interface, routes: await hostRoutes()})
     if (gone()) return
+    // The fleet's nodes given as addresses are known now: kept outside the tunnel with the rest.
+    if (this.config.selection.fleet) for (const p of w.fleet ?? []) if (isIP(p.host) === 4) this.nodeIps.add(p.host)
     if (this.tun === null) await this.bringUpTunnel(w)
     else if (w.address !== this.address) await this.readdress(w)
     if (w.gateway !== this.gateway) await this.routeGateway(w.gateway)
@@ -447,7 +462,9 @@ export class ClientAgent {
     this.welcomedAt = Date.now()
     this.probing.setCurrent(cand.key, {conn, ip: this.nodeIp, ...(probe === undefined ? {} : probe)})
     if (w.fleet !== undefined && this.config.selection.fleet) {
-      this.candidates = mergeCandidates(this.config.nodes, w.fleet)
+      // A welcome names the other nodes: the one that sent it stays a candidate too.
+      const merged = mergeCandidates(this.config.nodes, w.fleet)
+      this.candidates = merged.some((c) => c.key === cand.key) ? merged : [...merged, cand]
       this.probing.setCandidates(this.candidates)
     }
     const up = () => {
@@ -488,9 +505,9 @@ export class ClientAgent {
     // No route for the subnet: the tunnel carries `routes:` and the gateway, nothing a node says.
     await configureInterface(ifname, {address: w.address, prefix: w.prefix, noPrefixRoute: true, mtu: this.mtu})
     this.address = w.address
-    // The route to the node itself must stay outside the tunnel, or the tunnel would carry itself.
-    const outside = await keepEndpointOutside(this.nodeIp, this.config.routes, {tunInterface: ifname})
-    if (outside !== null) this.recordRoute(outside)
+    // The routes to the nodes must stay outside the tunnel, or the tunnel would carry itself.
+    this.nodeIps.add(this.nodeIp)
+    for (const ip of this.nodeIps) await this.pin(ip, this.config.routes)
     for (const r of await addRoutes(ifname, this.config.routes)) this.recordRoute(r)
     this.datapath = new DataPath(this.tun, 'client')
     // Stream sessions bring their own connections (native records); datagram carriers enable
@@ -538,26 +555,65 @@ export class ClientAgent {
     const added = [...after].filter((r) => !before.has(r))
     const removed = [...before].filter((r) => !after.has(r))
     if (added.length === 0 && removed.length === 0) return []
-    const isEndpoint = (r: AddedRoute) => r.dev !== ifname
-    const pinned = this.state.routes.find(isEndpoint)
-    const pin = pinned === undefined ? await keepEndpointOutside(this.nodeIp, [...after], {tunInterface: ifname}) : null
-    if (pin !== null) this.recordRoute(pin)
+    const newPins: string[] = []
     try {
+      for (const ip of this.nodeIps) if (!this.pins.has(ip) && (await this.pin(ip, [...after]))) newPins.push(ip)
       for (const r of await addRoutes(ifname, added)) this.recordRoute(r)
     } catch (e) {
-      if (pin !== null) await this.unrecordRoutes([pin])
+      for (const ip of newPins) await this.unpin(ip)
       throw e
     }
     // The gateway's route stays even if `routes:` named the same address and no longer does.
     const gone = this.state.routes.filter((r) => r.dev === ifname && removed.includes(r.dst) && r.dst !== this.gatewayRoute?.dst)
     await this.unrecordRoutes(gone)
     const effects = [...added.map((r) => `route ${r} added`), ...removed.map((r) => `route ${r} removed`)]
-    const ip = ipv4ToNumber(this.nodeIp)
-    if (pinned !== undefined && ![...after].some((r) => cidrContains(parseRoutePrefix(r), ip))) {
-      await this.unrecordRoutes([pinned])
-      effects.push(`route ${pinned.dst} (the node, outside the tunnel) removed`)
+    for (const ip of [...this.pins.keys()]) {
+      const n = ipv4ToNumber(ip)
+      if ([...after].some((r) => cidrContains(parseRoutePrefix(r), n))) continue
+      await this.unpin(ip)
+      effects.push(`route ${ip}/32 (a node, outside the tunnel) removed`)
     }
     return effects
+  }
+
+  /**
+   * Keeps a node's address outside the tunnel when `routes` cover it (keepEndpointOutside):
+   * every node the client may go to, not only the current one, or a failover would carry the
+   * tunnel inside itself. True when a route was added.
+   */
+  private async pin(ip: string, routes: readonly string[]): Promise<boolean> {
+    if (this.pins.has(ip)) return false
+    const r = await keepEndpointOutside(ip, routes, {tunInterface: this.config.tunnel.interface})
+    if (r === null) return false
+    this.pins.set(ip, r)
+    this.recordRoute(r)
+    return true
+  }
+
+  private async unpin(ip: string): Promise<void> {
+    const r = this.pins.get(ip)
+    if (r === undefined) return
+    this.pins.delete(ip)
+    await this.unrecordRoutes([r])
+  }
+
+  /**
+   * A node's address learned while the tunnel is up (a fleet's node, a failover's target):
+   * pinned if a route covers it. Its real path can no longer be asked for once the tunnel
+   * routes cover it, so this can fail; the caller is told why.
+   */
+  private async pinLate(ip: string): Promise<string | null> {
+    if (this.nodeIps.has(ip) && (this.tun === null || this.pins.has(ip))) return null
+    this.nodeIps.add(ip)
+    if (this.tun === null) return null
+    const run = this.routing.then(() => this.pin(ip, this.config.routes))
+    this.routing = run.catch(() => {})
+    try {
+      await run
+      return null
+    } catch (e) {
+      return `cannot keep ${ip} outside the tunnel: ${(e as Error).message}`
+    }
   }
 
   private async unrecordRoutes(routes: readonly AddedRoute[]): Promise<void> {

@@ -36,6 +36,8 @@ const START_PROBE_MS = 200
 /** A ticket is renewed this long before it expires, or after this many losses in a row. */
 const RENEW_BEFORE_MS = 60_000
 const LOSSES_BEFORE_RENEW = 5
+/** After a ticket, the next is asked for no sooner than this, whatever the losses. */
+const TICKET_MIN_MS = 30_000
 /** Between two attempts to get a ticket from one node, at least... and at most... */
 const TICKET_RETRY_MIN_MS = 2_000
 const TICKET_RETRY_MAX_MS = 60_000
@@ -54,6 +56,8 @@ export interface ProbingOptions {
   probeOthersMs: number
   /** ms since epoch when packets last came from the current node (data, not probes). */
   heardFromCurrent(): number
+  /** A node's address is known: the client keeps it outside its tunnel. */
+  resolved(ip: string): void
   log: {warn(m: string): void; info(m: string): void}
 }
 
@@ -172,7 +176,8 @@ export class NodeProbing {
     const state = this.currentKey === null ? undefined : this.nodes.get(this.currentKey)
     if (state === undefined || state.stats.answered(n, Date.now()) === null) return
     state.lossesInRow = 0
-    state.game = game
+    // The node's figures, kept in range: a node cannot make itself look better than free.
+    state.game = game.map((g) => ({...g, rttMs: g.rttMs === null ? null : Math.min(Math.max(g.rttMs, 0), 60_000), loss: Math.min(Math.max(g.loss, 0), 1)}))
   }
 
   /** ms since epoch of the last probe `key` answered; 0 if none. */
@@ -191,13 +196,16 @@ export class NodeProbing {
 
   views(): RankInput[] {
     return [...this.nodes.values()].map((n) => {
-      const measured = n.game.filter((g) => g.state === 'ok' && g.rttMs !== null)
+      // A game server the node cannot reach counts as lost; one still being measured, as nothing.
+      const ok = n.game.filter((g) => g.state === 'ok' && g.rttMs !== null)
+      const known = n.game.filter((g) => g.state !== 'measuring')
       return {
         key: n.cand.key,
         rttMs: n.stats.rttMs,
         loss: n.stats.loss,
-        gameMs: measured.length === 0 ? null : measured.reduce((a, g) => a + g.rttMs!, 0) / measured.length,
-        gameLoss: measured.length === 0 ? 0 : measured.reduce((a, g) => a + g.loss, 0) / measured.length,
+        gameMs: ok.length === 0 ? null : ok.reduce((a, g) => a + g.rttMs!, 0) / ok.length,
+        gameLoss: known.length === 0 ? 0 : known.reduce((a, g) => a + (g.state === 'ok' ? g.loss : 1), 0) / known.length,
+        gameKnown: known.length > 0,
         preference: n.cand.preference,
         // A node that stopped answering is not a place to go, whatever it measured before.
         usable: n.stats.samples > 0 && n.lossesInRow < 3 && n.stats.loss < 1,
@@ -257,7 +265,8 @@ export class NodeProbing {
     if (n.ticketing || now < n.nextTicketAt) return false
     if (n.grant === null) return true
     const expiresAt = n.grantedAt + n.grant.expires * 1000
-    return now > expiresAt - RENEW_BEFORE_MS || n.lossesInRow >= LOSSES_BEFORE_RENEW
+    if (now > expiresAt - RENEW_BEFORE_MS) return true
+    return n.lossesInRow >= LOSSES_BEFORE_RENEW && now - n.grantedAt > TICKET_MIN_MS
   }
 
   private takeGrant(n: NodeState, grant: ProbeGrant, key: Buffer): void {
@@ -265,12 +274,14 @@ export class NodeProbing {
     n.grantedAt = Date.now()
     n.key = key
     n.ticket = Buffer.from(grant.ticket, 'hex')
-    n.counter = 0
+    // The counter keeps rising: a reply to the old ticket's probe n cannot pass for the new one's.
     n.problem = null
     n.ticketFailures = 0
     n.lossesInRow = 0
     // Replies for the old ticket will not verify; the window says what the new one finds.
-    n.game = grant.game.map((dest) => ({dest, rttMs: null, loss: 0, state: 'measuring'}))
+    // Keep what the node reported for servers it still measures (a renewal keeps its window).
+    const before = new Map(n.game.map((g) => [g.dest, g]))
+    n.game = grant.game.map((dest) => before.get(dest) ?? {dest, rttMs: null, loss: 0, state: 'measuring'})
   }
 
   /** A probe-only hello to the node, for a ticket. */
@@ -289,9 +300,12 @@ export class NodeProbing {
     this.resolve(n)
       .then((ip) => {
         if (this.closed) return
+        this.o.resolved(ip)
         let done = false
-        const socket = tlsConnect({...tlsClientOptions(credentials, n.cand.name), host: ip, port: n.cand.port, timeout: TICKET_TIMEOUT_MS})
-        socket.once('timeout', () => socket.destroy(new Error(`no answer within ${TICKET_TIMEOUT_MS / 1000} s`)))
+        const socket = tlsConnect({...tlsClientOptions(credentials, n.cand.name), host: ip, port: n.cand.port})
+        // Absolute: a node that finishes TLS and then says nothing must not hold the fetch.
+        const deadline = setTimeout(() => conn.close(`no probe ticket within ${TICKET_TIMEOUT_MS / 1000} s`), TICKET_TIMEOUT_MS)
+        deadline.unref()
         let key: Buffer | null = null
         const conn = new ControlConnection(socket, 0xffff, {
           onMessage: (m) => {
@@ -299,6 +313,7 @@ export class NodeProbing {
             done = true
             if (m.type === 'probing' && key !== null) {
               n.ticketing = false
+              n.nextTicketAt = Date.now() + TICKET_MIN_MS
               this.takeGrant(n, m.grant, key)
               n.lastProbeAt = 0
             } else if (m.type === 'refused') {
@@ -310,13 +325,13 @@ export class NodeProbing {
           },
           onData: () => {},
           onClose: (reason, cause) => {
+            clearTimeout(deadline)
             if (done) return
             done = true
             failed(`no probe ticket: ${cause !== undefined && isFatalTlsError(cause) ? `TLS failed: ${cause.message}` : reason}`, cause !== undefined && isFatalTlsError(cause))
           },
         })
         socket.once('secureConnect', () => {
-          socket.setTimeout(0)
           key = probeKey(socket)
           conn.send({type: 'hello', version: PROTOCOL_VERSION, transport: this.o.transport, probe: true, routes: [...this.o.routes()]})
         })
@@ -338,11 +353,14 @@ export class NodeProbing {
     const ip = n.ip
     if (ip === null || n.key === null || n.ticket === null || n.grant === null) return
     const counter = ++n.counter
-    n.stats.sent(counter, now)
-    this.countLoss(n, counter)
     const request = makeProbe({kind: ProbeKind.Request, ticket: n.ticket, counter: BigInt(counter), game: []}, n.key)
-    if (n.grant.udp !== undefined) this.sendUdp(request, ip, n.grant.udp)
-    else this.sendTcp(n, request, ip)
+    this.countLoss(n, counter)
+    if (n.grant.udp !== undefined) {
+      n.stats.sent(counter, now)
+      this.sendUdp(request, ip, n.grant.udp)
+    } else {
+      this.sendTcp(n, counter, request, ip)
+    }
   }
 
   /** A probe counts as lost in a row until one after it is answered. */
@@ -364,7 +382,7 @@ export class NodeProbing {
   private sendUdp(request: Buffer, ip: string, port: number): void {
     if (this.udp === null) {
       const udp = createSocket('udp4')
-      udp.on('message', (msg, rinfo) => this.onReply(msg, rinfo.address))
+      udp.on('message', (msg) => this.onReply(msg))
       // A probe socket's error (an ICMP unreachable, say) is a lost probe, not a failure.
       udp.on('error', () => {})
       udp.unref()
@@ -373,32 +391,46 @@ export class NodeProbing {
     this.udp.send(request, port, ip)
   }
 
-  private sendTcp(n: NodeState, request: Buffer, ip: string): void {
+  /**
+   * A probe as the first bytes of a TCP connection, timed from the connect: one round trip,
+   * as a UDP probe or a session's is, not two. A connection that fails is a lost probe.
+   */
+  private sendTcp(n: NodeState, counter: number, request: Buffer, ip: string): void {
     const s = tcpConnect({host: ip, port: n.cand.port})
+    const started = Date.now()
     s.setTimeout(PROBE_TIMEOUT_MS, () => s.destroy())
     s.on('error', () => {})
-    s.once('connect', () => s.write(request))
+    s.once('close', () => {
+      if (!connected) n.stats.sent(counter, started - PROBE_TIMEOUT_MS)
+    })
+    let connected = false
+    s.once('connect', () => {
+      connected = true
+      n.stats.sent(counter, Date.now())
+      s.write(request)
+    })
     let got = Buffer.alloc(0)
     s.on('data', (d: Buffer) => {
       got = Buffer.concat([got, d])
       if (got.length < PROBE_BYTES) return
-      this.onReply(got.subarray(0, PROBE_BYTES), ip)
+      this.onReply(got.subarray(0, PROBE_BYTES))
       s.destroy()
     })
     s.unref()
   }
 
-  private onReply(msg: Buffer, from: string): void {
+  /** A reply is the node's if it names the ticket and verifies with its key, from wherever it came. */
+  private onReply(msg: Buffer): void {
     if (!looksLikeProbe(msg, 0, msg.length)) return
     const now = Date.now()
     for (const n of this.nodes.values()) {
-      if (n.ip !== from || n.key === null || n.ticket === null || !msg.subarray(8, 16).equals(n.ticket)) continue
+      if (n.key === null || n.ticket === null || !msg.subarray(8, 16).equals(n.ticket)) continue
       const p = readProbe(msg, 0, n.key, ProbeKind.Reply, 0n)
       if (p === null) return
       if (n.stats.answered(Number(p.counter), now) === null) return
       n.lossesInRow = 0
       const dests = n.grant?.game ?? []
-      n.game = p.game.slice(0, dests.length).map((g, i) => ({dest: dests[i], ...g}))
+      n.game = p.game.slice(0, dests.length).map((g, i) => ({dest: dests[i], ...g, rttMs: g.rttMs === null ? null : Math.min(g.rttMs, 60_000)}))
       return
     }
   }

@@ -499,7 +499,7 @@ export const clientConfigSchema = {
           type: 'number',
           minimum: 0.3,
           maximum: 60,
-          default: 1.5,
+          default: 2,
           description: 'The current node is gone when nothing was heard from it for this long: the client moves to the next best.',
         },
         switchAfterSeconds: {type: 'number', minimum: 1, maximum: 3600, default: 10, description: 'How long another node must stay clearly better before the client moves.'},

@@ -24,6 +24,9 @@ const PING = encodeFrame(FrameType.Ping)
 const PONG = encodeFrame(FrameType.Pong)
 const EMPTY = new Uint8Array(0)
 
+/** Bytes queued for a peer through Node's TLS past which it is taken to read nothing (as native records do). */
+const CONTROL_QUEUE_LIMIT = 1 << 20
+
 /** Missed keepalive intervals after which the peer is declared gone. */
 export const DEAD_AFTER_INTERVALS = 3
 
@@ -84,6 +87,7 @@ export class ControlConnection {
   send(m: ControlMessage): void {
     if (this.closed) return
     if (this.native === null) {
+      if (this.socket.writableLength > CONTROL_QUEUE_LIMIT) return this.close('control message dropped: the peer reads nothing (send queue full)')
       this.socket.write(encodeFrame(FrameType.Control, encodeMessage(m)))
       return
     }

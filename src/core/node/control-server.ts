@@ -8,7 +8,8 @@
  * accepts them, the gate keeps or closes each, and only those kept are handed to the TLS
  * server. They stay the gate's until the handshake proves an identity the node accepts.
  */
-import {createServer as createTcpServer, type Server as TcpServer, type Socket} from 'node:net'
+import {createServer as createTcpServer, isIPv4, type Server as TcpServer, type Socket} from 'node:net'
+import {ipv4ToNumber} from '../net/ipv4.js'
 import {PROBE_BYTES} from '../probe/probe-packet.js'
 import {createServer as createTlsServer, type Server as TlsServer, type TLSSocket} from 'node:tls'
 import type {Credentials} from '../pki/index.js'
@@ -32,7 +33,7 @@ const TLS_HANDSHAKE = 22
 
 export class ControlServer {
   /** Probes over TCP (probe-tickets.ts): the reply, or null. Null: every connection is TLS. */
-  answerProbe: ((buf: Buffer, offset: number, length: number) => Buffer | null) | null = null
+  answerProbe: ((buf: Buffer, offset: number, length: number, source: number) => Buffer | null) | null = null
   private tcp: TcpServer | null = null
   private tls: TlsServer | null = null
   private readonly gate: ConnectionGate
@@ -109,7 +110,7 @@ export class ControlServer {
         socket.unshift(chunk)
         this.tls?.emit('connection', socket)
       } else {
-        this.onProbe(socket, chunk)
+        this.onProbe(socket, chunk, source)
       }
     })
   }
@@ -118,20 +119,22 @@ export class ControlServer {
    * A probe over TCP (tls transports, and datagram transports over raw IP): one request in the
    * first bytes, one reply, and the connection ends. Anything else is closed unanswered.
    */
-  private onProbe(socket: Socket, first: Buffer): void {
+  private onProbe(socket: Socket, first: Buffer, source: string): void {
     let got = first
     const settle = () => {
       if (got.length < PROBE_BYTES) return false
-      const reply = got.length === PROBE_BYTES ? this.answerProbe?.(got, 0, got.length) : null
+      socket.removeListener('data', more)
+      const reply = got.length === PROBE_BYTES && isIPv4(source) ? this.answerProbe?.(got, 0, got.length, ipv4ToNumber(source)) : null
       if (reply) socket.end(reply)
       else socket.destroy()
       return true
     }
-    if (settle()) return
-    socket.on('data', (more: Buffer) => {
-      got = Buffer.concat([got, more])
+    const more = (chunk: Buffer) => {
+      got = Buffer.concat([got, chunk])
       settle()
-    })
+    }
+    if (settle()) return
+    socket.on('data', more)
     socket.resume()
   }
 

@@ -261,7 +261,7 @@ export class NodeAgent {
             })
       const tickets = new ProbeTickets({game: this.game, ...(this.datagrams !== null && carrier.kind === 'udp' ? {udpPort: this.datagrams.spec.port} : {})})
       this.tickets = tickets
-      if (this.datagrams !== null && carrier.kind === 'udp') this.datagrams.answerProbe = (b, o, l) => tickets.answer(b, o, l)
+      if (this.datagrams !== null && carrier.kind === 'udp') this.datagrams.answerProbe = (b, o, l, src) => tickets.answer(b, o, l, src)
       const sessions = new NodeSessions({
         transport: this.transport,
         options: this.transportOptions(),
@@ -303,7 +303,7 @@ export class NodeAgent {
         (socket: TLSSocket, h: Handshake) => sessions.accept(socket, h),
         {perSource: limits.perSource, total: limits.pending, deadlineMs: limits.handshakeSeconds * 1000},
       )
-      this.control.answerProbe = (b, o, l) => tickets.answer(b, o, l)
+      this.control.answerProbe = (b, o, l, src) => tickets.answer(b, o, l, src)
       await this.control.listen(credentials)
       this.checkNotStopped()
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})

@@ -52,7 +52,7 @@ export class NodeDatagrams {
    * comes from the client's probe socket, never its data socket, so the fast path, which takes
    * only a session's own endpoint, hands it here.
    */
-  answerProbe: ((buf: Buffer, offset: number, length: number) => Buffer | null) | null = null
+  answerProbe: ((buf: Buffer, offset: number, length: number, source: number) => Buffer | null) | null = null
 
   constructor(
     private readonly carrier: CarrierSpec,
@@ -186,7 +186,7 @@ export class NodeDatagrams {
       const off = i * slotSize + headroom
       const len = lengths[i]
       if (this.answerProbe !== null && looksLikeProbe(buf, off, len)) {
-        const reply = this.answerProbe(buf, off, len)
+        const reply = this.answerProbe(buf, off, len, addrs[i])
         if (reply !== null) this.socket.send(reply, 0, reply.length, addrs[i], ports[i])
         continue
       }

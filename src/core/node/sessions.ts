@@ -31,6 +31,7 @@ import type {ClientIdentity} from './roster.js'
 import type {Handshake} from './control-server.js'
 import type {ProbeTickets} from '../probe/probe-tickets.js'
 import {probeKey} from '../probe/probe-packet.js'
+import {TokenBucket} from '../nat/keepalive-budget.js'
 
 /** A client must say hello this soon after the TLS handshake. */
 const HELLO_TIMEOUT_MS = 10_000
@@ -40,6 +41,9 @@ const HELLO_TIMEOUT_MS = 10_000
  * keeps a cut (revoked, removed) client's connection gone within a second of the cut.
  */
 const REFUSAL_LINGER_MS = 500
+/** `probe` messages a session answers per second, and at once. */
+const SESSION_PROBES_PER_SECOND = 10
+const SESSION_PROBES_BURST = 20
 
 export interface ClientSession {
   name: string
@@ -137,6 +141,7 @@ export class NodeSessions {
       ids: {owned: new Set(), bound: new Set()},
       welcomed: false,
     }
+    const probes = new TokenBucket(SESSION_PROBES_PER_SECOND, SESSION_PROBES_BURST)
     const helloTimer = setTimeout(() => conn.close('no hello within 10 s'), HELLO_TIMEOUT_MS)
     helloTimer.unref()
     conn.handlers = {
@@ -149,7 +154,8 @@ export class NodeSessions {
           clearTimeout(helloTimer)
           this.welcome(client, m, remote)
         } else if (m.type === 'probe' && client.peer !== null && client.welcomed) {
-          conn.send({type: 'probed', n: m.n, game: this.o.tickets?.gameOf(name) ?? []})
+          // A client probes a few times a second; past its budget a probe gets no answer.
+          if (probes.take(Date.now())) conn.send({type: 'probed', n: m.n, game: this.o.tickets?.gameOf(name) ?? []})
         } else if (m.type === 'transport' && client.peer !== null && client.welcomed) {
           try {
             client.peer.session.onControl?.(m.body)
@@ -186,6 +192,7 @@ export class NodeSessions {
     const refusal = this.helloRefusal(hello) ?? this.o.check(client.identity) ?? (this.o.tickets === undefined ? 'this node takes no probes' : null)
     if (refusal !== null) return this.refuse(client, refusal)
     const grant = this.o.tickets!.grant(client.name, probeKey(client.conn.socket), hello.routes, this.stillAdmitted(client))
+    if (typeof grant === 'string') return this.refuse(client, grant)
     client.refused = true
     client.conn.send({type: 'probing', grant})
     client.conn.end()
@@ -285,7 +292,9 @@ export class NodeSessions {
     // Only a session whose encap is the identity: the records carry frames as they are, and
     // Node's socket (which a transport's exportKey needs) is freed once they have the connection.
     // The probe key is the TLS session's: taken now, before native records free the socket.
-    const probe = this.o.tickets?.grant(name, probeKey(conn.socket), hello.routes, this.stillAdmitted(client))
+    // A client that got a ticket a moment ago (just before a failover here) keeps that one.
+    const granted = this.o.tickets?.grant(name, probeKey(conn.socket), hello.routes, this.stillAdmitted(client))
+    const probe = typeof granted === 'string' ? undefined : granted
     const records =
       datagrams === null &&
       hello.records === RECORDS &&

@@ -3,17 +3,20 @@
  *
  *   score = RTT to the node + RTT from the node to the game servers + 1000 ms x loss - preference
  *
- * where loss is the chance a packet is lost on either leg (1 % costs 10 ms) and the game
- * servers' RTT is the mean over those the node measured. When some usable node cannot measure
- * the game servers, every node is ranked by its RTT to the node alone ("node" basis), so that
- * a node which measures nothing is not favoured for it.
+ * where loss is the chance a packet is lost on either leg (1 % costs 10 ms; a game server the
+ * node cannot reach counts as lost) and the game servers' RTT is the mean over those the node
+ * reached. When some usable node measures no game server (it does not, or has no answer yet),
+ * every node is ranked by its RTT to the node alone ("node" basis), so that a node which
+ * measures nothing is not favoured for it.
  *
  * A client moves to another node only when that node is clearly better, both
  *   at least `betterByMs` better than the current one, and
  *   under `betterRatio` of the current one's score,
  * (Tailscale's relay rule, 10 ms and two thirds, is the floor the config may not go under),
- * and stays so for `switchAfterMs` without a break. A node that stops answering is not
- * compared: the client fails over from it at once (client-agent.ts).
+ * and stays so for `switchAfterMs` without a break. A current node that stops answering
+ * entirely is left at once (client-agent.ts, after `deadSeconds`); one that answers too little
+ * to rank (3 probes in a row lost) scores Infinity here, so any ranked node beats it after the
+ * wait. Two challengers taking turns as the best restart the wait each time.
  */
 export const LOSS_PENALTY_MS = 1000
 
@@ -22,9 +25,12 @@ export interface RankInput {
   /** Median RTT to the node, ms; null: not measured (yet). */
   rttMs: number | null
   loss: number
-  /** Mean RTT from the node to the game servers, ms; null: the node measures none. */
+  /** Mean RTT from the node to the game servers it reached, ms; null: none. */
   gameMs: number | null
+  /** Share lost on the node's leg, a server it cannot reach counting as all lost. */
   gameLoss: number
+  /** The node has measured (reached or not) at least one of the game servers. */
+  gameKnown: boolean
   preference: number
   /** Answering probes and not refusing us. */
   usable: boolean
@@ -35,7 +41,7 @@ export type Basis = 'path' | 'node'
 /** "path" when every usable, measured node reports the game servers; "node" otherwise. */
 export function basisOf(nodes: readonly RankInput[]): Basis {
   const measured = nodes.filter((n) => n.usable && n.rttMs !== null)
-  return measured.length > 0 && measured.every((n) => n.gameMs !== null) ? 'path' : 'node'
+  return measured.length > 0 && measured.every((n) => n.gameKnown) ? 'path' : 'node'
 }
 
 /** Lower is better; Infinity for a node that cannot be ranked. Never below 0. */
