@@ -14,7 +14,8 @@
 //   1. the client is stable: `agent status --json` says connected, and then 1 s of pings in a
 //      row were answered;
 //   2. the node that is current at that moment is killed with SIGKILL (it alternates: a node
-//      that comes back as near as the other does not win the client back, by design);
+//      that comes back as near as the other does not win the client back, by design), at a
+//      random point between two pings;
 //   3. the figure is the time from the kill to the reply of the first ping answered through the
 //      other node: the first one sent (its receive time from `ping -D` minus its RTT) after the
 //      kill and after the client noticed the loss (its log line "lost ...; failing over", ms
@@ -133,6 +134,10 @@ async function bench(transport) {
       const k = victimName === 'node1' ? 1 : 2
       const victim = nodes[k - 1]
       const switches0 = report.selection.switches
+      // At a random point between two pings: `stable` returns just after a reply (it polls every
+      // 50 ms), so without this the next ping would always leave 50 to 100 ms after the kill,
+      // after the path was back, and no run would ever lose one.
+      await sleep(Math.random() * PING_INTERVAL_S * 1000)
       const lastBefore = ping.replies.at(-1)
       const from = client.output.length
       const killedAt = Date.now()
