@@ -30,6 +30,8 @@ export class ClientDatagrams {
   private state: KeepaliveState | null = null
   private timer: NodeJS.Timeout | null = null
   private probes = 0
+  /** Until the session is up: what the node's first answer calls. */
+  private answered: (() => void) | null = null
 
   constructor(
     private readonly carrier: CarrierSpec,
@@ -75,6 +77,7 @@ export class ClientDatagrams {
       if (state === null || this.peer === null) return
       if (!up && state.lastVerified > 0) {
         up = true
+        this.answered = null
         onUp()
         this.schedule(tick, keepaliveSeconds * 1000)
         return
@@ -85,11 +88,18 @@ export class ClientDatagrams {
       this.sendKeepalive()
       this.schedule(tick, up ? keepaliveSeconds * 1000 : PROBE_INTERVAL_MS)
     }
+    // Up as soon as the node answers, not at the next tick: after a failover that is the
+    // moment the client is back, and from when it watches the new node for silence.
+    this.answered = () => {
+      if (this.timer !== null) clearTimeout(this.timer)
+      tick()
+    }
     this.sendKeepalive()
     this.schedule(tick, PROBE_INTERVAL_MS / 4)
   }
 
   end(): void {
+    this.answered = null
     if (this.timer !== null) clearTimeout(this.timer)
     this.timer = null
     this.peer = null
@@ -149,5 +159,8 @@ export class ClientDatagrams {
       return
     }
     peer.stats.lastSeen = Date.now()
+    const answered = this.answered
+    this.answered = null
+    answered?.()
   }
 }

@@ -102,6 +102,7 @@ export interface SelectionReport {
   candidates: CandidateReport[]
   /** Moves since start (failovers and moves to a better node). */
   switches: number
+  /** The last few moves, oldest first. */
   recent: SwitchRecord[]
 }
 
