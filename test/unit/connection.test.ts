@@ -168,3 +168,15 @@ describe('control connection: keepalive', () => {
     expect(vi.getTimerCount()).toBe(0)
   })
 })
+
+describe('control connection: a peer that reads nothing', () => {
+  it('is closed once a megabyte of control messages waits for it, not buffered without end', () => {
+    const {socket, conn, closes} = open()
+    conn.send({type: 'probed', n: 1, game: []})
+    expect(socket.written).toHaveLength(1)
+    socket.writableLength = (1 << 20) + 1
+    conn.send({type: 'probed', n: 2, game: []})
+    expect(socket.written).toHaveLength(1)
+    expect(closes).toEqual(['control message dropped: the peer reads nothing (send queue full)'])
+  })
+})
