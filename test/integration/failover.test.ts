@@ -72,7 +72,9 @@ describe.skipIf(!isRoot)('choosing a node, and moving', () => {
     const c2 = s.selection!.candidates.find((c) => c.name === 'node2')!
     expect(c2.rttMs).toBeGreaterThan(15)
 
-    await near.setDelay(25)
+    // Far beyond the rule (80 ms against 20): only a path that really changed back moves it again,
+    // not the relays' jitter on a busy machine.
+    await near.setDelay(40)
     s = await until('the move to node2', async () => {
       const r = await status()
       return r.selection?.current === 'node2' && r.state === 'connected' ? r : undefined
@@ -143,7 +145,8 @@ describe.skipIf(!isRoot)('failover', () => {
       await new Promise((r) => setTimeout(r, 8000))
       const after = await status()
       expect(after.selection).toMatchObject({current: other, switches: 1})
-      expect(after.selection!.candidates.find((c) => c.name === first)!.rttMs).not.toBeNull()
+      // The restarted node forgot its tickets: the client takes a new one and measures it again.
+      await until(`${first} measured again`, async () => ((await status()).selection!.candidates.find((c) => c.name === first)!.rttMs !== null ? true : undefined))
       // What an operator reads: the nodes, which is current, and the move.
       const text = await fleet.cli(tb.names.client[0], ['status'])
       expect(text.stdout).toMatch(new RegExp(`\\* ${other} `))

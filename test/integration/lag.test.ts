@@ -203,7 +203,8 @@ describe.skipIf(!isRoot)('egress lag', () => {
     expect(order).toEqual([...order].sort((a, b) => a - b))
     // The change fell inside the burst: the first replies were held, the last were not.
     expect(rtt[0]).toBeGreaterThanOrEqual(75)
-    expect(rtt.at(-1)!).toBeLessThan(10)
+    // Well under the 80 ms held before (a busy machine adds some ms of its own).
+    expect(rtt.at(-1)!).toBeLessThan(40)
   })
 
   it('stop() removes its device, rule and routes and the path is direct again', async () => {

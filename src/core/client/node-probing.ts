@@ -36,8 +36,11 @@ const START_PROBE_MS = 200
 /** A ticket is renewed this long before it expires, or after this many losses in a row. */
 const RENEW_BEFORE_MS = 60_000
 const LOSSES_BEFORE_RENEW = 5
-/** After a ticket, the next is asked for no sooner than this, whatever the losses. */
-const TICKET_MIN_MS = 30_000
+/**
+ * After a ticket, a new one for lost probes (a node that restarted forgot it) is asked for no
+ * sooner than this, doubling while renewals do not bring answers back, up to TICKET_RETRY_MAX_MS.
+ */
+const TICKET_MIN_MS = 5_000
 /** Between two attempts to get a ticket from one node, at least... and at most... */
 const TICKET_RETRY_MIN_MS = 2_000
 const TICKET_RETRY_MAX_MS = 60_000
@@ -85,6 +88,8 @@ interface NodeState {
   ticketing: boolean
   nextTicketAt: number
   ticketFailures: number
+  /** Tickets taken since a probe was last answered: each waits twice as long as the one before. */
+  lossRenewals: number
   lossesInRow: number
   lastProbeAt: number
   /** This interval's share of probeOthersMs, 0.75 to 1.25. */
@@ -140,6 +145,7 @@ export class NodeProbing {
         ticketing: false,
         nextTicketAt: 0,
         ticketFailures: 0,
+        lossRenewals: 0,
         lossesInRow: 0,
         lastProbeAt: 0,
         jitter: 1,
@@ -176,6 +182,7 @@ export class NodeProbing {
     const state = this.currentKey === null ? undefined : this.nodes.get(this.currentKey)
     if (state === undefined || state.stats.answered(n, Date.now()) === null) return
     state.lossesInRow = 0
+    state.lossRenewals = 0
     // The node's figures, kept in range: a node cannot make itself look better than free.
     state.game = game.map((g) => ({...g, rttMs: g.rttMs === null ? null : Math.min(Math.max(g.rttMs, 0), 60_000), loss: Math.min(Math.max(g.loss, 0), 1)}))
   }
@@ -189,9 +196,15 @@ export class NodeProbing {
     return this.nodes.has(key)
   }
 
-  /** Measured enough to choose: each node has a few outcomes, or cannot give a ticket. */
+  /**
+   * Measured enough to choose: each node has a few outcomes and has measured the game servers it
+   * took (or cannot give a ticket). Choosing before the game servers are known would rank by the
+   * first leg alone.
+   */
   settled(): boolean {
-    return [...this.nodes.values()].every((n) => n.stats.samples >= 3 || (n.problem !== null && n.grant === null))
+    return [...this.nodes.values()].every(
+      (n) => (n.stats.samples >= 3 && (n.game.length === 0 || n.game.some((g) => g.state !== 'measuring'))) || (n.problem !== null && n.grant === null),
+    )
   }
 
   views(): RankInput[] {
@@ -266,7 +279,7 @@ export class NodeProbing {
     if (n.grant === null) return true
     const expiresAt = n.grantedAt + n.grant.expires * 1000
     if (now > expiresAt - RENEW_BEFORE_MS) return true
-    return n.lossesInRow >= LOSSES_BEFORE_RENEW && now - n.grantedAt > TICKET_MIN_MS
+    return n.lossesInRow >= LOSSES_BEFORE_RENEW && now - n.grantedAt > Math.min(TICKET_RETRY_MAX_MS, TICKET_MIN_MS * 2 ** n.lossRenewals)
   }
 
   private takeGrant(n: NodeState, grant: ProbeGrant, key: Buffer): void {
@@ -313,7 +326,7 @@ export class NodeProbing {
             done = true
             if (m.type === 'probing' && key !== null) {
               n.ticketing = false
-              n.nextTicketAt = Date.now() + TICKET_MIN_MS
+              if (n.lossesInRow >= LOSSES_BEFORE_RENEW) n.lossRenewals++
               this.takeGrant(n, m.grant, key)
               n.lastProbeAt = 0
             } else if (m.type === 'refused') {
@@ -429,6 +442,7 @@ export class NodeProbing {
       if (p === null) return
       if (n.stats.answered(Number(p.counter), now) === null) return
       n.lossesInRow = 0
+      n.lossRenewals = 0
       const dests = n.grant?.game ?? []
       n.game = p.game.slice(0, dests.length).map((g, i) => ({dest: dests[i], ...g, rttMs: g.rttMs === null ? null : Math.min(g.rttMs, 60_000)}))
       return
