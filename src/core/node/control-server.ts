@@ -82,7 +82,7 @@ export class ControlServer {
     })
     tls.on('tlsClientError', (err, socket) => {
       const endpoint = `${socket.remoteAddress}:${socket.remotePort}`
-      this.limited.warn('control handshake', `refused TLS handshake from ${endpoint}: ${err.message}`, {event: 'handshake.failed', endpoint, reason: err.message})
+      this.limited.warn('control handshake', `refused TLS handshake from ${endpoint}: ${err.message}`, {event: 'handshake.failed', endpoint, reason: err.message.trim()})
     })
     const tcp = createTcpServer((socket: Socket) => this.onConnection(socket))
     this.tcp = tcp
