@@ -1,7 +1,7 @@
 import {Command, Flags} from '@oclif/core'
 import {fail} from '../cli/fail.js'
 import {loadConfig} from '../core/config/index.js'
-import {createLogger, type LogLevel} from '../core/log.js'
+import {createLogger, LOG_FORMATS, type LogFormat, type LogLevel, type Logger} from '../core/log.js'
 import {preflight} from '../core/preflight.js'
 import {discoverTransports, requireTransport} from '../core/transport/registry.js'
 import {runDir} from '../core/state/state-file.js'
@@ -19,11 +19,26 @@ export default class Up extends Command {
     transport: Flags.string({char: 't', summary: "Transport to use, overriding the config's `transport`."}),
     'run-dir': Flags.string({summary: 'Where state and the status socket live.', env: 'AGENT_RUN_DIR', default: '/run/agent'}),
     'log-level': Flags.option({options: ['trace', 'debug', 'info', 'warn', 'error'] as const, summary: "Override the config's log.level."})(),
+    'log-format': Flags.option({options: LOG_FORMATS, summary: "Override the config's log.format: text lines, or one JSON object per line (docs/logging.md)."})(),
   }
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Up)
-    const config = await loadConfig(flags.config).catch((e: Error) => fail(this, e.message, 2))
+    const format: LogFormat | undefined = flags['log-format']
+    /** Ends with an error: as a JSON line when JSON was asked for, so a shipper parses every line. */
+    const stop: (message: string, exit: number, json: Logger | null) => never = (message, exit, json) => {
+      if (json === null) return fail(this, message, exit)
+      json.error(message, {event: 'agent.failed', exit})
+      return this.exit(exit)
+    }
+    const config = await loadConfig(flags.config).catch((e: Error) => stop(e.message, 2, format === 'json' ? createLogger({format: 'json'}) : null))
+    const log = createLogger({
+      level: (flags['log-level'] ?? config.log.level) as LogLevel,
+      format: format ?? config.log.format,
+      instance: config.name,
+      role: config.role,
+    })
+    const json = (format ?? config.log.format) === 'json' ? log : null
     const transportName = flags.transport ?? config.transport
     let transport
     try {
@@ -32,9 +47,8 @@ export default class Up extends Command {
       preflight()
       transport = requireTransport(await discoverTransports(this.config), transportName, this.config)
     } catch (e) {
-      fail(this, (e as Error).message, 2)
+      stop((e as Error).message, 2, json)
     }
-    const log = createLogger((flags['log-level'] ?? config.log.level) as LogLevel, config.name)
     const agent =
       config.role === 'node'
         ? new NodeAgent(config, transport, runDir(flags['run-dir']), log)
@@ -43,7 +57,7 @@ export default class Up extends Command {
     try {
       code = await runInForeground(agent, log)
     } catch (e) {
-      fail(this, (e as Error).message, 1)
+      stop((e as Error).message, 1, json)
     }
     this.exit(code)
   }

@@ -65,21 +65,21 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
       ))
   const onSignal = (sig: NodeJS.Signals) => {
     if (signalled !== null) {
-      log.warn(`${sig}: already shutting down (on ${signalled}); cleaning up first`)
+      log.warn(`${sig}: already shutting down (on ${signalled}); cleaning up first`, {event: 'agent.stopping', signal: sig})
       return
     }
     signalled = sig
-    log.info(`${sig}: shutting down`)
+    log.info(`${sig}: shutting down`, {event: 'agent.stopping', signal: sig})
     void stop()
     onFirstSignal()
   }
   const onReload = () => {
     if (signalled !== null) return
-    if (agent.reload === undefined) return log.warn(`${RELOAD_SIGNAL}: this agent has nothing to reload`)
-    log.info(`${RELOAD_SIGNAL}: reloading the config`)
+    if (agent.reload === undefined) return log.warn(`${RELOAD_SIGNAL}: this agent has nothing to reload`, {event: 'reload.unsupported', signal: RELOAD_SIGNAL})
+    log.info(`${RELOAD_SIGNAL}: reloading the config`, {event: 'reload.requested', signal: RELOAD_SIGNAL})
     agent.reload().then(
-      (r) => log.info(describeReload(r)),
-      (e: Error) => log.error(`reload refused: ${e.message}`),
+      (r) => log.info(describeReload(r), {event: 'reload.done', changed: r.changed, effects: r.effects}),
+      (e: Error) => log.error(`reload refused: ${e.message}`, {event: 'reload.refused', reason: e.message}),
     )
   }
   for (const s of STOP_SIGNALS) signals.on(s, onSignal)
@@ -104,10 +104,10 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
     // makes it give up, and a client may never settle while it retries.
     const problems = await stop()
     if (problems.length > 0) {
-      log.error(`stopped, but some of what it set up could not be removed: ${problems.join('; ')}; run \`agent down\` to retry`)
+      log.error(`stopped, but some of what it set up could not be removed: ${problems.join('; ')}; run \`agent down\` to retry`, {event: 'agent.stopped', problems})
       return 1
     }
-    log.info('stopped; everything it set up is removed')
+    log.info('stopped; everything it set up is removed', {event: 'agent.stopped', problems: []})
     return code
   } finally {
     for (const s of STOP_SIGNALS) signals.off(s, onSignal)

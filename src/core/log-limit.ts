@@ -2,9 +2,10 @@
  * Log lines that a stranger can trigger (a failed handshake, a refused certificate, a closed
  * connection), limited per kind: a flood must not fill the disk or bury what matters. Each
  * kind gets `lines` lines per window; past that its lines are counted, and when the window
- * ends one line says how many were suppressed.
+ * ends one line says how many were suppressed: in JSON, with the kind's `event` and a numeric
+ * `suppressed` field (docs/logging.md).
  */
-import type {Logger} from './log.js'
+import type {LogFields, Logger} from './log.js'
 
 export const LOG_LIMIT_LINES = 10
 export const LOG_LIMIT_WINDOW_MS = 10_000
@@ -14,6 +15,8 @@ interface Window {
   written: number
   suppressed: number
   timer: NodeJS.Timeout | null
+  /** The kind's event name, for the suppression line. */
+  event: string
 }
 
 export class LogLimiter {
@@ -28,17 +31,18 @@ export class LogLimiter {
     private readonly now: () => number = Date.now,
   ) {}
 
-  warn(kind: string, message: string): void {
+  /** `fields.event` names the kind's lines, and its suppression line, in JSON. */
+  warn(kind: string, message: string, fields?: LogFields): void {
     const now = this.now()
     let w = this.windows.get(kind)
     if (w === undefined || now - w.started >= this.windowMs) {
       if (w !== undefined) this.report(kind, w)
-      w = {started: now, written: 0, suppressed: 0, timer: null}
+      w = {started: now, written: 0, suppressed: 0, timer: null, event: fields?.event ?? 'log'}
       this.windows.set(kind, w)
     }
     if (w.written < this.lines) {
       w.written++
-      this.log.warn(message)
+      this.log.warn(message, fields)
       return
     }
     w.suppressed++
@@ -64,7 +68,7 @@ export class LogLimiter {
     if (w.timer !== null) clearTimeout(w.timer)
     w.timer = null
     if (w.suppressed === 0) return
-    this.log.warn(`${kind}: ${w.suppressed} more line(s) suppressed in ${Math.round(this.windowMs / 1000)} s`)
+    this.log.warn(`${kind}: ${w.suppressed} more line(s) suppressed in ${Math.round(this.windowMs / 1000)} s`, {event: w.event, suppressed: w.suppressed})
     w.suppressed = 0
   }
 }

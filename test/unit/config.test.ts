@@ -138,7 +138,7 @@ describe('loadConfig', () => {
         ipip: {carrier: 'udp', port: 4755, keepalive: 15},
         'ipsec-over-gre': {carrier: 'udp', port: 4754, keepalive: 15, rekeySeconds: 3600},
       },
-      log: {level: 'info'},
+      log: {level: 'info', format: 'text'},
     })
     expect(config.tunnel.mtu).toBeUndefined()
   })
@@ -183,7 +183,7 @@ describe('loadConfig', () => {
       tunnel: {interface: 'agent0'},
       pki: {kind: 'bundle', bundle: join(fixtures, 'good/pki/alice.pem')},
       reconnect: {minSeconds: 1, maxSeconds: 30},
-      log: {level: 'info'},
+      log: {level: 'info', format: 'text'},
     })
     expect(config.transports['ipsec-over-gre'].rekeySeconds).toBe(3600)
   })

@@ -263,6 +263,12 @@ describe('live changes', () => {
     expect(refusedMessage(['tunnel.subnet'])).toBe('tunnel.subnet cannot change while the agent runs: restart it to apply; nothing was changed')
   })
 
+  it('refuses a change of log.format (a shipper parses one format per process) but not of log.level', () => {
+    const withFormat = edit((c) => (c.log.format = 'text'))
+    const json = edit((c) => ((c.log.format = 'json'), (c.log.level = 'warn')))
+    expect(classifyChange(withFormat, json)).toEqual({live: ['log.level'], refused: ['log.format']})
+  })
+
   it('does not count the file moving as a change, but refuses a change of role', () => {
     expect(classifyChange(node, edit((c) => ((c.file = '/tmp/x.yaml'), (c.dir = '/tmp'))))).toEqual({live: [], refused: []})
     expect(classifyChange(node, {...node, role: 'client'} as never).refused).toEqual(['role'])

@@ -139,7 +139,7 @@ export class ClientAgent {
       routes: () => this.gameRoutes(),
       probeMs: sel.probeSeconds * 1000,
       probeOthersMs: sel.probeOthersSeconds * 1000,
-      resolved: (ip) => void this.pinLate(ip).then((problem) => problem !== null && this.log.warn(problem)),
+      resolved: (ip) => void this.pinLate(ip).then((problem) => problem !== null && this.log.warn(problem, {event: 'route.pin_failed', address: ip})),
       heardFromCurrent: () => {
         this.peer?.stats.sync?.()
         return this.peer?.stats.lastSeen ?? 0
@@ -196,7 +196,12 @@ export class ClientAgent {
     const best = rank(this.probing.views())[0]
     const chosen = this.candidates.find((c) => c.key === best?.key && Number.isFinite(score(best, basisOf(this.probing.views()))))
     if (chosen !== undefined) this.target = chosen
-    this.log.info(`starting with node ${this.target.name} (${this.nodeText()})${chosen === undefined ? ': no node answered probes yet, taking the first listed' : ', the best measured'}`)
+    this.log.info(`starting with node ${this.target.name} (${this.nodeText()})${chosen === undefined ? ': no node answered probes yet, taking the first listed' : ', the best measured'}`, {
+      event: 'node.chosen',
+      peer: this.target.name,
+      endpoint: this.nodeText(),
+      measured: chosen !== undefined,
+    })
   }
 
   private async resolveNode(cand: Candidate): Promise<string> {
@@ -325,18 +330,39 @@ export class ClientAgent {
     this.moveTo = null
     if (move !== null) {
       this.record(from, move.cand, move.why)
-      this.log.info(`moving from node ${from.name} to ${move.cand.name}: ${move.why}`)
+      this.log.info(`moving from node ${from.name} to ${move.cand.name}: ${move.why}`, {
+        event: 'node.moving',
+        from: from.name,
+        to: move.cand.name,
+        peer: move.cand.name,
+        endpoint: `${move.cand.host}:${move.cand.port}`,
+        reason: move.why,
+      })
       return this.connect(credentials, move.cand)
     }
     const next = this.nextCandidate(from)
     if (wasCurrent && next !== from) {
       this.record(from, next, `${from.name} lost: ${reason}`)
-      this.log.warn(`connection to node ${from.name} (${from.host}:${from.port}) lost (${reason}); failing over to ${next.name} (${next.host}:${next.port})`)
+      this.log.warn(`connection to node ${from.name} (${from.host}:${from.port}) lost (${reason}); failing over to ${next.name} (${next.host}:${next.port})`, {
+        event: 'node.failover',
+        from: from.name,
+        to: next.name,
+        peer: next.name,
+        endpoint: `${next.host}:${next.port}`,
+        reason,
+      })
       return this.connect(credentials, next)
     }
     const delay = backoffDelay(this.attempts++, this.config.reconnect.minSeconds, this.config.reconnect.maxSeconds)
     const where = next === from ? '' : ` to node ${next.name} (${next.host}:${next.port})`
-    this.log.warn(`connection to node ${from.host}:${from.port} lost (${reason}); reconnecting${where} in ${(delay / 1000).toFixed(1)} s`)
+    this.log.warn(`connection to node ${from.host}:${from.port} lost (${reason}); reconnecting${where} in ${(delay / 1000).toFixed(1)} s`, {
+      event: 'node.lost',
+      peer: from.name,
+      endpoint: `${from.host}:${from.port}`,
+      reason,
+      to: next.name,
+      retrySeconds: Number((delay / 1000).toFixed(1)),
+    })
     this.retryTimer = setTimeout(() => this.connect(credentials, next), delay)
   }
 
@@ -367,7 +393,7 @@ export class ClientAgent {
     if (this.candidates.every((c) => (this.refusedNodes.get(c.key)?.until ?? 0) > now)) {
       return this.fatal(new Error(`every node refused us; the last: ${message}`))
     }
-    this.log.warn(`${message}; trying another node`)
+    this.log.warn(`${message}; trying another node`, {event: 'node.refused', peer: cand.name, endpoint: `${cand.host}:${cand.port}`, reason: message})
     this.scheduleReconnect(credentials, cand, 'refused', false)
   }
 
@@ -472,10 +498,23 @@ export class ClientAgent {
       this.welcomedAt = Date.now()
       this.watch()
       const via = datagrams === null ? '' : ` over ${w.carrier.kind} to ${link.endpoint} from ${datagrams.local}`
-      this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}${via}, mtu ${this.mtu}`)
+      this.log.info(`connected to node ${this.nodeText()} as ${w.address}, transport ${this.transport.name}${via}, mtu ${this.mtu}`, {
+        event: 'node.connected',
+        peer: cand.name,
+        endpoint: this.nodeText(),
+        address: w.address,
+        transport: this.transport.name,
+        ...(datagrams === null ? {} : {carrier: `${w.carrier.kind} ${link.endpoint}`}),
+        mtu: this.mtu ?? null,
+      })
       // Where this client could go instead (the failover issue uses them); said when it changes.
       const others = (w.fleet ?? []).map((n) => `${n.name} (${n.host}:${n.port})`).join(', ')
-      if (w.fleet !== undefined && others !== this.fleetSaid) this.log.info(`fleet: ${w.fleet.length} other node(s) serve ${this.transport.name}${others === '' ? '' : `: ${others}`}`)
+      if (w.fleet !== undefined && others !== this.fleetSaid) {
+        this.log.info(`fleet: ${w.fleet.length} other node(s) serve ${this.transport.name}${others === '' ? '' : `: ${others}`}`, {
+          event: 'fleet.nodes',
+          nodes: w.fleet.map((n) => n.name),
+        })
+      }
       this.fleetSaid = others
       this.firstWelcome?.resolve()
       this.firstWelcome = null
@@ -498,7 +537,7 @@ export class ClientAgent {
   private async bringUpTunnel(w: Welcome): Promise<void> {
     const ifname = this.config.tunnel.interface
     const wanted = this.config.tunnel.mtu ?? tunnelMtu(this.transport, this.transportOptions())
-    if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`)
+    if (wanted > w.mtu) this.log.warn(`tunnel.mtu ${wanted} is above the node's ${w.mtu}; using ${w.mtu}`, {event: 'tunnel.mtu_lowered', mtu: w.mtu})
     this.mtu = Math.min(wanted, w.mtu)
     // The virtio header lets the fast path write runs of TCP segments as one packet.
     this.tun = openTun({name: ifname, mtu: this.mtu, vnetHdr: tunOffload(), onError: (e) => this.fatal(new Error(`TUN device ${ifname} failed: ${e.message}`))})
@@ -514,7 +553,12 @@ export class ClientAgent {
     // the fast path with their socket.
     if (w.carrier.kind === 'stream') this.datapath.enableFastPath(null, this.mtu)
     this.datapath.start()
-    this.log.info(`${ifname} ${w.address}/${w.prefix} up; routes into the tunnel: ${this.config.routes.join(', ')}`)
+    this.log.info(`${ifname} ${w.address}/${w.prefix} up; routes into the tunnel: ${this.config.routes.join(', ')}`, {
+      event: 'tunnel.up',
+      interface: ifname,
+      address: w.address,
+      routes: this.config.routes,
+    })
   }
 
   /**
@@ -538,7 +582,7 @@ export class ClientAgent {
     const effects = this.tun === null ? [] : await this.rerouteTo(next.routes)
     this.config = next
     this.log.setLevel(next.log.level)
-    if (live.length > 0) this.log.info(`reloaded ${file}: ${live.join(', ')} changed${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
+    if (live.length > 0) this.log.info(`reloaded ${file}: ${live.join(', ')} changed${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`, {event: 'reload.applied', file, changed: live, effects})
     return {changed: live, effects}
   }
 
@@ -628,7 +672,7 @@ export class ClientAgent {
   }
 
   private async readdress(w: Welcome): Promise<void> {
-    this.log.warn(`node moved us from ${this.address} to ${w.address}`)
+    this.log.warn(`node moved us from ${this.address} to ${w.address}`, {event: 'tunnel.readdressed', from: this.address ?? null, address: w.address})
     await readdressInterface(this.config.tunnel.interface, {address: w.address, prefix: w.prefix, noPrefixRoute: true, mtu: this.mtu!})
     this.address = w.address
   }
@@ -667,7 +711,7 @@ export class ClientAgent {
   }
 
   private fatal(e: Error): void {
-    this.log.error(e.message)
+    this.log.error(e.message, {event: 'agent.failed'})
     if (this.firstWelcome !== null) {
       this.firstWelcome.reject(e)
       this.firstWelcome = null

@@ -83,7 +83,11 @@ export class ClientDatagrams {
         return
       }
       if (!up && ++this.probes === PROBES_BEFORE_WARNING) {
-        this.log.warn(`no answer from the node over ${this.carrier.kind} to ${this.link.endpoint} yet: is it blocked on the way?`)
+        this.log.warn(`no answer from the node over ${this.carrier.kind} to ${this.link.endpoint} yet: is it blocked on the way?`, {
+          event: 'node.unanswered',
+          endpoint: this.link.endpoint,
+          carrier: this.carrier.kind,
+        })
       }
       this.sendKeepalive()
       this.schedule(tick, up ? keepaliveSeconds * 1000 : PROBE_INTERVAL_MS)

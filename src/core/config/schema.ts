@@ -247,6 +247,12 @@ const log = {
   default: {},
   properties: {
     level: {type: 'string', enum: ['trace', 'debug', 'info', 'warn', 'error'], default: 'info', description: 'Least severe level logged.'},
+    format: {
+      type: 'string',
+      enum: ['text', 'json'],
+      default: 'text',
+      description: 'text: one line per event for people and journald; json: one JSON object per line for log shippers (docs/logging.md). `agent up --log-format` overrides it.',
+    },
   },
   additionalProperties: false,
 } as const

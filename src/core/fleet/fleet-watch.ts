@@ -80,7 +80,10 @@ export class FleetWatch {
     } catch (e) {
       if (unreachable === 'refuse' || this.isFatal(e)) throw new Error(`fleet: ${etcdErrorLine(e)}`)
       this.setState('unreachable', etcdErrorLine(e))
-      this.log.warn(`fleet: etcd unreachable at start (${etcdErrorLine(e)}): serving with this file's roster, retrying every ${RETRY_MS / 1000} s`)
+      this.log.warn(`fleet: etcd unreachable at start (${etcdErrorLine(e)}): serving with this file's roster, retrying every ${RETRY_MS / 1000} s`, {
+        event: 'fleet.etcd.unreachable',
+        reason: etcdErrorLine(e),
+      })
       this.scheduleRelist()
     }
   }
@@ -136,18 +139,24 @@ export class FleetWatch {
     this.watcher = w
     w.on('data', (res: IWatchResponse) => this.onData(res))
     w.on('disconnected', (err: Error) => {
-      if (this.state === 'connected') this.log.warn(`fleet: lost etcd (${etcdErrorLine(err)}): serving with the last roster it gave (revision ${this.revision})`)
+      if (this.state === 'connected') {
+        this.log.warn(`fleet: lost etcd (${etcdErrorLine(err)}): serving with the last roster it gave (revision ${this.revision})`, {
+          event: 'fleet.etcd.lost',
+          reason: etcdErrorLine(err),
+          revision: this.revision,
+        })
+      }
       this.setState('unreachable', etcdErrorLine(err))
     })
     w.on('connected', () => {
-      if (this.state !== 'connected') this.log.info(`fleet: etcd is back; resuming from revision ${this.revision + 1}`)
+      if (this.state !== 'connected') this.log.info(`fleet: etcd is back; resuming from revision ${this.revision + 1}`, {event: 'fleet.etcd.back', revision: this.revision + 1})
       this.setState('connected')
     })
     // Cancelled by etcd: most often the revision to resume from was compacted. List again.
     w.on('error', (err: Error) => {
       if (this.watcher !== w || this.closed) return
       this.watcher = null
-      this.log.warn(`fleet: watch ended (${etcdErrorLine(err)}); listing the fleet again`)
+      this.log.warn(`fleet: watch ended (${etcdErrorLine(err)}); listing the fleet again`, {event: 'fleet.watch.ended', reason: etcdErrorLine(err)})
       this.setState('unreachable', etcdErrorLine(err))
       void this.relist().catch((e) => {
         this.setState('unreachable', etcdErrorLine(e))
@@ -187,7 +196,7 @@ export class FleetWatch {
     this.retry = setTimeout(() => {
       this.retry = null
       this.relist().catch((e) => {
-        if (e instanceof FatalFleetError) this.log.error(`fleet: ${e.message}; keeping the last roster`)
+        if (e instanceof FatalFleetError) this.log.error(`fleet: ${e.message}; keeping the last roster`, {event: 'fleet.layout.unknown', reason: e.message})
         this.setState('unreachable', etcdErrorLine(e))
         this.scheduleRelist()
       })

@@ -49,10 +49,15 @@ export class NodeRegistration {
     try {
       const lease = this.leaseNow()
       await lease.put(this.keys.node(this.name)).value(JSON.stringify(this.record()))
-      if (this.failing) this.log.info('fleet: registered again')
+      if (this.failing) this.log.info('fleet: registered again', {event: 'fleet.registry.back'})
       this.failing = false
     } catch (e) {
-      if (!this.failing) this.log.warn(`fleet: cannot write this node's registry entry (${etcdErrorLine(e)}); retrying every ${HEARTBEAT_MS / 1000} s`)
+      if (!this.failing) {
+        this.log.warn(`fleet: cannot write this node's registry entry (${etcdErrorLine(e)}); retrying every ${HEARTBEAT_MS / 1000} s`, {
+          event: 'fleet.registry.failing',
+          reason: etcdErrorLine(e),
+        })
+      }
       this.failing = true
     }
   }

@@ -31,6 +31,9 @@ export type HandshakeHandler = (socket: TLSSocket, result: Handshake) => boolean
 
 const TLS_HANDSHAKE = 22
 
+/** The log event of each thing the gate does to a stranger's connection (docs/logging.md). */
+const GATE_EVENTS = {'source-full': 'gate.source_full', evicted: 'gate.evicted', expired: 'gate.expired'} as const
+
 export class ControlServer {
   /** Probes over TCP (probe-tickets.ts): the reply, or null. Null: every connection is TLS. */
   answerProbe: ((buf: Buffer, offset: number, length: number, source: number) => Buffer | null) | null = null
@@ -54,7 +57,7 @@ export class ControlServer {
         evicted: `control port full (${limits.total} unauthenticated connections): closed the oldest, from ${source}`,
         expired: `closed a control connection from ${source}: not authenticated within ${limits.deadlineMs / 1000} s`,
       }[why]
-      this.limited.warn(`control ${why}`, text)
+      this.limited.warn(`control ${why}`, text, {event: GATE_EVENTS[why], source})
     })
   }
 
@@ -78,7 +81,8 @@ export class ControlServer {
       if (this.onHandshake(socket, identify(socket))) this.gate.authenticated(key)
     })
     tls.on('tlsClientError', (err, socket) => {
-      this.limited.warn('control handshake', `refused TLS handshake from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`)
+      const endpoint = `${socket.remoteAddress}:${socket.remotePort}`
+      this.limited.warn('control handshake', `refused TLS handshake from ${endpoint}: ${err.message}`, {event: 'handshake.failed', endpoint, reason: err.message.trim()})
     })
     const tcp = createTcpServer((socket: Socket) => this.onConnection(socket))
     this.tcp = tcp
@@ -88,7 +92,7 @@ export class ControlServer {
       )
       tcp.listen(this.port, this.address, () => resolve())
     })
-    tcp.on('error', (e) => this.limited.warn('control server', `control server: ${e.message}`))
+    tcp.on('error', (e) => this.limited.warn('control server', `control server: ${e.message}`, {event: 'control.error', reason: e.message}))
   }
 
   private onConnection(socket: Socket): void {

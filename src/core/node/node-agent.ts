@@ -156,7 +156,7 @@ export class NodeAgent {
               }`
             : undefined
     if (why === undefined) return wanted
-    if (this.config.workers !== 'auto') this.log.warn(`workers: ${wanted} asked for, running 1: ${why}`)
+    if (this.config.workers !== 'auto') this.log.warn(`workers: ${wanted} asked for, running 1: ${why}`, {event: 'workers.fewer', workers: 1, reason: why})
     return 1
   }
 
@@ -224,14 +224,21 @@ export class NodeAgent {
       // Not an error: the interface may come later (a PPP link, a VLAN); but say so, because
       // until it exists the MASQUERADE rule matches nothing and clients reach nowhere.
       if (!existsSync(`/sys/class/net/${this.config.egress.interface}`)) {
-        this.log.warn(`egress interface ${this.config.egress.interface} does not exist (yet): forwarded traffic has no way out until it does`)
+        this.log.warn(`egress interface ${this.config.egress.interface} does not exist (yet): forwarded traffic has no way out until it does`, {
+          event: 'egress.missing',
+          interface: this.config.egress.interface,
+        })
       }
 
       const datapath = new DataPath(tun, 'node')
       this.datapath = datapath
       datapath.localAddress = ipv4ToNumber(address)
       datapath.onTransportError = (peer, e) =>
-        this.limited.warn('transport error', `transport ${this.transport.name} failed on a packet${peer === null ? '' : ` of ${peer.name}`}: ${(e as Error)?.message ?? e}; dropped it`)
+        this.limited.warn('transport error', `transport ${this.transport.name} failed on a packet${peer === null ? '' : ` of ${peer.name}`}: ${(e as Error)?.message ?? e}; dropped it`, {
+          event: 'transport.error',
+          ...(peer === null ? {} : {peer: peer.name}),
+          reason: String((e as Error)?.message ?? e),
+        })
       if (carrier.kind !== 'stream') {
         this.datagrams = new NodeDatagrams(carrier, this.transport, datapath, this.config.listen.address, this.mtu, this.log, lanes)
         this.datagrams.start()
@@ -287,8 +294,8 @@ export class NodeAgent {
       this.admission = new Admission(
         firewall,
         () => !this.closing,
-        (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`),
-        (e) => this.log.error(`the firewall's admitted set could not be updated (retrying in ${ADMISSION_RETRY_MS / 1000} s): ${e.message}`),
+        (e) => this.log.error(`withdrawn clients' connections may linger: ${e.message}`, {event: 'admission.conntrack_failed', reason: e.message}),
+        (e) => this.log.error(`the firewall's admitted set could not be updated (retrying in ${ADMISSION_RETRY_MS / 1000} s): ${e.message}`, {event: 'admission.failed', reason: e.message}),
       )
       this.ticker = setInterval(() => {
         sessions.tick()
@@ -314,6 +321,15 @@ export class NodeAgent {
           `transport ${this.transport.name}, listening on ${this.control.endpoint}` +
           `${this.datagrams === null ? '' : ` and ${this.datagrams.listening}`}, ${this.rosterText()}, ` +
           `${this.lanes} worker(s)`,
+        {
+          event: 'agent.up',
+          transport: this.transport.name,
+          interface: ifname,
+          address,
+          endpoint: this.control.endpoint,
+          ...(this.datagrams === null ? {} : {carrier: this.datagrams.listening}),
+          workers: this.lanes,
+        },
       )
     } catch (e) {
       await this.tearDown()
@@ -439,7 +455,12 @@ export class NodeAgent {
     }
     effects.push(...this.lastCuts)
     effects.push(...(await this.firewallFollows()))
-    this.log.info(`reloaded ${file}: ${live.join(', ')} changed; ${this.rosterText()}${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`)
+    this.log.info(`reloaded ${file}: ${live.join(', ')} changed; ${this.rosterText()}${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`, {
+      event: 'reload.applied',
+      file,
+      changed: live,
+      effects,
+    })
     return {changed: live, effects}
   }
 
@@ -475,7 +496,7 @@ export class NodeAgent {
 
   /** Something the node cannot carry on without broke: say what, then end (and tear down). */
   private fail(e: Error): void {
-    this.log.error(e.message)
+    this.log.error(e.message, {event: 'agent.failed'})
     this.endWith(e)
   }
 
@@ -546,7 +567,7 @@ export class NodeAgent {
   private tearDown(): Promise<string[]> {
     this.tearingDown ??= (async () => {
       // First: other nodes' clients stop being sent here, and the lease goes with the entry.
-      await this.fleet?.close().catch((e) => this.log.warn(`fleet: ${(e as Error).message}`))
+      await this.fleet?.close().catch((e) => this.log.warn(`fleet: ${(e as Error).message}`, {event: 'fleet.close_failed', reason: (e as Error).message}))
       this.control?.close()
       this.revocations?.close()
       if (this.expiry !== null) clearInterval(this.expiry)

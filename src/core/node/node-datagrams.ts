@@ -108,7 +108,7 @@ export class NodeDatagrams {
       // one thread as before: closing a worker's socket or queue stops every worker first.
       if (required) throw e
       this.closeWorkers()
-      this.log.warn(`workers: running 1, could not start more: ${(e as Error).message}`)
+      this.log.warn(`workers: running 1, could not start more: ${(e as Error).message}`, {event: 'workers.fewer', workers: 1, reason: (e as Error).message})
       return 1
     }
   }
@@ -254,11 +254,21 @@ export class NodeDatagrams {
         if (previous !== undefined && previous !== peer) {
           const pl = previous.link as DatagramLink
           pl.moveTo(0, 0)
-          this.log.warn(`client ${previous.name} lost endpoint ${link.endpoint} to ${peer.name}; waiting for its next keepalive`)
+          this.log.warn(`client ${previous.name} lost endpoint ${link.endpoint} to ${peer.name}; waiting for its next keepalive`, {
+            event: 'client.endpoint_lost',
+            peer: previous.name,
+            endpoint: link.endpoint,
+            to: peer.name,
+          })
         }
         this.byEndpoint.set(key, peer)
       }
-      this.log.info(`client ${peer.name} ${was === null ? 'reached us from' : `moved from ${was} to`} ${link.endpoint}`)
+      this.log.info(`client ${peer.name} ${was === null ? 'reached us from' : `moved from ${was} to`} ${link.endpoint}`, {
+        event: 'client.endpoint',
+        peer: peer.name,
+        endpoint: link.endpoint,
+        from: was,
+      })
     }
     const reply = state.build(peer.session, this.datapath.localAddress, peer.address, KeepaliveKind.Reply)
     if (reply !== null) this.socket.send(reply.buf, reply.span.offset, reply.span.length, addr, port)

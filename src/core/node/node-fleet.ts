@@ -62,7 +62,9 @@ export class NodeFleet {
   /** Once the node serves: its registry entry, from now until close. */
   register(): void {
     if (this.o.config.advertise === undefined) {
-      this.o.log.warn('fleet: not registering this node: listen.address is 0.0.0.0 and fleet.advertise is not set, so clients would not know where to reach it')
+      this.o.log.warn('fleet: not registering this node: listen.address is 0.0.0.0 and fleet.advertise is not set, so clients would not know where to reach it', {
+        event: 'fleet.registry.skipped',
+      })
       return
     }
     this.registration = new NodeRegistration(this.etcd, fleetKeys(this.o.config.prefix), this.o.name, () => this.record(), this.o.log)
@@ -105,7 +107,13 @@ export class NodeFleet {
         listed.push(e)
         continue
       }
-      if (!this.warned.has(e.name)) this.o.log.warn(`fleet: client ${e.name}'s address ${e.address} is not one of this node's (${this.o.subnet}); it gets one from the pool here`)
+      if (!this.warned.has(e.name)) {
+        this.o.log.warn(`fleet: client ${e.name}'s address ${e.address} is not one of this node's (${this.o.subnet}); it gets one from the pool here`, {
+          event: 'fleet.address.foreign',
+          peer: e.name,
+          address: e.address,
+        })
+      }
       this.warned.add(e.name)
       listed.push({name: e.name, ...(e.fingerprint === undefined ? {} : {fingerprint: e.fingerprint})})
     }

@@ -109,7 +109,7 @@ export class RevocationWatch {
       const was = this.error
       this.error = (e as Error).message
       // Said once per distinct problem: an editor saving a file in steps must not flood the log.
-      if (this.error !== was) this.log.error(`CRL ${this.file} not applied, still enforcing the last good one: ${this.error}`)
+      if (this.error !== was) this.log.error(`CRL ${this.file} not applied, still enforcing the last good one: ${this.error}`, {event: 'crl.rejected', file: this.file, reason: this.error})
     }
   }
 
@@ -118,7 +118,12 @@ export class RevocationWatch {
     this.list = list
     this.error = undefined
     if (previous === null || previous.number !== list.number || previous.revoked.size !== list.revoked.size) {
-      this.log.info(`CRL ${this.file}${list.number === undefined ? '' : ` #${String(list.number)}`}: ${list.revoked.size} revoked certificate(s)`)
+      this.log.info(`CRL ${this.file}${list.number === undefined ? '' : ` #${String(list.number)}`}: ${list.revoked.size} revoked certificate(s)`, {
+        event: 'crl.loaded',
+        file: this.file,
+        ...(list.number === undefined ? {} : {number: String(list.number)}),
+        revoked: list.revoked.size,
+      })
     }
     this.onList(list)
     this.scheduleExpiryWarning(list)
@@ -128,7 +133,11 @@ export class RevocationWatch {
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
     this.expiryTimer = null
     const warn = () =>
-      this.log.warn(`CRL ${this.file} is past its next update (${list.nextUpdate?.toISOString()}): still enforced; re-issue it with \`agent pki crl\``)
+      this.log.warn(`CRL ${this.file} is past its next update (${list.nextUpdate?.toISOString()}): still enforced; re-issue it with \`agent pki crl\``, {
+        event: 'crl.expired',
+        file: this.file,
+        nextUpdate: list.nextUpdate?.toISOString() ?? null,
+      })
     if (list.nextUpdate === undefined) return
     const left = list.nextUpdate.getTime() - Date.now()
     if (left <= 0) return warn()
@@ -151,11 +160,11 @@ export class RevocationWatch {
         this.settle = setTimeout(() => void this.reload(), SETTLE_MS)
         this.settle.unref()
       })
-      this.watcher.on('error', (e) => this.log.warn(`cannot watch ${this.file} any more (${e.message}): it is re-read on reload only`))
+      this.watcher.on('error', (e) => this.log.warn(`cannot watch ${this.file} any more (${e.message}): it is re-read on reload only`, {event: 'crl.unwatched', file: this.file, reason: e.message}))
       this.watcher.unref()
     } catch (e) {
       this.watcher = null
-      this.log.warn(`cannot watch ${this.file} (${(e as Error).message}): it is re-read on reload only`)
+      this.log.warn(`cannot watch ${this.file} (${(e as Error).message}): it is re-read on reload only`, {event: 'crl.unwatched', file: this.file, reason: (e as Error).message})
     }
   }
 }

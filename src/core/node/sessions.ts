@@ -125,7 +125,12 @@ export class NodeSessions {
       return false
     }
     if (identity === null || refusal !== null) {
-      this.o.limited.warn('refused client', `refused client from ${remote}: ${refusal}; no forwarding`)
+      this.o.limited.warn('refused client', `refused client from ${remote}: ${refusal}; no forwarding`, {
+        event: 'client.refused',
+        ...(identity === null ? {} : {peer: identity.name}),
+        endpoint: remote,
+        reason: refusal ?? 'no identity',
+      })
       conn.send({type: 'refused', reason: refusal ?? 'no identity'})
       socket.end()
       setTimeout(() => conn.close('refused'), REFUSAL_LINGER_MS).unref()
@@ -324,10 +329,10 @@ export class NodeSessions {
         if (records && !this.goNative(client, remote)) return
         conn.keepalive(keepalive, false)
         client.welcomed = true
-        this.o.log.info(`client ${name} connected from ${remote} as ${address}`)
+        this.o.log.info(`client ${name} connected from ${remote} as ${address}`, {event: 'client.connected', peer: name, endpoint: remote, address})
       })
       .catch((e: Error) => {
-        this.o.log.error(`could not admit ${name}: ${e.message}`)
+        this.o.log.error(`could not admit ${name}: ${e.message}`, {event: 'client.admission_failed', peer: name, endpoint: remote, reason: e.message})
         conn.close('admission failed')
       })
   }
@@ -353,7 +358,7 @@ export class NodeSessions {
 
   private refuse(client: ClientSession, reason: string): void {
     client.refused = true
-    this.o.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`)
+    this.o.log.warn(`refused client ${client.name} from ${client.conn.remote}: ${reason}`, {event: 'client.refused', peer: client.name, endpoint: client.conn.remote, reason})
     client.conn.send({type: 'refused', reason})
     client.conn.end()
     setTimeout(() => client.conn.close('refused'), REFUSAL_LINGER_MS).unref()
@@ -367,7 +372,14 @@ export class NodeSessions {
   cut(name: string, reason: string, refuse: boolean): void {
     const client = this.sessions.get(name)
     if (client === undefined) return
-    this.o.log.warn(`cutting client ${name} (${client.peer?.addressText ?? 'no address yet'}): ${reason}`)
+    this.o.log.warn(`cutting client ${name} (${client.peer?.addressText ?? 'no address yet'}): ${reason}`, {
+      event: 'session.cut',
+      peer: name,
+      endpoint: client.conn.remote,
+      address: client.peer?.addressText ?? null,
+      reason,
+      refused: refuse,
+    })
     this.end(client, reason)
     if (!refuse) return client.conn.close(reason)
     client.refused = true
@@ -389,10 +401,20 @@ export class NodeSessions {
     if (peer.session.id !== undefined) this.sessionIds.delete(peer.session.id)
     if (this.sessions.get(client.name) === client) this.sessions.delete(client.name)
     if (this.o.closing()) return
-    this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`)
+    this.o.log.info(`client ${client.name} (${peer.addressText}) disconnected: ${reason}`, {
+      event: 'client.disconnected',
+      peer: client.name,
+      endpoint: client.conn.remote,
+      address: peer.addressText,
+      reason,
+    })
     // Withdrawn even when a new session of the same client replaces this one (it closes this
     // one first, then admits its own address): admission folds the two into no change.
-    this.o.withdraw(peer.addressText, client.name).catch((e: Error) => this.o.log.error(`could not withdraw ${peer.addressText} from the admitted set: ${e.message}`))
+    this.o
+      .withdraw(peer.addressText, client.name)
+      .catch((e: Error) =>
+        this.o.log.error(`could not withdraw ${peer.addressText} from the admitted set: ${e.message}`, {event: 'admission.failed', peer: client.name, address: peer.addressText, reason: e.message}),
+      )
   }
 
   /**

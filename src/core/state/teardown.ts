@@ -24,7 +24,7 @@ export async function teardown(state: AgentState, log: Logger): Promise<string[]
       await fn()
     } catch (e) {
       problems.push(`${what}: ${(e as Error).message}`)
-      log.warn(`cleanup: ${what} failed: ${(e as Error).message}`)
+      log.warn(`cleanup: ${what} failed: ${(e as Error).message}`, {event: 'cleanup.failed', step: what, reason: (e as Error).message})
     }
   }
   await step('remove routes', () => removeRoutes(state.routes))
@@ -54,7 +54,7 @@ export async function finishTeardown(state: AgentState, file: StateFile, log: Lo
   } else {
     file.removeSocket()
     file.release()
-    log.warn(`cleanup incomplete; keeping ${file.path} so that \`agent down\` can retry`)
+    log.warn(`cleanup incomplete; keeping ${file.path} so that \`agent down\` can retry`, {event: 'cleanup.incomplete', file: file.path})
   }
   return problems
 }
@@ -73,10 +73,10 @@ export async function reclaimStale(file: StateFile, log: Logger): Promise<void> 
     if (old.pid !== process.pid && isAgentAlive(old.pid, old.startTime, old.bootId)) {
       throw new Error(`agent "${file.name}" is already running (pid ${old.pid}); stop it with \`agent down\` first`)
     }
-    log.warn(`found state of a previous run of "${file.name}" (pid ${old.pid}, not running): cleaning up after it`)
+    log.warn(`found state of a previous run of "${file.name}" (pid ${old.pid}, not running): cleaning up after it`, {event: 'cleanup.stale', pid: old.pid})
     const problems = await teardown(old, log)
     // Go on regardless (as before): this run re-applies its own firewall chains over any left.
-    if (problems.length > 0) log.warn(`some of what the previous run of "${file.name}" set up may remain: ${problems.join('; ')}`)
+    if (problems.length > 0) log.warn(`some of what the previous run of "${file.name}" set up may remain: ${problems.join('; ')}`, {event: 'cleanup.incomplete', problems})
     file.removeRecord()
   } catch (e) {
     file.release()

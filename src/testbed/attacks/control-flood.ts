@@ -7,6 +7,9 @@
  *   hold     open connections as fast as it can, say nothing, hold each until the node closes
  *            it, then open another: a host trying to take every slot players need
  *   hello    the same, but each sends a genuine TLS ClientHello first and then stalls
+ *   fail     the same, but each sends a ClientHello offering TLS 1.2 at most, which the node
+ *            (TLS 1.3 only) refuses at once: a flood of failed handshakes, each one a line
+ *            the node would log were its log not rate-limited
  *   trickle  one connection that sends a genuine ClientHello one byte per second: alive for
  *            an inactivity timer, not for an absolute deadline
  */
@@ -23,13 +26,13 @@ const [mode, host, portText] = positionals
 const port = Number(portText)
 const seconds = Number(values.seconds)
 const max = Number(values.max)
-if (!['hold', 'hello', 'trickle'].includes(mode) || host === undefined || !(port > 0) || !(seconds > 0) || !(max > 0)) {
-  process.stderr.write('usage: control-flood hold|hello|trickle HOST PORT [--seconds S] [--max N]\n')
+if (!['hold', 'hello', 'fail', 'trickle'].includes(mode) || host === undefined || !(port > 0) || !(seconds > 0) || !(max > 0)) {
+  process.stderr.write('usage: control-flood hold|hello|fail|trickle HOST PORT [--seconds S] [--max N]\n')
   process.exit(2)
 }
 
-/** The first flight a TLS 1.3 client sends: what Node's own client writes, caught on the way out. */
-function clientHello(): Promise<Buffer> {
+/** The first flight a TLS client sends (1.3 unless told): what Node's own client writes, caught on the way out. */
+function clientHello(maxVersion: 'TLSv1.2' | 'TLSv1.3' = 'TLSv1.3'): Promise<Buffer> {
   return new Promise((resolve) => {
     const fake = new Duplex({
       read() {},
@@ -38,7 +41,7 @@ function clientHello(): Promise<Buffer> {
         cb()
       },
     })
-    const t = tlsConnect({socket: fake, servername: 'node', rejectUnauthorized: false})
+    const t = tlsConnect({socket: fake, servername: 'node', rejectUnauthorized: false, maxVersion, ...(maxVersion === 'TLSv1.2' ? {minVersion: 'TLSv1.2'} : {})})
     t.on('error', () => {})
   })
 }
@@ -109,6 +112,6 @@ async function trickle(hello: Buffer): Promise<void> {
   })
 }
 
-const hello = await clientHello()
+const hello = await clientHello(mode === 'fail' ? 'TLSv1.2' : 'TLSv1.3')
 if (mode === 'trickle') await trickle(hello)
-else await flood(mode === 'hello' ? hello : null)
+else await flood(mode === 'hello' || mode === 'fail' ? hello : null)
