@@ -16,6 +16,7 @@ import {delimiter, join} from 'node:path'
 import {promisify} from 'node:util'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {createFleet, ROOT, type AgentProcess, type Fleet} from '../../src/testbed/index.js'
+import {registerCleanup} from '../../src/testbed/cleanup.js'
 import {pingOk} from './datagram-helpers.js'
 
 const pexec = promisify(execFile)
@@ -34,6 +35,7 @@ let prefix = ''
 let agent = ''
 let env: Record<string, string> = {}
 let fleet: Fleet | undefined
+let unregister = () => {}
 const started: AgentProcess[] = []
 const cwdBefore = process.cwd()
 
@@ -59,6 +61,9 @@ function which(name: string): string {
 beforeAll(async () => {
   if (!isRoot) return
   work = mkdtempSync(join(tmpdir(), 'agent-release-test-'))
+  // Removed by afterAll, or on a signal or exit that skips it (the testbed removes its own).
+  const dir = work
+  unregister = registerCleanup(() => rmSync(dir, {recursive: true, force: true}))
   const bin = join(work, 'bin')
   prefix = join(work, 'prefix')
   for (const d of [bin, prefix, join(work, 'cwd'), join(work, 'home'), join(work, 'cache'), join(work, 'out')]) mkdirSync(d)
@@ -84,6 +89,7 @@ afterAll(async () => {
   for (const p of started.splice(0).reverse()) await fleet?.tb.stop(p.child)
   await fleet?.tb.destroy()
   if (work !== '') rmSync(work, {recursive: true, force: true})
+  unregister()
 })
 
 describe.skipIf(!isRoot)('the release artifact', () => {
