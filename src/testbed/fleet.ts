@@ -26,10 +26,19 @@ export function agentEnv(runDir: string, dataDir: string): NodeJS.ProcessEnv {
   return {...process.env, AGENT_RUN_DIR: runDir, AGENT_IP_FORWARD_DIR: join(dirname(runDir), 'ip-forward'), AGENT_DATA_DIR: dataDir, NO_COLOR: '1'}
 }
 
-/** Run the agent CLI to completion outside any namespace (pki, config validate...). */
-export async function agentCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{stdout: string; stderr: string; code: number}> {
+/**
+ * How to run the agent: this tree's bin/run.js under this Node.js, or another `agent` executable
+ * (an installed release artifact, test/integration/release.test.ts).
+ */
+export function agentCommand(bin?: string): [string, string[]] {
+  return bin === undefined ? [process.execPath, [BIN]] : [bin, []]
+}
+
+/** Run the agent CLI to completion outside any namespace (pki, config validate...). bin: as in agentCommand. */
+export async function agentCli(args: string[], env: NodeJS.ProcessEnv = process.env, bin?: string): Promise<{stdout: string; stderr: string; code: number}> {
+  const [cmd, pre] = agentCommand(bin)
   try {
-    const r = await pexec(process.execPath, [BIN, ...args], {env, timeout: 60_000})
+    const r = await pexec(cmd, [...pre, ...args], {env, timeout: 60_000})
     return {stdout: r.stdout, stderr: r.stderr, code: 0}
   } catch (e) {
     const err = e as {stdout?: string; stderr?: string; code?: number}
@@ -131,6 +140,8 @@ export interface FleetOptions {
   nodeFlags?: string[]
   /** More environment for every agent process, e.g. {AGENT_FAST_PATH: 'off'}. */
   env?: Record<string, string>
+  /** The `agent` executable to run (e.g. an installed release artifact); default this tree's bin/run.js. nodeFlags do not apply to it. */
+  bin?: string
   /** More authorized clients beside alice and bob (the benchmark's 4 clients). */
   extraClients?: string[]
   /** The node's `workers`, if not the default ("auto"). */
@@ -167,8 +178,10 @@ export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, 'prefix
     .join(', ')
   const pki = join(tb.dir, 'pki')
   const foreignPki = join(tb.dir, 'foreign-pki')
+  const [cmd, pre] = agentCommand(opts.bin)
+  const cliEnv = {...process.env, ...opts.env}
   const must = async (args: string[]) => {
-    const r = await agentCli(args)
+    const r = await agentCli(args, cliEnv, opts.bin)
     if (r.code !== 0) throw new Error(`agent ${args.join(' ')} failed: ${r.stderr}`)
   }
   await must(['pki', 'init', '--dir', pki])
@@ -180,7 +193,7 @@ export async function prepareFleet(tb: Testbed, opts: Omit<FleetOptions, 'prefix
   await must(['pki', 'issue', 'alice', '--dir', foreignPki])
   const dataDir = opts.dataDir ?? join(tb.dir, 'data')
   if (opts.dataDir === undefined || !existsSync(join(dataDir, 'package.json'))) {
-    const r = await agentCli(['plugins', 'install', transport], {...process.env, AGENT_DATA_DIR: dataDir})
+    const r = await agentCli(['plugins', 'install', transport], {...cliEnv, AGENT_DATA_DIR: dataDir}, opts.bin)
     if (r.code !== 0) throw new Error(`agent plugins install ${transport} failed: ${r.stderr}`)
   }
 
@@ -241,7 +254,7 @@ ${o.extra ?? ''}`,
   }
 
   const spawnAgent = (ns: string, args: string[], env?: Record<string, string>) =>
-    new AgentProcess(tb.spawn(ns, process.execPath, [...(opts.nodeFlags ?? []), BIN, ...args], {env: {...agentEnv(runDir(ns), dataDir), ...opts.env, ...env}, stdio: ['ignore', 'pipe', 'pipe']}))
+    new AgentProcess(tb.spawn(ns, cmd, [...(opts.bin === undefined ? (opts.nodeFlags ?? []) : []), ...pre, ...args], {env: {...agentEnv(runDir(ns), dataDir), ...opts.env, ...env}, stdio: ['ignore', 'pipe', 'pipe']}))
 
   return {
     tb,
@@ -265,7 +278,7 @@ ${o.extra ?? ''}`,
       return p
     },
     async cli(ns, args) {
-      return tb.exec(ns, process.execPath, [BIN, ...args], {env: agentEnv(runDir(ns), dataDir), timeoutMs: 60_000}).then((r) => ({
+      return tb.exec(ns, cmd, [...pre, ...args], {env: {...agentEnv(runDir(ns), dataDir), ...opts.env}, timeoutMs: 60_000}).then((r) => ({
         stdout: r.stdout,
         stderr: r.stderr,
         code: r.code ?? 1,

@@ -1,10 +1,16 @@
 /**
  * What the wrappers of our N-API addons share (src/core/tun/linux.ts over agent_tun,
- * src/core/carrier/datagram.ts over agent_net): finding and loading build/Release/<name>.node,
- * built by node-gyp from binding.gyp, and the rule for an error the addon reports while reading.
+ * src/core/carrier/datagram.ts over agent_net): finding and loading <name>.node, and the rule
+ * for an error the addon reports while reading.
  *
- * AGENT_NATIVE_ADDON=/path/to/agent_native.node loads that file instead of build/Release's: the
- * fuzzer (scripts/fuzz.mjs) runs the real agent on an AddressSanitizer build of the same sources.
+ * Where the addon is looked for, first found wins (the order of node-gyp-build, whose layout the
+ * release artifact follows, docs/install.md):
+ *   1. AGENT_NATIVE_ADDON=/path/to/agent_native.node: that file and no other. The fuzzer
+ *      (scripts/fuzz.mjs) runs the real agent on an AddressSanitizer build of the same sources.
+ *   2. build/Release/<name>.node: built from binding.gyp by node-gyp (a clone, or an install of
+ *      the artifact where no prebuilt fitted).
+ *   3. prebuilds/<platform>-<arch>/<name>.node: the N-API build the release artifact carries
+ *      (scripts/release.mjs), one file for every Node.js from 20 on.
  */
 import {existsSync, readFileSync} from 'node:fs'
 import {createRequire} from 'node:module'
@@ -43,12 +49,22 @@ function loadAddon(spec: AddonSpec): unknown {
     if (!existsSync(override)) throw codeError(`${spec.what} named by ${ADDON_OVERRIDE_ENV} is missing: ${override}`, spec.code)
     return createRequire(spec.from)(resolve(override))
   }
-  const file = join(packageRoot(spec), 'build', 'Release', `${spec.name}.node`)
-  if (!existsSync(file)) {
-    const hint = 'run "npx node-gyp rebuild"'
-    throw codeError(`${spec.what} is not built: ${file} is missing (${hint})`, spec.code)
+  const root = packageRoot(spec)
+  const candidates = addonCandidates(root, spec.name)
+  const file = candidates.find((f) => existsSync(f))
+  if (file === undefined) {
+    const hint = 'run "npx node-gyp rebuild" in the package, which needs a C compiler (docs/install.md)'
+    throw codeError(`${spec.what} is not built: ${candidates.join(' and ')} are missing (${hint})`, spec.code)
   }
   return createRequire(spec.from)(file)
+}
+
+/**
+ * Where the addon <name> is looked for under the package root, in order: node-gyp's build, then
+ * the prebuilt of this platform and architecture (scripts/install.mjs uses the same list).
+ */
+export function addonCandidates(root: string, name: string): string[] {
+  return [join(root, 'build', 'Release', `${name}.node`), join(root, 'prebuilds', `${process.platform}-${process.arch}`, `${name}.node`)]
 }
 
 /** The directory of the "agent" package.json above the wrapper (dist/ or src/, built or not). */
