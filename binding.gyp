@@ -6,6 +6,7 @@
   #   fast the native fast path over both    src/core/device/native/fastpath.c (workers.c: the
   #        node's worker threads)
   #   stream the tls data channel's records  src/core/carrier/native/stream.c
+  #   notify the service manager's readiness datagram (sd_notify) src/core/native/notify.c
   # tun and net share the poll, lifetime, ring and callback code in src/core/native/poller.c.
   "targets": [
     {
@@ -26,6 +27,7 @@
           "src/core/native/addon.c",
           "src/core/native/poller.c",
           "src/core/native/args.c",
+          "src/core/native/notify.c",
           "src/core/tun/native/tun.c",
           "src/core/carrier/native/net.c",
           "src/core/carrier/native/stream.c",

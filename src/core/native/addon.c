@@ -1,8 +1,10 @@
-/* agent_native's module: exports {tun, net, fast, stream}, each an object of functions (see agent.h). */
+/* agent_native's module: exports {tun, net, fast, stream}, each an object of functions (see agent.h),
+ * and notify(socketPath, message), the service manager's readiness datagram (notify.h). */
 #define _GNU_SOURCE
 #include <node_api.h>
 
 #include "agent.h"
+#include "notify.h"
 
 static napi_value part(napi_env env, napi_value exports, const char *name,
                        napi_value (*init)(napi_env, napi_value)) {
@@ -15,7 +17,8 @@ static napi_value part(napi_env env, napi_value exports, const char *name,
 
 NAPI_MODULE_INIT() {
   if (part(env, exports, "tun", tun_init) == NULL || part(env, exports, "net", net_init) == NULL ||
-      part(env, exports, "fast", fast_init) == NULL || part(env, exports, "stream", stream_init) == NULL) {
+      part(env, exports, "fast", fast_init) == NULL || part(env, exports, "stream", stream_init) == NULL ||
+      notify_init(env, exports) == NULL) {
     return NULL;
   }
   return exports;

@@ -5,7 +5,7 @@
  */
 import {addonLoader} from './load.js'
 
-export const loadAgentNative = addonLoader<{tun: unknown; net: unknown; fast: unknown; stream: unknown}>({
+export const loadAgentNative = addonLoader<{tun: unknown; net: unknown; fast: unknown; stream: unknown; notify?: (socketPath: string, message: string) => boolean}>({
   from: import.meta.url,
   name: 'agent_native',
   what: 'the native addon',
