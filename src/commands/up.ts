@@ -8,6 +8,7 @@ import {runDir} from '../core/state/state-file.js'
 import {NodeAgent} from '../core/node/node-agent.js'
 import {ClientAgent} from '../core/client/client-agent.js'
 import {runInForeground} from '../core/lifecycle.js'
+import {ServiceNotifier} from '../core/service/notify.js'
 
 export default class Up extends Command {
   static override summary = 'Bring up a proxy node or a client from its config file, in the foreground.'
@@ -55,7 +56,8 @@ export default class Up extends Command {
         : new ClientAgent(config, transport, runDir(flags['run-dir']), log)
     let code: number
     try {
-      code = await runInForeground(agent, log)
+      // Under systemd (Type=notify, docs/service.md): READY when it serves, RELOADING, STOPPING.
+      code = await runInForeground(agent, log, process, ServiceNotifier.fromEnv({log}))
     } catch (e) {
       stop((e as Error).message, 1, json)
     }

@@ -3,7 +3,8 @@
  * (`agent down`), including after it crashed.
  */
 import type {Logger} from './log.js'
-import type {ReloadResult} from './status/server.js'
+import {type ReloadResult, reloadObservers} from './status/server.js'
+import type {ServiceNotifier} from './service/notify.js'
 import {StateFile, isAgentAlive} from './state/state-file.js'
 import {teardown} from './state/teardown.js'
 import {checkRunDir} from './state/run-dir.js'
@@ -50,14 +51,19 @@ export interface SignalSource {
  * Returns the exit code: 0 after a stop caused by a signal that removed everything, 1 after a
  * fatal end or when something could not be removed (the state file is then kept for
  * `agent down`). Rejects with start()'s error if the agent could not start (and no signal came).
+ *
+ * `notifier` (a service manager listening, service/notify.ts) is told READY once start()
+ * resolved, RELOADING then READY around each reload (SIGHUP or the status socket's), and
+ * STOPPING when a stop begins.
  */
-export async function runInForeground(agent: RunningAgent, log: Logger, signals: SignalSource = process): Promise<number> {
+export async function runInForeground(agent: RunningAgent, log: Logger, signals: SignalSource = process, notifier?: ServiceNotifier): Promise<number> {
   let signalled: NodeJS.Signals | null = null
   let onFirstSignal!: () => void
   const gotSignal = new Promise<'signal'>((resolve) => (onFirstSignal = () => resolve('signal')))
   let stopping: Promise<readonly string[]> | null = null
   const stop = (): Promise<readonly string[]> =>
     (stopping ??= Promise.resolve()
+      .then(() => notifier?.stopping())
       .then(() => agent.stop())
       .then(
         (problems) => problems ?? [],
@@ -77,11 +83,18 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
     if (signalled !== null) return
     if (agent.reload === undefined) return log.warn(`${RELOAD_SIGNAL}: this agent has nothing to reload`, {event: 'reload.unsupported', signal: RELOAD_SIGNAL})
     log.info(`${RELOAD_SIGNAL}: reloading the config`, {event: 'reload.requested', signal: RELOAD_SIGNAL})
-    agent.reload().then(
-      (r) => log.info(describeReload(r), {event: 'reload.done', changed: r.changed, effects: r.effects}),
-      (e: Error) => log.error(`reload refused: ${e.message}`, {event: 'reload.refused', reason: e.message}),
-    )
+    notifier?.reloading()
+    agent
+      .reload()
+      .then(
+        (r) => log.info(describeReload(r), {event: 'reload.done', changed: r.changed, effects: r.effects}),
+        (e: Error) => log.error(`reload refused: ${e.message}`, {event: 'reload.refused', reason: e.message}),
+      )
+      .finally(() => notifier?.reloaded())
   }
+  // `agent reload` comes through the status socket rather than a signal.
+  const observer = notifier && {begin: () => notifier.reloading(), end: () => notifier.reloaded()}
+  if (observer) reloadObservers.add(observer)
   for (const s of STOP_SIGNALS) signals.on(s, onSignal)
   signals.on(RELOAD_SIGNAL, onReload)
   try {
@@ -96,6 +109,7 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
     }
     let code = 0
     if (signalled === null) {
+      notifier?.ready()
       // Up: run until a signal or until the agent ends by itself.
       const ended = agent.ended?.then(() => 'ended' as const) ?? new Promise<never>(() => {})
       if ((await Promise.race([gotSignal, ended])) === 'ended') code = 1
@@ -112,6 +126,8 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
   } finally {
     for (const s of STOP_SIGNALS) signals.off(s, onSignal)
     signals.off(RELOAD_SIGNAL, onReload)
+    if (observer) reloadObservers.delete(observer)
+    notifier?.close()
   }
 }
 

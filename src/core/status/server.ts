@@ -26,6 +26,9 @@ export interface LocalHandlers {
 type Request = {op: 'status'} | {op: 'reload'; config?: string}
 type ReloadAnswer = {ok: true; result: ReloadResult} | {ok: false; error: string}
 
+/** Told before and after each reload this socket runs (the service manager's notifier, lifecycle.ts). */
+export const reloadObservers = new Set<{begin(): void; end(): void}>()
+
 /** A request line longer than this is not ours. */
 const MAX_REQUEST = 4096
 const REQUEST_TIMEOUT_MS = 5_000
@@ -79,10 +82,13 @@ async function answer(line: string, handlers: LocalHandlers): Promise<StatusRepo
   }
   if (request?.op === 'status') return handlers.status()
   if (request?.op === 'reload') {
+    for (const o of reloadObservers) o.begin()
     try {
       return {ok: true, result: await handlers.reload(typeof request.config === 'string' ? request.config : undefined)}
     } catch (e) {
       return {ok: false, error: (e as Error).message}
+    } finally {
+      for (const o of reloadObservers) o.end()
     }
   }
   return {ok: false, error: `bad request: unknown op ${JSON.stringify((request as {op?: unknown})?.op)}`}

@@ -1,0 +1,235 @@
+/**
+ * The service manager's notifications (src/core/service/notify.ts): what ServiceNotifier says
+ * and when, through a fake sink; runInForeground's calls with a fake agent and fake signals
+ * (READY only once start() resolved, RELOADING/READY around a SIGHUP reload and a reload through
+ * the status socket, STOPPING at a stop); and the addon's sender (native/notify.c) delivering
+ * real datagrams to a path socket and an abstract one, and refusing bad addresses.
+ */
+import {EventEmitter} from 'node:events'
+import {mkdtempSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, describe, expect, it} from 'vitest'
+import {runInForeground, type RunningAgent} from '../../src/core/lifecycle.js'
+import {loadAgentNative} from '../../src/core/native/addon.js'
+import {nativeSink, ServiceNotifier} from '../../src/core/service/notify.js'
+import {requestReload, startStatusServer} from '../../src/core/status/server.js'
+import {listenNotify} from '../helpers/notify-listener.js'
+
+const dir = mkdtempSync(join(tmpdir(), `agent-notify-${process.pid}-`))
+afterAll(() => rmSync(dir, {recursive: true, force: true}))
+
+function silentLog() {
+  const lines: string[] = []
+  const at = (level: string) => (msg: string) => void lines.push(`${level} ${msg}`)
+  const log = {trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log, setLevel: () => {}}
+  return {log, lines}
+}
+
+/** A notifier writing into an array, with a fixed monotonic clock. */
+function fake(opts: {watchdogUsec?: number; fail?: boolean} = {}) {
+  const sent: string[] = []
+  const timers: {fn: () => void; ms: number; cleared: boolean}[] = []
+  const {log, lines} = silentLog()
+  const n = new ServiceNotifier(
+    (m) => {
+      if (opts.fail) throw new Error('ECONNREFUSED')
+      sent.push(m)
+    },
+    {
+      watchdogUsec: opts.watchdogUsec,
+      log,
+      monotonicUsec: () => 123456789n,
+      setInterval: (fn, ms) => {
+        const t = {fn, ms, cleared: false}
+        timers.push(t)
+        return t
+      },
+      clearInterval: (t) => void ((t as {cleared: boolean}).cleared = true),
+    },
+  )
+  return {n, sent, timers, lines}
+}
+
+describe('ServiceNotifier', () => {
+  it('says READY, RELOADING with the monotonic time then READY, and STOPPING last', () => {
+    const {n, sent} = fake()
+    n.ready()
+    n.reloading()
+    n.reloaded()
+    n.status('2 clients')
+    n.stopping()
+    n.ready()
+    n.reloading()
+    n.status('after')
+    expect(sent).toEqual([
+      'READY=1\nSTATUS=running',
+      'RELOADING=1\nMONOTONIC_USEC=123456789\nSTATUS=reloading the config',
+      'READY=1\nSTATUS=running',
+      'STATUS=2 clients',
+      'STOPPING=1\nSTATUS=stopping',
+    ])
+  })
+
+  it('overlapping reloads say RELOADING once and READY after the last', () => {
+    const {n, sent} = fake()
+    n.reloading()
+    n.reloading()
+    n.reloaded()
+    expect(sent).toHaveLength(1)
+    n.reloaded()
+    n.reloaded() // one too many: ignored
+    expect(sent.map((m) => m.split('\n')[0])).toEqual(['RELOADING=1', 'READY=1'])
+  })
+
+  it('keeps STATUS on one line', () => {
+    const {n, sent} = fake()
+    n.status('a\nREADY=1')
+    expect(sent).toEqual(['STATUS=a READY=1'])
+  })
+
+  it('pings the watchdog at half of WATCHDOG_USEC, and stops at STOPPING', () => {
+    const {n, sent, timers} = fake({watchdogUsec: 10_000_000})
+    expect(timers).toHaveLength(1)
+    expect(timers[0].ms).toBe(5000)
+    timers[0].fn()
+    expect(sent).toEqual(['WATCHDOG=1'])
+    n.stopping()
+    expect(timers[0].cleared).toBe(true)
+  })
+
+  it('a sink that fails is logged once and never throws', () => {
+    const {n, lines} = fake({fail: true})
+    n.ready()
+    n.reloading()
+    n.stopping()
+    expect(lines).toEqual(['warn cannot notify the service manager: ECONNREFUSED'])
+  })
+
+  it('fromEnv: none without NOTIFY_SOCKET; takes the variables out of the environment; WATCHDOG_PID must be ours', () => {
+    expect(ServiceNotifier.fromEnv({env: {}})).toBeUndefined()
+    const env: NodeJS.ProcessEnv = {NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '4000000', WATCHDOG_PID: String(process.pid), PATH: '/bin'}
+    const sent: string[] = []
+    const n = ServiceNotifier.fromEnv({env, sink: (m) => sent.push(m)})
+    expect(n).toBeDefined()
+    expect(env).toEqual({PATH: '/bin'})
+    n!.ready()
+    n!.close()
+    expect(sent).toEqual(['READY=1\nSTATUS=running'])
+    // Another process's watchdog: no pings from us (the fake timers would show one).
+    const other = ServiceNotifier.fromEnv({env: {NOTIFY_SOCKET: '@x', WATCHDOG_USEC: '1000', WATCHDOG_PID: '1'}, sink: () => {}, setInterval: () => expect.fail('no watchdog expected')})
+    expect(other).toBeDefined()
+  })
+})
+
+/** A fake agent whose start() the test resolves. */
+function agent() {
+  let started!: () => void
+  const a: RunningAgent & {reloads: number; release: () => void} = {
+    reloads: 0,
+    start: () => new Promise<void>((r) => (started = r)),
+    stop: async () => [],
+    reload: async () => {
+      a.reloads++
+      return {changed: ['clients'], effects: []}
+    },
+    release: () => started(),
+  }
+  return a
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 20))
+
+describe('runInForeground with a notifier', () => {
+  it('READY only after start() resolved; RELOADING/READY on SIGHUP; STOPPING at SIGTERM', async () => {
+    const {n, sent} = fake()
+    const signals = new EventEmitter()
+    const a = agent()
+    const run = runInForeground(a, silentLog().log, signals as never, n)
+    await tick()
+    expect(sent).toEqual([]) // still starting: not ready
+    a.release()
+    await tick()
+    expect(sent).toEqual(['READY=1\nSTATUS=running'])
+    signals.emit('SIGHUP', 'SIGHUP')
+    await tick()
+    expect(a.reloads).toBe(1)
+    expect(sent.slice(1).map((m) => m.split('\n')[0])).toEqual(['RELOADING=1', 'READY=1'])
+    signals.emit('SIGTERM', 'SIGTERM')
+    expect(await run).toBe(0)
+    expect(sent.at(-1)).toBe('STOPPING=1\nSTATUS=stopping')
+    expect(sent).toHaveLength(4)
+  })
+
+  it('a reload through the status socket (`agent reload`): RELOADING, then READY before the answer', async () => {
+    const {n, sent} = fake()
+    const signals = new EventEmitter()
+    const a = agent()
+    const socket = join(dir, 'status.sock')
+    let readyBeforeAnswer = false
+    const server = await startStatusServer(socket, {
+      status: () => ({}) as never,
+      reload: async () => {
+        await a.reload!()
+        return {changed: [], effects: []}
+      },
+    })
+    try {
+      const run = runInForeground(a, silentLog().log, signals as never, n)
+      a.release()
+      await tick()
+      await requestReload(socket, undefined).then(() => (readyBeforeAnswer = sent.at(-1)?.startsWith('READY=1') ?? false))
+      expect(sent.map((m) => m.split('\n')[0])).toEqual(['READY=1', 'RELOADING=1', 'READY=1'])
+      expect(readyBeforeAnswer).toBe(true)
+      signals.emit('SIGINT', 'SIGINT')
+      expect(await run).toBe(0)
+      // Once the agent is done, the socket's reloads no longer reach its notifier.
+      await requestReload(socket, undefined)
+      expect(sent.map((m) => m.split('\n')[0])).toEqual(['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1'])
+    } finally {
+      server.close()
+    }
+  })
+
+  it('a signal before start() resolved: STOPPING, never READY', async () => {
+    const {n, sent} = fake()
+    const signals = new EventEmitter()
+    const a = agent()
+    const run = runInForeground(a, silentLog().log, signals as never, n)
+    await tick()
+    signals.emit('SIGTERM', 'SIGTERM')
+    expect(await run).toBe(0)
+    expect(sent).toEqual(['STOPPING=1\nSTATUS=stopping'])
+  })
+})
+
+describe('the native sender (native/notify.c)', () => {
+  it('delivers to a path socket and to an abstract one', async () => {
+    for (const address of [join(dir, 'notify.sock'), `@agent-notify-test-${process.pid}`]) {
+      const listener = await listenNotify(address)
+      try {
+        nativeSink(address)('READY=1\nSTATUS=up')
+        nativeSink(address)('STOPPING=1')
+        await listener.waitFor((m) => m === 'STOPPING=1')
+        expect(listener.messages).toEqual(['READY=1\nSTATUS=up', 'STOPPING=1'])
+      } finally {
+        await listener.close()
+      }
+    }
+  })
+
+  it('refuses what it cannot send, with the reason', () => {
+    const notify = loadAgentNative().notify!
+    expect(() => notify(join(dir, 'nobody-listens.sock'), 'READY=1')).toThrow(/No such file or directory|Connection refused/)
+    expect(() => notify(`/${'a'.repeat(107)}`, 'READY=1')).toThrow(/File name too long/)
+    expect(() => notify(`/${'a'.repeat(300)}`, 'READY=1')).toThrow(/socketPath is too long/)
+    expect(() => notify(`@${'a'.repeat(108)}`, 'READY=1')).toThrow(/File name too long/)
+    expect(() => notify('relative.sock', 'READY=1')).toThrow(/Address family not supported/)
+    expect(() => notify('', 'READY=1')).toThrow(/Invalid argument/)
+    expect(() => notify('/x\0y', 'READY=1')).toThrow(/Invalid argument/)
+    expect(() => notify(join(dir, 'x.sock'), 'x'.repeat(5000))).toThrow(/message is too long/)
+    expect(() => notify(join(dir, 'x.sock'), '')).toThrow(/Invalid argument/)
+    expect(() => (notify as unknown as (a: unknown, b: unknown) => void)(1, 'x')).toThrow(/socketPath/)
+    expect(() => (notify as unknown as (a: unknown) => void)('/x')).toThrow(/notify\(socketPath, message\)/)
+  })
+})
