@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 // Builds everything a fresh clone needs to run `agent`: the TypeScript of the core and of every
 // bundled plugin, the native TUN addon, the plugin tarballs `plugins:install <name>` installs
-// offline, and the JSON Schema of the config files.
+// offline, the JSON Schema of the config files and the systemd unit in packaging/.
 import {execFileSync} from 'node:child_process'
 import {existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {dirname, join} from 'node:path'
-import {fileURLToPath} from 'node:url'
+import {fileURLToPath, pathToFileURL} from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const run = (cmd, args, opts = {}) => execFileSync(cmd, args, {cwd: root, stdio: 'inherit', ...opts})
@@ -23,6 +23,12 @@ const plugins = readdirSync(join(root, 'plugins'), {withFileTypes: true})
 // tarballs or in the command manifest.
 for (const dir of ['dist', ...plugins.map((p) => `plugins/${p}/dist`)]) rmSync(join(root, dir), {recursive: true, force: true})
 run('npx', ['tsc', '-b', '.', ...plugins.map((p) => `plugins/${p}`)])
+
+// The shipped systemd unit is the generator's output (src/core/service/unit.ts), never edited by
+// hand: rewritten here, so the file in packaging/ cannot drift from what `agent service install` writes.
+const {renderUnit, UNIT_NAME} = await import(pathToFileURL(join(root, 'dist/core/service/unit.js')).href)
+mkdirSync(join(root, 'packaging/systemd'), {recursive: true})
+writeFileSync(join(root, 'packaging/systemd', UNIT_NAME), renderUnit())
 
 // One tarball per plugin, under a name that does not change with the version, so the init hook
 // can map `plugins:install tls` to dist/plugins/tls.tgz without a registry.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for agent's demo, tests and benchmark: the system tools they
 # drive (iproute2, iptables, ipset (the node's admission set), conntrack, ping, iperf3, tshark, openvpn and wireguard-go as the benchmark's
-# baseline, python3-cryptography for the ESP interop test, etcd and etcdctl for the fleet roster's tests), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
+# baseline, python3-cryptography for the ESP interop test, etcd and etcdctl for the fleet roster's tests,
+# systemd-analyze to verify the systemd unit), the npm dependencies (which builds the TUN addon with node-gyp), and the build.
 # Idempotent: installs only what is missing. Needs root, as the agent itself does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,11 @@ elif [[ " ${need[*]} " != *" gcc "* ]]; then
   need+=(gcc)
 fi
 have python3 || need+=(python3)
+# test/unit/service-unit.test.ts checks the shipped unit with systemd-analyze verify (package
+# systemd; installing it does not make systemd PID 1 in a container).
+have systemd-analyze || need+=(systemd)
+# test/integration/systemd-notify.test.ts runs a node with only the unit's capabilities (setpriv).
+have setpriv || need+=(util-linux)
 # The fleet's roster lives in etcd (3.4 on Debian 12); tests start their own clusters in the testbed.
 have etcd || need+=(etcd-server)
 have etcdctl || need+=(etcd-client)
