@@ -1,0 +1,229 @@
+/**
+ * `agent service install NAME` and `agent service uninstall NAME`: the systemd unit and where
+ * instance NAME's config lives (docs/service.md).
+ *
+ * install writes agent@.service into the unit directory (when absent or different), creates
+ * /etc/agent (0750), and copies a config there when one is given, never over an existing one.
+ * Everything is checked before anything is written, and each file is written to a temporary
+ * name and renamed, so a refusal leaves nothing behind and a failure leaves no half file.
+ *
+ * uninstall removes the unit only when no other instance's config is left in /etc/agent (other
+ * instances still use the template); it never deletes a config: they hold an operator's work
+ * and are the instances' identity.
+ *
+ * `root` prefixes every path written (a package's staging directory, tests); the unit's text
+ * names the real paths, as on the target machine.
+ */
+import {chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {basename, join} from 'node:path'
+import {CONFIG_DIR, UNIT_NAME, renderUnit, unsafeAgentPath} from './unit.js'
+
+export const DEFAULT_UNIT_DIR = '/etc/systemd/system'
+export const CONFIG_DIR_MODE = 0o750
+export const CONFIG_MODE = 0o640
+export const UNIT_MODE = 0o644
+
+/**
+ * An instance name is a file name in /etc/agent and a systemd instance: letters, digits and
+ * `_.-`, starting with a letter or digit, at most 64 characters. Anything else would need
+ * systemd-escape, or could name a path outside the config directory.
+ */
+const INSTANCE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/
+
+/** Why NAME is not a usable instance name, or undefined. */
+export function badInstanceName(name: string): string | undefined {
+  if (name === '') return 'the instance name is empty'
+  if (name.length > 64) return `the instance name is ${name.length} characters long; at most 64`
+  if (!/^[A-Za-z0-9]/.test(name)) return `the instance name ${JSON.stringify(name)} must start with a letter or a digit`
+  const bad = [...new Set([...name].filter((c) => !/[A-Za-z0-9_.-]/.test(c)))]
+  if (bad.length > 0) return `the instance name ${JSON.stringify(name)} has characters other than letters, digits, "_", "." and "-": ${bad.map((c) => JSON.stringify(c)).join(' ')}`
+  if (name.endsWith('.yaml')) return `the instance name is the config file's name without ".yaml": ${JSON.stringify(name.slice(0, -5))}`
+  if (!INSTANCE.test(name)) return `the instance name ${JSON.stringify(name)} is not valid`
+  return undefined
+}
+
+export interface ServicePaths {
+  /** Prefix of every path written; default "/" (the real system). */
+  root?: string
+  /** Where the unit goes; default /etc/systemd/system. */
+  unitDir?: string
+}
+
+export interface InstallOptions extends ServicePaths {
+  name: string
+  /** Absolute path of the agent executable the unit runs. */
+  agent: string
+  /** A config file to copy into place as /etc/agent/NAME.yaml, if that does not exist. */
+  config?: string
+  /** Checks the config given (agent config validate's checks); rejects with its errors. */
+  validate?: (file: string) => Promise<unknown>
+}
+
+export type FileAction = 'created' | 'updated' | 'unchanged' | 'kept'
+
+export interface InstallResult {
+  name: string
+  unit: {path: string; action: FileAction}
+  configDir: {path: string; action: 'created' | 'unchanged'}
+  /** The instance's config: created from --config, kept as it was, or missing (to be written). */
+  config: {path: string; action: 'created' | 'unchanged' | 'missing'}
+  /** What the operator runs next. */
+  next: string[]
+}
+
+function paths(o: ServicePaths & {name: string}) {
+  const root = o.root ?? '/'
+  const unitDir = join(root, o.unitDir ?? DEFAULT_UNIT_DIR)
+  const configDir = join(root, CONFIG_DIR)
+  return {unitDir, unit: join(unitDir, UNIT_NAME), configDir, config: join(configDir, `${o.name}.yaml`), realConfig: `${CONFIG_DIR}/${o.name}.yaml`}
+}
+
+/** Writes `text` to `file` by a temporary file and a rename: never half a file under its name. */
+function writeAtomic(file: string, text: string | Buffer, mode: number): void {
+  const tmp = join(file, '..', `.${basename(file)}.${process.pid}.tmp`)
+  try {
+    writeFileSync(tmp, text, {mode, flag: 'wx'})
+    chmodSync(tmp, mode)
+    renameSync(tmp, file)
+  } catch (e) {
+    rmSync(tmp, {force: true})
+    throw e
+  }
+}
+
+function readOrNull(file: string): Buffer | null {
+  try {
+    return readFileSync(file)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null
+    throw e
+  }
+}
+
+export async function installService(o: InstallOptions): Promise<InstallResult> {
+  // Everything that can be refused is refused before anything is written.
+  const badName = badInstanceName(o.name)
+  if (badName !== undefined) throw new Error(badName)
+  const badAgent = unsafeAgentPath(o.agent)
+  if (badAgent !== undefined) throw new Error(badAgent)
+  const p = paths(o)
+  const unitText = renderUnit({agent: o.agent})
+  const oldUnit = readOrNull(p.unit)
+  if (existsSync(p.configDir) && !lstatSync(p.configDir).isDirectory()) throw new Error(`${p.configDir} exists and is not a directory`)
+  const oldConfig = readOrNull(p.config)
+  let newConfig: Buffer | null = null
+  if (o.config !== undefined) {
+    newConfig = readFileSync(o.config)
+    await o.validate?.(o.config)
+    if (oldConfig !== null && !oldConfig.equals(newConfig)) {
+      throw new Error(`${p.config} exists and differs from ${o.config}; it is not overwritten (edit it, then \`agent config validate\` and \`systemctl reload agent@${o.name}\`)`)
+    }
+  }
+
+  const created: string[] = []
+  try {
+    const unitAction: FileAction = oldUnit === null ? 'created' : oldUnit.toString('utf8') === unitText ? 'unchanged' : 'updated'
+    // mkdir -p says which directory it made first: everything from there on is this run's.
+    const madeUnitDir = mkdirSync(p.unitDir, {recursive: true, mode: 0o755})
+    if (madeUnitDir !== undefined) created.push(madeUnitDir)
+    if (unitAction !== 'unchanged') {
+      writeAtomic(p.unit, unitText, UNIT_MODE)
+      if (unitAction === 'created') created.push(p.unit)
+    }
+    let dirAction: 'created' | 'unchanged' = 'unchanged'
+    const madeConfigDir = mkdirSync(p.configDir, {recursive: true, mode: CONFIG_DIR_MODE})
+    if (madeConfigDir !== undefined) {
+      created.push(madeConfigDir)
+      dirAction = 'created'
+    }
+    // The configs name key files and who may connect: not for everyone to read, either way.
+    if ((statSync(p.configDir).mode & 0o777) !== CONFIG_DIR_MODE) chmodSync(p.configDir, CONFIG_DIR_MODE)
+    let configAction: InstallResult['config']['action'] = oldConfig === null ? 'missing' : 'unchanged'
+    if (newConfig !== null && oldConfig === null) {
+      writeAtomic(p.config, newConfig, CONFIG_MODE)
+      created.push(p.config)
+      configAction = 'created'
+    }
+    const next = [
+      ...(configAction === 'missing' ? [`write ${p.realConfig} (a node or client config, docs/config.md), then \`agent config validate ${p.realConfig}\``] : []),
+      `systemctl daemon-reload && systemctl enable --now agent@${o.name}`,
+    ]
+    return {
+      name: o.name,
+      unit: {path: p.unit, action: unitAction},
+      configDir: {path: p.configDir, action: dirAction},
+      config: {path: p.config, action: configAction},
+      next,
+    }
+  } catch (e) {
+    // Nothing half: undo what this run created, newest first (an updated unit stays updated,
+    // having been replaced whole by a rename).
+    for (const path of created.reverse()) rmSync(path, {recursive: true, force: true})
+    throw e
+  }
+}
+
+export interface UninstallResult {
+  name: string
+  unit: {path: string; action: 'removed' | 'kept' | 'absent'}
+  /** Other instances' configs that keep the unit in use. */
+  others: string[]
+  /** Instances still enabled (a `*.wants/agent@X.service` link in the unit directory): the unit stays until they are disabled. */
+  enabled: string[]
+  /** The instance's config, never removed. */
+  config: {path: string; exists: boolean}
+  next: string[]
+}
+
+export function uninstallService(o: ServicePaths & {name: string}): UninstallResult {
+  const badName = badInstanceName(o.name)
+  if (badName !== undefined) throw new Error(badName)
+  const p = paths(o)
+  const others = existsSync(p.configDir)
+    ? readdirSync(p.configDir)
+        .filter((f) => f.endsWith('.yaml') && f !== `${o.name}.yaml` && badInstanceName(f.slice(0, -5)) === undefined)
+        .map((f) => f.slice(0, -5))
+        .sort()
+    : []
+  const enabled = enabledInstances(p.unitDir)
+  const hasUnit = existsSync(p.unit)
+  let action: UninstallResult['unit']['action'] = hasUnit ? 'kept' : 'absent'
+  if (hasUnit && others.length === 0 && enabled.length === 0) {
+    rmSync(p.unit)
+    action = 'removed'
+  }
+  const configExists = existsSync(p.config)
+  return {
+    name: o.name,
+    unit: {path: p.unit, action},
+    others,
+    enabled,
+    config: {path: p.config, exists: configExists},
+    next: [
+      ...(enabled.includes(o.name) ? [`systemctl disable --now agent@${o.name}`, `agent service uninstall ${o.name}   # again, to remove the unit`] : []),
+      ...(action === 'removed' ? ['systemctl daemon-reload'] : []),
+      ...(configExists ? [`rm ${p.realConfig}   # if the instance is gone for good (it is kept)`] : []),
+    ],
+  }
+}
+
+/** Instances of agent@.service enabled in unitDir: the names in its `*.wants/agent@NAME.service` links. */
+function enabledInstances(unitDir: string): string[] {
+  if (!existsSync(unitDir)) return []
+  const found = new Set<string>()
+  for (const d of readdirSync(unitDir)) {
+    if (!d.endsWith('.wants') && !d.endsWith('.requires')) continue
+    let entries: string[]
+    try {
+      entries = readdirSync(join(unitDir, d))
+    } catch {
+      continue
+    }
+    for (const f of entries) {
+      const m = /^agent@(.+)\.service$/.exec(f)
+      if (m) found.add(m[1])
+    }
+  }
+  return [...found].sort()
+}
