@@ -10,16 +10,22 @@ import {existsSync} from 'node:fs'
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3'
 
 const SCRIPT = String.raw`
-import json, os, select, socket, sys
+import json, os, select, socket, struct, sys
 addr = sys.argv[1]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+# As systemd does: the kernel attaches the sender's pid, which NotifyAccess=main checks.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind("\0" + addr[1:] if addr.startswith("@") else addr)
 print(json.dumps({"listening": addr}), flush=True)
 while True:
     ready, _, _ = select.select([s, sys.stdin], [], [])
     if s in ready:
-        data = s.recv(65536)
-        print(json.dumps({"message": data.decode("utf-8", "replace")}), flush=True)
+        data, anc, _, _ = s.recvmsg(65536, socket.CMSG_SPACE(12))
+        pid = None
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("iII", value[:12])[0]
+        print(json.dumps({"message": data.decode("utf-8", "replace"), "pid": pid}), flush=True)
     if sys.stdin in ready and os.read(sys.stdin.fileno(), 4096) == b"":
         break
 `
@@ -29,6 +35,8 @@ export interface NotifyListener {
   readonly address: string
   /** Every datagram received so far, in order. */
   readonly messages: string[]
+  /** The sender's pid of each message (SCM_CREDENTIALS), as systemd sees it. */
+  readonly senders: (number | null)[]
   /** Waits until a message (from index `from` on) satisfies `match`; returns its index. */
   waitFor(match: (message: string) => boolean, timeoutMs?: number, from?: number): Promise<number>
   close(): Promise<void>
@@ -41,6 +49,7 @@ export interface NotifyListener {
 export async function listenNotify(address: string, spawnIn?: (cmd: string, args: string[]) => ChildProcess): Promise<NotifyListener> {
   const child = spawnIn ? spawnIn(PYTHON, ['-c', SCRIPT, address]) : spawn(PYTHON, ['-c', SCRIPT, address], {stdio: ['pipe', 'pipe', 'pipe']})
   const messages: string[] = []
+  const senders: (number | null)[] = []
   let stderr = ''
   let buffered = ''
   let listening!: () => void
@@ -50,10 +59,13 @@ export async function listenNotify(address: string, spawnIn?: (cmd: string, args
     buffered += b.toString()
     let nl: number
     while ((nl = buffered.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buffered.slice(0, nl)) as {listening?: string; message?: string}
+      const line = JSON.parse(buffered.slice(0, nl)) as {listening?: string; message?: string; pid?: number | null}
       buffered = buffered.slice(nl + 1)
       if (line.listening !== undefined) listening()
-      if (line.message !== undefined) messages.push(line.message)
+      if (line.message !== undefined) {
+        messages.push(line.message)
+        senders.push(line.pid ?? null)
+      }
     }
   })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
@@ -65,6 +77,7 @@ export async function listenNotify(address: string, spawnIn?: (cmd: string, args
   return {
     address,
     messages,
+    senders,
     async waitFor(match, timeoutMs = 20_000, from = 0) {
       const deadline = Date.now() + timeoutMs
       for (;;) {

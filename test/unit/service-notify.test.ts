@@ -212,6 +212,7 @@ describe('the native sender (native/notify.c)', () => {
         nativeSink(address)('STOPPING=1')
         await listener.waitFor((m) => m === 'STOPPING=1')
         expect(listener.messages).toEqual(['READY=1\nSTATUS=up', 'STOPPING=1'])
+        expect(listener.senders).toEqual([process.pid, process.pid])
       } finally {
         await listener.close()
       }
