@@ -12,7 +12,7 @@
  *
  * Not systemd itself: it is not PID 1 here, so the unit never runs under it (docs/service.md).
  */
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {mkdirSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
@@ -30,7 +30,10 @@ let listener: NotifyListener
 let node: AgentProcess
 const scratch = mkdtempSync(join(tmpdir(), `agent-sdn-${process.pid}-`))
 
+const home = join(scratch, 'home')
+
 beforeAll(async () => {
+  mkdirSync(home, {mode: 0})
   fleet = await createFleet({prefix: 'sdn', clients: 1, transport: 'tls', dataDir: inject('agentDataDir')})
   listener = await listenNotify(join(scratch, 'notify.sock'))
 })
@@ -50,14 +53,17 @@ async function controlPortAccepts(): Promise<boolean> {
   return r.code === 0
 }
 
-/** `agent up` of node 1 as the unit runs it: NOTIFY_SOCKET set, only the unit's capabilities. */
+/**
+ * `agent up` of node 1 as the unit runs it: NOTIFY_SOCKET set, only the unit's capabilities, and
+ * a HOME it cannot enter (ProtectHome=yes: root without CAP_DAC_OVERRIDE cannot read a 0000 directory).
+ */
 function startUnderUnit(): AgentProcess {
   const {tb} = fleet
   const ns = tb.names.nodes[0]
   const caps = `-all,${CAPS.map((c) => `+${c}`).join(',')}`
   return new AgentProcess(
     tb.spawn(ns, 'setpriv', [`--inh-caps=${caps}`, `--ambient-caps=${caps}`, `--bounding-set=${caps}`, process.execPath, BIN, 'up', '--config', fleet.nodeConfig], {
-      env: {...agentEnv(fleet.runDir(ns), fleet.dataDir), NOTIFY_SOCKET: listener.address},
+      env: {...agentEnv(fleet.runDir(ns), fleet.dataDir), NOTIFY_SOCKET: listener.address, HOME: home},
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   )
@@ -90,6 +96,7 @@ describe('a node under a service manager (Type=notify)', () => {
     expect(ready).toBe(mark) // nothing before it
     expect(listener.messages[mark]).toBe('READY=1\nSTATUS=running')
     expect(node.output).toMatch(/node node1 up/)
+    expect(node.output).not.toMatch(/EACCES|warn/i)
     expect(listener.senders[mark]).toBe(node.pid)
     // The process really ran with the unit's bounding set, and nothing else effective.
     const status = readFileSync(`/proc/${node.pid}/status`, 'utf8')
