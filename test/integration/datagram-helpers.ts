@@ -4,6 +4,7 @@
  */
 import {expect} from 'vitest'
 import type {Fleet} from '../../src/testbed/index.js'
+import {waitForOutput} from '../../src/testbed/process.js'
 
 export interface PeerStatus {
   name: string
@@ -20,10 +21,32 @@ export async function peers(fleet: Fleet, ns: string): Promise<PeerStatus[]> {
   return JSON.parse(r.stdout)[0].peers
 }
 
-/** Capture on `iface` in `ns` for `seconds`, printing the given tshark fields per packet. */
-export function capture(fleet: Fleet, ns: string, iface: string, filter: string, fields: string[], seconds: number, extra: string[] = []): Promise<string[]> {
+/**
+ * Capture on `iface` in `ns` for `seconds`, printing the given tshark fields per packet.
+ * Resolves once tshark says it is capturing (a fixed wait before the traffic was not always
+ * enough on a busy machine); `lines` then settles when the capture ends.
+ */
+export async function capture(fleet: Fleet, ns: string, iface: string, filter: string, fields: string[], seconds: number, extra: string[] = []): Promise<{lines: Promise<string[]>}> {
   const args = ['-i', iface, '-f', filter, '-a', `duration:${seconds}`, '-l', ...extra, '-T', 'fields', ...fields.flatMap((f) => ['-e', f])]
-  return fleet.tb.exec(ns, 'tshark', args, {timeoutMs: (seconds + 20) * 1000}).then((r) => r.stdout.trim().split('\n').filter(Boolean))
+  const child = fleet.tb.spawn(ns, 'tshark', args, {stdio: ['ignore', 'pipe', 'pipe']})
+  let out = ''
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()))
+  const lines = new Promise<string[]>((resolve, reject) => {
+    const killer = setTimeout(() => child.kill('SIGKILL'), (seconds + 20) * 1000)
+    child.once('exit', (code) => {
+      clearTimeout(killer)
+      if (code === 0) resolve(out.trim().split('\n').filter(Boolean))
+      else reject(new Error(`tshark exited ${code}: ${out}`))
+    })
+  })
+  lines.catch(() => {}) // awaited by the caller; never an unhandled rejection meanwhile
+  try {
+    await waitForOutput(child, /Capturing on/, 20_000)
+  } catch (e) {
+    child.kill('SIGKILL')
+    throw e
+  }
+  return {lines}
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))

@@ -38,8 +38,7 @@ describe('gre transport', () => {
     alice = await fleet.startClient('alice', 0, {extra: 'selection: {deadSeconds: 60}\n'})
     expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4754/)
 
-    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)
-    await sleep(1500) // tshark takes a moment to start capturing
+    const wire = await captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.srcport', 'udp.dstport', 'gre.key', 'gre.proto'], 4)
     await pingOk(tb.names.client[0])
     const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
@@ -47,7 +46,7 @@ describe('gre transport', () => {
     const [me] = await peers(tb.names.client[0])
     expect(me.sessionId).toBeTypeOf('number')
     const key = `0x${me.sessionId!.toString(16).padStart(8, '0')}`
-    const lines = await wire
+    const lines = await wire.lines
     // Both directions decode as GRE in UDP port 4754, carrying IPv4, with alice's key.
     expect(lines.some((l) => /\t4754\t/.test(l) && l.includes(key) && /0x0800/.test(l))).toBe(true)
     expect(lines.some((l) => /^4754\t/.test(l) && l.includes(key))).toBe(true)
@@ -183,14 +182,13 @@ describe('gre transport', () => {
     expect(node.output).toMatch(/and ip protocol 47/)
     alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
     expect(alice.output).toMatch(/over ip to 198\.51\.100\.1/)
-    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 47', ['ip.src', 'gre.key', 'gre.proto'], 4)
-    await sleep(1500)
+    const wire = await captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 47', ['ip.src', 'gre.key', 'gre.proto'], 4)
     await pingOk(tb.names.publicClient[0])
     const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
     const [me] = await peers(tb.names.publicClient[0])
     const key = `0x${me.sessionId!.toString(16).padStart(8, '0')}`
-    const lines = await wire
+    const lines = await wire.lines
     expect(lines.some((l) => l.startsWith(tb.addr.publicClient[0]) && l.includes(key) && /0x0800/.test(l))).toBe(true)
     alice.child.kill('SIGTERM')
     node.child.kill('SIGTERM')

@@ -36,12 +36,11 @@ describe('ipip transport', () => {
     alice = await fleet.startClient('alice', 0)
     expect(alice.output).toMatch(/over udp to 198\.51\.100\.1:4755/)
     // Decoded as IPv4 inside UDP port 4755 (a decode-as, since 4755 is not a registered port).
-    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4755', ['ip.src', 'ip.dst', 'ip.proto'], 4, ['-d', 'udp.port==4755,ip'])
-    await sleep(1500)
+    const wire = await captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4755', ['ip.src', 'ip.dst', 'ip.proto'], 4, ['-d', 'udp.port==4755,ip'])
     await pingOk(tb.names.client[0])
     const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
-    const lines = await wire
+    const lines = await wire.lines
     // Outer 198.51.100.2 -> .1 (the NAT), inner 10.99.0.2 -> 203.0.113.10, ICMP (1) inside UDP (17).
     expect(lines.some((l) => l.startsWith(`${tb.addr.natWan},10.99.0.2\t${tb.addr.nodeWan},${tb.addr.target}\t17,1`))).toBe(true)
   })
@@ -106,8 +105,7 @@ describe('ipip transport', () => {
     node = await fleet.startNode({config: ipConfig})
     expect(node.output).toMatch(/and ip protocol 4,/)
     alice = await fleet.startClient('alice', 7, {ns: tb.names.publicClient[0]})
-    const wire = captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 4', ['ip.src', 'ip.dst', 'ip.proto', 'ip.ttl', 'ip.flags.df', 'ip.dsfield'], 6)
-    await sleep(1500)
+    const wire = await captureOn(fleet, tb.names.node, tb.ifaces.nodeWan, 'ip proto 4', ['ip.src', 'ip.dst', 'ip.proto', 'ip.ttl', 'ip.flags.df', 'ip.dsfield'], 6)
     await pingOk(tb.names.publicClient[0])
     const tcp = await probeEcho(tb, tb.names.publicClient[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
@@ -116,7 +114,7 @@ describe('ipip transport', () => {
       const r = await tb.exec(tb.names.publicClient[0], 'ping', ['-c', '2', '-i', '0.2', '-W', '2', '-M', df, '-Q', tos, tb.addr.target])
       expect(r.code, r.stdout).toBe(0)
     }
-    const lines = await wire
+    const lines = await wire.lines
     // RFC 2003: outer protocol 4 around the untouched inner packet; the outer TTL is fresh (64).
     expect(lines.some((l) => l.startsWith(`${tb.addr.publicClient[0]},10.99.0.2\t${tb.addr.nodeWan},${tb.addr.target}\t4,1\t64,`))).toBe(true)
     // RFC 2003 3.1: the outer header copies the inner TOS and DF (the client's requests here).

@@ -99,9 +99,7 @@ describe('GameProber.want: what a client may have probed', () => {
       '255.255.255.255',
       '198.51.100.7',
     ] as unknown as string[]
-    const t0 = performance.now()
     const r = p.want('alice', hostile)
-    expect(performance.now() - t0).toBeLessThan(50)
     expect(r.accepted).toEqual(['198.51.100.7'])
     expect(r.refused).toHaveLength(hostile.length - 1)
     const reasons = Object.fromEntries(r.refused.map((x) => [x.dest, x.reason]))
@@ -125,9 +123,11 @@ describe('GameProber.want: what a client may have probed', () => {
     const {connect} = fakeConnect()
     const p = prober({connect})
     const list = ['198.51.100.1', ...Array.from({length: 200_000}, (_, i) => `junk${i}`)]
-    const t0 = performance.now()
-    const r = p.want('alice', list)
-    expect(performance.now() - t0).toBeLessThan(50)
+    // Counts the entries want() reads: its cost is bounded by what it reads, not by a clock.
+    let read = 0
+    const counted = new Proxy(list, {get: (t, k, r) => (typeof k === 'string' && /^\d+$/.test(k) && read++, Reflect.get(t, k, r))})
+    const r = p.want('alice', counted)
+    expect(read).toBeLessThanOrEqual(MAX_EXAMINED + 1)
     expect(r.accepted).toEqual(['198.51.100.1'])
     expect(r.refused).toHaveLength(MAX_EXAMINED)
     expect(r.refused.at(-1)).toEqual({dest: `(${list.length - MAX_EXAMINED} more)`, reason: expect.stringMatching(/not examined/)})
@@ -247,19 +247,20 @@ describe('GameProber measurements', () => {
     const closed = await listen(closedServer)
     await new Promise((r) => closedServer.close(r))
     try {
-      const p1 = prober({port: open, intervalMs: 100})
-      const p2 = prober({port: closed, intervalMs: 100})
+      const p1 = prober({port: open, intervalMs: 500})
+      const p2 = prober({port: closed, intervalMs: 500})
       const t0 = performance.now()
       p1.want('alice', ['127.0.0.1'])
       p2.want('alice', ['127.0.0.1'])
       await until(() => p1.result('127.0.0.1')!.samples >= 1 && p2.result('127.0.0.1')!.samples >= 1)
-      expect(performance.now() - t0).toBeLessThan(100) // the first probe goes out at once
-      await until(() => p1.result('127.0.0.1')!.samples >= 3 && p2.result('127.0.0.1')!.samples >= 3)
+      // The first probe goes out at once, not after an interval (0.8 x 500 ms at the earliest).
+      expect(performance.now() - t0).toBeLessThan(400)
+      await until(() => p1.result('127.0.0.1')!.samples >= 3 && p2.result('127.0.0.1')!.samples >= 3, 5000)
       for (const p of [p1, p2]) {
         const r = p.result('127.0.0.1')!
         expect(r).toMatchObject({dest: '127.0.0.1', loss: 0, state: 'ok'})
         expect(r.rttMs).toBeGreaterThan(0)
-        expect(r.rttMs).toBeLessThan(50)
+        expect(r.rttMs).toBeLessThan(BASE.timeoutMs) // a measured answer, not a timeout
       }
       // The server saw each probe's connection reset, none left open.
       await until(() => resets.length >= 3)
