@@ -5,9 +5,14 @@
  */
 import {Counter, Gauge, Registry, collectDefaultMetrics} from 'prom-client'
 
+const LINT_FAILING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']
+
 export function createRegistry(): Registry {
   const registry = new Registry()
   collectDefaultMetrics({register: registry})
+  // Gauges that prom-client names with `_total`, which `promtool check metrics` rejects (a
+  // non-counter must not end in _total): the handle and request counts are not worth a lint error.
+  for (const name of LINT_FAILING_DEFAULTS) registry.removeSingleMetric(name)
   return registry
 }
 
