@@ -52,6 +52,8 @@ have setpriv || need+=(util-linux)
 # The fleet's roster lives in etcd (3.4 on Debian 12); tests start their own clusters in the testbed.
 have etcd || need+=(etcd-server)
 have etcdctl || need+=(etcd-client)
+# The metrics test checks each scrape with promtool, which comes with Debian's prometheus.
+have promtool || need+=(prometheus)
 # The ESP interop test seals packets with Debian's Python and its cryptography package.
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 
@@ -60,7 +62,22 @@ if [ ${#need[@]} -gt 0 ]; then
   # tshark and iperf3 ask debconf questions; the defaults are what we want.
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # prometheus (for promtool) would start a server on :9090 that nothing here uses: keep
+  # every package's service from starting while we install (policy-rc.d), then disable it.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ " ${need[*]} " == *" prometheus "* ]] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
   # The package enables a system etcd on localhost:2379; the tests never use it, so do not leave it running.
   if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl disable --now etcd >/dev/null 2>&1 || true

@@ -47,6 +47,7 @@ export class LogLimiter {
     }
     w.suppressed++
     this.suppressedTotal++
+    this.log.suppressed?.(fields)
     if (w.timer === null) {
       // Said when the window ends even if nothing else of this kind comes.
       const win = w

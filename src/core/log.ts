@@ -31,6 +31,11 @@ export interface Logger {
   child(scope: string): Logger
   /** Changes the level of this logger and of every child made from it (a reload). */
   setLevel(level: LogLevel): void
+  /**
+   * A line that was not written (log-limit.ts suppressed it): a logger that counts events
+   * (metrics/events.ts) counts it all the same. Plain loggers have nothing to do.
+   */
+  suppressed?(fields?: LogFields): void
 }
 
 export interface LoggerOptions {

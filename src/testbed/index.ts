@@ -23,3 +23,4 @@ export {
   type EtcdCredentials,
   type EtcdOptions,
 } from './etcd.js'
+export {fakeNodeMetrics, type FakeNode} from './metrics-fake.js'

@@ -22,7 +22,9 @@ import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
-import {fastPathCounters, peerReport} from '../device/report.js'
+import {fastPathCounters, peerReport, totalsReport} from '../device/report.js'
+import {AgentEvents, AgentMetrics, metricsSettings, type MetricsSettings} from '../metrics/index.js'
+import {agentVersion} from '../version.js'
 import {STREAM_BATCH_BYTES, STREAM_FRAME_SLACK, StreamLink} from '../carrier/stream-link.js'
 import {NATIVE_MAX_DATA, NativeStreamLink} from '../carrier/native-stream.js'
 import {RECORDS, recordsPossible} from '../control/native-records.js'
@@ -110,6 +112,11 @@ export class ClientAgent {
   /** Resolves when the client ends by itself (a fatal refusal), with the reason. */
   readonly ended: Promise<Error>
   private endWith!: (e: Error) => void
+  /** Counts of handshakes and reloads, from the events logged (metrics/events.ts). */
+  private readonly events = new AgentEvents()
+  /** The config's `metrics:`, or null: no endpoint. */
+  private readonly metricsSettings: MetricsSettings | null
+  private metrics: AgentMetrics | null = null
 
   constructor(
     config: ResolvedClientConfig,
@@ -117,6 +124,8 @@ export class ClientAgent {
     runDir: string,
     private readonly log: Logger,
   ) {
+    this.log = this.events.tap(log)
+    this.metricsSettings = metricsSettings(config.metrics, 'client')
     this.config = config
     this.stateFile = new StateFile(runDir, config.name)
     this.state = {
@@ -144,8 +153,32 @@ export class ClientAgent {
         this.peer?.stats.sync?.()
         return this.peer?.stats.lastSeen ?? 0
       },
-      log,
+      log: this.log,
     })
+  }
+
+  /** The metrics endpoint's view of the client: counters it keeps anyway, read at scrape time. */
+  private startMetrics(settings: MetricsSettings): Promise<string> {
+    this.metrics = new AgentMetrics(
+      {
+        role: 'client',
+        transport: this.transport.name,
+        version: agentVersion(),
+        events: this.events,
+        datapath: () => this.datapath,
+        extraDrops: () => this.carrierDrops(),
+        sessions: () => (this.phase === 'connected' && this.peer !== null ? 1 : 0),
+        rtts: () => this.selectionReport().candidates.map((c) => ({node: c.name, seconds: c.rttMs === null ? null : c.rttMs / 1000, current: c.current})),
+        switches: () => this.switchCount,
+      },
+      settings.perPeer,
+    )
+    return this.metrics.listen(settings, this.log)
+  }
+
+  /** Drops the datagram socket counts, which no peer owns. */
+  private carrierDrops(): Record<string, number> {
+    return this.datagrams === null ? {} : {'foreign-source': this.datagrams.counters.foreignSource}
   }
 
   /** The /32 routes: the game servers a node may measure for us. */
@@ -173,6 +206,8 @@ export class ClientAgent {
     await reclaimStale(this.stateFile, this.log)
     this.stateFile.write(this.state)
     try {
+      // First, before the system is touched: a port already taken ends the start here.
+      if (this.metricsSettings !== null) await this.startMetrics(this.metricsSettings)
       this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
       this.probing.setCandidates(this.candidates)
       this.probing.start()
@@ -568,7 +603,7 @@ export class ClientAgent {
    * reload and nothing changes.
    */
   reload(file?: string): Promise<ReloadResult> {
-    const run = Promise.all([this.routing.catch(() => {}), this.welcoming.catch(() => {})]).then(() => this.applyReload(file ?? this.config.file))
+    const run = this.events.reload(Promise.all([this.routing.catch(() => {}), this.welcoming.catch(() => {})]).then(() => this.applyReload(file ?? this.config.file)))
     this.routing = run.catch(() => {})
     return run
   }
@@ -735,6 +770,8 @@ export class ClientAgent {
       selection: this.selectionReport(),
       peers: this.peer === null ? [] : [peerReport(this.peer)],
       counters: {...(this.datapath?.counters ?? {}), ...(this.datagrams?.counters ?? {}), ...fastPathCounters(this.datapath?.fastPathStats())},
+      totals: totalsReport(this.datapath, this.carrierDrops()),
+      events: this.events.report(),
     }
   }
 
@@ -770,6 +807,7 @@ export class ClientAgent {
       await this.welcoming
       this.dropPeer()
       this.statusServer?.close()
+      await this.metrics?.close()
       this.datagrams?.close()
       this.datapath?.disableFastPath()
       this.tun?.close()

@@ -257,6 +257,31 @@ const log = {
   additionalProperties: false,
 } as const
 
+/**
+ * The Prometheus endpoint (docs/metrics.md). Absent: off. `{}`: on loopback, at the role's
+ * default port (node 9469, client 9470). No default here: its absence is the setting "off".
+ */
+const metrics = {
+  type: 'object',
+  description:
+    'Serve Prometheus metrics over HTTP at /metrics (docs/metrics.md). Absent: no endpoint. `{}`: 127.0.0.1:9469 on a node, 127.0.0.1:9470 on a client. ' +
+    'Cannot change on reload.',
+  properties: {
+    listen: {
+      type: 'string',
+      pattern: `^${IPV4}:[0-9]{1,5}$`,
+      patternErrorMessage: 'must be an IPv4 address and a port such as 127.0.0.1:9469',
+      description: 'Address and port to serve /metrics on. Default: 127.0.0.1:9469 (node), 127.0.0.1:9470 (client). A non-loopback address exposes peer names and traffic: it is logged as a warning.',
+    },
+    perPeer: {
+      type: 'boolean',
+      default: true,
+      description: 'Series per peer (label `peer`). false: only aggregate series, whose count does not grow with the roster (nodes with thousands of clients).',
+    },
+  },
+  additionalProperties: false,
+} as const
+
 /** Lets a YAML file name its schema for editors; ignored by the agent. */
 const schemaKey = {type: 'string', description: 'Path or URL of this JSON Schema, for editors.'} as const
 
@@ -435,6 +460,7 @@ export const nodeConfigSchema = {
     },
     transports,
     log,
+    metrics,
   },
   required: ['role', 'name', 'tunnel', 'egress', 'pki'],
   additionalProperties: false,
@@ -550,6 +576,7 @@ export const clientConfigSchema = {
       additionalProperties: false,
     },
     log,
+    metrics,
   },
   required: ['role', 'name', 'routes', 'pki'],
   additionalProperties: false,

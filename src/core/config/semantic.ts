@@ -18,6 +18,7 @@ import {
   parseIpv4,
 } from '../net/ipv4.js'
 import {clientConfigSchema} from './schema.js'
+import {listenProblem} from '../metrics/settings.js'
 import type {FieldPath} from './source.js'
 import type {ClientConfig, NodeConfig} from './types.js'
 
@@ -178,6 +179,13 @@ function clientIssues(config: ClientConfig): SemanticIssue[] {
   return [...issues, ...pkiIssues(config.pki)]
 }
 
+/** metrics.listen: the schema checks its shape, not the port's range. */
+function metricsIssues(config: NodeConfig | ClientConfig): SemanticIssue[] {
+  const listen = config.metrics?.listen
+  const problem = listen === undefined ? undefined : listenProblem(listen)
+  return problem === undefined ? [] : [{path: ['metrics', 'listen'], message: problem}]
+}
+
 export function semanticIssues(config: NodeConfig | ClientConfig): SemanticIssue[] {
-  return config.role === 'node' ? nodeIssues(config) : clientIssues(config)
+  return [...(config.role === 'node' ? nodeIssues(config) : clientIssues(config)), ...metricsIssues(config)]
 }

@@ -41,8 +41,23 @@ export interface DataPathCounters {
   transportErrors: number
 }
 
+/** Packets, bytes and drops of every peer the data path has carried, gone ones included. */
+export interface TrafficTotals {
+  rxPackets: number
+  rxBytes: number
+  txPackets: number
+  txBytes: number
+  /** Peers' drops by reason (DropCounter). */
+  drops: Record<string, number>
+}
+
 export class DataPath {
   readonly counters: DataPathCounters = {noPeer: 0, badTunPacket: 0, tunWriteDrops: 0, transportErrors: 0}
+  /**
+   * What peers that left had counted: totals (and the metrics read from them) never go back
+   * when a client disconnects.
+   */
+  private readonly departed: TrafficTotals = {rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: Object.create(null)}
   private readonly byAddress = new Map<number, Peer>()
   /** The only peer, when there is exactly one (a client's node): no lookup per packet. */
   private single: Peer | undefined = undefined
@@ -71,7 +86,10 @@ export class DataPath {
 
   addPeer(peer: Peer): void {
     const was = this.byAddress.get(peer.address)
-    if (was !== undefined && was !== peer) this.unfast(was)
+    if (was !== undefined && was !== peer) {
+      this.unfast(was)
+      addStats(this.departed, was)
+    }
     this.byAddress.set(peer.address, peer)
     this.single = this.byAddress.size === 1 ? peer : undefined
     this.refast(peer)
@@ -81,6 +99,7 @@ export class DataPath {
     if (this.byAddress.get(peer.address) === peer) {
       this.unfast(peer)
       this.byAddress.delete(peer.address)
+      addStats(this.departed, peer)
     }
     this.single = this.byAddress.size === 1 ? this.byAddress.values().next().value : undefined
   }
@@ -153,6 +172,19 @@ export class DataPath {
     peer.stats.sync()
     peer.stats.sync = null
     this.fast?.remove(peer.address)
+  }
+
+  /**
+   * Every peer's counts, present and departed, summed (the fast path's folded in first). Read
+   * when asked (status, a scrape): nothing is counted twice on the packet path.
+   */
+  totals(): TrafficTotals {
+    const t: TrafficTotals = {...this.departed, drops: {...this.departed.drops}}
+    for (const peer of this.byAddress.values()) {
+      peer.stats.sync?.()
+      addStats(t, peer)
+    }
+    return t
   }
 
   /** The peer whose tunnel address this is. */
@@ -280,4 +312,13 @@ export class DataPath {
     stats.rxBytes += out.length
     if (!this.tun.write(buf, out.offset, out.length)) this.counters.tunWriteDrops++
   }
+}
+
+function addStats(t: TrafficTotals, peer: Peer): void {
+  const s = peer.stats
+  t.rxPackets += s.rxPackets
+  t.rxBytes += s.rxBytes
+  t.txPackets += s.txPackets
+  t.txBytes += s.txBytes
+  for (const k in s.drops) t.drops[k] = (t.drops[k] ?? 0) + s.drops[k]
 }

@@ -38,6 +38,8 @@ export class Admission {
   private changes = new Map<string, Pending>()
   private retry: NodeJS.Timeout | null = null
   private failed = false
+  /** Applies that reached the firewall, how many failed, and how long they took (metrics). */
+  readonly stats = {applies: 0, failures: 0, secondsTotal: 0, lastSeconds: 0}
 
   constructor(
     private readonly target: AdmittedSet,
@@ -91,10 +93,20 @@ export class Admission {
       ;(c.admitted ? change.add : change.del).push(address)
       if (c.admitted && c.renew) change.renew.push(address)
     }
+    const started = performance.now()
+    const timed = (ok: boolean) => {
+      const seconds = (performance.now() - started) / 1000
+      this.stats.applies++
+      if (!ok) this.stats.failures++
+      this.stats.secondsTotal += seconds
+      this.stats.lastSeconds = seconds
+    }
     try {
       await this.target.changeAdmitted(change)
+      timed(true)
       this.failed = false
     } catch (e) {
+      timed(e instanceof FlowDeletionError)
       // The admitted set is right (the firewall retries the flows on its next change): the
       // clients waiting for this apply must not be refused for it.
       if (e instanceof FlowDeletionError) {

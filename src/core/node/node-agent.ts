@@ -23,7 +23,7 @@ import {DataPath} from '../device/datapath.js'
 import {LogLimiter} from '../log-limit.js'
 import {fastPathDisabled, tunOffload} from '../device/fast-path.js'
 import type {Peer} from '../device/peer.js'
-import {fastPathCounters, peerReport} from '../device/report.js'
+import {fastPathCounters, peerReport, totalsReport} from '../device/report.js'
 import {DatagramLink} from '../carrier/datagram-link.js'
 import {ipv4ToNumber, parseCidr} from '../net/ipv4.js'
 import {NodeFirewall} from '../firewall/index.js'
@@ -47,6 +47,7 @@ import {agentVersion} from '../version.js'
 import {ProbeTickets} from '../probe/probe-tickets.js'
 import {GameProber} from '../probe/game-prober.js'
 import {gameTargetRefusal} from '../probe/game-targets.js'
+import {AgentEvents, AgentMetrics, metricsSettings, type MetricsSettings} from '../metrics/index.js'
 
 /** workers: "auto" runs one per core, up to this many. */
 const MAX_AUTO_WORKERS = 8
@@ -93,6 +94,12 @@ export class NodeAgent {
   /** Probe tickets of clients weighing this node, and its measurements to their game servers. */
   private tickets: ProbeTickets | null = null
   private game: GameProber | null = null
+  /** Counts of handshakes, reloads and revocations, from the events logged (metrics/events.ts). */
+  private readonly events = new AgentEvents()
+  /** The config's `metrics:`, or null: no endpoint. */
+  private readonly metricsSettings: MetricsSettings | null
+  private metrics: AgentMetrics | null = null
+  private firewallSeconds: number | null = null
 
   /** Resolves when the node must end by itself (its TUN device failed), with why. */
   readonly ended: Promise<Error>
@@ -104,8 +111,9 @@ export class NodeAgent {
     runDir: string,
     private readonly log: Logger,
   ) {
+    this.log = this.events.tap(log)
     this.config = config
-    this.limited = new LogLimiter(log)
+    this.limited = new LogLimiter(this.log)
     this.ended = new Promise((resolve) => (this.endWith = resolve))
     this.stateFile = new StateFile(runDir, config.name)
     this.prefix = parseCidr(config.tunnel.subnet)!.prefix
@@ -132,6 +140,33 @@ export class NodeAgent {
       routes: [],
       firewall: config.name,
     }
+    this.metricsSettings = metricsSettings(config.metrics, 'node')
+  }
+
+  /** The metrics endpoint's view of the node: counters it keeps anyway, read at scrape time. */
+  private startMetrics(settings: MetricsSettings): Promise<string> {
+    this.metrics = new AgentMetrics(
+      {
+        role: 'node',
+        transport: this.transport.name,
+        version: agentVersion(),
+        events: this.events,
+        datapath: () => this.datapath,
+        extraDrops: () => this.carrierDrops(),
+        sessions: () => this.sessions?.live.size ?? 0,
+        roster: () => ({listed: this.roster.entries.length, revoked: this.roster.revokedCount}),
+        admission: () => this.admission?.stats ?? null,
+        firewallApplySeconds: () => this.firewallSeconds,
+      },
+      settings.perPeer,
+    )
+    return this.metrics.listen(settings, this.log)
+  }
+
+  /** Drops the datagram socket counts, which no peer owns. */
+  private carrierDrops(): Record<string, number> {
+    const d = this.datagrams
+    return d === null ? {} : {'unknown-session': d.counters.unknownSession, 'keepalive-foreign-rate': d.counters.keepaliveForeignRate, 'send-queue': d.queue.dropped}
   }
 
   /**
@@ -190,6 +225,8 @@ export class NodeAgent {
     this.stateFile.write(this.state)
     try {
       this.checkNotStopped()
+      // First, before the system is touched: a port already taken ends the start here.
+      if (this.metricsSettings !== null) await this.startMetrics(this.metricsSettings)
       const {interface: ifname, address, subnet} = this.config.tunnel
       const lanes = this.lanesFor(carrier)
       // The virtio header lets the fast path write runs of TCP segments as one packet; more
@@ -219,7 +256,9 @@ export class NodeAgent {
         controlPerSecond: this.config.listen.limits.newPerSecond,
       })
       this.firewall = firewall
+      const applying = performance.now()
       await firewall.apply()
+      this.firewallSeconds = (performance.now() - applying) / 1000
       this.checkNotStopped()
       // Not an error: the interface may come later (a PPP link, a VLAN); but say so, because
       // until it exists the MASQUERADE rule matches nothing and clients reach nowhere.
@@ -409,7 +448,7 @@ export class NodeAgent {
    * nothing changes. Resolves once removed clients are cut and their admission withdrawn.
    */
   reload(file?: string): Promise<ReloadResult> {
-    const run = this.reloading.then(() => this.applyReload(file ?? this.config.file))
+    const run = this.events.reload(this.reloading.then(() => this.applyReload(file ?? this.config.file)))
     this.reloading = run.catch(() => {})
     return run
   }
@@ -539,6 +578,8 @@ export class NodeAgent {
         revoked: this.roster.revokedCount,
         ...(this.revocations === null ? {} : {crl: this.revocations.status()}),
       },
+      totals: totalsReport(this.datapath, this.carrierDrops()),
+      events: this.events.report(),
     }
   }
 
@@ -575,6 +616,7 @@ export class NodeAgent {
       this.sessions?.closeAll('node stopping')
       this.game?.close()
       this.statusServer?.close()
+      await this.metrics?.close()
       this.datapath?.disableFastPath()
       this.tun?.close()
       this.datagrams?.close()

@@ -58,6 +58,27 @@ export interface StatusReport {
   selection?: SelectionReport
   /** Node of a fleet: etcd's state as this node sees it (src/core/fleet/fleet-watch.ts). */
   fleet?: FleetReport
+  /** Traffic since start, departed peers included, and drops by reason (what /metrics serves too). */
+  totals?: TotalsReport
+  /** Counts of what happened since start: handshakes by result, reloads by result, revocations. */
+  events?: EventsReport
+}
+
+export interface TotalsReport {
+  rxPackets: number
+  rxBytes: number
+  txPackets: number
+  txBytes: number
+  drops: Record<string, number>
+}
+
+export interface EventsReport {
+  /** ok: a session began; refused: the peer refused or was refused; failed: the TLS handshake failed (node). */
+  handshakes: Record<string, number>
+  /** ok: applied (perhaps changing nothing); refused: nothing was changed. */
+  reloads: Record<string, number>
+  /** Live sessions cut because the roster stopped admitting them (revoked or removed). */
+  revocations: number
 }
 
 /** A fleet node's view of etcd (src/core/fleet/fleet-watch.ts), with its prefix and whether it registered. */

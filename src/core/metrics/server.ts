@@ -1,0 +1,90 @@
+/**
+ * The HTTP endpoint: GET and HEAD /metrics, nothing else (404 for other paths, 405 for other
+ * methods, 400 for what is not HTTP). At most MAX_CONNECTIONS at once (the rest are closed at
+ * once), with short timeouts, so a slow or hostile client costs the agent little; whatever goes
+ * wrong answers 500 or closes the connection, never takes the agent down.
+ */
+import {createServer, type IncomingMessage, type Server, type ServerResponse} from 'node:http'
+import type {Socket} from 'node:net'
+
+export const MAX_CONNECTIONS = 8
+const REQUEST_TIMEOUT_MS = 10_000
+const HEADERS_TIMEOUT_MS = 5_000
+const IDLE_TIMEOUT_MS = 5_000
+
+export interface Exposition {
+  contentType: string
+  /** The text of one scrape. */
+  render(): Promise<string>
+}
+
+export interface MetricsServer {
+  /** Where it listens ("127.0.0.1:9469"), the port as bound (0 asked: the one given). */
+  readonly endpoint: string
+  readonly port: number
+  close(): Promise<void>
+}
+
+export async function startMetricsServer(address: string, port: number, exposition: Exposition, opts: {maxConnections?: number} = {}): Promise<MetricsServer> {
+  const server: Server = createServer({requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: HEADERS_TIMEOUT_MS, keepAliveTimeout: IDLE_TIMEOUT_MS}, (req, res) => {
+    void answer(req, res, exposition)
+  })
+  server.maxConnections = opts.maxConnections ?? MAX_CONNECTIONS
+  const sockets = new Set<Socket>()
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.setTimeout(REQUEST_TIMEOUT_MS, () => socket.destroy())
+  })
+  // Not HTTP, or too large: 400 if the socket can still take it, and close.
+  server.on('clientError', (_err, socket: Socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+    else socket.destroy()
+  })
+  await new Promise<void>((resolve, reject) => {
+    const onError = (e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EADDRINUSE' ? 'the address is already in use' : e.code === 'EADDRNOTAVAIL' ? 'no interface has that address' : e.message
+      reject(new Error(`metrics: cannot listen on ${address}:${port}: ${why}`))
+    }
+    server.once('error', onError)
+    server.listen({host: address, port, exclusive: true}, () => {
+      server.off('error', onError)
+      resolve()
+    })
+  })
+  // After listening, an error is the server's alone: say nothing rather than crash.
+  server.on('error', () => {})
+  server.unref()
+  const bound = (server.address() as {port: number}).port
+  return {
+    endpoint: `${address}:${bound}`,
+    port: bound,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+async function answer(req: IncomingMessage, res: ServerResponse, exposition: Exposition): Promise<void> {
+  try {
+    const path = (req.url ?? '').split('?')[0]
+    if (path !== '/metrics') return plain(res, 404, 'not found: the metrics are at /metrics\n')
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('Allow', 'GET, HEAD')
+      return plain(res, 405, 'method not allowed: GET or HEAD\n')
+    }
+    const body = await exposition.render()
+    res.writeHead(200, {'Content-Type': exposition.contentType, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store'})
+    res.end(req.method === 'HEAD' ? undefined : body)
+  } catch {
+    if (!res.headersSent) plain(res, 500, 'the metrics could not be collected\n')
+    else res.destroy()
+  }
+}
+
+function plain(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, {'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text)})
+  res.end(text)
+}
