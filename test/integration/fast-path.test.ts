@@ -203,10 +203,9 @@ describe('native records: tls', () => {
 
     // On the wire it is still a TLS 1.3 stream: Wireshark's TLS dissector reads every record
     // the native ends write as application data (type 23, legacy version 0x0303).
-    const wire = capture(fleet, tb.names.node, tb.ifaces.nodeWan, 'tcp port 4443 and greater 100', ['tls.record.content_type', 'tls.record.version'], 4, ['-d', 'tcp.port==4443,tls'])
-    await sleep(1500)
+    const wire = await capture(fleet, tb.names.node, tb.ifaces.nodeWan, 'tcp port 4443 and greater 100', ['tls.record.content_type', 'tls.record.version'], 4, ['-d', 'tcp.port==4443,tls'])
     await pingOk(fleet, tb.names.client[0], 5)
-    const records = (await wire).flatMap((line) => {
+    const records = (await wire.lines).flatMap((line) => {
       const [types, versions] = line.split('\t')
       return types.split(',').map((t, i) => `${t}/${versions.split(',')[i]}`)
     })

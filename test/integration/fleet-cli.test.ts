@@ -37,7 +37,7 @@ afterAll(async () => {
 
 async function cli(config: string, args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
   const r = await tb.exec(tb.names.ctl!, process.execPath, [BIN, ...args, '--config', config], {timeoutMs: 30_000})
-  return {code: r.code, stdout: r.stdout, stderr: r.stderr}
+  return {code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr}
 }
 
 async function json<T>(config: string, args: string[]): Promise<T> {

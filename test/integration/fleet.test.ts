@@ -161,7 +161,9 @@ describe('a fleet of three nodes on one etcd roster', () => {
     expect((await status(1)).peers.map((p) => p.name)).toContain('alice')
 
     await etcd.startAll()
-    await within(20_000, async () => (await status(1)).fleet.state === 'connected', 'node1 back on etcd')
+    // Every node, not only node1: each reconnects on its own backoff, and a revocation made
+    // while one is still away reaches it only when it lists again (tested below).
+    for (let k = 1; k <= 3; k++) await within(20_000, async () => (await status(k)).fleet.state === 'connected', `node${k} back on etcd`)
     await fleetCli(opsConfig, ['revoke', 'alice'])
     for (let k = 1; k <= 3; k++) await within(3_000, async () => !(await status(k)).peers.some((p) => p.name === 'alice'), `alice cut on node${k}`)
   }, 90_000)

@@ -43,15 +43,14 @@ describe('ipsec-over-gre transport', () => {
     const {tb} = fleet
     node = await fleet.startNode()
     await fleet.startClient('alice', 0)
-    const wire = capture(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.dstport', 'gre.key', 'ip.proto', 'esp.spi'], 4)
-    await sleep(1500)
+    const wire = await capture(fleet, tb.names.node, tb.ifaces.nodeWan, 'udp port 4754', ['udp.dstport', 'gre.key', 'ip.proto', 'esp.spi'], 4)
     await pingOk(fleet, tb.names.client[0])
     const tcp = await probeEcho(tb, tb.names.client[0], tb.addr.target, echo.port, {proto: 'tcp'})
     expect(tcp).toMatchObject({ok: true, peer: {address: tb.addr.nodeEgress}})
     const nodeSpi = (await peers(fleet, tb.names.node))[0].sessionId!
     const clientSpi = (await peers(fleet, tb.names.client[0]))[0].sessionId!
     expect(nodeSpi).not.toBe(clientSpi)
-    const lines = await wire
+    const lines = await wire.lines
     // To the node: GRE key and ESP SPI are the node's inbound SPI; outer UDP (17), inner ESP (50).
     expect(lines.some((l) => l.startsWith('4754\t') && l.includes(`${hex(nodeSpi)}\t17,50\t${hex(nodeSpi)}`))).toBe(true)
     // To the client: the client's own SPI.

@@ -4,13 +4,13 @@
  */
 import {randomBytes} from 'node:crypto'
 import {describe, expect, it} from 'vitest'
-import {CONTRACT_VERSION, type SessionContext, type Transport, type TransportOptions} from '../../src/core/transport/contract.js'
+import {CONTRACT_VERSION, type CoreApi, type SessionContext, type Transport, type TransportOptions} from '../../src/core/transport/contract.js'
 import {greCodec} from '../../src/core/codecs/gre/index.js'
 import {createGreTransport} from '../../plugins/gre/src/index.js'
 import {ipipTransport} from '../../plugins/ipip/src/index.js'
 import {createIpsecOverGreTransport} from '../../plugins/ipsec-over-gre/src/index.js'
 
-const core = {contractVersion: CONTRACT_VERSION, gre: greCodec}
+const core: CoreApi = {contractVersion: CONTRACT_VERSION, gre: greCodec}
 
 function nodeContext(options: TransportOptions): SessionContext {
   return {

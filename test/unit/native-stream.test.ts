@@ -365,9 +365,9 @@ describe('native records: writing what an RFC 8446 peer reads', () => {
     const p = await pair('client')
     expect(() => p.native.send(FrameType.Data, new Uint8Array(1501))).toThrow(/too large/)
     expect(() => p.native.send(7 as FrameType, new Uint8Array(0))).toThrow(/unknown frame type/)
-    expect(() => NativeStream.open(0, 1, randomBytes(32), randomBytes(32), 16382, {onFrame() {}, onClose() {}})).toThrow(/maxData/)
-    expect(() => NativeStream.open(0, 1, randomBytes(31), randomBytes(32), 1500, {onFrame() {}, onClose() {}})).toThrow(/32 bytes/)
-    expect(() => NativeStream.open(0, 1, randomBytes(32), randomBytes(32), 1500, {onFrame() {}, onClose() {}}, 0)).toThrow(/keyUpdateAfter/)
+    expect(() => NativeStream.open(0, 'client', randomBytes(32), randomBytes(32), 16382, {onFrame() {}, onClose() {}})).toThrow(/maxData/)
+    expect(() => NativeStream.open(0, 'client', randomBytes(31), randomBytes(32), 1500, {onFrame() {}, onClose() {}})).toThrow(/32 bytes/)
+    expect(() => NativeStream.open(0, 'client', randomBytes(32), randomBytes(32), 1500, {onFrame() {}, onClose() {}}, 0)).toThrow(/keyUpdateAfter/)
   })
 
   it('drops nothing and keeps order when the socket is slower than the sender', async () => {

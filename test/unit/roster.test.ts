@@ -284,10 +284,10 @@ describe('admission and flow deletion', () => {
       () => true,
       (e) => reported.push(e.message),
     )
-    await expect(a.withdraw('10.8.0.9')).resolves.toBeUndefined()
+    await expect(a.withdraw('10.8.0.9', 'carol')).resolves.toBeUndefined()
     expect(reported).toEqual(['conntrack -D failed'])
     const failing = new Admission({changeAdmitted: async () => Promise.reject(new Error('ipset restore rejected line 1'))}, () => true)
-    await expect(failing.admit('10.8.0.2')).rejects.toThrow(/line 1/)
+    await expect(failing.admit('10.8.0.2', 'alice')).rejects.toThrow(/line 1/)
   })
 })
 

@@ -43,7 +43,7 @@ function fake(opts: {watchdogUsec?: number; fail?: boolean} = {}) {
       setInterval: (fn, ms) => {
         const t = {fn, ms, cleared: false}
         timers.push(t)
-        return t
+        return t as {unref?: () => unknown}
       },
       clearInterval: (t) => void ((t as {cleared: boolean}).cleared = true),
     },
