@@ -53,8 +53,8 @@ export interface SignalSource {
  * `agent down`). Rejects with start()'s error if the agent could not start (and no signal came).
  *
  * `notifier` (a service manager listening, service/notify.ts) is told READY once start()
- * resolved, RELOADING then READY around each reload (SIGHUP or the status socket's), and
- * STOPPING when a stop begins.
+ * resolved, RELOADING then READY around each reload (SIGHUP or the status socket's; none for a
+ * reload before READY, which the notifier keeps quiet), and STOPPING when a stop begins.
  */
 export async function runInForeground(agent: RunningAgent, log: Logger, signals: SignalSource = process, notifier?: ServiceNotifier): Promise<number> {
   let signalled: NodeJS.Signals | null = null

@@ -73,13 +73,29 @@ describe('ServiceNotifier', () => {
 
   it('overlapping reloads say RELOADING once and READY after the last', () => {
     const {n, sent} = fake()
+    n.ready()
     n.reloading()
     n.reloading()
     n.reloaded()
-    expect(sent).toHaveLength(1)
+    expect(sent).toHaveLength(2)
     n.reloaded()
     n.reloaded() // one too many: ignored
-    expect(sent.map((m) => m.split('\n')[0])).toEqual(['RELOADING=1', 'READY=1'])
+    expect(sent.map((m) => m.split('\n')[0])).toEqual(['READY=1', 'RELOADING=1', 'READY=1'])
+  })
+
+  it('a reload before ready() says neither RELOADING nor READY; ready() alone says READY', () => {
+    const {n, sent} = fake()
+    n.reloading()
+    n.reloaded()
+    expect(sent).toEqual([])
+    // One begun while starting, ending after a later one began: READY once, after both.
+    n.reloading()
+    n.ready()
+    n.reloading()
+    n.reloaded()
+    expect(sent.map((m) => m.split('\n')[0])).toEqual(['READY=1', 'RELOADING=1'])
+    n.reloaded()
+    expect(sent.map((m) => m.split('\n')[0])).toEqual(['READY=1', 'RELOADING=1', 'READY=1'])
   })
 
   it('keeps STATUS on one line', () => {
@@ -189,6 +205,23 @@ describe('runInForeground with a notifier', () => {
     } finally {
       server.close()
     }
+  })
+
+  it('a SIGHUP reload while start() runs: no READY until start() resolved', async () => {
+    const {n, sent} = fake()
+    const signals = new EventEmitter()
+    const a = agent()
+    const run = runInForeground(a, silentLog().log, signals as never, n)
+    await tick()
+    signals.emit('SIGHUP', 'SIGHUP')
+    await tick()
+    expect(a.reloads).toBe(1)
+    expect(sent).toEqual([]) // the reload ended, but the agent does not serve yet
+    a.release()
+    await tick()
+    expect(sent).toEqual(['READY=1\nSTATUS=running'])
+    signals.emit('SIGTERM', 'SIGTERM')
+    expect(await run).toBe(0)
   })
 
   it('a signal before start() resolved: STOPPING, never READY', async () => {

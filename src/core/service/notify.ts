@@ -9,6 +9,8 @@
  *   RELOADING=1        a reload begins (SIGHUP, or `agent reload` through the status socket),
  *   MONOTONIC_USEC=…   with the time of CLOCK_MONOTONIC, as systemd ≥ 253 expects of it
  *   READY=1            the reload ended, applied or refused (the agent serves either way)
+ *                      (a reload before the first READY=1 — a SIGHUP while starting — says
+ *                      neither RELOADING=1 nor READY=1: only ready() says the agent serves)
  *   STOPPING=1         a stop began
  *   WATCHDOG=1         every half of $WATCHDOG_USEC, when the unit sets WatchdogSec=
  *   STATUS=…           a line for `systemctl status` with each of the above
@@ -38,7 +40,12 @@ export interface NotifierOptions {
 export const NOTIFY_ENV = ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID'] as const
 
 export class ServiceNotifier {
+  /** Set by ready() only: before it, systemd must hear neither READY=1 nor RELOADING=1. */
+  private isReady = false
+  /** Reloads begun after ready(), which RELOADING=1 announced and READY=1 must close. */
   private reloads = 0
+  /** Reloads begun before ready() (a SIGHUP or `agent reload` while starting): never announced. */
+  private early = 0
   private stopped = false
   private warned = false
   private readonly watchdog: unknown
@@ -82,17 +89,32 @@ export class ServiceNotifier {
   /** start() resolved: the agent serves. */
   ready(status = 'running'): void {
     if (this.stopped) return
+    this.isReady = true
     this.send(`READY=1\nSTATUS=${oneLine(status)}`)
   }
 
-  /** A reload begins; nested or overlapping reloads say READY=1 once, after the last one. */
+  /**
+   * A reload begins; nested or overlapping reloads say READY=1 once, after the last one. Before
+   * ready() nothing is said: READY=1 after such a reload would tell systemd the agent serves while
+   * start() is still running (or has failed); ready() says it when it is true.
+   */
   reloading(): void {
     if (this.stopped) return
+    if (!this.isReady) {
+      this.early++
+      return
+    }
     if (this.reloads++ === 0) this.send(`RELOADING=1\nMONOTONIC_USEC=${this.now()}\nSTATUS=reloading the config`)
   }
 
   /** A reload ended, whether it applied the file or refused it: the agent serves on. */
   reloaded(status = 'running'): void {
+    // Which reload ended is not known; the early ones are counted off first, so that READY=1
+    // still comes once, after the last of the announced ones has ended.
+    if (this.early > 0) {
+      this.early--
+      return
+    }
     if (this.reloads === 0) return
     if (--this.reloads === 0 && !this.stopped) this.send(`READY=1\nSTATUS=${oneLine(status)}`)
   }
