@@ -77,6 +77,14 @@ describe('agent@.service', () => {
     expect(k.has('AmbientCapabilities')).toBe(false)
   })
 
+  it('creates the lock of legacy iptables outside the sandbox before the start, and lets the agent write it', () => {
+    // /run is a tmpfs: after a reboot the lock is absent, and under ProtectSystem=strict the
+    // agent's iptables -w cannot create it ('-' would skip the bind: a restart loop).
+    expect(k.get('ExecStartPre')).toEqual(['+/usr/bin/touch /run/xtables.lock'])
+    expect(k.get('ReadWritePaths')).toEqual(['-/run/xtables.lock'])
+    expect(unit.indexOf('ExecStartPre=')).toBeLessThan(unit.indexOf('ExecStart='))
+  })
+
   it('refuses an agent path that would not run as written', () => {
     expect(unsafeAgentPath('/usr/bin/agent')).toBeUndefined()
     expect(unsafeAgentPath('agent')).toMatch(/absolute/)

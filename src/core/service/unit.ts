@@ -17,6 +17,11 @@ export const DATA_DIR = '/var/lib/agent'
 /** The agent the shipped unit runs: nodesource's Node.js puts `npm install -g`'s bins there. */
 export const PACKAGED_AGENT = '/usr/bin/agent'
 
+/** The lock legacy iptables takes with -w; the unit creates it before the start (renderUnit). */
+export const XTABLES_LOCK = '/run/xtables.lock'
+/** coreutils' touch: Debian 12 and later have a merged /usr, where /usr/bin/touch always exists. */
+export const XTABLES_TOUCH = '/usr/bin/touch'
+
 /** The capabilities the agent needs, and no more (docs/service.md says why each). */
 export const CAPABILITIES = ['CAP_NET_ADMIN', 'CAP_NET_RAW', 'CAP_NET_BIND_SERVICE'] as const
 /** The socket families it opens: status socket and notify, IPv4/IPv6, netlink (ip, nft, ipset, conntrack). */
@@ -58,6 +63,10 @@ After=network-online.target
 # are up, RELOADING=1 and READY=1 around a reload, STOPPING=1 when it stops.
 Type=notify
 NotifyAccess=main
+# The lock of legacy iptables (ReadWritePaths= below): /run is a tmpfs, so after a reboot it is
+# absent until someone creates it, and ProtectSystem=strict keeps the agent's iptables -w from
+# creating it. '+': run outside the sandbox, as root with every capability, where /run is writable.
+ExecStartPre=+${XTABLES_TOUCH} ${XTABLES_LOCK}
 ExecStart=${opts.agent} up --config ${config} ${runDir}
 ExecReload=${opts.agent} reload --config ${config} ${runDir}
 # SIGTERM to the agent alone: it removes its TUN device, routes and firewall rules with ip and
@@ -82,8 +91,10 @@ UMask=0077
 CapabilityBoundingSet=${CAPABILITIES.join(' ')}
 NoNewPrivileges=yes
 ProtectSystem=strict
-# Written besides the runtime and state directories: the lock of legacy iptables, if there is one.
-ReadWritePaths=-/run/xtables.lock
+# Written besides the runtime and state directories: the lock of legacy iptables, which
+# ExecStartPre= made. '-' kept: each command's sandbox is set up anew, and ExecReload= (which
+# runs no iptables) should not fail with 226/NAMESPACE if the lock was removed since the start.
+ReadWritePaths=-${XTABLES_LOCK}
 ProtectHome=yes
 PrivateTmp=yes
 DevicePolicy=closed
