@@ -5,7 +5,7 @@
  * instances use it and never deleting a config. The last tests run the real CLI.
  */
 import {execFile} from 'node:child_process'
-import {existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join, relative, resolve} from 'node:path'
 import {promisify} from 'node:util'
@@ -126,6 +126,22 @@ describe('agent service install', () => {
     await expect(installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(/broken\.yaml/)
     await expect(installService({name: 'node1', root, agent: AGENT, config: join(base, 'missing.yaml')})).rejects.toThrow(/ENOENT/)
     expect(tree(root)).toEqual([])
+  })
+
+  it('an existing /etc/agent only loses permission bits: 0700 stays, 0755 becomes 0750', async () => {
+    for (const [before, after] of [
+      [0o700, 0o700],
+      [0o755, 0o750],
+      [0o777, 0o750],
+      [0o2750, 0o2750],
+      [0o2755, 0o2750],
+    ]) {
+      const root = fresh()
+      mkdirSync(join(root, 'etc/agent'), {recursive: true})
+      chmodSync(join(root, 'etc/agent'), before)
+      await installService({name: 'node1', root, agent: AGENT})
+      expect(statSync(join(root, 'etc/agent')).mode & 0o7777, before.toString(8)).toBe(after)
+    }
   })
 
   it('a failure half-way removes what it created', async () => {

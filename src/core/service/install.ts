@@ -3,7 +3,7 @@
  * instance NAME's config lives (docs/service.md).
  *
  * install writes agent@.service into the unit directory (when absent or different), creates
- * /etc/agent (0750), and copies a config there when one is given, never over an existing one.
+ * /etc/agent (0750; an existing one loses the bits beyond 0750, and gains none), and copies a config there when one is given, never over an existing one.
  * Everything is checked before anything is written, and each file is written to a temporary
  * name and renamed, so a refusal leaves nothing behind and a failure leaves no half file.
  *
@@ -138,7 +138,10 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
       dirAction = 'created'
     }
     // The configs name key files and who may connect: not for everyone to read, either way.
-    if ((statSync(p.configDir).mode & 0o777) !== CONFIG_DIR_MODE) chmodSync(p.configDir, CONFIG_DIR_MODE)
+    // Bits are only taken away: an operator's tighter 0700 stays 0700, a 0755 becomes 0750.
+    // (setgid and sticky bits, not permissions, are left as they are.)
+    const dirMode = statSync(p.configDir).mode & 0o7777
+    if ((dirMode & 0o777 & ~CONFIG_DIR_MODE) !== 0) chmodSync(p.configDir, dirMode & (0o7000 | CONFIG_DIR_MODE))
     let configAction: InstallResult['config']['action'] = oldConfig === null ? 'missing' : 'unchanged'
     if (newConfig !== null && oldConfig === null) {
       writeAtomic(p.config, newConfig, CONFIG_MODE)
