@@ -111,6 +111,9 @@ describe('agent service install', () => {
       ['-x', /must start/],
       ['node1.yaml', /without "\.yaml": "node1"/],
       ['x'.repeat(65), /at most 64/],
+      ['x.socket', /ends in "\.socket", a systemd unit type: .*agent@x\.socket.* a socket unit/],
+      ['node1.service', /ends in "\.service"/],
+      ...['.timer', '.target', '.mount', '.automount', '.path', '.slice', '.scope', '.swap', '.device'].map((t): [string, RegExp] => [`n${t}`, /a systemd unit type/]),
     ]
     for (const [name, why] of bad) {
       const root = fresh()
@@ -118,7 +121,7 @@ describe('agent service install', () => {
       await expect(installService({name, root, agent: AGENT}), name).rejects.toThrow(why)
       expect(tree(root), name).toEqual([])
     }
-    for (const name of ['node1', 'eu-west.2', 'N_3']) expect(badInstanceName(name), name).toBeUndefined()
+    for (const name of ['node1', 'eu-west.2', 'N_3', 'x.sockets', 'service', 'a.service-b']) expect(badInstanceName(name), name).toBeUndefined()
     const root = fresh()
     await expect(installService({name: 'node1', root, agent: 'agent'})).rejects.toThrow(/absolute/)
     const src = join(base, 'broken.yaml')

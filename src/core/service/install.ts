@@ -30,6 +30,12 @@ export const UNIT_MODE = 0o644
  */
 const INSTANCE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/
 
+/**
+ * The suffixes of systemd's unit types: `agent@x.socket` names a socket unit, not the service
+ * agent@x.socket.service, so `systemctl enable --now agent@NAME` would address another unit.
+ */
+export const UNIT_SUFFIXES = ['.service', '.socket', '.timer', '.target', '.mount', '.automount', '.path', '.slice', '.scope', '.swap', '.device'] as const
+
 /** Why NAME is not a usable instance name, or undefined. */
 export function badInstanceName(name: string): string | undefined {
   if (name === '') return 'the instance name is empty'
@@ -37,6 +43,10 @@ export function badInstanceName(name: string): string | undefined {
   if (!/^[A-Za-z0-9]/.test(name)) return `the instance name ${JSON.stringify(name)} must start with a letter or a digit`
   const bad = [...new Set([...name].filter((c) => !/[A-Za-z0-9_.-]/.test(c)))]
   if (bad.length > 0) return `the instance name ${JSON.stringify(name)} has characters other than letters, digits, "_", "." and "-": ${bad.map((c) => JSON.stringify(c)).join(' ')}`
+  const suffix = UNIT_SUFFIXES.find((t) => name.endsWith(t))
+  if (suffix !== undefined) {
+    return `the instance name ${JSON.stringify(name)} ends in ${JSON.stringify(suffix)}, a systemd unit type: \`systemctl enable --now agent@${name}\` would address a ${suffix.slice(1)} unit, not this service; choose a name without it`
+  }
   if (name.endsWith('.yaml')) return `the instance name is the config file's name without ".yaml": ${JSON.stringify(name.slice(0, -5))}`
   if (!INSTANCE.test(name)) return `the instance name ${JSON.stringify(name)} is not valid`
   return undefined
