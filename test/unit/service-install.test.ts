@@ -124,6 +124,7 @@ describe('agent service install', () => {
     for (const name of ['node1', 'eu-west.2', 'N_3', 'x.sockets', 'service', 'a.service-b']) expect(badInstanceName(name), name).toBeUndefined()
     const root = fresh()
     await expect(installService({name: 'node1', root, agent: 'agent'})).rejects.toThrow(/absolute/)
+    await expect(installService({name: 'node1', root, agent: '/root/agent/bin/run.js'})).rejects.toThrow(/under \/root, which the unit hides .* --agent/)
     const src = join(base, 'broken.yaml')
     writeFileSync(src, 'role: node\nname: 7\n')
     await expect(installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(/broken\.yaml/)

@@ -93,6 +93,17 @@ describe('agent@.service', () => {
     expect(unsafeAgentPath('/opt/$HOME/agent')).toMatch(/quoted/)
     expect(unsafeAgentPath('/opt/../agent')).toMatch(/\.\./)
     expect(() => renderUnit({agent: 'agent'})).toThrow(/absolute/)
+    // ProtectHome=yes hides these: the unit would fail with 203/EXEC.
+    for (const [path, dir] of [
+      ['/root/agent/bin/run.js', '/root'],
+      ['/home/ops/.npm-global/bin/agent', '/home'],
+      ['/run/user/1000/agent', '/run/user'],
+    ]) {
+      expect(unsafeAgentPath(path), path).toBe(
+        `the agent path "${path}" is under ${dir}, which the unit hides (ProtectHome=yes): it would fail to start with 203/EXEC; install the agent elsewhere (npm install -g puts it in /usr/bin) and give that path with --agent`,
+      )
+    }
+    for (const path of ['/homes/agent', '/rooted/agent', '/run/username/agent', '/opt/home/agent']) expect(unsafeAgentPath(path), path).toBeUndefined()
   })
 
   it(`packaging/systemd/${UNIT_NAME} is the generator's output for ${PACKAGED_AGENT} (npm run build rewrites it)`, () => {

@@ -38,11 +38,23 @@ export interface UnitOptions {
  */
 const SAFE_PATH = /^\/[A-Za-z0-9._+@/-]*$/
 
+/** What ProtectHome=yes hides from the agent: nothing it runs or reads may live there. */
+export const PROTECTED_HOME = ['/home', '/root', '/run/user'] as const
+
+/** The ProtectHome= directory `path` (absolute) is in, or undefined. */
+export function underProtectedHome(path: string): string | undefined {
+  return PROTECTED_HOME.find((d) => path === d || path.startsWith(`${d}/`))
+}
+
 /** Why `agent` cannot go into the unit, or undefined when it can. */
 export function unsafeAgentPath(agent: string): string | undefined {
   if (!agent.startsWith('/')) return `the agent path must be absolute (got ${JSON.stringify(agent)})`
   if (!SAFE_PATH.test(agent)) return `the agent path ${JSON.stringify(agent)} has characters a unit's ExecStart would need quoted (only letters, digits and ._+@/- are written as they are)`
   if (agent.split('/').some((p) => p === '..' || p === '.')) return `the agent path ${JSON.stringify(agent)} must not contain . or .. components`
+  const home = underProtectedHome(agent)
+  if (home !== undefined) {
+    return `the agent path ${JSON.stringify(agent)} is under ${home}, which the unit hides (ProtectHome=yes): it would fail to start with 203/EXEC; install the agent elsewhere (npm install -g puts it in /usr/bin) and give that path with --agent`
+  }
   return undefined
 }
 
