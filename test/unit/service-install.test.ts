@@ -101,6 +101,79 @@ describe('agent service install', () => {
     expect((await installService({name: 'node1', root, agent: AGENT})).config.action).toBe('unchanged')
   })
 
+  it('checks the --config copy where it ends up: relative paths resolve against /etc/agent', async () => {
+    const root = fresh()
+    const srcDir = join(base, `src${n}`)
+    mkdirSync(srcDir)
+    const src = join(srcDir, 'node1.yaml')
+    writeFileSync(src, CONFIG.replace('/etc/agent/pki/node1.pem', 'pki/node1.pem'))
+    const checked: string[] = []
+    const r = await installService({
+      name: 'node1',
+      root,
+      agent: AGENT,
+      config: src,
+      validate: async (file) => {
+        const c = await loadConfig(file)
+        checked.push(c.pki.kind === 'bundle' ? c.pki.bundle : '')
+        return c
+      },
+    })
+    expect(r.config.action).toBe('created')
+    // As `agent up --config /etc/agent/node1.yaml` will resolve it, not beside the source.
+    expect(checked).toEqual([join(root, 'etc/agent/pki/node1.pem')])
+    expect(tree(root)).toEqual(['etc/', 'etc/agent/', 'etc/agent/node1.yaml', 'etc/systemd/', 'etc/systemd/system/', 'etc/systemd/system/agent@.service'])
+  })
+
+  it('installs the bytes it checked, read once (a file changed during the check does not slip in)', async () => {
+    const root = fresh()
+    const src = join(base, 'racy.yaml')
+    writeFileSync(src, CONFIG)
+    let validated = ''
+    await installService({
+      name: 'node1',
+      root,
+      agent: AGENT,
+      config: src,
+      validate: async (file) => {
+        writeFileSync(src, 'role: node\nname: 7\n') // replaced while being checked
+        validated = readFileSync(file, 'utf8')
+        return loadConfig(file)
+      },
+    })
+    expect(validated).toBe(CONFIG)
+    expect(readFileSync(join(root, 'etc/agent/node1.yaml'), 'utf8')).toBe(CONFIG)
+  })
+
+  it('refuses a --config naming files under /home, /root or /run/user (ProtectHome=), and writes nothing', async () => {
+    const cases: [string, RegExp][] = [
+      [CONFIG.replace('/etc/agent/pki/node1.pem', '/home/ops/pki/node1.pem'), /: pki\.bundle: \/home\/ops\/pki\/node1\.pem is under \/home, which the unit hides \(ProtectHome=yes\)/],
+      [CONFIG.replace('pki: {bundle: /etc/agent/pki/node1.pem}', 'pki: {bundle: /etc/agent/pki/node1.pem, crl: /root/crl.pem}'), /: pki\.crl: \/root\/crl\.pem is under \/root/],
+      [CONFIG.replace('/etc/agent/pki/node1.pem', '/run/user/0/node1.pem'), /: pki\.bundle: \/run\/user\/0\/node1\.pem is under \/run\/user/],
+    ]
+    for (const [text, why] of cases) {
+      const src = join(base, 'home.yaml')
+      writeFileSync(src, text)
+      for (const existing of [false, true]) {
+        const root = fresh()
+        if (existing) mkdirSync(join(root, 'etc/agent'), {recursive: true})
+        const err = await installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig}).then(
+          () => new Error('installed'),
+          (e: Error) => e,
+        )
+        expect(err.message).toMatch(why)
+        expect(err.message.startsWith(`${src}: `)).toBe(true)
+        // Nothing half-written: no unit, no config, no temporary copy.
+        expect(tree(root)).toEqual(existing ? ['etc/', 'etc/agent/'] : [])
+      }
+    }
+    // A relative path resolves under (the root's) /etc/agent: accepted.
+    const src = join(base, 'rel.yaml')
+    writeFileSync(src, CONFIG.replace('/etc/agent/pki/node1.pem', 'node1.pem'))
+    const root = fresh()
+    expect((await installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).config.action).toBe('created')
+  })
+
   it('refuses a bad name, agent path or config and writes nothing', async () => {
     const bad: [string, RegExp][] = [
       ['', /empty/],
@@ -127,7 +200,7 @@ describe('agent service install', () => {
     await expect(installService({name: 'node1', root, agent: '/root/agent/bin/run.js'})).rejects.toThrow(/under \/root, which the unit hides .* --agent/)
     const src = join(base, 'broken.yaml')
     writeFileSync(src, 'role: node\nname: 7\n')
-    await expect(installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(/broken\.yaml/)
+    await expect(installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(/broken\.yaml:2:7: name/)
     await expect(installService({name: 'node1', root, agent: AGENT, config: join(base, 'missing.yaml')})).rejects.toThrow(/ENOENT/)
     expect(tree(root)).toEqual([])
   })

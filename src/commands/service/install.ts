@@ -8,7 +8,8 @@ export default class ServiceInstall extends Command {
   static override summary = 'Install the systemd unit agent@.service and the config location of instance NAME (/etc/agent/NAME.yaml).'
   static override description =
     'Writes agent@.service to the unit directory (when absent or different) and creates /etc/agent (mode 0750; an existing one is never loosened). With ' +
-    '--config, copies that file to /etc/agent/NAME.yaml after checking it, unless one is there already: an existing ' +
+    '--config, copies that file to /etc/agent/NAME.yaml after checking the copy there (relative paths resolve against ' +
+    '/etc/agent; files under /home, /root or /run/user are refused), unless one is there already: an existing ' +
     'config is never overwritten. Everything is checked first: on an error nothing is written. Then ' +
     '`systemctl daemon-reload && systemctl enable --now agent@NAME` starts it (docs/service.md).'
   static override examples = [

@@ -3,9 +3,12 @@
  * instance NAME's config lives (docs/service.md).
  *
  * install writes agent@.service into the unit directory (when absent or different), creates
- * /etc/agent (0750; an existing one loses the bits beyond 0750, and gains none), and copies a config there when one is given, never over an existing one.
- * Everything is checked before anything is written, and each file is written to a temporary
- * name and renamed, so a refusal leaves nothing behind and a failure leaves no half file.
+ * /etc/agent (0750; an existing one loses the bits beyond 0750, and gains none), and copies a
+ * config there when one is given, never over an existing one. The config is read once, written
+ * to a temporary file in /etc/agent and checked there (relative paths resolve as at run time),
+ * then linked into place. What can be refused is refused before the unit or the config is
+ * written, each file goes in by a temporary name, and a refusal or a failure removes what the run
+ * created: nothing is left half done.
  *
  * uninstall removes the unit only when no other instance's config is left in /etc/agent (other
  * instances still use the template); it never deletes a config: they hold an operator's work
@@ -14,9 +17,11 @@
  * `root` prefixes every path written (a package's staging directory, tests); the unit's text
  * names the real paths, as on the target machine.
  */
-import {chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
-import {basename, join} from 'node:path'
-import {CONFIG_DIR, UNIT_NAME, renderUnit, unsafeAgentPath} from './unit.js'
+import {chmodSync, existsSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {basename, isAbsolute, join, relative, resolve} from 'node:path'
+import {ConfigError} from '../config/errors.js'
+import type {ResolvedConfig} from '../config/types.js'
+import {CONFIG_DIR, UNIT_NAME, renderUnit, underProtectedHome, unsafeAgentPath} from './unit.js'
 
 export const DEFAULT_UNIT_DIR = '/etc/systemd/system'
 export const CONFIG_DIR_MODE = 0o750
@@ -65,8 +70,12 @@ export interface InstallOptions extends ServicePaths {
   agent: string
   /** A config file to copy into place as /etc/agent/NAME.yaml, if that does not exist. */
   config?: string
-  /** Checks the config given (agent config validate's checks); rejects with its errors. */
-  validate?: (file: string) => Promise<unknown>
+  /**
+   * Checks the config given (agent config validate's checks: loadConfig); rejects with its
+   * errors. It is given the copy inside the config directory, so that relative paths resolve as
+   * they will at run time; what it resolves is checked against ProtectHome= (configPaths).
+   */
+  validate?: (file: string) => Promise<ResolvedConfig>
 }
 
 export type FileAction = 'created' | 'updated' | 'unchanged' | 'kept'
@@ -101,6 +110,25 @@ function writeAtomic(file: string, text: string | Buffer, mode: number): void {
   }
 }
 
+/** The files a resolved config names, by field (absolute paths, as loadConfig resolved them). */
+export function configPaths(c: ResolvedConfig): {field: string; path: string}[] {
+  const out: {field: string; path: string}[] = []
+  const pki = c.pki as ResolvedConfig['pki'] & {crl?: string}
+  if (pki.kind === 'bundle') out.push({field: 'pki.bundle', path: pki.bundle})
+  else out.push({field: 'pki.ca', path: pki.ca}, {field: 'pki.cert', path: pki.cert}, {field: 'pki.key', path: pki.key})
+  if (pki.crl !== undefined) out.push({field: 'pki.crl', path: pki.crl})
+  if (c.role === 'node' && c.fleet !== undefined) {
+    out.push({field: 'fleet.ca', path: c.fleet.ca}, {field: 'fleet.cert', path: c.fleet.cert}, {field: 'fleet.key', path: c.fleet.key})
+  }
+  return out
+}
+
+/** Paths under `root` as they are on the target machine ("/" + the rest); others as they are. */
+function onTarget(root: string, path: string): string {
+  const rel = relative(root, path)
+  return rel === '' ? '/' : rel.startsWith('..') || isAbsolute(rel) ? path : `/${rel}`
+}
+
 function readOrNull(file: string): Buffer | null {
   try {
     return readFileSync(file)
@@ -122,30 +150,35 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
   const oldUnit = readOrNull(p.unit)
   if (existsSync(p.configDir) && !lstatSync(p.configDir).isDirectory()) throw new Error(`${p.configDir} exists and is not a directory`)
   const oldConfig = readOrNull(p.config)
-  let newConfig: Buffer | null = null
-  if (o.config !== undefined) {
-    newConfig = readFileSync(o.config)
-    await o.validate?.(o.config)
-    if (oldConfig !== null && !oldConfig.equals(newConfig)) {
-      throw new Error(`${p.config} exists and differs from ${o.config}; it is not overwritten (edit it, then \`agent config validate\` and \`systemctl reload agent@${o.name}\`)`)
-    }
+  // Read once: what is checked below is these bytes, not whatever the file holds by then.
+  const newConfig: Buffer | null = o.config === undefined ? null : readFileSync(o.config)
+  if (newConfig !== null && oldConfig !== null && !oldConfig.equals(newConfig)) {
+    throw new Error(`${p.config} exists and differs from ${o.config}; it is not overwritten (edit it, then \`agent config validate\` and \`systemctl reload agent@${o.name}\`)`)
   }
 
   const created: string[] = []
+  // The copy of --config inside the config directory, checked there, then linked into place.
+  const tmpConfig = join(p.configDir, `.${o.name}.yaml.${process.pid}.tmp`)
   try {
-    const unitAction: FileAction = oldUnit === null ? 'created' : oldUnit.toString('utf8') === unitText ? 'unchanged' : 'updated'
+    let dirAction: 'created' | 'unchanged' = 'unchanged'
     // mkdir -p says which directory it made first: everything from there on is this run's.
+    const madeConfigDir = mkdirSync(p.configDir, {recursive: true, mode: CONFIG_DIR_MODE})
+    if (madeConfigDir !== undefined) {
+      created.push(madeConfigDir)
+      dirAction = 'created'
+    }
+    if (newConfig !== null) {
+      writeFileSync(tmpConfig, newConfig, {mode: CONFIG_MODE, flag: 'wx'})
+      chmodSync(tmpConfig, CONFIG_MODE)
+      await checkConfig(o, p.configDir, tmpConfig)
+    }
+
+    const unitAction: FileAction = oldUnit === null ? 'created' : oldUnit.toString('utf8') === unitText ? 'unchanged' : 'updated'
     const madeUnitDir = mkdirSync(p.unitDir, {recursive: true, mode: 0o755})
     if (madeUnitDir !== undefined) created.push(madeUnitDir)
     if (unitAction !== 'unchanged') {
       writeAtomic(p.unit, unitText, UNIT_MODE)
       if (unitAction === 'created') created.push(p.unit)
-    }
-    let dirAction: 'created' | 'unchanged' = 'unchanged'
-    const madeConfigDir = mkdirSync(p.configDir, {recursive: true, mode: CONFIG_DIR_MODE})
-    if (madeConfigDir !== undefined) {
-      created.push(madeConfigDir)
-      dirAction = 'created'
     }
     // The configs name key files and who may connect: not for everyone to read, either way.
     // Bits are only taken away: an operator's tighter 0700 stays 0700, a 0755 becomes 0750.
@@ -154,10 +187,12 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
     if ((dirMode & 0o777 & ~CONFIG_DIR_MODE) !== 0) chmodSync(p.configDir, dirMode & (0o7000 | CONFIG_DIR_MODE))
     let configAction: InstallResult['config']['action'] = oldConfig === null ? 'missing' : 'unchanged'
     if (newConfig !== null && oldConfig === null) {
-      writeAtomic(p.config, newConfig, CONFIG_MODE)
+      // A link, not a rename: it fails rather than replace a config that appeared meanwhile.
+      linkSync(tmpConfig, p.config)
       created.push(p.config)
       configAction = 'created'
     }
+    if (newConfig !== null) rmSync(tmpConfig, {force: true})
     const next = [
       ...(configAction === 'missing' ? [`write ${p.realConfig} (a node or client config, docs/config.md), then \`agent config validate ${p.realConfig}\``] : []),
       `systemctl daemon-reload && systemctl enable --now agent@${o.name}`,
@@ -172,8 +207,40 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
   } catch (e) {
     // Nothing half: undo what this run created, newest first (an updated unit stays updated,
     // having been replaced whole by a rename).
+    rmSync(tmpConfig, {force: true})
     for (const path of created.reverse()) rmSync(path, {recursive: true, force: true})
     throw e
+  }
+}
+
+/**
+ * Validates `tmp`, the copy of o.config in the config directory (relative paths resolve against
+ * it, as at run time), and refuses files the unit could not read (ProtectHome=). Errors name
+ * o.config, the file the operator wrote (same lines), and the field and path at fault.
+ */
+async function checkConfig(o: InstallOptions, configDir: string, tmp: string): Promise<void> {
+  if (o.validate === undefined) return
+  let config: ResolvedConfig
+  try {
+    config = await o.validate(tmp)
+  } catch (e) {
+    if (e instanceof ConfigError) throw new ConfigError(o.config!, e.issues)
+    throw e
+  }
+  const root = resolve(o.root ?? '/')
+  const realDir = onTarget(root, configDir)
+  const hidden = configPaths(config)
+    .map(({field, path}) => ({field, path: onTarget(root, path), home: underProtectedHome(onTarget(root, path))}))
+    .filter((f) => f.home !== undefined)
+  if (hidden.length > 0) {
+    throw new Error(
+      hidden
+        .map(
+          (f) =>
+            `${o.config}: ${f.field}: ${f.path} is under ${f.home}, which the unit hides (ProtectHome=yes): the agent could not read it; put the file elsewhere (under ${realDir}, say; relative paths are relative to ${realDir})`,
+        )
+        .join('\n'),
+    )
   }
 }
 
