@@ -5,10 +5,11 @@
  * the status socket, STOPPING at a stop); and the addon's sender (native/notify.c) delivering
  * real datagrams to a path socket and an abstract one, and refusing bad addresses.
  */
+import {spawn, spawnSync} from 'node:child_process'
 import {EventEmitter} from 'node:events'
 import {mkdtempSync, rmSync} from 'node:fs'
-import {tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {constants as osConstants, tmpdir} from 'node:os'
+import {join, resolve} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {runInForeground, type RunningAgent} from '../../src/core/lifecycle.js'
 import {loadAgentNative} from '../../src/core/native/addon.js'
@@ -16,6 +17,8 @@ import {nativeSink, ServiceNotifier} from '../../src/core/service/notify.js'
 import {requestReload, startStatusServer} from '../../src/core/status/server.js'
 import {listenNotify} from '../helpers/notify-listener.js'
 
+/** The addon as built (build/Release), for a child process to load. */
+const ADDON = resolve(import.meta.dirname, '../../build/Release/agent_native.node')
 const dir = mkdtempSync(join(tmpdir(), `agent-notify-${process.pid}-`))
 afterAll(() => rmSync(dir, {recursive: true, force: true}))
 
@@ -112,6 +115,32 @@ describe('ServiceNotifier', () => {
     expect(sent).toEqual(['WATCHDOG=1'])
     n.stopping()
     expect(timers[0].cleared).toBe(true)
+  })
+
+  it('caps the watchdog interval at the longest delay Node timers hold (2^31-1 ms)', () => {
+    const {timers} = fake({watchdogUsec: 10_000_000_000_000}) // half: 5e9 ms, which Node would run every 1 ms
+    expect(timers[0].ms).toBe(2 ** 31 - 1)
+    expect(fake({watchdogUsec: 4_294_967_294_000}).timers[0].ms).toBe(2 ** 31 - 1)
+    expect(fake({watchdogUsec: 1000}).timers[0].ms).toBe(10)
+  })
+
+  it('a full queue (EAGAIN) is logged once per reason, never thrown, and does not hide another failure', () => {
+    const {log, lines} = silentLog()
+    const failures = [11, 11, 11, 111, 111]
+    const n = new ServiceNotifier(() => {
+      const errno = failures.shift() ?? 11
+      throw Object.assign(new Error(errno === 11 ? 'notify /run/systemd/notify: Resource temporarily unavailable' : 'notify /run/systemd/notify: Connection refused'), {errno})
+    }, {log})
+    n.ready()
+    n.status('a')
+    n.status('b')
+    n.status('c')
+    n.status('d')
+    n.stopping()
+    expect(lines).toEqual([
+      'warn cannot notify the service manager: notify /run/systemd/notify: Resource temporarily unavailable',
+      'warn cannot notify the service manager: notify /run/systemd/notify: Connection refused',
+    ])
   })
 
   it('a sink that fails is logged once and never throws', () => {
@@ -251,6 +280,30 @@ describe('the native sender (native/notify.c)', () => {
       }
     }
   })
+
+  it('never blocks on a full queue: EAGAIN, returned as a failed send', async () => {
+    // A receiver that never reads (PID 1 busy): its queue fills. A blocking sendto would hang
+    // the sender, so it runs in a child with a timeout.
+    const address = join(dir, 'full.sock')
+    const receiver = spawn('python3', ['-c', `import socket,sys\ns=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("up", flush=True)\nsys.stdin.read()`, address], {stdio: ['pipe', 'pipe', 'inherit']})
+    try {
+      await new Promise((r) => receiver.stdout.once('data', r))
+      const sender = `const {notify} = require(${JSON.stringify(ADDON)})
+for (let i = 0; i < 100000; i++) {
+  try { notify(${JSON.stringify(address)}, 'WATCHDOG=1') } catch (e) { console.log(JSON.stringify({i, errno: e.errno, code: e.code, message: e.message})); process.exit(0) }
+}
+console.log('{}')`
+      const r = spawnSync(process.execPath, ['-e', sender], {encoding: 'utf8', timeout: 10_000})
+      expect(r.signal, 'the send blocked').toBeNull()
+      const out = JSON.parse(r.stdout) as {i?: number; errno?: number; code?: string; message?: string}
+      expect(out.i).toBeGreaterThan(0)
+      expect(out).toMatchObject({errno: osConstants.errno.EAGAIN, code: 'ERR_AGENT_NOTIFY'})
+      expect(out.message).toMatch(/Resource temporarily unavailable/)
+    } finally {
+      receiver.stdin.end()
+      receiver.kill()
+    }
+  }, 20_000)
 
   it('refuses what it cannot send, with the reason', () => {
     const notify = loadAgentNative().notify!

@@ -45,8 +45,10 @@ int agent_notify_send(const char *socket_path, size_t path_len, const char *msg,
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno;
   ssize_t sent;
+  /* MSG_DONTWAIT: when the receiver's queue is full (PID 1 busy), a blocking sendto would stop
+   * the agent's event loop until it drains; EAGAIN instead, a failed send like any other. */
   do {
-    sent = sendto(fd, msg, len, MSG_NOSIGNAL, (const struct sockaddr *)&sa, sa_len);
+    sent = sendto(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT, (const struct sockaddr *)&sa, sa_len);
   } while (sent < 0 && errno == EINTR);
   int err = sent < 0 ? errno : (size_t)sent != len ? EMSGSIZE : 0;
   if (close(fd) != 0 && err == 0 && errno != EINTR) err = errno;

@@ -16,7 +16,8 @@
  * Sends msg[0, len) to the socket `socket_path` names: "/path" (a socket in the file system) or
  * "@name" (Linux's abstract namespace). 0 when the whole datagram went; else an errno
  * (EINVAL: empty or unsupported address; ENAMETOOLONG: longer than sun_path; EMSGSIZE: message
- * over AGENT_NOTIFY_MAX or cut short).
+ * over AGENT_NOTIFY_MAX or cut short; EAGAIN: the receiver's queue is full, as the send never
+ * blocks).
  */
 int agent_notify_send(const char *socket_path, size_t path_len, const char *msg, size_t len);
 

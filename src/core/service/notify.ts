@@ -16,8 +16,9 @@
  *   STATUS=…           a line for `systemctl status` with each of the above
  *
  * Without $NOTIFY_SOCKET (a terminal, a test, another service manager) there is no notifier and
- * nothing of this happens. A datagram that cannot be sent is logged once and never stops the
- * agent: it serves whether or not systemd hears about it.
+ * nothing of this happens. A datagram that cannot be sent (the socket gone; EAGAIN when PID 1's
+ * queue is full, as the send never blocks) is logged once per reason and never stops the agent:
+ * it serves whether or not systemd hears about it.
  */
 import type {Logger} from '../log.js'
 import {loadAgentNative} from '../native/addon.js'
@@ -47,7 +48,8 @@ export class ServiceNotifier {
   /** Reloads begun before ready() (a SIGHUP or `agent reload` while starting): never announced. */
   private early = 0
   private stopped = false
-  private warned = false
+  /** The failures already logged, by errno (or message): each is logged once. */
+  private readonly warned = new Set<string>()
   private readonly watchdog: unknown
   private readonly clear: (timer: unknown) => void
   private readonly now: () => bigint
@@ -60,8 +62,9 @@ export class ServiceNotifier {
     this.clear = opts.clearInterval ?? ((t) => clearInterval(t as NodeJS.Timeout))
     const usec = opts.watchdogUsec
     if (usec !== undefined && Number.isFinite(usec) && usec > 0) {
-      // Half the interval, as sd_watchdog_enabled(3) advises; at least every 10 ms.
-      const timer = (opts.setInterval ?? setInterval)(() => this.send('WATCHDOG=1'), Math.max(10, Math.floor(usec / 2000)))
+      // Half the interval, as sd_watchdog_enabled(3) advises; at least every 10 ms, and at most
+      // every 2^31-1 ms, the longest delay Node's timers hold (a longer one becomes 1 ms).
+      const timer = (opts.setInterval ?? setInterval)(() => this.send('WATCHDOG=1'), watchdogIntervalMs(usec))
       // The pings must never keep a stopped agent alive.
       timer.unref?.()
       this.watchdog = timer
@@ -141,12 +144,24 @@ export class ServiceNotifier {
     try {
       this.sink(message)
     } catch (e) {
-      // Once: a socket that is gone stays gone, and the agent's own work matters more.
-      if (this.warned) return
-      this.warned = true
-      this.opts.log?.warn(`cannot notify the service manager: ${(e as Error).message}`, {event: 'service.notify_failed', reason: (e as Error).message})
+      // Once per reason: a socket that is gone stays gone, a full queue (EAGAIN: the send never
+      // blocks, notify.c) comes back with every ping, and the agent's own work matters more. A
+      // new reason is still said, so a passing EAGAIN does not hide a socket gone later.
+      const err = e as Error & {errno?: number}
+      const key = err.errno !== undefined ? `errno ${err.errno}` : err.message
+      if (this.warned.has(key)) return
+      this.warned.add(key)
+      this.opts.log?.warn(`cannot notify the service manager: ${err.message}`, {event: 'service.notify_failed', reason: err.message, ...(err.errno === undefined ? {} : {errno: err.errno})})
     }
   }
+}
+
+/** The longest delay setInterval holds: 2^31-1 ms (about 24.8 days). */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** The watchdog ping interval for $WATCHDOG_USEC: half of it, within [10 ms, MAX_TIMER_MS]. */
+export function watchdogIntervalMs(usec: number): number {
+  return Math.min(MAX_TIMER_MS, Math.max(10, Math.floor(usec / 2000)))
 }
 
 /** STATUS= is one line: anything after a newline would be read as another variable. */
