@@ -182,6 +182,22 @@ describe('event counts', () => {
     expect(events.report()).toEqual({handshakes: {ok: 1, refused: 1, failed: 5}, reloads: {ok: 0, refused: 0}, revocations: 1})
   })
 
+  it("does not count the limiter's suppression line as one more event", () => {
+    const events = new AgentEvents()
+    const lines: string[] = []
+    const log = events.tap(createLogger({level: 'info', format: 'json', write: (l) => lines.push(l)}))
+    const limited = new LogLimiter(log, 2, 60_000)
+    for (let i = 0; i < 5; i++) limited.warn('hs', 'refused TLS handshake', {event: 'handshake.failed'})
+    limited.flush()
+    // 2 written, 3 suppressed, then the line that says so (same event, suppressed: 3).
+    expect(lines.map((l) => JSON.parse(l) as {event?: string; suppressed?: number}).map((l) => [l.event, l.suppressed])).toEqual([
+      ['handshake.failed', undefined],
+      ['handshake.failed', undefined],
+      ['handshake.failed', 3],
+    ])
+    expect(events.handshakes.failed).toBe(5)
+  })
+
   it('counts reloads by how they ended', async () => {
     const events = new AgentEvents()
     await events.reload(Promise.resolve(1))
