@@ -297,6 +297,39 @@ describe('metrics server', () => {
   })
 })
 
+describe('AgentMetrics lifecycle', () => {
+  const freePort = async (): Promise<number> => {
+    const t = createTcpServer()
+    await new Promise<void>((r) => t.listen(0, '127.0.0.1', r))
+    const port = (t.address() as {port: number}).port
+    await new Promise<void>((r) => t.close(() => r()))
+    return port
+  }
+  const refused = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1')
+      s.on('connect', () => {
+        s.destroy()
+        resolve(false)
+      })
+      s.on('error', () => resolve(true))
+    })
+  const quiet = createLogger('error', 'test', () => {})
+
+  it('closes the port when close() comes while listen() is still starting', async () => {
+    const port = await freePort()
+    const m = fakeClient(true)
+    const listening = m.listen({address: '127.0.0.1', port, perPeer: true, exposed: false}, quiet)
+    const closing = m.close()
+    await expect(listening).rejects.toThrow(/closed before the endpoint started/)
+    await closing
+    expect(await refused(port)).toBe(true)
+    // And a listen() after close() does not open it either.
+    await expect(m.listen({address: '127.0.0.1', port, perPeer: true, exposed: false}, quiet)).rejects.toThrow(/closed/)
+    expect(await refused(port)).toBe(true)
+  })
+})
+
 describe('Grafana dashboard', () => {
   it('queries only series the agent serves', async () => {
     const dashboard = JSON.parse(readFileSync(join(root, 'docs/grafana/agent-dashboard.json'), 'utf8')) as {panels: {title: string; targets?: {expr: string}[]}[]}
