@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {metricsSettings} from '../../src/core/metrics/settings.js'
 import {AgentEvents, AgentMetrics, type ClientMetricsSource} from '../../src/core/metrics/index.js'
-import {MAX_CONNECTIONS, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
+import {MAX_CONNECTIONS, sharedRender, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
 import {fakeNodeMetrics} from '../../src/testbed/metrics-fake.js'
 import {parseConfig} from '../../src/core/config/index.js'
 import {classifyChange, refusedMessage} from '../../src/core/config/live-change.js'
@@ -262,6 +262,60 @@ describe('metrics server', () => {
     expect((await http('GET', '/metrics')).status).toBe(500)
     fail = false
     expect((await http('GET', '/metrics')).body).toBe('ok 1\n')
+  })
+
+  it('renders once for concurrent requests and for repeated ones within the interval', async () => {
+    // Count the collections: each render reads the data path once (one snapshot).
+    let collects = 0
+    const m = fakeClient(true)
+    const source = (m as unknown as {source: ClientMetricsSource}).source
+    source.datapath = () => {
+      collects++
+      return null
+    }
+    server = await startMetricsServer('127.0.0.1', 0, m, {minRenderIntervalMs: 60_000})
+    const concurrent = await Promise.all(Array.from({length: 6}, () => http('GET', '/metrics')))
+    expect(concurrent.map((r) => r.status)).toEqual(Array(6).fill(200))
+    for (let i = 0; i < 5; i++) expect((await http(i % 2 ? 'HEAD' : 'GET', '/metrics')).status).toBe(200)
+    expect(collects).toBe(1)
+    expect(new Set(concurrent.map((r) => r.body)).size).toBe(1)
+  })
+
+  it('shares a render in flight, keeps its body for the interval, and not a failure', async () => {
+    let t = 0
+    let renders = 0
+    let fail = false
+    const gates: (() => void)[] = []
+    const shared = sharedRender(
+      () => {
+        renders++
+        return new Promise<string>((resolve, reject) => gates.push(() => (fail ? reject(new Error('x')) : resolve(`body ${renders}`))))
+      },
+      1000,
+      () => t,
+    )
+    const a = shared()
+    const b = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(1)
+    gates.shift()!()
+    expect(await a).toBe('body 1')
+    expect(await b).toBe('body 1')
+    t = 999
+    expect(await shared()).toBe('body 1')
+    t = 1000
+    const c = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(2)
+    fail = true
+    gates.shift()!()
+    await expect(c).rejects.toThrow('x')
+    fail = false
+    const d = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(3)
+    gates.shift()!()
+    expect(await d).toBe('body 3')
   })
 
   it(`holds at most ${MAX_CONNECTIONS} connections at once`, async () => {
