@@ -318,6 +318,35 @@ describe('metrics server', () => {
     expect(await d).toBe('body 3')
   })
 
+  it('closes a client that sends its headers slowly, on a new or a kept-alive connection', async () => {
+    server = await startMetricsServer('127.0.0.1', 0, {contentType: 'text/plain', render: async () => 'ok 1\n'}, {timeouts: {headersMs: 400, requestMs: 800, idleMs: 400, checkEveryMs: 100}})
+    const host = `Host: 127.0.0.1:${server.port}\r\n`
+    // Sends `first` at once, then a header line every 100 ms until closed: how long it lasted.
+    const trickle = (first: string) =>
+      new Promise<{ms: number; got: string}>((resolve, reject) => {
+        const started = Date.now()
+        let got = ''
+        let timer: NodeJS.Timeout | undefined
+        const s = connect(server!.port, '127.0.0.1', () => {
+          s.write(first)
+          timer = setInterval(() => s.writable && s.write('X-Slow: 1\r\n'), 100)
+        })
+        sockets.push(s)
+        s.on('data', (c) => (got += c))
+        s.on('error', () => {})
+        s.on('close', () => {
+          clearInterval(timer)
+          resolve({ms: Date.now() - started, got})
+        })
+        setTimeout(() => reject(new Error('still open after 4 s')), 4000).unref()
+      })
+    const fresh = await trickle(`GET /metrics HTTP/1.1\r\n${host}`)
+    expect(fresh.ms).toBeLessThan(2000)
+    const kept = await trickle(`GET /metrics HTTP/1.1\r\n${host}\r\nGET /metrics HTTP/1.1\r\n${host}`)
+    expect(kept.got).toMatch(/^HTTP\/1\.1 200 /)
+    expect(kept.ms).toBeLessThan(2000)
+  })
+
   it(`holds at most ${MAX_CONNECTIONS} connections at once`, async () => {
     server = await startMetricsServer('127.0.0.1', 0, fakeNodeMetrics(1, true).metrics)
     const open = (): Promise<Socket> =>

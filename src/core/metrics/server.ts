@@ -13,9 +13,22 @@ import {createServer, type IncomingMessage, type Server, type ServerResponse} fr
 import type {Socket} from 'node:net'
 
 export const MAX_CONNECTIONS = 8
-const REQUEST_TIMEOUT_MS = 10_000
-const HEADERS_TIMEOUT_MS = 5_000
-const IDLE_TIMEOUT_MS = 5_000
+
+/**
+ * How long a client may take: to send a request's headers, to send the whole request, and to
+ * send the next one on a kept-alive connection; how often the headers and request timeouts are
+ * checked. Node checks them every connectionsCheckingInterval (30 s by default: a slow client
+ * would hold a connection for 35 s, not 5) and, after a connection's first request, sets its
+ * socket's inactivity timeout to server.timeout (0 by default: none): both are set here.
+ */
+export interface MetricsTimeouts {
+  headersMs: number
+  requestMs: number
+  idleMs: number
+  checkEveryMs: number
+}
+
+export const METRICS_TIMEOUTS: MetricsTimeouts = {headersMs: 5_000, requestMs: 10_000, idleMs: 5_000, checkEveryMs: 1_000}
 /** A rendered body answers every request for this long after its render finished. */
 export const MIN_RENDER_INTERVAL_MS = 1_000
 
@@ -36,19 +49,24 @@ export interface MetricsServerOptions {
   maxConnections?: number
   /** MIN_RENDER_INTERVAL_MS unless given; 0: every request renders (still one at a time). */
   minRenderIntervalMs?: number
+  /** METRICS_TIMEOUTS unless given (tests make them short). */
+  timeouts?: Partial<MetricsTimeouts>
 }
 
 export async function startMetricsServer(address: string, port: number, exposition: Exposition, opts: MetricsServerOptions = {}): Promise<MetricsServer> {
   const shared = {contentType: exposition.contentType, render: sharedRender(() => exposition.render(), opts.minRenderIntervalMs ?? MIN_RENDER_INTERVAL_MS)}
-  const server: Server = createServer({requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: HEADERS_TIMEOUT_MS, keepAliveTimeout: IDLE_TIMEOUT_MS}, (req, res) => {
+  const t: MetricsTimeouts = {...METRICS_TIMEOUTS, ...opts.timeouts}
+  const server: Server = createServer({requestTimeout: t.requestMs, headersTimeout: t.headersMs, keepAliveTimeout: t.idleMs, connectionsCheckingInterval: t.checkEveryMs}, (req, res) => {
     void answer(req, res, shared)
   })
+  // What a connection's socket timeout becomes after its first request (Node resets it then).
+  server.timeout = t.requestMs
   server.maxConnections = opts.maxConnections ?? MAX_CONNECTIONS
   const sockets = new Set<Socket>()
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
-    socket.setTimeout(REQUEST_TIMEOUT_MS, () => socket.destroy())
+    socket.setTimeout(t.requestMs, () => socket.destroy())
   })
   // Not HTTP, or too large: 400 if the socket can still take it, and close.
   server.on('clientError', (_err, socket: Socket) => {
