@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {metricsSettings} from '../../src/core/metrics/settings.js'
 import {AgentEvents, AgentMetrics, type ClientMetricsSource} from '../../src/core/metrics/index.js'
-import {MAX_CONNECTIONS, sharedRender, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
+import {hostCheck, MAX_CONNECTIONS, sharedRender, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
 import {fakeNodeMetrics} from '../../src/testbed/metrics-fake.js'
 import {parseConfig} from '../../src/core/config/index.js'
 import {classifyChange, refusedMessage} from '../../src/core/config/live-change.js'
@@ -345,6 +345,26 @@ describe('metrics server', () => {
     const kept = await trickle(`GET /metrics HTTP/1.1\r\n${host}\r\nGET /metrics HTTP/1.1\r\n${host}`)
     expect(kept.got).toMatch(/^HTTP\/1\.1 200 /)
     expect(kept.ms).toBeLessThan(2000)
+  })
+
+  it('on loopback, answers only to its own Host (no DNS rebinding); elsewhere to any', async () => {
+    server = await startMetricsServer('127.0.0.2', 0, {contentType: 'text/plain', render: async () => 'ok 1\n'})
+    const port = server.port
+    const get = (host: string | null, version = '1.1') =>
+      new Promise<string>((resolve, reject) => {
+        const s = connect(port, '127.0.0.2', () => s.write(`GET /metrics HTTP/${version}\r\n${host === null ? '' : `Host: ${host}\r\n`}Connection: close\r\n\r\n`))
+        let got = ''
+        s.on('data', (c) => (got += c))
+        s.on('close', () => resolve(got.split('\r\n')[0]))
+        s.on('error', reject)
+      })
+    for (const host of [`127.0.0.2:${port}`, `localhost:${port}`, `LocalHost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`]) expect(await get(host), host).toBe('HTTP/1.1 200 OK')
+    for (const host of [`attacker.example:${port}`, 'attacker.example', `localhost:${port + 1}`, '127.0.0.2', `127.0.0.2.nip.io:${port}`]) expect(await get(host), host).toBe('HTTP/1.1 403 Forbidden')
+    // HTTP/1.0 without Host: not what a browser sends.
+    expect(await get(null, '1.0')).toBe('HTTP/1.1 200 OK')
+    expect(hostCheck('0.0.0.0', 9469)('attacker.example:9469')).toBe(true)
+    expect(hostCheck('10.0.0.5', 9469)('prometheus-target.lan')).toBe(true)
+    expect(hostCheck('127.0.0.1', 80)('localhost')).toBe(true)
   })
 
   it(`holds at most ${MAX_CONNECTIONS} connections at once`, async () => {

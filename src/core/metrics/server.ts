@@ -1,6 +1,6 @@
 /**
  * The HTTP endpoint: GET and HEAD /metrics, nothing else (404 for other paths, 405 for other
- * methods, 400 for what is not HTTP). At most MAX_CONNECTIONS at once (the rest are closed at
+ * methods, 400 for what is not HTTP; 403 on loopback for a Host that is not the endpoint's). At most MAX_CONNECTIONS at once (the rest are closed at
  * once), with short timeouts, so a slow or hostile client costs the agent little; whatever goes
  * wrong answers 500 or closes the connection, never takes the agent down.
  *
@@ -56,7 +56,10 @@ export interface MetricsServerOptions {
 export async function startMetricsServer(address: string, port: number, exposition: Exposition, opts: MetricsServerOptions = {}): Promise<MetricsServer> {
   const shared = {contentType: exposition.contentType, render: sharedRender(() => exposition.render(), opts.minRenderIntervalMs ?? MIN_RENDER_INTERVAL_MS)}
   const t: MetricsTimeouts = {...METRICS_TIMEOUTS, ...opts.timeouts}
+  // Set once the port is bound (0 asked: the one given); nothing is answered before that.
+  let hostAllowed: (host: string | undefined) => boolean = () => false
   const server: Server = createServer({requestTimeout: t.requestMs, headersTimeout: t.headersMs, keepAliveTimeout: t.idleMs, connectionsCheckingInterval: t.checkEveryMs}, (req, res) => {
+    if (!hostAllowed(req.headers.host)) return plain(res, 403, 'forbidden: this endpoint answers to its own address as Host\n')
     void answer(req, res, shared)
   })
   // What a connection's socket timeout becomes after its first request (Node resets it then).
@@ -88,6 +91,7 @@ export async function startMetricsServer(address: string, port: number, expositi
   server.on('error', () => {})
   server.unref()
   const bound = (server.address() as {port: number}).port
+  hostAllowed = hostCheck(address, bound)
   return {
     endpoint: `${address}:${bound}`,
     port: bound,
@@ -97,6 +101,25 @@ export async function startMetricsServer(address: string, port: number, expositi
         server.close(() => resolve())
       }),
   }
+}
+
+/** 127.0.0.0/8 or ::1. */
+export function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1' || address === 'localhost'
+}
+
+/**
+ * Which Host headers a request may carry. On loopback, only the endpoint's own names: a web
+ * page the user opens cannot make its browser read the metrics by DNS rebinding (its requests
+ * carry the attacker's host name). No Host at all (HTTP/1.0) is let through: a browser always
+ * sends one. On any other address, any Host: operators scrape by IP or by name.
+ */
+export function hostCheck(address: string, port: number): (host: string | undefined) => boolean {
+  if (!isLoopback(address)) return () => true
+  const names = [address.includes(':') ? `[${address}]` : address, 'localhost', '127.0.0.1', '[::1]']
+  const allowed = new Set(names.map((n) => `${n}:${port}`))
+  if (port === 80) for (const n of names) allowed.add(n)
+  return (host) => host === undefined || allowed.has(host.toLowerCase())
 }
 
 /**
