@@ -10,6 +10,7 @@ import {execFileSync} from 'node:child_process'
 import {readFileSync, writeFileSync} from 'node:fs'
 import {type AgentProcess, type Fleet, agentTraces, createFleet, probeEcho, startEchoServer, type EchoServer} from '../../src/testbed/index.js'
 import type {StatusReport} from '../../src/core/status/report.js'
+import {MIN_RENDER_INTERVAL_MS} from '../../src/core/metrics/server.js'
 
 let fleet: Fleet
 let echo: EchoServer
@@ -32,8 +33,25 @@ function nodeConfig(name: string, metrics: string): string {
   return file
 }
 
-/** GET http://127.0.0.1:port/metrics from inside `ns` (Node's fetch, no curl needed). */
+/** When each endpoint last answered: a scrape within MIN_RENDER_INTERVAL_MS would get that body again. */
+const lastScrape = new Map<string, number>()
+
+/**
+ * GET http://127.0.0.1:port/metrics from inside `ns` (Node's fetch, no curl needed), once the
+ * endpoint's previous body has expired, so the scrape reads the agent as it is now.
+ */
 async function scrape(ns: string, port: number): Promise<string> {
+  const key = `${ns}:${port}`
+  const wait = (lastScrape.get(key) ?? 0) + MIN_RENDER_INTERVAL_MS + 100 - Date.now()
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+  try {
+    return await scrapeNow(ns, port)
+  } finally {
+    lastScrape.set(key, Date.now())
+  }
+}
+
+async function scrapeNow(ns: string, port: number): Promise<string> {
   const script = `fetch('http://127.0.0.1:${port}/metrics').then(async (r) => { if (r.status !== 200) throw new Error('HTTP ' + r.status); process.stdout.write(await r.text()) })`
   const r = await fleet.tb.exec(ns, process.execPath, ['-e', script], {timeoutMs: 15_000})
   expect(r.code, r.stderr).toBe(0)

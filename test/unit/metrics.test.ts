@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {metricsSettings} from '../../src/core/metrics/settings.js'
 import {AgentEvents, AgentMetrics, type ClientMetricsSource} from '../../src/core/metrics/index.js'
-import {MAX_CONNECTIONS, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
+import {hostCheck, MAX_CONNECTIONS, sharedRender, startMetricsServer, type MetricsServer} from '../../src/core/metrics/server.js'
 import {fakeNodeMetrics} from '../../src/testbed/metrics-fake.js'
 import {parseConfig} from '../../src/core/config/index.js'
 import {classifyChange, refusedMessage} from '../../src/core/config/live-change.js'
@@ -182,6 +182,22 @@ describe('event counts', () => {
     expect(events.report()).toEqual({handshakes: {ok: 1, refused: 1, failed: 5}, reloads: {ok: 0, refused: 0}, revocations: 1})
   })
 
+  it("does not count the limiter's suppression line as one more event", () => {
+    const events = new AgentEvents()
+    const lines: string[] = []
+    const log = events.tap(createLogger({level: 'info', format: 'json', write: (l) => lines.push(l)}))
+    const limited = new LogLimiter(log, 2, 60_000)
+    for (let i = 0; i < 5; i++) limited.warn('hs', 'refused TLS handshake', {event: 'handshake.failed'})
+    limited.flush()
+    // 2 written, 3 suppressed, then the line that says so (same event, suppressed: 3).
+    expect(lines.map((l) => JSON.parse(l) as {event?: string; suppressed?: number}).map((l) => [l.event, l.suppressed])).toEqual([
+      ['handshake.failed', undefined],
+      ['handshake.failed', undefined],
+      ['handshake.failed', 3],
+    ])
+    expect(events.handshakes.failed).toBe(5)
+  })
+
   it('counts reloads by how they ended', async () => {
     const events = new AgentEvents()
     await events.reload(Promise.resolve(1))
@@ -248,6 +264,109 @@ describe('metrics server', () => {
     expect((await http('GET', '/metrics')).body).toBe('ok 1\n')
   })
 
+  it('renders once for concurrent requests and for repeated ones within the interval', async () => {
+    // Count the collections: each render reads the data path once (one snapshot).
+    let collects = 0
+    const m = fakeClient(true)
+    const source = (m as unknown as {source: ClientMetricsSource}).source
+    source.datapath = () => {
+      collects++
+      return null
+    }
+    server = await startMetricsServer('127.0.0.1', 0, m, {minRenderIntervalMs: 60_000})
+    const concurrent = await Promise.all(Array.from({length: 6}, () => http('GET', '/metrics')))
+    expect(concurrent.map((r) => r.status)).toEqual(Array(6).fill(200))
+    for (let i = 0; i < 5; i++) expect((await http(i % 2 ? 'HEAD' : 'GET', '/metrics')).status).toBe(200)
+    expect(collects).toBe(1)
+    expect(new Set(concurrent.map((r) => r.body)).size).toBe(1)
+  })
+
+  it('shares a render in flight, keeps its body for the interval, and not a failure', async () => {
+    let t = 0
+    let renders = 0
+    let fail = false
+    const gates: (() => void)[] = []
+    const shared = sharedRender(
+      () => {
+        renders++
+        return new Promise<string>((resolve, reject) => gates.push(() => (fail ? reject(new Error('x')) : resolve(`body ${renders}`))))
+      },
+      1000,
+      () => t,
+    )
+    const a = shared()
+    const b = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(1)
+    gates.shift()!()
+    expect(await a).toBe('body 1')
+    expect(await b).toBe('body 1')
+    t = 999
+    expect(await shared()).toBe('body 1')
+    t = 1000
+    const c = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(2)
+    fail = true
+    gates.shift()!()
+    await expect(c).rejects.toThrow('x')
+    fail = false
+    const d = shared()
+    await new Promise((r) => setTimeout(r, 0))
+    expect(renders).toBe(3)
+    gates.shift()!()
+    expect(await d).toBe('body 3')
+  })
+
+  it('closes a client that sends its headers slowly, on a new or a kept-alive connection', async () => {
+    server = await startMetricsServer('127.0.0.1', 0, {contentType: 'text/plain', render: async () => 'ok 1\n'}, {timeouts: {headersMs: 400, requestMs: 800, idleMs: 400, checkEveryMs: 100}})
+    const host = `Host: 127.0.0.1:${server.port}\r\n`
+    // Sends `first` at once, then a header line every 100 ms until closed: how long it lasted.
+    const trickle = (first: string) =>
+      new Promise<{ms: number; got: string}>((resolve, reject) => {
+        const started = Date.now()
+        let got = ''
+        let timer: NodeJS.Timeout | undefined
+        const s = connect(server!.port, '127.0.0.1', () => {
+          s.write(first)
+          timer = setInterval(() => s.writable && s.write('X-Slow: 1\r\n'), 100)
+        })
+        sockets.push(s)
+        s.on('data', (c) => (got += c))
+        s.on('error', () => {})
+        s.on('close', () => {
+          clearInterval(timer)
+          resolve({ms: Date.now() - started, got})
+        })
+        setTimeout(() => reject(new Error('still open after 4 s')), 4000).unref()
+      })
+    const fresh = await trickle(`GET /metrics HTTP/1.1\r\n${host}`)
+    expect(fresh.ms).toBeLessThan(2000)
+    const kept = await trickle(`GET /metrics HTTP/1.1\r\n${host}\r\nGET /metrics HTTP/1.1\r\n${host}`)
+    expect(kept.got).toMatch(/^HTTP\/1\.1 200 /)
+    expect(kept.ms).toBeLessThan(2000)
+  })
+
+  it('on loopback, answers only to its own Host (no DNS rebinding); elsewhere to any', async () => {
+    server = await startMetricsServer('127.0.0.2', 0, {contentType: 'text/plain', render: async () => 'ok 1\n'})
+    const port = server.port
+    const get = (host: string | null, version = '1.1') =>
+      new Promise<string>((resolve, reject) => {
+        const s = connect(port, '127.0.0.2', () => s.write(`GET /metrics HTTP/${version}\r\n${host === null ? '' : `Host: ${host}\r\n`}Connection: close\r\n\r\n`))
+        let got = ''
+        s.on('data', (c) => (got += c))
+        s.on('close', () => resolve(got.split('\r\n')[0]))
+        s.on('error', reject)
+      })
+    for (const host of [`127.0.0.2:${port}`, `localhost:${port}`, `LocalHost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`]) expect(await get(host), host).toBe('HTTP/1.1 200 OK')
+    for (const host of [`attacker.example:${port}`, 'attacker.example', `localhost:${port + 1}`, '127.0.0.2', `127.0.0.2.nip.io:${port}`]) expect(await get(host), host).toBe('HTTP/1.1 403 Forbidden')
+    // HTTP/1.0 without Host: not what a browser sends.
+    expect(await get(null, '1.0')).toBe('HTTP/1.1 200 OK')
+    expect(hostCheck('0.0.0.0', 9469)('attacker.example:9469')).toBe(true)
+    expect(hostCheck('10.0.0.5', 9469)('prometheus-target.lan')).toBe(true)
+    expect(hostCheck('127.0.0.1', 80)('localhost')).toBe(true)
+  })
+
   it(`holds at most ${MAX_CONNECTIONS} connections at once`, async () => {
     server = await startMetricsServer('127.0.0.1', 0, fakeNodeMetrics(1, true).metrics)
     const open = (): Promise<Socket> =>
@@ -278,6 +397,39 @@ describe('metrics server', () => {
     } finally {
       taken.close()
     }
+  })
+})
+
+describe('AgentMetrics lifecycle', () => {
+  const freePort = async (): Promise<number> => {
+    const t = createTcpServer()
+    await new Promise<void>((r) => t.listen(0, '127.0.0.1', r))
+    const port = (t.address() as {port: number}).port
+    await new Promise<void>((r) => t.close(() => r()))
+    return port
+  }
+  const refused = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1')
+      s.on('connect', () => {
+        s.destroy()
+        resolve(false)
+      })
+      s.on('error', () => resolve(true))
+    })
+  const quiet = createLogger('error', 'test', () => {})
+
+  it('closes the port when close() comes while listen() is still starting', async () => {
+    const port = await freePort()
+    const m = fakeClient(true)
+    const listening = m.listen({address: '127.0.0.1', port, perPeer: true, exposed: false}, quiet)
+    const closing = m.close()
+    await expect(listening).rejects.toThrow(/closed before the endpoint started/)
+    await closing
+    expect(await refused(port)).toBe(true)
+    // And a listen() after close() does not open it either.
+    await expect(m.listen({address: '127.0.0.1', port, perPeer: true, exposed: false}, quiet)).rejects.toThrow(/closed/)
+    expect(await refused(port)).toBe(true)
   })
 })
 

@@ -117,6 +117,8 @@ export class ClientAgent {
   /** The config's `metrics:`, or null: no endpoint. */
   private readonly metricsSettings: MetricsSettings | null
   private metrics: AgentMetrics | null = null
+  /** Datagrams from strangers that sockets since closed (a carrier change) had dropped. */
+  private closedForeignSource = 0
 
   constructor(
     config: ResolvedClientConfig,
@@ -178,7 +180,8 @@ export class ClientAgent {
 
   /** Drops the datagram socket counts, which no peer owns. */
   private carrierDrops(): Record<string, number> {
-    return this.datagrams === null ? {} : {'foreign-source': this.datagrams.counters.foreignSource}
+    const n = this.closedForeignSource + (this.datagrams?.counters.foreignSource ?? 0)
+    return this.datagrams === null && n === 0 ? {} : {'foreign-source': n}
   }
 
   /** The /32 routes: the game servers a node may measure for us. */
@@ -562,6 +565,8 @@ export class ClientAgent {
   /** The datagram socket for this carrier: kept across sessions so the NAT mapping stays. */
   private datagramsFor(carrier: CarrierSpec): ClientDatagrams {
     if (this.datagrams !== null && !this.datagrams.fits(carrier)) {
+      // Its count goes on in the next socket's: agent_drops_total never goes back.
+      this.closedForeignSource += this.datagrams.counters.foreignSource
       this.datagrams.close()
       this.datagrams = null
     }

@@ -22,7 +22,7 @@ import type {Drop} from '../transport/contract.js'
 import type {DatagramSocket} from '../carrier/datagram-types.js'
 import {DatagramLink} from '../carrier/datagram-link.js'
 import {NativeStreamLink} from '../carrier/native-stream.js'
-import {FastPath, type FastPathStats} from './fast-path.js'
+import {FastPath, type FastPathStats, type LaneStats} from './fast-path.js'
 
 /**
  * Handles an authenticated keepalive (see nat/keepalive.ts) that arrived from `peer` via
@@ -62,6 +62,12 @@ export class DataPath {
   /** The only peer, when there is exactly one (a client's node): no lookup per packet. */
   private single: Peer | undefined = undefined
   private fast: FastPath | null = null
+  /**
+   * What the fast paths that closed had counted (a client that changed carrier or socket opens
+   * a new one, counting from 0): fastPathTotals() goes on from there, so counters exported as
+   * totals never go back. Null until one closed.
+   */
+  private closedFast: FastPathStats | null = null
   /** Peers that got payloads in the current batch and need a flush. */
   private readonly dirty: Peer[] = []
 
@@ -120,6 +126,8 @@ export class DataPath {
     if (fast === null) return
     for (const peer of this.byAddress.values()) this.unfast(peer)
     this.fast = null
+    // Its last counts, before its handle goes.
+    this.closedFast = addFastStats(this.closedFast, {...fast.stats(), sessions: 0})
     fast.close()
   }
 
@@ -133,8 +141,19 @@ export class DataPath {
     return this.fast !== null
   }
 
+  /** The open fast path's own counters (since it opened), or null without one. */
   fastPathStats(): FastPathStats | null {
     return this.fast?.stats() ?? null
+  }
+
+  /**
+   * The fast paths' counters since start: the open one's plus those of every one that closed,
+   * lane by lane (sessions: the open one's table, 0 without one). Null if none ever opened.
+   */
+  fastPathTotals(): FastPathStats | null {
+    const open = this.fastPathStats()
+    if (this.closedFast === null) return open
+    return open === null ? addFastStats(this.closedFast, null) : addFastStats(this.closedFast, open)
   }
 
   /** The session of `peer` says its fastPath changed (a rekey): the table follows. */
@@ -321,4 +340,22 @@ function addStats(t: TrafficTotals, peer: Peer): void {
   t.txPackets += s.txPackets
   t.txBytes += s.txBytes
   for (const k in s.drops) t.drops[k] = (t.drops[k] ?? 0) + s.drops[k]
+}
+
+const FAST_COUNTERS = ['txPackets', 'rxPackets', 'sendDrops', 'tunWriteDrops', 'tunGsoPackets', 'tunGsoSegments'] as const
+const LANE_COUNTERS = [...FAST_COUNTERS, 'handedOff', 'handoffDrops'] as const
+
+/** a + b, counter by counter and lane by lane (a new object); `sessions` is b's (a gauge, not a count), 0 without b. */
+function addFastStats(a: FastPathStats | null, b: FastPathStats | null): FastPathStats {
+  const sum = {sessions: b?.sessions ?? 0} as FastPathStats
+  for (const k of FAST_COUNTERS) sum[k] = (a?.[k] ?? 0) + (b?.[k] ?? 0)
+  const lanes: LaneStats[] = []
+  const n = Math.max(a?.workers.length ?? 0, b?.workers.length ?? 0)
+  for (let i = 0; i < n; i++) {
+    const lane = {} as LaneStats
+    for (const k of LANE_COUNTERS) lane[k] = (a?.workers[i]?.[k] ?? 0) + (b?.workers[i]?.[k] ?? 0)
+    lanes.push(lane)
+  }
+  sum.workers = lanes
+  return sum
 }

@@ -53,7 +53,8 @@ export function totalsReport(datapath: DataPath | null, extraDrops: Record<strin
     add('bad-tun-packet', c.badTunPacket)
     add('tun-write', c.tunWriteDrops)
     add('transport-error', c.transportErrors)
-    const fast = datapath.fastPathStats()
+    // Since start: a fast path that closed (a carrier change) keeps counting in the totals.
+    const fast = datapath.fastPathTotals()
     add('tun-write', fast?.tunWriteDrops)
     add('send', fast?.sendDrops)
     for (const lane of fast?.workers ?? []) add('handoff', lane.handoffDrops)

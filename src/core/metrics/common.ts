@@ -37,7 +37,10 @@ export interface Snapshot {
   totals: TotalsReport
   /** Empty unless per-peer series are on. */
   peers: PeerSample[]
+  /** The fast paths' counters since start (closed ones included), null if none ever opened. */
   fast: FastPathStats | null
+  /** A fast path is open now (its sessions gauge is served). */
+  fastOpen: boolean
 }
 
 export function takeSnapshot(source: MetricsSource, perPeer: boolean): Snapshot {
@@ -45,7 +48,7 @@ export function takeSnapshot(source: MetricsSource, perPeer: boolean): Snapshot 
   // totals() syncs every peer with the fast path: the per-peer reads below see the same counts.
   const totals = totalsReport(datapath, source.extraDrops())
   const peers = !perPeer || datapath === null ? [] : datapath.peers().map((p) => ({name: p.name, rxPackets: p.stats.rxPackets, rxBytes: p.stats.rxBytes, txPackets: p.stats.txPackets, txBytes: p.stats.txBytes, drops: p.stats.drops}))
-  return {totals, peers, fast: datapath?.fastPathStats() ?? null}
+  return {totals, peers, fast: datapath?.fastPathTotals() ?? null, fastOpen: datapath?.hasFastPath() ?? false}
 }
 
 export function registerCommon(registry: Registry, source: MetricsSource, perPeer: boolean, snap: () => Snapshot): void {
@@ -111,7 +114,7 @@ export function registerCommon(registry: Registry, source: MetricsSource, perPee
 
 /** The native fast path and its lanes (threads), when there is one: no series otherwise. */
 function registerFastPath(registry: Registry, snap: () => Snapshot): void {
-  readGauge(registry, {name: 'agent_fastpath_sessions', help: "Sessions in the native fast path's table.", read: () => fastOnly(snap(), (f) => f.sessions)})
+  readGauge(registry, {name: 'agent_fastpath_sessions', help: "Sessions in the native fast path's table.", read: () => (snap().fastOpen ? fastOnly(snap(), (f) => f.sessions) : [])})
   const totals = [
     ['rx_packets', 'rxPackets', 'Packets the native fast path decapsulated and wrote to the TUN device'],
     ['tx_packets', 'txPackets', 'Packets the native fast path encapsulated and sent'],

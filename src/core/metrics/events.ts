@@ -34,6 +34,10 @@ export class AgentEvents {
   note(fields: LogFields | undefined): void {
     const event = fields?.event
     if (event === undefined) return
+    // log-limit.ts's "N more line(s) suppressed" line carries the kind's event and a numeric
+    // `suppressed`: those N lines were counted one by one (suppressed()), and the summary is
+    // not one more of them.
+    if (typeof fields?.suppressed === 'number') return
     const result = HANDSHAKE_EVENTS[event]
     if (result !== undefined) this.handshakes[result]++
     else if (event === 'session.cut' && fields?.refused === true) this.revocations++

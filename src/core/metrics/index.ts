@@ -24,6 +24,8 @@ export class AgentMetrics {
   readonly registry: Registry
   private snap: Snapshot | null = null
   private server: MetricsServer | null = null
+  /** close() was called: a listen() still on its way closes what it opened. */
+  private closed = false
   /** Scrapes run one after another: each reads one snapshot. */
   private rendering: Promise<unknown> = Promise.resolve()
 
@@ -55,9 +57,19 @@ export class AgentMetrics {
     return this.registry.contentType
   }
 
-  /** Serves /metrics; rejects, with a message naming the address, if it cannot listen. */
+  /**
+   * Serves /metrics; rejects, with a message naming the address, if it cannot listen, or if
+   * close() came first (the agent stopped while the server was starting: the port is closed
+   * again rather than left open).
+   */
   async listen(settings: MetricsSettings, log: Logger): Promise<string> {
-    this.server = await startMetricsServer(settings.address, settings.port, {contentType: this.registry.contentType, render: () => this.render()})
+    if (this.closed) throw new Error('metrics: closed before the endpoint started')
+    const server = await startMetricsServer(settings.address, settings.port, {contentType: this.registry.contentType, render: () => this.render()})
+    if (this.closed) {
+      await server.close()
+      throw new Error('metrics: closed before the endpoint started')
+    }
+    this.server = server
     if (settings.exposed) {
       log.warn(`metrics: serving on ${this.server.endpoint}, not loopback: whoever reaches it reads peer names and traffic (no authentication)`, {event: 'metrics.exposed', endpoint: this.server.endpoint})
     }
@@ -66,6 +78,7 @@ export class AgentMetrics {
   }
 
   async close(): Promise<void> {
+    this.closed = true
     const s = this.server
     this.server = null
     await s?.close()
