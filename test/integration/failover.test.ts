@@ -98,8 +98,10 @@ describe.skipIf(!isRoot)('the whole path to the game server', () => {
       const s = await status()
       expect(s.selection).toMatchObject({current: 'node2', basis: 'path', switches: 0})
       const [n1, n2] = ['node1', 'node2'].map((n) => s.selection!.candidates.find((c) => c.name === n)!)
-      expect(n1.gameMs).toBeGreaterThan(25)
-      expect(n2.gameMs).toBeLessThan(10)
+      // The lag shows as a difference: a busy machine (CI runs files in parallel) adds its own
+      // milliseconds to both nodes' medians, so no absolute bound on the near one holds.
+      expect(n1.gameMs).toBeGreaterThanOrEqual(30)
+      expect(n1.gameMs! - n2.gameMs!).toBeGreaterThan(15)
       expect(n1.game).toEqual([expect.objectContaining({dest: fleet.tb.addr.target, state: 'ok'})])
     } finally {
       await lag.stop()
