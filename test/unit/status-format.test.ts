@@ -67,6 +67,18 @@ describe('agent status, as text', () => {
     expect(lines.find((l) => l.startsWith('bob'))!.split(/\s{2,}/)[6]).toBe('native w1')
   })
 
+  it('shows the totals since start and the events, only the counts that moved', () => {
+    const report: StatusReport = {
+      ...node([]),
+      totals: {rxPackets: 10, rxBytes: 4096, txPackets: 7, txBytes: 700, drops: {authentication: 3, noPeer: 0}},
+      events: {handshakes: {ok: 2, refused: 0, failed: 5}, reloads: {}, revocations: 1},
+    }
+    const lines = formatStatus([report]).split('\n').map((l) => l.trim())
+    expect(lines).toContain('since start: received 10 packets (4.0 KiB), sent 7 (700 B); drops authentication=3')
+    expect(lines).toContain('handshakes ok=2 failed=5; reloads none; revocations 1')
+    expect(formatStatus([node([])])).not.toContain('since start')
+  })
+
   it('says when nothing is connected, and when nothing runs', () => {
     expect(formatStatus([node([])])).toContain('no client connected')
     expect(formatStatus([])).toBe('no agent is running')

@@ -2,7 +2,7 @@
 import {readdirSync} from 'node:fs'
 import {StateFile, isAgentAlive} from '../state/state-file.js'
 import {checkRunDir} from '../state/run-dir.js'
-import type {ControlReport, RosterReport, SelectionReport, StatusReport} from './report.js'
+import type {ControlReport, EventsReport, RosterReport, SelectionReport, StatusReport, TotalsReport} from './report.js'
 import {queryStatus} from './server.js'
 
 export type InstanceStatus = StatusReport | {name: string; pid: number; state: 'not running (stale state: run `agent down`)' | 'not answering'}
@@ -54,6 +54,21 @@ function controlLine(c: ControlReport): string {
   return `control port ${c.pending} unauthenticated now; closed unauthenticated: ${closed.join(', ')}${quiet}`
 }
 
+/** Only counts that moved: a quiet node's status stays short. */
+const moved = (counts: Record<string, number>) =>
+  Object.entries(counts)
+    .filter(([, v]) => v > 0)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ') || 'none'
+
+function totalsLine(t: TotalsReport): string {
+  return `since start: received ${t.rxPackets} packets (${bytes(t.rxBytes)}), sent ${t.txPackets} (${bytes(t.txBytes)}); drops ${moved(t.drops)}`
+}
+
+function eventsLine(e: EventsReport): string {
+  return `handshakes ${moved(e.handshakes)}; reloads ${moved(e.reloads)}; revocations ${e.revocations}`
+}
+
 function formatOne(s: InstanceStatus): string {
   if (!('role' in s)) return `${s.name} (pid ${s.pid}): ${s.state}`
   const head = [
@@ -69,6 +84,8 @@ function formatOne(s: InstanceStatus): string {
         `${f.clients} client(s), ${f.revokedNames + f.revokedSerials} revocation(s), ${f.nodes} node(s)${f.registered ? '' : ', this node not registered'}`,
     )
   }
+  if (s.totals !== undefined) head.push(`  ${totalsLine(s.totals)}`)
+  if (s.events !== undefined) head.push(`  ${eventsLine(s.events)}`)
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {
