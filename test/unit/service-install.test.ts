@@ -91,7 +91,16 @@ describe('agent service install', () => {
     expect(r.config.action).toBe('created')
     expect(readFileSync(join(root, 'etc/agent/node1.yaml'), 'utf8')).toBe(CONFIG)
     expect(mode(join(root, 'etc/agent/node1.yaml'))).toBe(0o640)
-    expect(r.next).toEqual(['systemctl daemon-reload && systemctl enable --now agent@node1'])
+    // The bundle it names is not under the root yet: not an error, but the next steps say so.
+    expect(r.next).toEqual([
+      'copy /etc/agent/pki/node1.pem into place (pki.bundle in /etc/agent/node1.yaml): it is not there yet, and the agent cannot start without it',
+      'systemctl daemon-reload && systemctl enable --now agent@node1',
+    ])
+    mkdirSync(join(root, 'etc/agent/pki'))
+    writeFileSync(join(root, 'etc/agent/pki/node1.pem'), '')
+    expect((await installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).next).toEqual([
+      'systemctl daemon-reload && systemctl enable --now agent@node1',
+    ])
     // The same file again: fine. Another one: refused, the operator's file untouched.
     expect((await installService({name: 'node1', root, agent: AGENT, config: src})).config.action).toBe('unchanged')
     writeFileSync(src, CONFIG.replace('alice', 'bob'))

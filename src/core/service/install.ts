@@ -159,6 +159,9 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
   const created: string[] = []
   // The copy of --config inside the config directory, checked there, then linked into place.
   const tmpConfig = join(p.configDir, `.${o.name}.yaml.${process.pid}.tmp`)
+  // Files the config names that are not there yet: not an error (keys are often copied after),
+  // but the agent cannot start without them, so the next steps say which.
+  let missingFiles: {field: string; path: string}[] = []
   try {
     let dirAction: 'created' | 'unchanged' = 'unchanged'
     // mkdir -p says which directory it made first: everything from there on is this run's.
@@ -170,7 +173,7 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
     if (newConfig !== null) {
       writeFileSync(tmpConfig, newConfig, {mode: CONFIG_MODE, flag: 'wx'})
       chmodSync(tmpConfig, CONFIG_MODE)
-      await checkConfig(o, p.configDir, tmpConfig)
+      missingFiles = await checkConfig(o, p.configDir, tmpConfig)
     }
 
     const unitAction: FileAction = oldUnit === null ? 'created' : oldUnit.toString('utf8') === unitText ? 'unchanged' : 'updated'
@@ -195,6 +198,7 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
     if (newConfig !== null) rmSync(tmpConfig, {force: true})
     const next = [
       ...(configAction === 'missing' ? [`write ${p.realConfig} (a node or client config, docs/config.md), then \`agent config validate ${p.realConfig}\``] : []),
+      ...missingFiles.map((f) => `copy ${f.path} into place (${f.field} in ${p.realConfig}): it is not there yet, and the agent cannot start without it`),
       `systemctl daemon-reload && systemctl enable --now agent@${o.name}`,
     ]
     return {
@@ -218,8 +222,8 @@ export async function installService(o: InstallOptions): Promise<InstallResult> 
  * it, as at run time), and refuses files the unit could not read (ProtectHome=). Errors name
  * o.config, the file the operator wrote (same lines), and the field and path at fault.
  */
-async function checkConfig(o: InstallOptions, configDir: string, tmp: string): Promise<void> {
-  if (o.validate === undefined) return
+async function checkConfig(o: InstallOptions, configDir: string, tmp: string): Promise<{field: string; path: string}[]> {
+  if (o.validate === undefined) return []
   let config: ResolvedConfig
   try {
     config = await o.validate(tmp)
@@ -242,6 +246,10 @@ async function checkConfig(o: InstallOptions, configDir: string, tmp: string): P
         .join('\n'),
     )
   }
+  // As on the target: a path in the config is looked for under --root.
+  return configPaths(config)
+    .map(({field, path}) => ({field, path: onTarget(root, path)}))
+    .filter((f) => !existsSync(join(root, f.path)))
 }
 
 export interface UninstallResult {
