@@ -3,7 +3,7 @@
  * (`agent down`), including after it crashed.
  */
 import type {Logger} from './log.js'
-import {type ReloadResult, reloadObservers} from './status/server.js'
+import type {ReloadObserver, ReloadResult} from './status/server.js'
 import type {ServiceNotifier} from './service/notify.js'
 import {StateFile, isAgentAlive} from './state/state-file.js'
 import {teardown} from './state/teardown.js'
@@ -22,6 +22,11 @@ export interface RunningAgent {
   readonly ended?: Promise<Error>
   /** Re-reads the config file it runs from and applies what may change live (SIGHUP). */
   reload?(): Promise<ReloadResult>
+  /**
+   * Told around each reload the agent's status socket runs (`agent reload`); set by
+   * runInForeground when a service manager listens. SIGHUP's reloads runInForeground tells itself.
+   */
+  reloadObserver?: ReloadObserver
 }
 
 /** The signals that stop a foreground agent. */
@@ -93,8 +98,7 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
       .finally(() => notifier?.reloaded())
   }
   // `agent reload` comes through the status socket rather than a signal.
-  const observer = notifier && {begin: () => notifier.reloading(), end: () => notifier.reloaded()}
-  if (observer) reloadObservers.add(observer)
+  if (notifier) agent.reloadObserver = {begin: () => notifier.reloading(), end: () => notifier.reloaded()}
   for (const s of STOP_SIGNALS) signals.on(s, onSignal)
   signals.on(RELOAD_SIGNAL, onReload)
   try {
@@ -126,7 +130,7 @@ export async function runInForeground(agent: RunningAgent, log: Logger, signals:
   } finally {
     for (const s of STOP_SIGNALS) signals.off(s, onSignal)
     signals.off(RELOAD_SIGNAL, onReload)
-    if (observer) reloadObservers.delete(observer)
+    if (notifier) agent.reloadObserver = undefined
     notifier?.close()
   }
 }

@@ -218,6 +218,8 @@ describe('runInForeground with a notifier', () => {
         await a.reload!()
         return {changed: [], effects: []}
       },
+      // As the node and client agents wire it: whoever runInForeground set on the agent.
+      reloadObserver: () => a.reloadObserver,
     })
     try {
       const run = runInForeground(a, silentLog().log, signals as never, n)

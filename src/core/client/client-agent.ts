@@ -34,7 +34,7 @@ import {cidrContains, formatCidr} from '../net/ipv4.js'
 import {readdressInterface} from '../routes/link.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
-import {type ReloadResult, startStatusServer} from '../status/server.js'
+import {type ReloadObserver, type ReloadResult, startStatusServer} from '../status/server.js'
 import type {StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {checkSessionRoom} from '../transport/room.js'
@@ -70,6 +70,7 @@ export class ClientAgent {
   private address: string | null = null
   private mtu: number | null = null
   private statusServer: Server | null = null
+  reloadObserver?: ReloadObserver
   private welcoming: Promise<void> = Promise.resolve()
   /** The connection the current peer's session belongs to. */
   private peerConn: ControlConnection | null = null
@@ -211,7 +212,11 @@ export class ClientAgent {
     try {
       // First, before the system is touched: a port already taken ends the start here.
       if (this.metricsSettings !== null) await this.startMetrics(this.metricsSettings)
-      this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, {
+        status: () => this.report(),
+        reload: (file) => this.reload(file),
+        reloadObserver: () => this.reloadObserver,
+      })
       this.probing.setCandidates(this.candidates)
       this.probing.start()
       if (this.candidates.length > 1) await this.chooseFirst()

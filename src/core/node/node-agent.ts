@@ -31,7 +31,7 @@ import {configureInterface} from '../routes/index.js'
 import {holdIpForward} from '../state/ip-forward.js'
 import {type AgentState, StateFile} from '../state/state-file.js'
 import {finishTeardown, reclaimStale} from '../state/teardown.js'
-import {type ReloadResult, startStatusServer} from '../status/server.js'
+import {type ReloadObserver, type ReloadResult, startStatusServer} from '../status/server.js'
 import type {PeerReport, StatusReport} from '../status/report.js'
 import {tunnelMtu} from '../transport/mtu.js'
 import {SESSION_TICK_MS} from '../transport/session-context.js'
@@ -78,6 +78,7 @@ export class NodeAgent {
   private sessions: NodeSessions | null = null
   private control: ControlServer | null = null
   private statusServer: Server | null = null
+  reloadObserver?: ReloadObserver
   private starting: Promise<void> | null = null
   private stopRequested = false
   private stopping: Promise<string[]> | null = null
@@ -352,7 +353,11 @@ export class NodeAgent {
       this.control.answerProbe = (b, o, l, src) => tickets.answer(b, o, l, src)
       await this.control.listen(credentials)
       this.checkNotStopped()
-      this.statusServer = await startStatusServer(this.stateFile.socketPath, {status: () => this.report(), reload: (file) => this.reload(file)})
+      this.statusServer = await startStatusServer(this.stateFile.socketPath, {
+        status: () => this.report(),
+        reload: (file) => this.reload(file),
+        reloadObserver: () => this.reloadObserver,
+      })
       this.checkNotStopped()
       this.fleet?.register()
       this.log.info(

@@ -17,17 +17,22 @@ export interface ReloadResult {
   effects: string[]
 }
 
+/** Told before and after a reload (a service manager's notifier: RELOADING, then READY). */
+export interface ReloadObserver {
+  begin(): void
+  end(): void
+}
+
 export interface LocalHandlers {
   status(): StatusReport
   /** Re-reads `config` (or the file the instance runs from); rejects, changing nothing, if it cannot. */
   reload(config?: string): Promise<ReloadResult>
+  /** Who is told around each reload this socket runs, asked each time (it may be set later). */
+  reloadObserver?(): ReloadObserver | undefined
 }
 
 type Request = {op: 'status'} | {op: 'reload'; config?: string}
 type ReloadAnswer = {ok: true; result: ReloadResult} | {ok: false; error: string}
-
-/** Told before and after each reload this socket runs (the service manager's notifier, lifecycle.ts). */
-export const reloadObservers = new Set<{begin(): void; end(): void}>()
 
 /** A request line longer than this is not ours. */
 const MAX_REQUEST = 4096
@@ -82,13 +87,14 @@ async function answer(line: string, handlers: LocalHandlers): Promise<StatusRepo
   }
   if (request?.op === 'status') return handlers.status()
   if (request?.op === 'reload') {
-    for (const o of reloadObservers) o.begin()
+    const observer = handlers.reloadObserver?.()
+    observer?.begin()
     try {
       return {ok: true, result: await handlers.reload(typeof request.config === 'string' ? request.config : undefined)}
     } catch (e) {
       return {ok: false, error: (e as Error).message}
     } finally {
-      for (const o of reloadObservers) o.end()
+      observer?.end()
     }
   }
   return {ok: false, error: `bad request: unknown op ${JSON.stringify((request as {op?: unknown})?.op)}`}
