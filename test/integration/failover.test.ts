@@ -184,3 +184,42 @@ describe.skipIf(!isRoot)('a node that stops answering', () => {
     }
   })
 })
+
+describe.skipIf(!isRoot)('the nodes list, on agent reload', () => {
+  it('a node added is probed and ranked; the node carrying the client, once removed, is left at once for the other', async () => {
+    const {tb} = fleet
+    started.push(await fleet.startNode({node: 1}), await fleet.startNode({node: 2}))
+    started.push(await fleet.startClient('alice', 0, {nodes: [1], extra: SELECTION}))
+    expect((await status()).selection).toMatchObject({current: 'node1', candidates: [expect.objectContaining({name: 'node1'})]})
+    const reload = async (nodes: number[]) => {
+      const r = await fleet.cli(tb.names.client[0], ['reload', '--config', fleet.clientConfig('alice', {nodes, extra: SELECTION})])
+      expect(r.code, r.stderr).toBe(0)
+      return r.stdout
+    }
+
+    expect(await reload([1, 2])).toMatch(/reloaded: nodes changed; node node2 \(\S+\) added/)
+    await until('node2 measured', async () => ((await status()).selection!.candidates.find((c) => c.name === 'node2')?.rttMs ?? null) !== null || undefined)
+    expect((await status()).selection).toMatchObject({current: 'node1', switches: 0})
+
+    expect(await reload([2])).toMatch(/node node1 \(\S+\) removed; moving from node node1 to node2/)
+    const s = await until('the move to node2', async () => {
+      const r = await status()
+      return r.selection?.current === 'node2' && r.state === 'connected' ? r : undefined
+    })
+    expect(s.selection!.switches).toBe(1)
+    expect(s.selection!.recent[0]).toMatchObject({from: 'node1', to: 'node2', reason: 'node1 removed from the config'})
+    // Once it no longer carries the client, the removed node is no candidate, measured or shown.
+    expect(s.selection!.candidates.map((c) => c.name)).toEqual(['node2'])
+    const ping = await tb.exec(tb.names.client[0], 'ping', ['-n', '-c', '3', '-i', '0.2', '-W', '1', tb.addr.target])
+    expect(ping.code, ping.stdout).toBe(0)
+    // The same list again changes nothing. A node added beside a field that needs a restart:
+    // the reload is refused whole, naming that field, and the node is not added.
+    expect(await reload([2])).toMatch(/reloaded: nothing changed/)
+    const refused = await fleet.cli(tb.names.client[0], ['reload', '--config', fleet.clientConfig('alice', {nodes: [1, 2], extra: SELECTION.replace('switchAfterSeconds: 3', 'switchAfterSeconds: 4')})])
+    expect(refused.code).not.toBe(0)
+    expect(refused.stderr).toMatch(/selection\.switchAfterSeconds cannot change while the agent runs/)
+    await new Promise((r) => setTimeout(r, 1000))
+    expect((await status()).selection).toMatchObject({current: 'node2', switches: 1, candidates: [expect.objectContaining({name: 'node2'})]})
+    expect((await status()).selection!.candidates).toHaveLength(1)
+  })
+})

@@ -18,7 +18,7 @@ import type {TunDevice} from '../tun/device.js'
 import {openTun} from '../tun/index.js'
 import {type Credentials, loadCredentials, tlsClientOptions} from '../pki/index.js'
 import {ControlConnection} from '../control/connection.js'
-import {PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
+import {type FleetPeer, PROTOCOL_VERSION, type Welcome} from '../control/messages.js'
 import {DataPath} from '../device/datapath.js'
 import {tunOffload} from '../device/fast-path.js'
 import {Peer} from '../device/peer.js'
@@ -86,6 +86,8 @@ export class ClientAgent {
   private readonly switcher: Switcher
   /** Set by a move to a better node: the next connection goes there. */
   private moveTo: {cand: Candidate; why: string} | null = null
+  /** The other nodes the last welcome named (a fleet's), merged with the config's on a reload. */
+  private fleetPeers: readonly FleetPeer[] = []
   private readonly refusedNodes = new Map<string, {reason: string; until: number}>()
   private readonly switches: SwitchRecord[] = []
   private switchCount = 0
@@ -259,6 +261,8 @@ export class ClientAgent {
 
   private connect(credentials: Credentials, cand: Candidate): void {
     if (this.phase === 'stopped') return
+    // A retry decided before a reload took its node out goes to another.
+    if (!this.candidates.some((c) => c.key === cand.key)) cand = this.nextCandidate(cand)
     this.phase = 'connecting'
     this.target = cand
     this.resolveNode(cand)
@@ -531,6 +535,7 @@ export class ClientAgent {
     this.welcomedAt = Date.now()
     this.probing.setCurrent(cand.key, {conn, ip: this.nodeIp, ...(probe === undefined ? {} : probe)})
     if (w.fleet !== undefined && this.config.selection.fleet) {
+      this.fleetPeers = w.fleet
       // A welcome names the other nodes: the one that sent it stays a candidate too.
       const merged = mergeCandidates(this.config.nodes, w.fleet)
       this.candidates = merged.some((c) => c.key === cand.key) ? merged : [...merged, cand]
@@ -608,8 +613,8 @@ export class ClientAgent {
 
   /**
    * Re-reads the config (the file given, or the one the client runs from) and applies what may
-   * change live: the routes into the tunnel (added and removed without reconnecting), reconnect
-   * pacing and the log level. Anything else that differs, or an invalid file, refuses the whole
+   * change live: the routes into the tunnel (added and removed without reconnecting), the nodes
+   * it may ride (renode), reconnect pacing and the log level. Anything else that differs, or an invalid file, refuses the whole
    * reload and nothing changes.
    */
   reload(file?: string): Promise<ReloadResult> {
@@ -626,9 +631,41 @@ export class ClientAgent {
     if (refused.length > 0) throw new Error(refusedMessage(refused))
     const effects = this.tun === null ? [] : await this.rerouteTo(next.routes)
     this.config = next
+    if (live.includes('nodes')) effects.push(...this.renode())
     this.log.setLevel(next.log.level)
     if (live.length > 0) this.log.info(`reloaded ${file}: ${live.join(', ')} changed${effects.length > 0 ? `; ${effects.join('; ')}` : ''}`, {event: 'reload.applied', file, changed: live, effects})
     return {changed: live, effects}
+  }
+
+  /**
+   * Applies a reloaded `nodes:` list. New nodes become candidates (probed, and kept outside the
+   * tunnel once resolved, as a fleet's are); a node no longer listed stops being one, and if it
+   * carries us (or is being dialled), the client moves at once to the best other node,
+   * break-before-make as for a better node. A fleet's nodes stay candidates as before.
+   */
+  private renode(): string[] {
+    const before = this.candidates
+    let merged = mergeCandidates(this.config.nodes, this.config.selection.fleet ? this.fleetPeers : [])
+    // A fleet's node carrying us is not in its own welcome's list: it stays, as onWelcome keeps it.
+    const cur = this.current
+    if (cur !== null && cur.source === 'fleet' && this.config.selection.fleet && !merged.some((c) => c.key === cur.key)) merged = [...merged, cur]
+    this.candidates = merged
+    this.probing.setCandidates(merged)
+    const has = (list: readonly Candidate[], c: Candidate) => list.some((x) => x.key === c.key)
+    const effects = [
+      ...merged.filter((c) => !has(before, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) added`),
+      ...before.filter((c) => !has(merged, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) removed`),
+    ]
+    const leaving = this.conn !== null && this.moveTo === null && !has(merged, this.target) ? this.target : null
+    if (leaving !== null) {
+      const to = this.nextCandidate(leaving)
+      if (to.key !== leaving.key) {
+        this.moveTo = {cand: to, why: `${leaving.name} removed from the config`}
+        this.conn!.close(`moving to node ${to.name}`)
+        effects.push(`moving from node ${leaving.name} to ${to.name}`)
+      }
+    }
+    return effects
   }
 
   /**

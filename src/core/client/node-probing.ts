@@ -115,6 +115,8 @@ export class NodeProbing {
   private udp: UdpSocket | null = null
   private timer: NodeJS.Timeout | null = null
   private currentKey: string | null = null
+  /** The keys of the last setCandidates: the current node is kept while it carries us, even if not listed. */
+  private listed = new Set<string>()
   private session: CurrentSession | null = null
   private burstUntil = 0
   private closed = false
@@ -124,6 +126,7 @@ export class NodeProbing {
   /** The nodes to measure now: new ones start, gone ones stop. */
   setCandidates(cands: readonly Candidate[]): void {
     const keep = new Set(cands.map((c) => c.key))
+    this.listed = keep
     for (const key of this.nodes.keys()) if (!keep.has(key) && key !== this.currentKey) this.nodes.delete(key)
     for (const cand of cands) {
       const known = this.nodes.get(cand.key)
@@ -167,7 +170,10 @@ export class NodeProbing {
 
   /** The node the client rides now, and its session (null between sessions). */
   setCurrent(key: string | null, session: CurrentSession | null): void {
+    const previous = this.currentKey
     this.currentKey = key
+    // A node no longer listed (a reload took it out) goes once it stops carrying us.
+    if (previous !== null && previous !== key && !this.listed.has(previous)) this.nodes.delete(previous)
     this.session = session
     const n = key === null ? undefined : this.nodes.get(key)
     if (n === undefined || session === null) return

@@ -10,8 +10,8 @@ export const LIVE_FIELDS: Record<ResolvedConfig['role'], readonly string[]> = {
   // The roster and its revocations, and how the node watches its sessions and what it logs.
   // log.format is not live: a log shipper's parser expects one format for a process's life.
   node: ['clients', 'admitAny', 'pki.crl', 'session', 'log.level'],
-  // The destinations routed into the tunnel, reconnect pacing, and the log level.
-  client: ['routes', 'reconnect', 'log.level'],
+  // The destinations routed into the tunnel, the nodes it may ride, reconnect pacing, and the log level.
+  client: ['routes', 'nodes', 'reconnect', 'log.level'],
 }
 
 /** Paths (a.b.c, list items as [i]) whose values differ between two configs, leaves only. */
