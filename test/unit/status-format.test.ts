@@ -75,8 +75,11 @@ describe('agent status, as text', () => {
     }
     const lines = formatStatus([report]).split('\n').map((l) => l.trim())
     expect(lines).toContain('since start: received 10 packets (4.0 KiB), sent 7 (700 B); drops authentication=3')
-    expect(lines).toContain('handshakes ok=2 failed=5; reloads none; revocations 1')
+    expect(lines).toContain('handshakes ok=2 failed=5; revocations 1')
     expect(formatStatus([node([])])).not.toContain('since start')
+    // Nothing happened yet: no events line at all.
+    const quiet = formatStatus([{...node([]), events: {handshakes: {ok: 0}, reloads: {}, revocations: 0}}])
+    expect(quiet).not.toMatch(/handshakes|reloads|revocations/)
   })
 
   it('says when nothing is connected, and when nothing runs', () => {

@@ -105,6 +105,8 @@ export class ClientAgent {
   /** The other nodes of the fleet as last logged. */
   private fleetSaid = ''
   private retryTimer: NodeJS.Timeout | null = null
+  /** The node the pending retry goes to. */
+  private retryTo: Candidate | null = null
   private phase: 'connecting' | 'connected' | 'stopped' = 'connecting'
   private stopping: Promise<string[]> | null = null
   private firstWelcome: {resolve: () => void; reject: (e: Error) => void} | null = null
@@ -262,7 +264,7 @@ export class ClientAgent {
   private connect(credentials: Credentials, cand: Candidate): void {
     if (this.phase === 'stopped') return
     // A retry decided before a reload took its node out goes to another.
-    if (!this.candidates.some((c) => c.key === cand.key)) cand = this.nextCandidate(cand)
+    if (!this.listed(cand)) cand = this.nextCandidate(cand)
     this.phase = 'connecting'
     this.target = cand
     this.resolveNode(cand)
@@ -275,6 +277,11 @@ export class ClientAgent {
       .then(
         (ip) => {
           if (this.target !== cand || this.phase === 'stopped') return
+          // A reload may have taken the node out while its address was looked up and pinned.
+          if (!this.listed(cand)) {
+            const other = this.nextCandidate(cand)
+            if (other.key !== cand.key) return this.connect(credentials, other)
+          }
           this.nodeIp = ip
           this.dial(credentials, cand)
         },
@@ -376,7 +383,8 @@ export class ClientAgent {
     const move = this.moveTo
     this.moveTo = null
     if (move !== null) {
-      this.record(from, move.cand, move.why)
+      // Leaving a node only being dialled is no move between nodes.
+      if (wasCurrent) this.record(from, move.cand, move.why)
       this.log.info(`moving from node ${from.name} to ${move.cand.name}: ${move.why}`, {
         event: 'node.moving',
         from: from.name,
@@ -388,7 +396,7 @@ export class ClientAgent {
       return this.connect(credentials, move.cand)
     }
     const next = this.nextCandidate(from)
-    if (wasCurrent && next !== from) {
+    if (wasCurrent && next.key !== from.key) {
       this.record(from, next, `${from.name} lost: ${reason}`)
       this.log.warn(`connection to node ${from.name} (${from.host}:${from.port}) lost (${reason}); failing over to ${next.name} (${next.host}:${next.port})`, {
         event: 'node.failover',
@@ -410,7 +418,12 @@ export class ClientAgent {
       to: next.name,
       retrySeconds: Number((delay / 1000).toFixed(1)),
     })
-    this.retryTimer = setTimeout(() => this.connect(credentials, next), delay)
+    this.retryTo = next
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null
+      this.retryTo = null
+      this.connect(credentials, next)
+    }, delay)
   }
 
   /** The best node to go to after `from`: measured and answering first, never one that refused us. */
@@ -434,7 +447,8 @@ export class ClientAgent {
    * when every node refuses it.
    */
   private nodeRefused(credentials: Credentials, cand: Candidate, message: string): void {
-    if (this.candidates.length === 1) return this.fatal(new Error(message))
+    // The one node listed ends the client; one a reload took out (dialled as a last resort) does not.
+    if (this.candidates.length === 1 && this.listed(cand)) return this.fatal(new Error(message))
     this.refusedNodes.set(cand.key, {reason: message, until: Date.now() + REFUSED_NODE_MS})
     const now = Date.now()
     if (this.candidates.every((c) => (this.refusedNodes.get(c.key)?.until ?? 0) > now)) {
@@ -470,7 +484,9 @@ export class ClientAgent {
     this.watchTimer.unref()
     this.selectTimer ??= setInterval(() => {
       const cur = this.current
-      if (cur === null || this.conn === null || this.phase !== 'connected' || this.moveTo !== null || this.candidates.length < 2) return
+      if (cur === null || this.conn === null || this.phase !== 'connected' || this.moveTo !== null) return
+      if (!this.listed(cur)) return this.leaveUnlisted(cur)
+      if (this.candidates.length < 2) return
       const now = Date.now()
       const views = this.probing.views().filter((v) => (this.refusedNodes.get(v.key)?.until ?? 0) <= now || v.key === cur.key)
       const decision = this.switcher.consider(now, views, cur.key)
@@ -536,9 +552,10 @@ export class ClientAgent {
     this.probing.setCurrent(cand.key, {conn, ip: this.nodeIp, ...(probe === undefined ? {} : probe)})
     if (w.fleet !== undefined && this.config.selection.fleet) {
       this.fleetPeers = w.fleet
-      // A welcome names the other nodes: the one that sent it stays a candidate too.
+      // A welcome names the other nodes: the one that sent it stays a candidate too (unless a
+      // reload took it out of the config, and it was dialled only because no other would do).
       const merged = mergeCandidates(this.config.nodes, w.fleet)
-      this.candidates = merged.some((c) => c.key === cand.key) ? merged : [...merged, cand]
+      this.candidates = merged.some((c) => c.key === cand.key) || (cand.source === 'config' && !this.listed(cand)) ? merged : [...merged, cand]
       this.probing.setCandidates(this.candidates)
     }
     const up = () => {
@@ -645,27 +662,53 @@ export class ClientAgent {
    */
   private renode(): string[] {
     const before = this.candidates
-    let merged = mergeCandidates(this.config.nodes, this.config.selection.fleet ? this.fleetPeers : [])
-    // A fleet's node carrying us is not in its own welcome's list: it stays, as onWelcome keeps it.
-    const cur = this.current
-    if (cur !== null && cur.source === 'fleet' && this.config.selection.fleet && !merged.some((c) => c.key === cur.key)) merged = [...merged, cur]
+    const merged = mergeCandidates(this.config.nodes, this.config.selection.fleet ? this.fleetPeers : [])
+    // A fleet's nodes the config never named stay: the node that sent the welcome is in no
+    // welcome's list but its own sender's, so it is kept as onWelcome keeps it.
+    const has = (list: readonly Candidate[], c: Candidate) => list.some((x) => x.key === c.key || x.name === c.name)
+    if (this.config.selection.fleet) for (const c of before) if (c.source === 'fleet' && !has(merged, c)) merged.push(c)
     this.candidates = merged
     this.probing.setCandidates(merged)
-    const has = (list: readonly Candidate[], c: Candidate) => list.some((x) => x.key === c.key)
     const effects = [
       ...merged.filter((c) => !has(before, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) added`),
       ...before.filter((c) => !has(merged, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) removed`),
     ]
-    const leaving = this.conn !== null && this.moveTo === null && !has(merged, this.target) ? this.target : null
-    if (leaving !== null) {
-      const to = this.nextCandidate(leaving)
-      if (to.key !== leaving.key) {
-        this.moveTo = {cand: to, why: `${leaving.name} removed from the config`}
-        this.conn!.close(`moving to node ${to.name}`)
-        effects.push(`moving from node ${leaving.name} to ${to.name}`)
+    if (this.current !== null) {
+      // Carrying us: left at once for the best other (or once one will have us).
+      if (!this.listed(this.current)) effects.push(this.leaveUnlisted(this.current))
+    } else if (this.conn !== null && !this.listed(this.target)) {
+      // Being dialled: that attempt ends, and a listed node is dialled at once.
+      const to = this.nextCandidate(this.target)
+      if (to.key !== this.target.key) {
+        this.moveTo = {cand: to, why: `${this.target.name} removed from the config`}
+        this.conn.close(`node ${this.target.name} removed from the config`)
       }
+    } else if (this.retryTimer !== null && this.retryTo !== null && !this.listed(this.retryTo)) {
+      // Waiting to retry a node now gone: a listed one is tried now, not after the backoff.
+      clearTimeout(this.retryTimer)
+      this.retryTimer = null
+      const from = this.retryTo
+      this.retryTo = null
+      this.connect(this.credentials!, this.nextCandidate(from))
     }
     return effects
+  }
+
+  /** Whether `cand` is among the candidates now (a reload may have taken it out). */
+  private listed(cand: Candidate): boolean {
+    return this.candidates.some((c) => c.key === cand.key)
+  }
+
+  /**
+   * The node carrying us is no longer listed: move to the best other one that will have us;
+   * if none will now, stay, and the selection timer tries again each second. Says which.
+   */
+  private leaveUnlisted(cur: Candidate): string {
+    const to = this.nextCandidate(cur)
+    if (to.key === cur.key || this.conn === null || this.moveTo !== null) return `staying on node ${cur.name} until another node will have us`
+    this.moveTo = {cand: to, why: `${cur.name} removed from the config`}
+    this.conn.close(`moving to node ${to.name}`)
+    return `moving from node ${cur.name} to ${to.name}`
   }
 
   /**

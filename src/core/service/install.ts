@@ -247,9 +247,13 @@ async function checkConfig(o: InstallOptions, configDir: string, tmp: string): P
     )
   }
   // As on the target: a path in the config is looked for under --root.
-  return configPaths(config)
-    .map(({field, path}) => ({field, path: onTarget(root, path)}))
-    .filter((f) => !existsSync(join(root, f.path)))
+  // One step per file: a CA named as pki.ca and fleet.ca is one file to copy.
+  const missing = new Map<string, string[]>()
+  for (const {field, path} of configPaths(config)) {
+    const target = onTarget(root, path)
+    if (!existsSync(join(root, target))) missing.set(target, [...(missing.get(target) ?? []), field])
+  }
+  return [...missing].map(([path, fields]) => ({field: fields.join(', '), path}))
 }
 
 export interface UninstallResult {

@@ -65,8 +65,14 @@ function totalsLine(t: TotalsReport): string {
   return `since start: received ${t.rxPackets} packets (${bytes(t.rxBytes)}), sent ${t.txPackets} (${bytes(t.txBytes)}); drops ${moved(t.drops)}`
 }
 
-function eventsLine(e: EventsReport): string {
-  return `handshakes ${moved(e.handshakes)}; reloads ${moved(e.reloads)}; revocations ${e.revocations}`
+/** Null when nothing happened yet. */
+function eventsLine(e: EventsReport): string | null {
+  const parts = [
+    ...(Object.values(e.handshakes).some((v) => v > 0) ? [`handshakes ${moved(e.handshakes)}`] : []),
+    ...(Object.values(e.reloads).some((v) => v > 0) ? [`reloads ${moved(e.reloads)}`] : []),
+    ...(e.revocations > 0 ? [`revocations ${e.revocations}`] : []),
+  ]
+  return parts.length === 0 ? null : parts.join('; ')
 }
 
 function formatOne(s: InstanceStatus): string {
@@ -85,7 +91,8 @@ function formatOne(s: InstanceStatus): string {
     )
   }
   if (s.totals !== undefined) head.push(`  ${totalsLine(s.totals)}`)
-  if (s.events !== undefined) head.push(`  ${eventsLine(s.events)}`)
+  const events = s.events === undefined ? null : eventsLine(s.events)
+  if (events !== null) head.push(`  ${events}`)
   const drops = Object.entries(s.counters).filter(([, v]) => v > 0)
   if (drops.length > 0) head.push(`  counters ${drops.map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (s.workers !== undefined) {
