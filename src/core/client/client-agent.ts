@@ -428,17 +428,28 @@ export class ClientAgent {
 
   /** The best node to go to after `from`: measured and answering first, never one that refused us. */
   private nextCandidate(from: Candidate): Candidate {
-    const now = Date.now()
-    const open = this.candidates.filter((c) => (this.refusedNodes.get(c.key)?.until ?? 0) <= now)
-    if (open.length === 0) return from
-    const views = this.probing.views()
-    const basis = basisOf(views)
-    const ranked = rank(views.filter((v) => v.key !== from.key && open.some((c) => c.key === v.key)), basis).filter((v) => Number.isFinite(score(v, basis)))
-    const best = ranked[0] === undefined ? undefined : open.find((c) => c.key === ranked[0].key)
+    const best = this.bestMeasured(from)
     if (best !== undefined) return best
+    const open = this.openCandidates()
+    if (open.length === 0) return from
     // Nothing measured: the next in the list after `from`, round the list.
     const i = open.findIndex((c) => c.key === from.key)
     return open[(i + 1) % open.length]
+  }
+
+  /** Candidates that have not refused us lately. */
+  private openCandidates(): Candidate[] {
+    const now = Date.now()
+    return this.candidates.filter((c) => (this.refusedNodes.get(c.key)?.until ?? 0) <= now)
+  }
+
+  /** The best-ranked open candidate other than `from` that answers probes, if any. */
+  private bestMeasured(from: Candidate): Candidate | undefined {
+    const open = this.openCandidates()
+    const views = this.probing.views()
+    const basis = basisOf(views)
+    const ranked = rank(views.filter((v) => v.key !== from.key && open.some((c) => c.key === v.key)), basis).filter((v) => Number.isFinite(score(v, basis)))
+    return ranked[0] === undefined ? undefined : open.find((c) => c.key === ranked[0].key)
   }
 
   /**
@@ -661,16 +672,28 @@ export class ClientAgent {
    * break-before-make as for a better node. A fleet's nodes stay candidates as before.
    */
   private renode(): string[] {
+    if (this.phase === 'stopped') return []
     const before = this.candidates
-    const merged = mergeCandidates(this.config.nodes, this.config.selection.fleet ? this.fleetPeers : [])
+    // One node is one candidate, by host:port or by certificate name (mergeCandidates).
+    const has = (list: readonly Candidate[], c: Candidate) => list.some((x) => x.key === c.key || x.name === c.name)
+    let merged = mergeCandidates(this.config.nodes, this.config.selection.fleet ? this.fleetPeers : [])
     // A fleet's nodes the config never named stay: the node that sent the welcome is in no
     // welcome's list but its own sender's, so it is kept as onWelcome keeps it.
-    const has = (list: readonly Candidate[], c: Candidate) => list.some((x) => x.key === c.key || x.name === c.name)
     if (this.config.selection.fleet) for (const c of before) if (c.source === 'fleet' && !has(merged, c)) merged.push(c)
+    // The node carrying us (or being dialled), now listed under another host by the config where
+    // the fleet named it (or the reverse), keeps the entry in use: no needless reconnect. Between
+    // two config entries a new host is the operator moving the node, and is followed.
+    for (const live of [this.current, this.target]) {
+      if (live === null) continue
+      merged = merged.map((c) => (c.key !== live.key && c.name === live.name && (c.source === 'fleet' || live.source === 'fleet') ? live : c))
+    }
     this.candidates = merged
     this.probing.setCandidates(merged)
+    const added = merged.filter((c) => !has(before, c))
+    // New nodes are measured within a second, so a move off a removed node need not wait long.
+    if (added.length > 0) this.probing.burst(this.config.selection.startSeconds * 1000)
     const effects = [
-      ...merged.filter((c) => !has(before, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) added`),
+      ...added.map((c) => `node ${c.name} (${c.host}:${c.port}) added`),
       ...before.filter((c) => !has(merged, c)).map((c) => `node ${c.name} (${c.host}:${c.port}) removed`),
     ]
     if (this.current !== null) {
@@ -700,12 +723,13 @@ export class ClientAgent {
   }
 
   /**
-   * The node carrying us is no longer listed: move to the best other one that will have us;
-   * if none will now, stay, and the selection timer tries again each second. Says which.
+   * The node carrying us is no longer listed: move to the best other one that answers probes
+   * (not blindly to one never measured: the tunnel works where it is); until one does, stay,
+   * and the selection timer looks again each second. Says which.
    */
   private leaveUnlisted(cur: Candidate): string {
-    const to = this.nextCandidate(cur)
-    if (to.key === cur.key || this.conn === null || this.moveTo !== null) return `staying on node ${cur.name} until another node will have us`
+    const to = this.bestMeasured(cur)
+    if (to === undefined || this.conn === null || this.moveTo !== null) return `staying on node ${cur.name} until a listed node answers probes`
     this.moveTo = {cand: to, why: `${cur.name} removed from the config`}
     this.conn.close(`moving to node ${to.name}`)
     return `moving from node ${cur.name} to ${to.name}`
@@ -887,6 +911,8 @@ export class ClientAgent {
     this.stopping ??= (async () => {
       this.phase = 'stopped'
       if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+      this.retryTimer = null
+      this.retryTo = null
       if (this.ticker !== null) clearInterval(this.ticker)
       if (this.watchTimer !== null) clearInterval(this.watchTimer)
       if (this.selectTimer !== null) clearInterval(this.selectTimer)
