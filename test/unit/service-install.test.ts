@@ -214,6 +214,31 @@ describe('agent service install', () => {
     expect(tree(root)).toEqual([])
   })
 
+  it("refuses a --config whose name or TUN device another instance's config already has, and writes nothing", async () => {
+    const root = fresh()
+    const src = join(base, `clash${n}.yaml`)
+    writeFileSync(src, CONFIG)
+    await installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})
+    // A config that does not load is another instance's business, not a reason to refuse.
+    writeFileSync(join(root, 'etc/agent/broken.yaml'), 'role: [\n')
+    const before = tree(root)
+    writeFileSync(src, CONFIG.replace('name: node1', 'name: node2'))
+    await expect(installService({name: 'node2', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(
+      /tunnel\.interface: agtun0 is also the TUN device of \/etc\/agent\/node1\.yaml \(agent@node1\)/,
+    )
+    writeFileSync(src, CONFIG.replace('agtun0', 'agtun1'))
+    await expect(installService({name: 'node2', root, agent: AGENT, config: src, validate: loadConfig})).rejects.toThrow(
+      /name: "node1" is also the name in \/etc\/agent\/node1\.yaml \(agent@node1\): each instance needs its own/,
+    )
+    expect(tree(root)).toEqual(before)
+    // Its own name and device: installed beside the first.
+    writeFileSync(src, CONFIG.replace('name: node1', 'name: node2').replace('agtun0', 'agtun1'))
+    expect((await installService({name: 'node2', root, agent: AGENT, config: src, validate: loadConfig})).config.action).toBe('created')
+    // Installing the first again is no clash with itself.
+    writeFileSync(src, CONFIG)
+    expect((await installService({name: 'node1', root, agent: AGENT, config: src, validate: loadConfig})).config.action).toBe('unchanged')
+  })
+
   it('an existing /etc/agent only loses permission bits: 0700 stays, 0755 becomes 0750', async () => {
     for (const [before, after] of [
       [0o700, 0o700],

@@ -246,6 +246,8 @@ async function checkConfig(o: InstallOptions, configDir: string, tmp: string): P
         .join('\n'),
     )
   }
+  const clash = await clashes(o, config, configDir, realDir)
+  if (clash.length > 0) throw new Error(clash.map((c) => `${o.config}: ${c}`).join('\n'))
   // As on the target: a path in the config is looked for under --root.
   // One step per file: a CA named as pki.ca and fleet.ca is one file to copy.
   const missing = new Map<string, string[]>()
@@ -254,6 +256,30 @@ async function checkConfig(o: InstallOptions, configDir: string, tmp: string): P
     if (!existsSync(join(root, target))) missing.set(target, [...(missing.get(target) ?? []), field])
   }
   return [...missing].map(([path, fields]) => ({field: fields.join(', '), path}))
+}
+
+/**
+ * What the new config shares with another instance's in the config directory: its `name` (the
+ * state file, status socket and run-directory entry are named after it) or its TUN device. Two
+ * such instances would stop each other at start. Configs that do not load are not ours to judge.
+ */
+async function clashes(o: InstallOptions, config: ResolvedConfig, configDir: string, realDir: string): Promise<string[]> {
+  const out: string[] = []
+  const others = readdirSync(configDir).filter((f) => f.endsWith('.yaml') && !f.startsWith('.') && f !== `${o.name}.yaml`)
+  for (const file of others.sort()) {
+    let other: ResolvedConfig
+    try {
+      other = await o.validate!(join(configDir, file))
+    } catch {
+      continue
+    }
+    const instance = `agent@${file.slice(0, -'.yaml'.length)}`
+    if (other.name === config.name) out.push(`name: ${JSON.stringify(config.name)} is also the name in ${realDir}/${file} (${instance}): each instance needs its own, or they share a state file and status socket`)
+    if (other.tunnel.interface === config.tunnel.interface) {
+      out.push(`tunnel.interface: ${config.tunnel.interface} is also the TUN device of ${realDir}/${file} (${instance}): each instance needs its own`)
+    }
+  }
+  return out
 }
 
 export interface UninstallResult {
