@@ -10,6 +10,9 @@
  * STOPPING=1 last on SIGTERM. A client connects and reaches the target through the node, so the
  * capability set suffices for a tls node's whole job (TUN, routes, firewall, ipset, ip_forward).
  *
+ * Then each transport, node and client both under the unit's capabilities: a ping crosses and
+ * both stop cleanly, having removed what they set up.
+ *
  * Not systemd itself: it is not PID 1 here, so the unit never runs under it (docs/service.md).
  */
 import {mkdirSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
@@ -57,13 +60,11 @@ async function controlPortAccepts(): Promise<boolean> {
  * `agent up` of node 1 as the unit runs it: NOTIFY_SOCKET set, only the unit's capabilities, and
  * a HOME it cannot enter (ProtectHome=yes: root without CAP_DAC_OVERRIDE cannot read a 0000 directory).
  */
-function startUnderUnit(): AgentProcess {
-  const {tb} = fleet
-  const ns = tb.names.nodes[0]
+function startUnderUnit(ns = fleet.tb.names.nodes[0], args = ['up', '--config', fleet.nodeConfig], notify = true): AgentProcess {
   const caps = `-all,${CAPS.map((c) => `+${c}`).join(',')}`
   return new AgentProcess(
-    tb.spawn(ns, 'setpriv', [`--inh-caps=${caps}`, `--ambient-caps=${caps}`, `--bounding-set=${caps}`, process.execPath, BIN, 'up', '--config', fleet.nodeConfig], {
-      env: {...agentEnv(fleet.runDir(ns), fleet.dataDir), NOTIFY_SOCKET: listener.address, HOME: home},
+    fleet.tb.spawn(ns, 'setpriv', [`--inh-caps=${caps}`, `--ambient-caps=${caps}`, `--bounding-set=${caps}`, process.execPath, BIN, ...args], {
+      env: {...agentEnv(fleet.runDir(ns), fleet.dataDir), ...(notify ? {NOTIFY_SOCKET: listener.address} : {}), HOME: home},
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   )
@@ -147,4 +148,28 @@ describe('a node under a service manager (Type=notify)', () => {
     expect(listener.messages.slice(mark)).toEqual(['STOPPING=1\nSTATUS=stopping'])
     expect(await controlPortAccepts()).toBe(false)
   }, 30_000)
+})
+
+describe('every transport, node and client alike, under the unit (only its capabilities, no HOME)', () => {
+  it.each(['tls', 'gre', 'ipip', 'ipsec-over-gre'])('%s: a client under the unit reaches the target through a node under the unit', async (transport) => {
+    const {tb} = fleet
+    const n = startUnderUnit(tb.names.nodes[0], ['up', '--config', fleet.nodeConfig, '--transport', transport], false)
+    let c: AgentProcess | undefined
+    try {
+      await n.waitFor(/node node1 up/, 30_000)
+      c = startUnderUnit(tb.names.client[0], ['up', '--config', fleet.clientConfig('alice', {transport})], false)
+      await c.waitFor(/connected to node/, 30_000)
+      expect(n.output).toContain(`transport ${transport}, listening on`)
+      expect(c.output).toMatch(new RegExp(`connected to node .* transport ${transport}\\b`))
+      const ping = await tb.exec(tb.names.client[0], 'ping', ['-c', '2', '-i', '0.2', '-W', '2', tb.addr.target])
+      expect(ping.code, ping.stdout + ping.stderr).toBe(0)
+    } finally {
+      c?.child.kill('SIGTERM')
+      n.child.kill('SIGTERM')
+    }
+    // Both stop cleanly: everything they set up could be removed with those capabilities.
+    expect(await c!.exited, c!.output).toBe(0)
+    expect(await n.exited, n.output).toBe(0)
+    for (const p of [n, c!]) expect(p.output).not.toMatch(/EACCES|EPERM|Operation not permitted|Permission denied/)
+  }, 90_000)
 })
